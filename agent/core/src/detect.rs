@@ -1,0 +1,3 @@
+//! Knock detection: synchronous state machines fed one knock at a time, with `now` passed in.
+
+pub mod sequence;

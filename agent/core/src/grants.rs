@@ -1,0 +1,163 @@
+//! Grant bookkeeping: who is open until when. The firewall expires grants by itself; this
+//! table mirrors it so the agent can report when a grant closes and restart a timeout
+//! when the same source knocks again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use crate::ruleset::GrantKey;
+
+/// What the agent knows about one open grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The policy that opened it (empty for a grant adopted from the firewall).
+    pub policy: String,
+    pub opened_at: Instant,
+    pub expires_at: Instant,
+}
+
+/// Whether an open created a grant or extended one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opened {
+    New,
+    Extended,
+}
+
+/// All open grants, indexed by key and by expiry.
+#[derive(Debug, Default)]
+pub struct Grants {
+    by_key: BTreeMap<GrantKey, Grant>,
+    by_expiry: BTreeSet<(Instant, GrantKey)>,
+}
+
+impl Grants {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    pub fn get(&self, key: &GrantKey) -> Option<&Grant> {
+        self.by_key.get(key)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&GrantKey, &Grant)> {
+        self.by_key.iter()
+    }
+
+    /// Record a grant opened now for `timeout`.
+    pub fn handle_open(
+        &mut self,
+        key: GrantKey,
+        policy: &str,
+        timeout: Duration,
+        now: Instant,
+    ) -> Opened {
+        let expires_at = now + timeout;
+        let opened = match self.by_key.get_mut(&key) {
+            Some(g) => {
+                self.by_expiry.remove(&(g.expires_at, key));
+                g.expires_at = expires_at;
+                g.policy = policy.to_string();
+                Opened::Extended
+            }
+            None => {
+                self.by_key.insert(
+                    key,
+                    Grant {
+                        policy: policy.to_string(),
+                        opened_at: now,
+                        expires_at,
+                    },
+                );
+                Opened::New
+            }
+        };
+        self.by_expiry.insert((expires_at, key));
+        opened
+    }
+
+    /// Take over a grant found in the firewall at start, with the time it has left.
+    pub fn adopt(&mut self, key: GrantKey, remaining: Duration, now: Instant) {
+        self.handle_open(key, "", remaining, now);
+    }
+
+    /// Forget a grant closed now; returns it if it was open.
+    pub fn handle_close(&mut self, key: &GrantKey) -> Option<Grant> {
+        let g = self.by_key.remove(key)?;
+        self.by_expiry.remove(&(g.expires_at, *key));
+        Some(g)
+    }
+
+    /// The next instant a grant expires.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.by_expiry.first().map(|(t, _)| *t)
+    }
+
+    /// Remove and return every grant that has expired by `now`.
+    pub fn poll_expired(&mut self, now: Instant) -> Vec<(GrantKey, Grant)> {
+        let mut out = Vec::new();
+        while let Some(&(t, key)) = self.by_expiry.first() {
+            if t > now {
+                break;
+            }
+            self.by_expiry.pop_first();
+            if let Some(g) = self.by_key.remove(&key) {
+                out.push((key, g));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ruleset::Proto;
+
+    fn key(last: u8) -> GrantKey {
+        GrantKey {
+            addr: [10, 240, 0, last].into(),
+            proto: Proto::Tcp,
+            port: 22,
+        }
+    }
+
+    #[test]
+    fn grants_expire_in_order_and_reopening_extends() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut g = Grants::new();
+        assert_eq!(g.handle_open(key(2), "ssh", s(30), t0), Opened::New);
+        assert_eq!(g.handle_open(key(3), "ssh", s(10), t0), Opened::New);
+        assert_eq!(g.next_expiry(), Some(t0 + s(10)));
+        assert_eq!(
+            g.handle_open(key(2), "ssh", s(30), t0 + s(20)),
+            Opened::Extended
+        );
+        assert!(g.poll_expired(t0 + s(9)).is_empty());
+        let closed = g.poll_expired(t0 + s(31));
+        assert_eq!(
+            closed.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            vec![key(3)]
+        );
+        assert_eq!(g.next_expiry(), Some(t0 + s(50)));
+        assert_eq!(g.handle_close(&key(2)).map(|g| g.opened_at), Some(t0));
+        assert!(g.is_empty());
+        assert_eq!(g.next_expiry(), None);
+    }
+
+    #[test]
+    fn adopted_grants_expire_after_their_remaining_time() {
+        let t0 = Instant::now();
+        let mut g = Grants::new();
+        g.adopt(key(9), Duration::from_secs(3), t0);
+        assert_eq!(g.poll_expired(t0 + Duration::from_secs(3)).len(), 1);
+    }
+}
