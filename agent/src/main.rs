@@ -1,0 +1,104 @@
+//! knockgate-agent: keeps protected services behind a default-drop policy and opens them
+//! for one source after a valid knock.
+
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use knockgate_agent::logging::LogFormat;
+
+/// Exit code for usage and config errors (sysexits EX_USAGE).
+const EXIT_USAGE: u8 = 64;
+/// Exit code for missing privileges (sysexits EX_NOPERM).
+const EXIT_NOPERM: u8 = 77;
+
+#[derive(Parser)]
+#[command(
+    name = "knockgate-agent",
+    version,
+    about = "knockgate agent: port-knock gateway for one host"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run in the foreground: capture knocks and enforce grants (needs root).
+    Run {
+        /// The agent's config file.
+        #[arg(long, short, default_value = "/etc/knockgate/agent.toml")]
+        config: PathBuf,
+        /// Log line format on stderr.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+        /// Log level or filter directive (RUST_LOG overrides it).
+        #[arg(long, default_value = "info")]
+        log_level: String,
+        /// Leave the firewall table and its grants in place on a clean exit.
+        #[arg(long)]
+        keep_on_exit: bool,
+    },
+    /// Check a config file and print what it would enforce; touches nothing.
+    Check {
+        #[arg(long, short, default_value = "/etc/knockgate/agent.toml")]
+        config: PathBuf,
+    },
+}
+
+/// A failure with the exit code it deserves.
+pub struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn usage(message: impl Into<String>) -> Self {
+        Failure {
+            code: EXIT_USAGE,
+            message: message.into(),
+        }
+    }
+    fn noperm(message: impl Into<String>) -> Self {
+        Failure {
+            code: EXIT_NOPERM,
+            message: message.into(),
+        }
+    }
+    fn runtime(err: anyhow::Error) -> Self {
+        Failure {
+            code: 1,
+            message: format!("{err:#}"),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let result = match cli.command {
+        Command::Run {
+            config,
+            log_format,
+            log_level,
+            keep_on_exit,
+        } => run::run(&config, log_format, &log_level, keep_on_exit),
+        Command::Check { config } => run::check(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("knockgate-agent: error: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Probes that answer what a user would check: can this source connect to that port?
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Socket, Type};
+
+use crate::netns::Netns;
+
+/// A TCP service on `[::]:port` (dual stack) inside a namespace that answers "hello\n";
+/// stopped on drop.
+pub struct Listener {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Listener {
+    pub fn start(ns: &Netns, port: u16) -> Listener {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = ns.spawn(move || {
+            let listener = TcpListener::bind(("::", port)).expect("bind listener");
+            listener.set_nonblocking(true).expect("nonblocking");
+            let _ = ready_tx.send(());
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.write_all(b"hello\n");
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("listener ready");
+        Listener {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One TCP connect from `src` to `dst`, true if it completes within `timeout` and the
+/// service greets us. Call on a thread inside the client namespace.
+pub fn connects(src: IpAddr, dst: SocketAddr, timeout: Duration) -> bool {
+    let domain = if dst.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let Ok(sock) = Socket::new(domain, Type::STREAM, None) else {
+        return false;
+    };
+    if sock.bind(&SocketAddr::new(src, 0).into()).is_err() {
+        return false;
+    }
+    if sock.connect_timeout(&dst.into(), timeout).is_err() {
+        return false;
+    }
+    let mut stream: std::net::TcpStream = sock.into();
+    let _ = stream.set_read_timeout(Some(timeout));
+    let mut buf = [0u8; 6];
+    stream.read_exact(&mut buf).is_ok() && &buf == b"hello\n"
+}
+
+/// From inside `ns`: does `src` reach `dst` now (one attempt, 400 ms)?
+pub fn can_connect(ns: &Netns, src: IpAddr, dst: SocketAddr) -> bool {
+    ns.run(move || connects(src, dst, Duration::from_millis(400)))
+}
+
+/// From inside `ns`: poll until `src` reaches `dst` or `within` passes.
+pub fn opens_within(ns: &Netns, src: IpAddr, dst: SocketAddr, within: Duration) -> bool {
+    ns.run(move || {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if connects(src, dst, Duration::from_millis(100)) {
+                return true;
+            }
+        }
+        false
+    })
+}
+
+/// From inside `ns`: poll until `src` can no longer reach `dst` or `within` passes.
+pub fn closes_within(ns: &Netns, src: IpAddr, dst: SocketAddr, within: Duration) -> bool {
+    ns.run(move || {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if !connects(src, dst, Duration::from_millis(200)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    })
+}

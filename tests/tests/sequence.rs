@@ -1,0 +1,437 @@
+//! End to end: the real agent in a gateway namespace, real knock clients in a client
+//! namespace, a real listener behind nftables. What is checked is what a user sees: can
+//! this source connect to the protected port or not.
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::Command;
+use std::time::Duration;
+
+use knockgate_cli::{KnockSpec, send_knock};
+use knockgate_tests::agent::{AgentProc, Workdir, ssh_policy};
+use knockgate_tests::netns::Lab;
+use knockgate_tests::probe::{Listener, can_connect, closes_within, opens_within};
+
+const SEQ: [&str; 4] = ["tcp/7000", "udp/8000", "icmp", "tcp/9000"];
+
+fn specs() -> Vec<KnockSpec> {
+    vec![
+        KnockSpec::Tcp(7000),
+        KnockSpec::Udp(8000),
+        KnockSpec::Icmp,
+        KnockSpec::Tcp(9000),
+    ]
+}
+
+fn ssh4() -> SocketAddr {
+    SocketAddr::new(Lab::GW4.into(), 22)
+}
+
+fn ssh6() -> SocketAddr {
+    SocketAddr::new(Lab::GW6.into(), 22)
+}
+
+/// Knock from the client namespace with the knocker library, from source `src`.
+fn knock_from(lab: &Lab, target: IpAddr, seq: Vec<KnockSpec>, gap: Duration) {
+    lab.client.run(move || {
+        for (i, k) in seq.iter().enumerate() {
+            if i > 0 {
+                std::thread::sleep(gap);
+            }
+            send_knock(target, k).expect("knock");
+        }
+    });
+}
+
+struct Setup {
+    agent: AgentProc,
+    _listener: Listener,
+    _work: Workdir,
+    lab: Lab,
+}
+
+fn setup(timeout: &str, seq: &[&str]) -> Setup {
+    let lab = Lab::new();
+    let listener = Listener::start(&lab.gw, 22);
+    let work = Workdir::new();
+    let config = work.config(&ssh_policy(timeout, seq));
+    let agent = AgentProc::start(&lab, &config, &[]);
+    Setup {
+        agent,
+        _listener: listener,
+        _work: work,
+        lab,
+    }
+}
+
+#[test]
+fn closed_before_open_after_the_right_knock_closed_after_timeout() {
+    let s = setup("2s", &SEQ);
+    let me = IpAddr::V4(Lab::CLIENT4);
+    assert!(
+        !can_connect(&s.lab.client, me, ssh4()),
+        "protected port must be closed before knocking"
+    );
+    knock_from(&s.lab, Lab::GW4.into(), specs(), Duration::from_millis(20));
+    assert!(
+        opens_within(&s.lab.client, me, ssh4(), Duration::from_secs(1)),
+        "knock must open tcp/22"
+    );
+    let opened = s.agent.events_named("grant.opened");
+    assert_eq!(opened.len(), 1, "one grant: {opened:?}");
+    assert_eq!(opened[0]["src"], "10.240.0.2");
+    assert_eq!(opened[0]["policy"], "ssh");
+    assert!(
+        s.lab
+            .nft_table()
+            .expect("table")
+            .contains("10.240.0.2 . tcp . 22")
+    );
+    assert!(
+        closes_within(&s.lab.client, me, ssh4(), Duration::from_secs(4)),
+        "grant must close after timeout"
+    );
+    let mut agent = s.agent;
+    assert!(
+        agent
+            .wait_event(|v| v["event"] == "grant.closed", Duration::from_secs(2))
+            .is_some()
+    );
+}
+
+#[test]
+fn an_established_session_outlives_its_grant() {
+    let s = setup("1s", &SEQ);
+    knock_from(&s.lab, Lab::GW4.into(), specs(), Duration::ZERO);
+    let ok = s.lab.client.run(|| {
+        use std::io::{Read, Write};
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        let mut stream = loop {
+            if let Ok(st) =
+                std::net::TcpStream::connect_timeout(&ssh4(), Duration::from_millis(100))
+            {
+                break st;
+            }
+            assert!(std::time::Instant::now() < deadline, "never opened");
+        };
+        let mut buf = [0u8; 6];
+        stream.read_exact(&mut buf).expect("greeting");
+        std::thread::sleep(Duration::from_millis(1800)); // grant is gone now
+        // The listener closed its side after the greeting; our FIN/ACK exchange still
+        // flows because conntrack knows the connection.
+        stream.write_all(b"x").is_ok() && stream.read(&mut buf).is_ok()
+    });
+    assert!(
+        ok,
+        "traffic on an established connection must pass after the grant expired"
+    );
+    assert!(
+        !can_connect(&s.lab.client, Lab::CLIENT4.into(), ssh4()),
+        "new connections are refused again"
+    );
+}
+
+#[test]
+fn wrong_order_and_too_slow_stay_closed() {
+    let s = setup("5s", &SEQ);
+    let me = IpAddr::V4(Lab::CLIENT4);
+    let wrong = vec![
+        KnockSpec::Tcp(7000),
+        KnockSpec::Icmp,
+        KnockSpec::Udp(8000),
+        KnockSpec::Tcp(9000),
+    ];
+    knock_from(&s.lab, Lab::GW4.into(), wrong, Duration::from_millis(20));
+    assert!(
+        !opens_within(&s.lab.client, me, ssh4(), Duration::from_millis(600)),
+        "wrong order opened"
+    );
+    // sequence_timeout is 3 s: four knocks 1.1 s apart take 3.3 s.
+    knock_from(
+        &s.lab,
+        Lab::GW4.into(),
+        specs(),
+        Duration::from_millis(1100),
+    );
+    assert!(
+        !opens_within(&s.lab.client, me, ssh4(), Duration::from_millis(600)),
+        "too slow opened"
+    );
+    let resets: Vec<String> = s
+        .agent
+        .events_named("knock.reset")
+        .iter()
+        .map(|v| v["reason"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(resets.contains(&"wrong_knock".to_string()), "{resets:?}");
+    assert!(
+        resets.contains(&"sequence_timeout".to_string()),
+        "{resets:?}"
+    );
+    assert!(s.agent.events_named("grant.opened").is_empty());
+}
+
+#[test]
+fn a_knock_from_one_client_opens_nothing_for_another() {
+    let s = setup("10s", &SEQ);
+    // The knocks leave from 10.240.0.2 (the primary address); .3 is another host.
+    knock_from(&s.lab, Lab::GW4.into(), specs(), Duration::from_millis(10));
+    assert!(opens_within(
+        &s.lab.client,
+        Lab::CLIENT4.into(),
+        ssh4(),
+        Duration::from_secs(1)
+    ));
+    assert!(
+        !can_connect(&s.lab.client, Lab::OTHER4.into(), ssh4()),
+        "another source got in"
+    );
+    assert!(
+        !can_connect(&s.lab.client, Lab::CLIENT6.into(), ssh6()),
+        "the same host over IPv6 got in"
+    );
+}
+
+#[test]
+fn ipv6_knock_opens_ipv6_only() {
+    let s = setup("10s", &SEQ);
+    let me6 = IpAddr::V6(Lab::CLIENT6);
+    assert!(!can_connect(&s.lab.client, me6, ssh6()));
+    knock_from(&s.lab, Lab::GW6.into(), specs(), Duration::from_millis(10));
+    assert!(
+        opens_within(&s.lab.client, me6, ssh6(), Duration::from_secs(1)),
+        "IPv6 knock must open: {}",
+        s.agent.log_text()
+    );
+    assert!(
+        !can_connect(&s.lab.client, Lab::CLIENT4.into(), ssh4()),
+        "IPv6 grant must not open IPv4"
+    );
+    assert!(
+        !can_connect(&s.lab.client, Lab::OTHER6.into(), ssh6()),
+        "other IPv6 source got in"
+    );
+    assert!(
+        s.lab
+            .nft_table()
+            .expect("table")
+            .contains("fd00:4b47::2 . tcp . 22")
+    );
+}
+
+#[test]
+fn the_debian_knock_client_opens_it() {
+    // `knock` sends tcp and udp only: no icmp step in this policy.
+    let s = setup("10s", &["tcp/7000", "udp/8000", "tcp/9000"]);
+    let out = s
+        .lab
+        .client
+        .cmd("knock")
+        .args(["-d", "20", "10.240.0.1", "7000", "8000:udp", "9000"])
+        .output()
+        .expect("run knock (package knockd)");
+    assert!(
+        out.status.success(),
+        "knock failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(opens_within(
+        &s.lab.client,
+        Lab::CLIENT4.into(),
+        ssh4(),
+        Duration::from_secs(1)
+    ));
+}
+
+#[test]
+fn knocker_opens_it() {
+    let s = setup("10s", &SEQ);
+    let out = s
+        .lab
+        .client
+        .cmd(knockgate_tests::bin("knocker"))
+        .args([
+            "knock",
+            "10.240.0.1",
+            "tcp/7000",
+            "udp/8000",
+            "icmp",
+            "tcp/9000",
+            "--delay",
+            "20ms",
+        ])
+        .output()
+        .expect("run knocker");
+    assert!(
+        out.status.success(),
+        "knocker failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(opens_within(
+        &s.lab.client,
+        Lab::CLIENT4.into(),
+        ssh4(),
+        Duration::from_secs(1)
+    ));
+}
+
+#[test]
+fn kill_9_still_closes_the_grant_on_time() {
+    let mut s = setup("2s", &SEQ);
+    knock_from(&s.lab, Lab::GW4.into(), specs(), Duration::ZERO);
+    assert!(opens_within(
+        &s.lab.client,
+        Lab::CLIENT4.into(),
+        ssh4(),
+        Duration::from_secs(1)
+    ));
+    s.agent.kill9();
+    assert!(
+        can_connect(&s.lab.client, Lab::CLIENT4.into(), ssh4()),
+        "grant survives the agent for its lifetime"
+    );
+    assert!(
+        closes_within(
+            &s.lab.client,
+            Lab::CLIENT4.into(),
+            ssh4(),
+            Duration::from_secs(4)
+        ),
+        "the kernel must expire the grant with the agent dead"
+    );
+    assert!(
+        !can_connect(&s.lab.client, Lab::OTHER4.into(), ssh4()),
+        "a dead agent leaves the port closed"
+    );
+}
+
+#[test]
+fn a_restarted_agent_adopts_grants_without_duplicates() {
+    let mut s = setup("6s", &SEQ);
+    knock_from(&s.lab, Lab::GW4.into(), specs(), Duration::ZERO);
+    assert!(opens_within(
+        &s.lab.client,
+        Lab::CLIENT4.into(),
+        ssh4(),
+        Duration::from_secs(1)
+    ));
+    s.agent.kill9();
+    let config = s._work.path.join("agent.toml");
+    let mut agent = AgentProc::start(&s.lab, &config, &[]);
+    let adopted = agent.events_named("grant.adopted");
+    assert_eq!(adopted.len(), 1, "{adopted:?}");
+    assert_eq!(adopted[0]["src"], "10.240.0.2");
+    // Knocking again refreshes the same element rather than adding another.
+    knock_from(&s.lab, Lab::GW4.into(), specs(), Duration::ZERO);
+    assert!(
+        agent
+            .wait_event(|v| v["event"] == "grant.extended", Duration::from_secs(2))
+            .is_some(),
+        "{}",
+        agent.log_text()
+    );
+    let table = s.lab.nft_table().expect("table");
+    assert_eq!(table.matches("10.240.0.2 . tcp . 22").count(), 1, "{table}");
+    assert_eq!(table.matches("chain input").count(), 1, "{table}");
+    assert!(can_connect(&s.lab.client, Lab::CLIENT4.into(), ssh4()));
+    // A clean stop removes the table (no --keep-on-exit).
+    assert!(agent.stop().success());
+    assert_eq!(
+        s.lab.nft_table(),
+        None,
+        "table must be removed on a clean exit"
+    );
+    s.agent = agent;
+}
+
+#[test]
+fn keep_on_exit_leaves_the_table_and_grants() {
+    let lab = Lab::new();
+    let _listener = Listener::start(&lab.gw, 22);
+    let work = Workdir::new();
+    let config = work.config(&ssh_policy("30s", &SEQ));
+    let mut agent = AgentProc::start(&lab, &config, &["--keep-on-exit"]);
+    knock_from(&lab, Lab::GW4.into(), specs(), Duration::ZERO);
+    assert!(opens_within(
+        &lab.client,
+        Lab::CLIENT4.into(),
+        ssh4(),
+        Duration::from_secs(1)
+    ));
+    assert!(agent.stop().success());
+    let table = lab.nft_table().expect("table kept");
+    assert!(table.contains("10.240.0.2 . tcp . 22"), "{table}");
+    assert!(
+        !can_connect(&lab.client, Lab::OTHER4.into(), ssh4()),
+        "protected port stays closed"
+    );
+}
+
+#[test]
+fn the_command_backend_runs_its_commands() {
+    let lab = Lab::new();
+    let work = Workdir::new();
+    let log = work.path.join("commands.log");
+    let fw = format!(
+        "[firewall]\nbackend = \"command\"\nopen_command = \"echo open %IP% %PROTO% %PORT% %TIMEOUT% >> {0}\"\nclose_command = \"echo close %IP% %PROTO% %PORT% >> {0}\"\n\n",
+        log.display()
+    );
+    let config = work.config(&(fw + &ssh_policy("1s", &SEQ)));
+    let mut agent = AgentProc::start(&lab, &config, &[]);
+    assert_eq!(
+        lab.nft_table(),
+        None,
+        "the command backend installs no nftables table"
+    );
+    knock_from(&lab, Lab::GW4.into(), specs(), Duration::ZERO);
+    assert!(
+        agent
+            .wait_event(|v| v["event"] == "grant.closed", Duration::from_secs(4))
+            .is_some(),
+        "{}",
+        agent.log_text()
+    );
+    let text = std::fs::read_to_string(&log).expect("commands ran");
+    assert_eq!(text, "open 10.240.0.2 tcp 22 1\nclose 10.240.0.2 tcp 22\n");
+}
+
+#[test]
+fn config_errors_exit_64_naming_the_key_and_install_nothing() {
+    let lab = Lab::new();
+    let work = Workdir::new();
+    let cases: [(&str, &str); 3] = [
+        ("timeout = \"2s\"\nbogus = 1\n", "bogus"),
+        ("timeout = \"2 fortnights\"\n", "timeout"),
+        ("timeout = \"2s\"\n", "agent.interfaces[0]"),
+    ];
+    for (i, (policy_tail, key)) in cases.iter().enumerate() {
+        let mut text = format!(
+            "[[policy]]\nname = \"ssh\"\nopen = [\"tcp/22\"]\nsequence = [\"tcp/7000\"]\n{policy_tail}"
+        );
+        if i == 2 {
+            text = text.replace("", "");
+        }
+        let config = work.config(&text);
+        if i == 2 {
+            let t = std::fs::read_to_string(&config)
+                .expect("read")
+                .replace("\"kgt0\"", "\"kgt9\"");
+            std::fs::write(&config, t).expect("write");
+        }
+        let out = lab
+            .gw
+            .cmd(knockgate_tests::bin("knockgate-agent"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "case {i}: {err}");
+        let last = err.lines().last().unwrap_or("");
+        assert!(
+            last.contains(key) && last.contains("agent.toml"),
+            "case {i}: {err}"
+        );
+        assert_eq!(lab.nft_table(), None, "case {i}: nothing may be installed");
+    }
+    let _ = Command::new("true").status();
+}
