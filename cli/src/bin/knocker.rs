@@ -1,0 +1,106 @@
+//! `knocker`: the knockgate user client. Parses the command line, runs one
+//! subcommand from `knockgate_cli::cmd`, and turns its error into one line on
+//! stderr and an exit code (64 for bad input, 1 for failures).
+
+#![forbid(unsafe_code)]
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+use clap::{Parser, Subcommand};
+use knockgate_cli::cmd::{self, CommandError};
+
+/// knocker: the knockgate user client. Knocks on a knockgate (or knockd) gateway
+/// so it opens a protected service for your address.
+#[derive(Debug, Parser)]
+#[command(name = "knocker", version, arg_required_else_help = true)]
+#[command(after_help = "\
+Exit status: 0 on success, 64 for a bad argument or unresolvable host, 1 when a \
+knock could not be sent.
+
+Run 'knocker help <COMMAND>' for a command's options and examples.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// One variant per subcommand; each module in `knockgate_cli::cmd` owns its args.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Send a port-knock sequence (TCP SYNs, UDP datagrams, ICMP echoes) to HOST,
+    /// like knockd's `knock` client
+    Knock(cmd::knock::KnockArgs),
+}
+
+/// A failed run: what to print and the exit code it deserves.
+struct Failure {
+    error: anyhow::Error,
+    code: u8,
+}
+
+impl<E: CommandError> From<E> for Failure {
+    fn from(err: E) -> Self {
+        let code = err.exit_code();
+        Failure {
+            error: anyhow::Error::new(err),
+            code,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_exit(&err),
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure { error, code }) => {
+            eprintln!("knocker: error: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    match cli.command {
+        Command::Knock(args) => args.run(&mut out)?,
+    }
+    Ok(())
+}
+
+/// Help and version go out as clap renders them; every other clap error
+/// becomes one `knocker: error: …` line and exit 64.
+fn usage_exit(err: &clap::Error) -> ExitCode {
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            // Nothing useful to do if stdout is gone (`knocker --help | true`).
+            let _ = err.print();
+            ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = err.print();
+            ExitCode::from(cmd::EXIT_USAGE)
+        }
+        _ => {
+            let _ = writeln!(io::stderr(), "knocker: error: {}", one_line(err));
+            ExitCode::from(cmd::EXIT_USAGE)
+        }
+    }
+}
+
+/// clap's message up to its first blank line (dropping tips and usage), on one line.
+fn one_line(err: &clap::Error) -> String {
+    let rendered = err.render().to_string();
+    let message = rendered.split("\n\n").next().unwrap_or_default();
+    let message = message.trim().strip_prefix("error:").unwrap_or(message);
+    let lines: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines.join(" ")
+}

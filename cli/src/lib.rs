@@ -1,0 +1,21 @@
+//! knockgate's command-line tools as a library: `knocker` (the user client) and,
+//! later, `knockadm` (the admin CLI) are thin binaries over these modules.
+//!
+//! - [`spec`]: what a knock is ([`KnockSpec`]) and how users write it ([`parse_spec`]).
+//! - [`knock`]: sending knocks over real sockets ([`send_knock`], [`send_sequence`]).
+//! - [`icmp`]: echo-request bytes and the Internet checksum.
+//! - [`resolve`]: HOST to one address, honouring `-4`/`-6`.
+//! - [`cmd`]: one module per subcommand (clap arguments and `run`).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cmd;
+pub mod icmp;
+pub mod knock;
+pub mod resolve;
+pub mod spec;
+
+pub use knock::{KnockError, send_knock, send_sequence};
+pub use resolve::{Family, ResolveError, resolve_host};
+pub use spec::{KnockSpec, SpecError, parse_spec};
