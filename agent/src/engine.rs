@@ -156,3 +156,105 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::firewall::fake::FakeFirewall;
+    use knockgate_agent_core::config::Config;
+    use knockgate_agent_core::packet::{KnockKind, tcp_flags};
+    use knockgate_agent_core::ruleset::Proto;
+
+    const CONFIG: &str = r#"
+[agent]
+name = "gw1"
+interfaces = ["lo"]
+state_dir = "/tmp"
+[[policy]]
+name = "ssh"
+open = ["tcp/22", "udp/60001"]
+timeout = "30s"
+sequence = ["tcp/7000", "udp/8000"]
+"#;
+
+    fn engine(fw: FakeFirewall) -> Engine {
+        let c = Config::parse(CONFIG).expect("config");
+        let m = SequenceMatcher::new(c.doors(), 16).expect("doors");
+        Engine::new(c.policies, m, Box::new(fw))
+    }
+
+    fn knock(e: &mut Engine, at: Instant, kind: KnockKind) {
+        let src = "10.240.0.2".parse().expect("ip");
+        e.handle_knock(KnockMsg {
+            at,
+            src,
+            kind,
+            tcp_flags: tcp_flags::SYN,
+        });
+    }
+
+    #[test]
+    fn a_completed_sequence_opens_every_port_of_the_policy_and_expiry_closes() {
+        let fw = FakeFirewall::default();
+        let state = fw.state.clone();
+        let mut e = engine(fw);
+        let t0 = Instant::now();
+        knock(
+            &mut e,
+            t0,
+            KnockKind::Port {
+                proto: Proto::Tcp,
+                port: 7000,
+            },
+        );
+        assert!(state.lock().expect("lock").open.is_empty());
+        knock(
+            &mut e,
+            t0,
+            KnockKind::Port {
+                proto: Proto::Udp,
+                port: 8000,
+            },
+        );
+        let open: Vec<String> = state
+            .lock()
+            .expect("lock")
+            .open
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
+        assert_eq!(open, ["10.240.0.2 tcp/22", "10.240.0.2 udp/60001"]);
+        assert_eq!(e.grants.len(), 2);
+        e.expire(Instant::now() + Duration::from_secs(31));
+        assert!(
+            state.lock().expect("lock").open.is_empty(),
+            "expiry closes through the firewall"
+        );
+        assert!(e.grants.is_empty());
+    }
+
+    #[test]
+    fn a_firewall_error_records_no_grant() {
+        let fw = FakeFirewall::default();
+        fw.state.lock().expect("lock").fail = true;
+        let mut e = engine(fw);
+        let t0 = Instant::now();
+        knock(
+            &mut e,
+            t0,
+            KnockKind::Port {
+                proto: Proto::Tcp,
+                port: 7000,
+            },
+        );
+        knock(
+            &mut e,
+            t0,
+            KnockKind::Port {
+                proto: Proto::Udp,
+                port: 8000,
+            },
+        );
+        assert!(e.grants.is_empty(), "fail closed: nothing believed open");
+    }
+}

@@ -2,6 +2,8 @@
 //! only applies. Every backend must fail closed: an error leaves the port shut.
 
 pub mod command;
+#[cfg(test)]
+pub mod fake;
 pub mod nft;
 
 use std::time::Duration;

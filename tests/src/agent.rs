@@ -72,12 +72,14 @@ impl AgentProc {
         let log =
             config.with_file_name(format!("agent-{}.log", SEQ.fetch_add(1, Ordering::Relaxed)));
         let file = std::fs::File::create(&log).expect("log file");
-        let child = lab
-            .gw
-            .cmd(crate::bin("knockgate-agent"))
-            .args(["run", "--config"])
+        let mut cmd = lab.gw.cmd(crate::bin("knockgate-agent"));
+        cmd.args(["run", "--config"])
             .arg(config)
-            .args(["--log-format", "json", "--log-level", "debug"])
+            .args(["--log-format", "json"]);
+        if !extra.contains(&"--log-level") {
+            cmd.args(["--log-level", "debug"]);
+        }
+        let child = cmd
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,1 +1,96 @@
-fn main() {}
+//! The lab demo: a client and a gateway namespace, the agent with a sample policy, the
+//! protected port shown closed, a knock with `knocker`, the port shown open, then cleanup
+//! (every namespace and table goes away when the guards drop).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use knockgate_tests::agent::{AgentProc, Workdir, ssh_policy};
+use knockgate_tests::netns::Lab;
+use knockgate_tests::probe::{Listener, can_connect, opens_within};
+
+fn step(text: &str) {
+    println!("\n==> {text}");
+}
+
+fn show(ok: bool, what: &str) -> bool {
+    println!("    {} {what}", if ok { "OPEN  " } else { "CLOSED" });
+    ok
+}
+
+fn main() {
+    let sequence = ["tcp/7000", "udp/8000", "icmp", "tcp/9000"];
+    step(
+        "creating namespaces: client 10.240.0.2 / fd00:4b47::2  <-veth->  gateway 10.240.0.1 / fd00:4b47::1",
+    );
+    let lab = Lab::new();
+    let _sshd = Listener::start(&lab.gw, 22);
+    let work = Workdir::new();
+    let config = work.config(&ssh_policy("30s", &sequence));
+    println!("{}", std::fs::read_to_string(&config).unwrap_or_default());
+
+    step("starting knockgate-agent in the gateway");
+    let agent = AgentProc::start(&lab, &config, &["--log-level", "info"]);
+    println!("    agent pid {} enforcing; nft ruleset:", agent.pid());
+    for line in lab.nft_table().unwrap_or_default().lines() {
+        println!("    | {line}");
+    }
+
+    let ssh: SocketAddr = SocketAddr::new(Lab::GW4.into(), 22);
+    let me: IpAddr = Lab::CLIENT4.into();
+    step("client connects to 10.240.0.1:22 before knocking");
+    let closed_before = !show(can_connect(&lab.client, me, ssh), "tcp/22 for 10.240.0.2");
+
+    step(&format!(
+        "client runs: knocker knock 10.240.0.1 {}",
+        sequence.join(" ")
+    ));
+    let out = lab
+        .client
+        .cmd(knockgate_tests::bin("knocker"))
+        .args(["knock", "10.240.0.1", "--verbose", "--delay", "20ms"])
+        .args(sequence)
+        .output()
+        .expect("run knocker");
+    print!(
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    );
+
+    step("client connects again");
+    let open_after = show(
+        opens_within(&lab.client, me, ssh, Duration::from_secs(1)),
+        "tcp/22 for 10.240.0.2",
+    );
+    let other_closed = !show(
+        can_connect(&lab.client, Lab::OTHER4.into(), ssh),
+        "tcp/22 for 10.240.0.3 (did not knock)",
+    );
+
+    step("agent events");
+    for e in agent.events().iter().filter(|v| v.get("event").is_some()) {
+        println!("    {}", e);
+    }
+    step("grant set in the kernel");
+    for line in lab
+        .nft_table()
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("elements"))
+    {
+        println!("    | {}", line.trim());
+    }
+
+    drop(agent);
+    drop(lab);
+    step("cleaned up: namespaces, veth and the nftables table are gone");
+    if closed_before && open_after && other_closed {
+        println!("\nlab demo: OK");
+    } else {
+        println!("\nlab demo: FAILED");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,205 @@
+//! The nftables backend: owns the `inet knockgate` table (DESIGN.md, "nftables layout the
+//! agent owns") and talks to the kernel over netlink, never through `nft`. Every change is
+//! one atomic nf_tables transaction; the kernel expires grants by itself, so they close on
+//! time even if the agent dies.
+
+mod grants;
+mod layout;
+mod rules;
+mod socket;
+
+use std::error::Error;
+use std::time::Duration;
+
+use knockgate_agent_core::ruleset::{GrantKey, Ruleset};
+use netlink_packet_core::NLM_F_EXCL;
+
+use self::socket::{NfSocket, NlError};
+use crate::firewall::{Firewall, FirewallError, Held};
+
+/// How often `open` and `list` start over when the kernel's state changes under them.
+const ATTEMPTS: usize = 3;
+/// `NFT_MSG_NEWSETELEM`, the type of a dumped element message.
+const NFT_MSG_NEWSETELEM: u8 = 12;
+
+/// The [`Firewall`] that enforces grants with nftables, in the network namespace of the
+/// thread that created it.
+///
+/// It is blocking; drive it from one dedicated thread.
+pub struct NftFirewall {
+    sock: NfSocket,
+}
+
+impl NftFirewall {
+    /// Open a NETLINK_NETFILTER socket in the calling thread's network namespace.
+    ///
+    /// Touches no rules; call [`Firewall::ensure_base`] next.
+    pub fn new() -> Result<Self, FirewallError> {
+        let sock = NfSocket::open().map_err(|e| to_firewall_error("open socket", e))?;
+        Ok(NftFirewall { sock })
+    }
+
+    /// Whether the kernel holds `key` now (an expired grant is not held).
+    fn holds(&mut self, key: &GrantKey) -> Result<bool, NlError> {
+        match self.sock.get("get element", grants::get(key)) {
+            Ok(()) => Ok(true),
+            // No such element, or no such set: either way it is not held.
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn dump_set(&mut self, set: &'static str, held: &mut Vec<Held>) -> Result<(), NlError> {
+        let start = held.len();
+        let mut attempt = 1;
+        loop {
+            let result = self
+                .sock
+                .dump("dump set", grants::dump(set), |kind, payload| {
+                    if kind == NFT_MSG_NEWSETELEM {
+                        grants::read_dump(set, payload, held)
+                            .map_err(|e| NlError::Decode(e.to_string()))?;
+                    }
+                    Ok(())
+                });
+            match result {
+                Err(NlError::DumpInterrupted) if attempt < ATTEMPTS => {
+                    held.truncate(start);
+                    attempt += 1;
+                }
+                // No table or no set: nothing is held.
+                Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(()),
+                other => return other,
+            }
+        }
+    }
+}
+
+impl Firewall for NftFirewall {
+    fn ensure_base(&mut self, ruleset: &Ruleset) -> Result<(), FirewallError> {
+        let err = match self.sock.transact(layout::adopt(ruleset)) {
+            Ok(()) => {
+                tracing::debug!(
+                    protected = ruleset.protected.len(),
+                    knock_ports = ruleset.knock_ports.len(),
+                    "nftables table inet knockgate in place"
+                );
+                return Ok(());
+            }
+            // Only a refusal can mean the table is not ours to adopt.
+            Err(e) if e.errno().is_none() || is_permission(&e) => {
+                return Err(to_firewall_error("ensure_base", e));
+            }
+            Err(e) => e,
+        };
+        // A table whose sets or chain differ from ours (an older layout, a hand edit)
+        // cannot be adopted in place: rebuild it and carry the grants over.
+        tracing::warn!(
+            error = %chain(&err),
+            "cannot adopt the existing nftables table inet knockgate, rebuilding it"
+        );
+        let carried: Vec<(GrantKey, u64)> = match self.list() {
+            Ok(held) => held
+                .into_iter()
+                // Never re-add a grant without a timeout: knockgate did not make it.
+                .filter(|h| h.remaining != Duration::MAX)
+                .map(|h| (h.key, timeout_ms(h.remaining)))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the grants to carry over, dropping them");
+                Vec::new()
+            }
+        };
+        self.sock
+            .transact(layout::rebuild(ruleset, &carried))
+            .map_err(|e| to_firewall_error("ensure_base", e))
+    }
+
+    fn open(&mut self, key: &GrantKey, timeout: Duration) -> Result<(), FirewallError> {
+        let ms = timeout_ms(timeout);
+        // Before 6.10 the kernel keeps an element's expiry when it is added again, so a
+        // refresh is delete + add in one transaction. The lookup decides which transaction
+        // to send, because a refused one is rolled back at a cost of milliseconds.
+        let mut attempt = 1;
+        loop {
+            let held = self.holds(key).map_err(|e| to_firewall_error("open", e))?;
+            let result = if held {
+                self.sock
+                    .transact([grants::delete(key), grants::add(key, ms, NLM_F_EXCL)])
+            } else {
+                self.sock.transact([grants::add(key, ms, NLM_F_EXCL)])
+            };
+            let raced = match result.as_ref().err().and_then(NlError::errno) {
+                Some(libc::ENOENT) => held, // it expired between lookup and transaction
+                Some(libc::EEXIST) => !held,
+                _ => false,
+            };
+            if !raced || attempt == ATTEMPTS {
+                return result.map_err(|e| to_firewall_error("open", e));
+            }
+            attempt += 1;
+        }
+    }
+
+    fn close(&mut self, key: &GrantKey) -> Result<(), FirewallError> {
+        // Most grants are closed around the time the kernel expires them; looking first
+        // avoids a refused (and slow to roll back) delete.
+        if !self.holds(key).map_err(|e| to_firewall_error("close", e))? {
+            return Ok(());
+        }
+        match self.sock.transact([grants::delete(key)]) {
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
+            other => other.map_err(|e| to_firewall_error("close", e)),
+        }
+    }
+
+    /// The grants in both sets. An element without a timeout (knockgate never adds one)
+    /// is reported with `remaining == Duration::MAX`.
+    fn list(&mut self) -> Result<Vec<Held>, FirewallError> {
+        let mut held = Vec::new();
+        for set in [layout::GRANTS4, layout::GRANTS6] {
+            self.dump_set(set, &mut held)
+                .map_err(|e| to_firewall_error("list", e))?;
+        }
+        Ok(held)
+    }
+
+    fn teardown(&mut self) -> Result<(), FirewallError> {
+        match self.sock.transact([layout::delete_table()]) {
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
+            other => other.map_err(|e| to_firewall_error("teardown", e)),
+        }
+    }
+}
+
+/// Milliseconds for the kernel, at least 1: a zero timeout would mean "never expires".
+fn timeout_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn is_permission(e: &NlError) -> bool {
+    matches!(e.errno(), Some(libc::EPERM | libc::EACCES))
+}
+
+/// The one place netlink failures become [`FirewallError`]s.
+fn to_firewall_error(op: &'static str, e: NlError) -> FirewallError {
+    if is_permission(&e) {
+        return FirewallError::Permission(format!("{op}: {}", chain(&e)));
+    }
+    match e {
+        NlError::Refused { what, errno } => FirewallError::Kernel { op: what, errno },
+        other => FirewallError::Netlink(format!("{op}: {}", chain(&other))),
+    }
+}
+
+/// An error and its sources, joined with ": ".
+fn chain(e: &dyn Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

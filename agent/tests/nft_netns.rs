@@ -1,0 +1,529 @@
+//! The nftables backend against the real kernel. Each test runs on its own thread inside a
+//! fresh network namespace (`unshare(CLONE_NEWNET)` is per thread, and the namespace goes
+//! away with the thread), so nothing leaks into the host. Needs root; fails without it.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use knockgate_agent::firewall::nft::NftFirewall;
+use knockgate_agent::firewall::{Firewall, FirewallError, Held};
+use knockgate_agent_core::ruleset::{GrantKey, PortSpec, Proto, Ruleset};
+
+/// Run `f` on a new thread inside a new, empty network namespace with `lo` up.
+fn in_netns<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    let handle = thread::spawn(move || {
+        enter_new_netns();
+        run(&["ip", "link", "set", "lo", "up"]);
+        f()
+    });
+    match handle.join() {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// Move the calling thread into a new network namespace.
+#[allow(unsafe_code)] // the one syscall std has no wrapper for
+fn enter_new_netns() {
+    // SAFETY: unshare only changes the calling thread's namespace membership; it takes no
+    // pointers.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        panic!(
+            "unshare(CLONE_NEWNET) failed: {err}. These tests need root (CAP_SYS_ADMIN and \
+             CAP_NET_ADMIN); run them as root, as CI does"
+        );
+    }
+}
+
+/// Become `nobody` on the calling thread only, losing every capability.
+#[allow(unsafe_code)] // std has no per-thread setresuid
+fn drop_root_on_this_thread() {
+    // SAFETY: the raw syscall, unlike libc's setresuid wrapper, changes only the calling
+    // thread's ids (and with them its capabilities); it takes no pointers.
+    let rc = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+    assert_eq!(rc, 0, "setresuid: {}", std::io::Error::last_os_error());
+}
+
+/// Run a command in the current thread's namespace; panic if it fails.
+fn run(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Load a ruleset with `nft -f -` in the current thread's namespace.
+fn nft_load(ruleset: &str) {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn nft");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(ruleset.as_bytes())
+        .expect("write ruleset");
+    assert!(child.wait().expect("nft").success(), "nft -f failed");
+}
+
+/// `nft list table inet knockgate`, whitespace collapsed and element lists sorted.
+fn listing() -> String {
+    normalize(&run(&["nft", "list", "table", "inet", "knockgate"]))
+}
+
+/// `nft list set inet knockgate <set>`, normalized like `listing`.
+fn list_set(set: &str) -> String {
+    normalize(&run(&["nft", "list", "set", "inet", "knockgate", set]))
+}
+
+fn normalize(text: &str) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut out = String::new();
+    let mut rest = flat.as_str();
+    while let Some(start) = rest.find("elements = { ") {
+        let body = &rest[start + "elements = { ".len()..];
+        let end = body.find(" }").expect("unterminated element list");
+        let mut elems: Vec<&str> = body[..end].split(", ").collect();
+        elems.sort_unstable();
+        out.push_str(&rest[..start]);
+        out.push_str(&format!("elements = {{ {} }}", elems.join(", ")));
+        rest = &body[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn port(proto: Proto, port: u16) -> PortSpec {
+    PortSpec { proto, port }
+}
+
+fn ruleset(protected: &[PortSpec], knocks: &[PortSpec]) -> Ruleset {
+    Ruleset {
+        protected: protected.iter().copied().collect::<BTreeSet<_>>(),
+        knock_ports: knocks.iter().copied().collect::<BTreeSet<_>>(),
+    }
+}
+
+fn grant(addr: &str, proto: Proto, port: u16) -> GrantKey {
+    GrantKey {
+        addr: addr.parse().expect("test address"),
+        proto,
+        port,
+    }
+}
+
+fn firewall_with(rs: &Ruleset) -> NftFirewall {
+    let mut fw = NftFirewall::new().expect("netlink socket");
+    fw.ensure_base(rs).expect("ensure_base");
+    fw
+}
+
+fn held(fw: &mut NftFirewall, key: &GrantKey) -> Option<Held> {
+    fw.list().expect("list").into_iter().find(|h| h.key == *key)
+}
+
+fn assert_remaining(h: Option<Held>, max: Duration, slack: Duration) {
+    let h = h.expect("grant is held");
+    assert!(
+        h.remaining <= max && h.remaining + slack >= max,
+        "remaining {:?}, expected within {slack:?} below {max:?}",
+        h.remaining
+    );
+}
+
+const EXPECTED: &str = "table inet knockgate {
+    set protected { type inet_proto . inet_service elements = { tcp . 22 } }
+    set knocks { type inet_proto . inet_service elements = { tcp . 7000, udp . 8000 } }
+    set grants4 { type ipv4_addr . inet_proto . inet_service flags timeout }
+    set grants6 { type ipv6_addr . inet_proto . inet_service flags timeout }
+    chain input {
+        type filter hook input priority filter - 10; policy accept;
+        meta l4proto . th dport @knocks drop
+        ct state established,related accept
+        meta l4proto . th dport @protected ip saddr . meta l4proto . th dport != @grants4 drop
+        meta l4proto . th dport @protected ip6 saddr . meta l4proto . th dport != @grants6 drop
+    }
+}";
+
+fn standard() -> Ruleset {
+    ruleset(
+        &[port(Proto::Tcp, 22)],
+        &[port(Proto::Tcp, 7000), port(Proto::Udp, 8000)],
+    )
+}
+
+#[test]
+fn ensure_base_creates_the_layout() {
+    in_netns(|| {
+        let _fw = firewall_with(&standard());
+        assert_eq!(listing(), normalize(EXPECTED));
+    });
+}
+
+#[test]
+fn ensure_base_accepts_an_empty_ruleset() {
+    in_netns(|| {
+        let _fw = firewall_with(&Ruleset::default());
+        let text = listing();
+        assert!(
+            text.contains("set protected { type inet_proto . inet_service }"),
+            "{text}"
+        );
+        assert!(text.contains("@grants6 drop"), "{text}");
+    });
+}
+
+#[test]
+fn ensure_base_again_keeps_grants_and_replaces_ports() {
+    in_netns(|| {
+        let mut fw = firewall_with(&standard());
+        let key = grant("10.0.0.1", Proto::Tcp, 22);
+        fw.open(&key, Duration::from_secs(60)).expect("open");
+
+        let second = ruleset(
+            &[port(Proto::Tcp, 2222), port(Proto::Udp, 53)],
+            &[port(Proto::Udp, 9000)],
+        );
+        // A fresh instance, as after an agent restart.
+        let mut fw = firewall_with(&second);
+        fw.ensure_base(&second).expect("ensure_base is idempotent");
+
+        let text = listing();
+        let protected = "type inet_proto . inet_service elements = { tcp . 2222, udp . 53 } }";
+        assert!(
+            text.contains(&format!("set protected {{ {protected}")),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "set knocks { type inet_proto . inet_service elements = { udp . 9000 } }"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("10.0.0.1 . tcp . 22 timeout 1m expires"),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("drop").count(),
+            3,
+            "rules were duplicated: {text}"
+        );
+        assert_remaining(
+            held(&mut fw, &key),
+            Duration::from_secs(60),
+            Duration::from_secs(5),
+        );
+    });
+}
+
+#[test]
+fn ensure_base_rebuilds_a_foreign_layout_and_carries_grants_over() {
+    in_netns(|| {
+        // Same grant sets, but the chain hooks at another priority, which cannot be
+        // changed in place. The stray chain shows that the table was rebuilt, not patched.
+        nft_load(
+            "table inet knockgate {
+                set grants4 {
+                    type ipv4_addr . inet_proto . inet_service; flags timeout;
+                    elements = { 10.9.9.9 . tcp . 22 timeout 90s, 10.9.9.8 . udp . 53 timeout 80s }
+                }
+                set grants6 {
+                    type ipv6_addr . inet_proto . inet_service; flags timeout;
+                    elements = { 2001:db8::9 . tcp . 22 timeout 70s }
+                }
+                chain input { type filter hook input priority 0; policy accept; }
+                chain stray { }
+            }",
+        );
+
+        let mut fw = firewall_with(&standard());
+        let text = listing();
+        assert!(text.contains("priority filter - 10"), "{text}");
+        assert!(!text.contains("stray"), "{text}");
+        assert!(text.contains("@knocks drop"), "{text}");
+        let slack = Duration::from_secs(5);
+        for (key, timeout) in [
+            (grant("10.9.9.9", Proto::Tcp, 22), 90),
+            (grant("10.9.9.8", Proto::Udp, 53), 80),
+            (grant("2001:db8::9", Proto::Tcp, 22), 70),
+        ] {
+            assert_remaining(held(&mut fw, &key), Duration::from_secs(timeout), slack);
+        }
+        assert_eq!(fw.list().expect("list").len(), 3);
+    });
+}
+
+#[test]
+fn open_v4_and_v6_then_list() {
+    in_netns(|| {
+        let mut fw = firewall_with(&standard());
+        let v4 = grant("192.0.2.7", Proto::Tcp, 22);
+        let v6 = grant("2001:db8::7", Proto::Udp, 53);
+        fw.open(&v4, Duration::from_secs(30)).expect("open v4");
+        fw.open(&v6, Duration::from_secs(45)).expect("open v6");
+
+        let all = fw.list().expect("list");
+        assert_eq!(all.len(), 2, "{all:?}");
+        assert_remaining(
+            held(&mut fw, &v4),
+            Duration::from_secs(30),
+            Duration::from_secs(2),
+        );
+        assert_remaining(
+            held(&mut fw, &v6),
+            Duration::from_secs(45),
+            Duration::from_secs(2),
+        );
+
+        let g4 = list_set("grants4");
+        assert!(
+            g4.contains("elements = { 192.0.2.7 . tcp . 22 timeout 30s expires"),
+            "{g4}"
+        );
+        let g6 = list_set("grants6");
+        assert!(
+            g6.contains("elements = { 2001:db8::7 . udp . 53 timeout 45s expires"),
+            "{g6}"
+        );
+    });
+}
+
+#[test]
+fn open_stores_v4_mapped_addresses_as_v4() {
+    in_netns(|| {
+        let mut fw = firewall_with(&standard());
+        fw.open(
+            &grant("::ffff:192.0.2.8", Proto::Tcp, 22),
+            Duration::from_secs(30),
+        )
+        .expect("open");
+        let key = grant("192.0.2.8", Proto::Tcp, 22);
+        assert!(held(&mut fw, &key).is_some());
+    });
+}
+
+#[test]
+fn reopen_restarts_the_timeout() {
+    in_netns(|| {
+        let mut fw = firewall_with(&standard());
+        let key = grant("192.0.2.9", Proto::Tcp, 22);
+        fw.open(&key, Duration::from_secs(3)).expect("open");
+        thread::sleep(Duration::from_millis(1500));
+        fw.open(&key, Duration::from_secs(3))
+            .expect("reopen, same timeout");
+        assert_remaining(
+            held(&mut fw, &key),
+            Duration::from_secs(3),
+            Duration::from_millis(500),
+        );
+
+        fw.open(&key, Duration::from_secs(120))
+            .expect("reopen, longer");
+        assert_remaining(
+            held(&mut fw, &key),
+            Duration::from_secs(120),
+            Duration::from_secs(1),
+        );
+        fw.open(&key, Duration::from_secs(10))
+            .expect("reopen, shorter");
+        assert_remaining(
+            held(&mut fw, &key),
+            Duration::from_secs(10),
+            Duration::from_secs(1),
+        );
+        assert_eq!(fw.list().expect("list").len(), 1);
+    });
+}
+
+#[test]
+fn close_removes_and_tolerates_absence() {
+    in_netns(|| {
+        let mut fw = firewall_with(&standard());
+        let key = grant("2001:db8::9", Proto::Tcp, 22);
+        fw.open(&key, Duration::from_secs(30)).expect("open");
+        fw.close(&key).expect("close");
+        assert!(fw.list().expect("list").is_empty());
+        fw.close(&key).expect("closing an absent grant is fine");
+    });
+}
+
+#[test]
+fn grant_expires_by_itself() {
+    in_netns(|| {
+        let mut fw = firewall_with(&standard());
+        let key = grant("192.0.2.10", Proto::Udp, 8000);
+        fw.open(&key, Duration::from_secs(1)).expect("open");
+        assert!(held(&mut fw, &key).is_some());
+        thread::sleep(Duration::from_millis(1500));
+        assert!(fw.list().expect("list").is_empty());
+        // The expired element may linger until garbage collection; it must not get in the way.
+        fw.open(&key, Duration::from_secs(30)).expect("open again");
+        assert_remaining(
+            held(&mut fw, &key),
+            Duration::from_secs(30),
+            Duration::from_secs(2),
+        );
+    });
+}
+
+#[test]
+fn list_reads_a_dump_spanning_many_datagrams() {
+    in_netns(|| {
+        let mut fw = firewall_with(&standard());
+        let keys: Vec<GrantKey> = (0..3000u32)
+            .map(|i| GrantKey {
+                addr: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)),
+                proto: Proto::Tcp,
+                port: 22,
+            })
+            .collect();
+        for key in &keys {
+            fw.open(key, Duration::from_secs(60)).expect("open");
+        }
+        let mut listed: Vec<GrantKey> = fw
+            .list()
+            .expect("list")
+            .into_iter()
+            .map(|h| h.key)
+            .collect();
+        listed.sort_unstable();
+        assert_eq!(listed, keys);
+    });
+}
+
+#[test]
+fn teardown_removes_the_table() {
+    in_netns(|| {
+        let mut fw = firewall_with(&standard());
+        fw.teardown().expect("teardown");
+        let out = Command::new("nft")
+            .args(["list", "tables"])
+            .output()
+            .expect("nft");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("knockgate"));
+        fw.teardown().expect("teardown without a table");
+        assert!(fw.list().expect("list without a table").is_empty());
+        fw.close(&grant("192.0.2.1", Proto::Tcp, 22))
+            .expect("close without a table");
+    });
+}
+
+#[test]
+fn without_cap_net_admin_errors_are_permission_errors() {
+    in_netns(|| {
+        drop_root_on_this_thread();
+        let mut fw = NftFirewall::new().expect("a netlink socket needs no privilege");
+        let err = fw.ensure_base(&standard()).expect_err("refused");
+        assert!(matches!(err, FirewallError::Permission(_)), "{err:?}");
+        let err = fw
+            .open(&grant("192.0.2.1", Proto::Tcp, 22), Duration::from_secs(5))
+            .expect_err("refused");
+        assert!(matches!(err, FirewallError::Permission(_)), "{err:?}");
+        assert!(matches!(fw.list(), Err(FirewallError::Permission(_))));
+    });
+}
+
+/// Connect from `from` to `to`; the stream if the handshake completes within 300 ms.
+fn connects(from: IpAddr, to: SocketAddr) -> Option<TcpStream> {
+    let domain = socket2::Domain::for_address(to);
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None).expect("socket");
+    sock.bind(&SocketAddr::new(from, 0).into())
+        .expect("bind source");
+    sock.connect_timeout(&to.into(), Duration::from_millis(300))
+        .ok()?;
+    Some(sock.into())
+}
+
+#[test]
+fn grants_open_and_close_a_protected_port() {
+    in_netns(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let knock = TcpListener::bind("127.0.0.1:0").expect("listen");
+        let knock_addr = knock.local_addr().expect("addr");
+        let rs = ruleset(
+            &[port(Proto::Tcp, addr.port())],
+            &[port(Proto::Tcp, knock_addr.port())],
+        );
+        let mut fw = firewall_with(&rs);
+        let client = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+
+        assert!(
+            connects(client, addr).is_none(),
+            "protected port reachable without a grant"
+        );
+        let key = GrantKey {
+            addr: client,
+            proto: Proto::Tcp,
+            port: addr.port(),
+        };
+        fw.open(&key, Duration::from_secs(10)).expect("open");
+        let mut session = connects(client, addr).expect("connect with a grant");
+        let (mut served, _) = listener.accept().expect("accept");
+
+        fw.close(&key).expect("close");
+        assert!(
+            connects(client, addr).is_none(),
+            "new connection after close"
+        );
+        // The established session outlives its grant.
+        session.write_all(b"ping").expect("write");
+        let mut buf = [0u8; 4];
+        served
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        served
+            .read_exact(&mut buf)
+            .expect("read on the established session");
+        assert_eq!(&buf, b"ping");
+
+        // Knock ports are dropped even for a source with a grant to them.
+        let knock_key = GrantKey {
+            addr: client,
+            proto: Proto::Tcp,
+            port: knock_addr.port(),
+        };
+        fw.open(&knock_key, Duration::from_secs(10)).expect("open");
+        assert!(
+            connects(client, knock_addr).is_none(),
+            "knock port reachable"
+        );
+    });
+}
+
+#[test]
+fn grants_work_over_ipv6() {
+    in_netns(|| {
+        let listener = TcpListener::bind("[::1]:0").expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let mut fw = firewall_with(&ruleset(&[port(Proto::Tcp, addr.port())], &[]));
+        let client = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
+        assert!(
+            connects(client, addr).is_none(),
+            "protected port reachable without a grant"
+        );
+        let key = GrantKey {
+            addr: client,
+            proto: Proto::Tcp,
+            port: addr.port(),
+        };
+        fw.open(&key, Duration::from_secs(10)).expect("open");
+        assert!(connects(client, addr).is_some(), "connect with a grant");
+    });
+}

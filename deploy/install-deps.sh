@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# System packages knockgate needs to build, run and test on Debian 12 (run as root).
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+pkgs=(libpcap-dev pkg-config nftables iproute2 knockd fwknop-client ca-certificates curl)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  apt-get update -qq
+  # knockd's and fwknop's daemons are not wanted: only their clients are used.
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    echo "cargo is in ~/.cargo/bin: add it to PATH" >&2
+  else
+    echo "installing the Rust toolchain with rustup" >&2
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt
+  fi
+fi
