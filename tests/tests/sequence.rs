@@ -431,3 +431,23 @@ fn config_errors_exit_64_naming_the_key_and_install_nothing() {
         assert_eq!(lab.nft_table(), None, "case {i}: nothing may be installed");
     }
 }
+
+#[test]
+fn without_privileges_the_agent_says_so_and_exits_77() {
+    let lab = Lab::new();
+    let work = Workdir::new();
+    let config = work.config(&ssh_policy("2s", &SEQ));
+    let out = lab
+        .gw
+        .cmd("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .arg(knockgate_tests::bin("knockgate-agent"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run setpriv");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{err}");
+    assert!(err.contains("missing privilege CAP_NET_ADMIN and CAP_NET_RAW"), "{err}");
+    assert_eq!(lab.nft_table(), None);
+}
