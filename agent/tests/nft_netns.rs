@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use knockgate_agent::firewall::nft::NftFirewall;
 use knockgate_agent::firewall::{Firewall, FirewallError, Held};
-use knockgate_agent_core::ruleset::{GrantKey, PortSpec, Proto, Ruleset};
+use knockgate_agent_core::ruleset::{Access, GrantKey, Proto, Ruleset};
 
 /// Run `f` on a new thread inside a new, empty network namespace with `lo` up.
 fn in_netns<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
@@ -107,11 +107,11 @@ fn normalize(text: &str) -> String {
     out
 }
 
-fn port(proto: Proto, port: u16) -> PortSpec {
-    PortSpec { proto, port }
+fn port(proto: Proto, port: u16) -> Access {
+    Access { proto, port }
 }
 
-fn ruleset(protected: &[PortSpec], knocks: &[PortSpec]) -> Ruleset {
+fn ruleset(protected: &[Access], knocks: &[Access]) -> Ruleset {
     Ruleset {
         protected: protected.iter().copied().collect::<BTreeSet<_>>(),
         knock_ports: knocks.iter().copied().collect::<BTreeSet<_>>(),

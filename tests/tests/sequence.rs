@@ -440,7 +440,12 @@ fn without_privileges_the_agent_says_so_and_exits_77() {
     let out = lab
         .gw
         .cmd("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(knockgate_tests::bin("knockgate-agent"))
         .args(["run", "--config"])
         .arg(&config)
@@ -448,6 +453,9 @@ fn without_privileges_the_agent_says_so_and_exits_77() {
         .expect("run setpriv");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(77), "{err}");
-    assert!(err.contains("missing privilege CAP_NET_ADMIN and CAP_NET_RAW"), "{err}");
+    assert!(
+        err.contains("missing privilege CAP_NET_ADMIN and CAP_NET_RAW"),
+        "{err}"
+    );
     assert_eq!(lab.nft_table(), None);
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::detect::sequence::{Door, FlagFilter};
 use crate::packet::{KnockKind, tcp_flags};
-use crate::ruleset::{PortSpec, Ruleset};
+use crate::ruleset::{Access, Ruleset};
 
 /// Default cap on tracked knock sources.
 pub const DEFAULT_MAX_SOURCES: usize = 65_536;
@@ -65,7 +65,7 @@ pub struct FirewallSection {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub name: String,
-    pub open: Vec<PortSpec>,
+    pub open: Vec<Access>,
     pub timeout: Duration,
     pub door: Door,
 }
@@ -84,7 +84,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     name: String,
-    open: Vec<Spec<PortSpec>>,
+    open: Vec<Spec<Access>>,
     timeout: Human,
     sequence: Vec<Spec<KnockKind>>,
     #[serde(default = "default_sequence_timeout")]
@@ -129,9 +129,9 @@ impl<'de, T: ParseSpec> Deserialize<'de> for Spec<T> {
     }
 }
 
-impl ParseSpec for PortSpec {
+impl ParseSpec for Access {
     fn parse_spec(s: &str) -> Result<Self, String> {
-        s.parse().map_err(|e| format!("{e}"))
+        s.parse().map_err(|e| format!("bad proto/port {s:?}: {e}"))
     }
 }
 
@@ -140,7 +140,9 @@ impl ParseSpec for KnockKind {
         if s == "icmp" {
             return Ok(KnockKind::Icmp);
         }
-        let p: PortSpec = s.parse().map_err(|e| format!("{e} (or \"icmp\")"))?;
+        let p: Access = s
+            .parse()
+            .map_err(|e| format!("bad knock {s:?}: {e} (write tcp/PORT, udp/PORT or icmp)"))?;
         Ok(KnockKind::Port {
             proto: p.proto,
             port: p.port,
@@ -263,7 +265,7 @@ impl Config {
             if max_gap.is_some_and(|m| m < min_gap) {
                 return Err(invalid(key("max_gap"), "is shorter than min_gap"));
             }
-            let open: Vec<PortSpec> = p.open.into_iter().map(|s| s.0).collect();
+            let open: Vec<Access> = p.open.into_iter().map(|s| s.0).collect();
             let steps: Vec<KnockKind> = p.sequence.into_iter().map(|s| s.0).collect();
             let door = Door {
                 steps,
@@ -312,7 +314,7 @@ impl Config {
             rs.protected.extend(p.open.iter().copied());
             for step in &p.door.steps {
                 if let KnockKind::Port { proto, port } = *step {
-                    rs.knock_ports.insert(PortSpec { proto, port });
+                    rs.knock_ports.insert(Access { proto, port });
                 }
             }
         }

@@ -76,7 +76,7 @@ fn bad_values_are_named() {
     );
     let e = err(&ISSUE_EXAMPLE.replace("\"tcp/22\"", "\"tcp/99999\""));
     assert!(
-        e.contains("bad port") && e.contains("line 12") && e.contains("open ="),
+        e.contains("port is not a number") && e.contains("line 12") && e.contains("open ="),
         "{e}"
     );
     let e = err(&ISSUE_EXAMPLE.replace("\"udp/8000\"", "\"sctp/8000\""));
@@ -85,7 +85,7 @@ fn bad_values_are_named() {
         "{e}"
     );
     let e = err(&ISSUE_EXAMPLE.replace("\"icmp\"", "\"icmp6\""));
-    assert!(e.contains("expected proto/port"), "{e}");
+    assert!(e.contains("write tcp/PORT, udp/PORT or icmp"), "{e}");
     let e = err(&ISSUE_EXAMPLE.replace("# optional: min_gap", "tcp_flags = \"syn,!bogus\"\n#"));
     assert!(
         e.contains("unknown tcp flag \\\"bogus\\\"") || e.contains("unknown tcp flag"),

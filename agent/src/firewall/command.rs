@@ -38,7 +38,7 @@ impl CommandFirewall {
     fn run(&self, template: &str, key: &GrantKey, timeout: Duration) -> Result<(), FirewallError> {
         let cmd = template
             .replace("%IP%", &key.addr.to_string())
-            .replace("%PROTO%", key.proto.name())
+            .replace("%PROTO%", key.proto.as_str())
             .replace("%PORT%", &key.port.to_string())
             .replace("%TIMEOUT%", &timeout.as_secs().to_string());
         let status = Command::new("/bin/sh")

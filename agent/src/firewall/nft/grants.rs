@@ -132,7 +132,7 @@ fn encode(key: &GrantKey) -> (&'static str, Vec<u8>) {
         }
     };
     let [hi, lo] = key.port.to_be_bytes();
-    bytes.extend_from_slice(&[key.proto.number(), 0, 0, 0, hi, lo, 0, 0]);
+    bytes.extend_from_slice(&[key.proto.ip_number(), 0, 0, 0, hi, lo, 0, 0]);
     (set, bytes)
 }
 
@@ -154,7 +154,7 @@ fn decode(bytes: &[u8]) -> Option<GrantKey> {
     };
     Some(GrantKey {
         addr,
-        proto: Proto::from_number(proto)?,
+        proto: Proto::from_ip_number(proto)?,
         port: u16::from_be_bytes([hi, lo]),
     })
 }

@@ -1,7 +1,7 @@
 //! The `inet knockgate` table as nf_tables transactions: its four sets, the input chain,
 //! and the batches that create it, adopt an existing one, or rebuild it.
 
-use knockgate_agent_core::ruleset::{GrantKey, PortSpec, Ruleset};
+use knockgate_agent_core::ruleset::{Access, GrantKey, Ruleset};
 use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE};
 use netlink_packet_netfilter::nftables::{
     ChainAttribute, ChainMessage, DataAttribute, Hook, InetHookNumber, ListAttribute,
@@ -240,7 +240,7 @@ fn ports_and_rules(ruleset: &Ruleset) -> Vec<Request> {
 }
 
 /// `proto . port`: each field padded to a 4-byte register, the port in network order.
-fn port_key(p: PortSpec) -> Vec<u8> {
+fn port_key(p: Access) -> Vec<u8> {
     let [hi, lo] = p.port.to_be_bytes();
-    vec![p.proto.number(), 0, 0, 0, hi, lo, 0, 0]
+    vec![p.proto.ip_number(), 0, 0, 0, hi, lo, 0, 0]
 }
