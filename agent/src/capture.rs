@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use knockgate_agent_core::packet::{self, KnockKind, LinkType};
+use knockgate_agent_core::ruleset::Proto;
 use pcap::{Active, BreakLoop, Capture, Direction, Linktype};
 
 use crate::engine::Input;
@@ -22,6 +23,8 @@ pub struct KnockMsg {
     pub src: IpAddr,
     pub kind: KnockKind,
     pub tcp_flags: u8,
+    /// The datagram body, kept only for the SPA port.
+    pub payload: Option<Box<[u8]>>,
 }
 
 /// Why capture could not start on an interface.
@@ -113,6 +116,7 @@ pub fn spawn(
     tx: SyncSender<Input>,
     stop: Arc<AtomicBool>,
     counters: Arc<Counters>,
+    spa_port: Option<u16>,
 ) -> std::io::Result<Running> {
     let Opened {
         iface,
@@ -135,7 +139,9 @@ pub fn spawn(
             let Some(k) = packet::parse(link, frame.data) else {
                 continue;
             };
-            let msg = KnockMsg { at: Instant::now(), src: k.src, kind: k.kind, tcp_flags: k.tcp_flags };
+            let spa = KnockKind::Port { proto: Proto::Udp, port: spa_port.unwrap_or(0) };
+            let payload = (spa_port.is_some() && k.kind == spa).then(|| Box::from(k.payload));
+            let msg = KnockMsg { at: Instant::now(), src: k.src, kind: k.kind, tcp_flags: k.tcp_flags, payload };
             counters.knocks.fetch_add(1, Ordering::Relaxed);
             match tx.try_send(Input::Knock(msg)) {
                 Ok(()) => {}

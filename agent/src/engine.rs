@@ -2,17 +2,22 @@
 //! threads, runs them through the matcher, opens grants through the firewall, notices
 //! expiry, and emits every decision as a structured event (target `knockgate::event`).
 
+mod spa;
+
+use std::net::IpAddr;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use knockgate_agent_core::config::Policy;
-use knockgate_agent_core::detect::sequence::{Decision, Outcome, SequenceMatcher};
+use knockgate_agent_core::config::{Config, Policy};
+use knockgate_agent_core::detect::sequence::{Decision, DoorError, Outcome, SequenceMatcher};
+use knockgate_agent_core::detect::spa::SpaDetector;
 use knockgate_agent_core::grants::{Grants, Opened};
-use knockgate_agent_core::ruleset::GrantKey;
+use knockgate_agent_core::ruleset::{Access, GrantKey};
 use tracing::{debug, info, trace, warn};
 
 use crate::capture::KnockMsg;
 use crate::firewall::Firewall;
+use crate::replay_store::ReplayStore;
 
 /// What the engine is told.
 #[derive(Debug)]
@@ -30,26 +35,44 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 /// Decision state plus the firewall that enforces it.
 pub struct Engine {
     policies: Vec<Policy>,
+    users: Vec<String>,
+    /// Policy index of each sequence door.
+    door_policy: Vec<usize>,
     matcher: SequenceMatcher,
+    spa: Option<spa::SpaState>,
     grants: Grants,
     firewall: Box<dyn Firewall>,
     decisions: Vec<Decision>,
 }
 
 impl Engine {
-    /// An engine for `policies` (door id = policy index) over an installed firewall.
+    /// An engine for `config` over an installed firewall. `spa` carries the detector and
+    /// its on-disk replay cache when any policy is opened by SPA.
     pub fn new(
-        policies: Vec<Policy>,
-        matcher: SequenceMatcher,
+        config: &Config,
         firewall: Box<dyn Firewall>,
-    ) -> Self {
-        Engine {
-            policies,
+        spa: Option<(SpaDetector, ReplayStore)>,
+    ) -> Result<Self, DoorError> {
+        let (door_policy, doors): (Vec<usize>, Vec<_>) = config.doors().into_iter().unzip();
+        let matcher = SequenceMatcher::new(doors, config.agent.max_sources)?;
+        Ok(Engine {
+            policies: config.policies.clone(),
+            users: config.users.iter().map(|u| u.name.clone()).collect(),
+            door_policy,
             matcher,
+            spa: spa.map(|(detector, store)| spa::SpaState::new(detector, store, config.spa.port)),
             grants: Grants::new(),
             firewall,
             decisions: Vec::new(),
-        }
+        })
+    }
+
+    /// Install the static ruleset (protected ports, knock ports, grant sets).
+    pub fn install(
+        &mut self,
+        ruleset: &knockgate_agent_core::ruleset::Ruleset,
+    ) -> Result<(), crate::firewall::FirewallError> {
+        self.firewall.ensure_base(ruleset)
     }
 
     /// Take over the grants the firewall already holds (left by an earlier run).
@@ -76,8 +99,11 @@ impl Engine {
             let wait = self.grants.next_expiry().map_or(IDLE_TICK, |t| {
                 t.saturating_duration_since(now).min(IDLE_TICK)
             });
+            if let Some(spa) = &mut self.spa {
+                spa.summarize(now);
+            }
             match rx.recv_timeout(wait) {
-                Ok(Input::Knock(k)) => self.handle_knock(k),
+                Ok(Input::Knock(k)) => self.handle_input(k),
                 Ok(Input::Shutdown { keep }) => break keep,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break false,
@@ -86,14 +112,24 @@ impl Engine {
         (self.firewall, keep)
     }
 
+    /// One packet from capture: a datagram for the SPA port, or a knock.
+    pub fn handle_input(&mut self, k: KnockMsg) {
+        if let Some(payload) = &k.payload {
+            self.handle_spa(k.src, payload, k.at);
+        } else {
+            self.handle_knock(k);
+        }
+    }
+
     /// One knock through the matcher, and whatever it completes.
-    pub fn handle_knock(&mut self, k: KnockMsg) {
+    fn handle_knock(&mut self, k: KnockMsg) {
         let mut decisions = std::mem::take(&mut self.decisions);
         decisions.clear();
         self.matcher
             .handle_knock(k.src, k.kind, k.tcp_flags, k.at, &mut decisions);
         for d in &decisions {
-            let policy = &self.policies[d.door as usize].name;
+            let policy_idx = self.door_policy[d.door as usize];
+            let policy = &self.policies[policy_idx].name;
             match d.outcome {
                 Outcome::Progressed { stage, of } => debug!(target: "knockgate::event",
                     event = "knock.progressed", src = %k.src, policy = %policy, stage, of, "knock progressed"),
@@ -106,40 +142,51 @@ impl Engine {
                 Outcome::Completed => {
                     info!(target: "knockgate::event", event = "knock.completed", src = %k.src,
                         policy = %policy, method = "sequence", "knock sequence completed");
-                    self.open_policy(d.door as usize, k.src, k.at.max(Instant::now()));
+                    let p = &self.policies[policy_idx];
+                    let (name, open, timeout) = (p.name.clone(), p.open.clone(), p.timeout);
+                    self.open_grants(&name, k.src, &open, timeout, Instant::now());
                 }
             }
         }
         self.decisions = decisions;
     }
 
-    fn open_policy(&mut self, idx: usize, src: std::net::IpAddr, now: Instant) {
-        let policy = &self.policies[idx];
-        for spec in &policy.open {
+    /// Open `access` for `src` for `timeout`; every port that fails stays closed.
+    /// Returns how many opened.
+    fn open_grants(
+        &mut self,
+        policy: &str,
+        src: IpAddr,
+        access: &[Access],
+        timeout: Duration,
+        now: Instant,
+    ) -> usize {
+        let mut opened = 0;
+        for spec in access {
             let key = GrantKey {
                 addr: src,
                 proto: spec.proto,
                 port: spec.port,
             };
-            match self.firewall.open(&key, policy.timeout) {
+            match self.firewall.open(&key, timeout) {
                 Ok(()) => {
-                    let kind = self
-                        .grants
-                        .handle_open(key, &policy.name, policy.timeout, now);
+                    opened += 1;
+                    let kind = self.grants.handle_open(key, policy, timeout, now);
                     let event = if kind == Opened::New {
                         "grant.opened"
                     } else {
                         "grant.extended"
                     };
-                    info!(target: "knockgate::event", event, src = %src, policy = %policy.name,
-                        proto = %spec.proto, port = spec.port, timeout_s = policy.timeout.as_secs_f64(),
+                    info!(target: "knockgate::event", event, src = %src, policy = %policy,
+                        proto = %spec.proto, port = spec.port, timeout_s = timeout.as_secs_f64(),
                         "grant opened");
                 }
                 Err(e) => warn!(target: "knockgate::event", event = "grant.failed", src = %src,
-                    policy = %policy.name, proto = %spec.proto, port = spec.port, error = %e,
+                    policy = %policy, proto = %spec.proto, port = spec.port, error = %e,
                     "firewall refused the grant; the port stays closed"),
             }
         }
+        opened
     }
 
     fn expire(&mut self, now: Instant) {
@@ -179,17 +226,17 @@ sequence = ["tcp/7000", "udp/8000"]
 
     fn engine(fw: FakeFirewall) -> Engine {
         let c = Config::parse(CONFIG).expect("config");
-        let m = SequenceMatcher::new(c.doors(), 16).expect("doors");
-        Engine::new(c.policies, m, Box::new(fw))
+        Engine::new(&c, Box::new(fw), None).expect("engine")
     }
 
     fn knock(e: &mut Engine, at: Instant, kind: KnockKind) {
         let src = "10.240.0.2".parse().expect("ip");
-        e.handle_knock(KnockMsg {
+        e.handle_input(KnockMsg {
             at,
             src,
             kind,
             tcp_flags: tcp_flags::SYN,
+            payload: None,
         });
     }
 

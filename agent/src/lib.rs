@@ -9,3 +9,4 @@ pub mod engine;
 pub mod firewall;
 pub mod logging;
 pub mod privilege;
+pub mod replay_store;

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use anyhow::Context;
 use knockgate_agent::capture::{self, Counters};
@@ -15,8 +15,9 @@ use knockgate_agent::firewall::nft::NftFirewall;
 use knockgate_agent::firewall::{Firewall, FirewallError};
 use knockgate_agent::logging::{self, LogFormat};
 use knockgate_agent::privilege;
+use knockgate_agent::replay_store::ReplayStore;
 use knockgate_agent_core::config::{Backend, Config};
-use knockgate_agent_core::detect::sequence::SequenceMatcher;
+use knockgate_agent_core::detect::spa::SpaDetector;
 use knockgate_agent_core::filter::capture_filter;
 use tracing::info;
 
@@ -65,7 +66,7 @@ pub fn check(path: &Path) -> Result<(), Failure> {
     println!("  knock ports (always dropped): {}", knocks.join(" "));
     println!(
         "  capture filter: {}",
-        capture_filter(config.doors().iter().flat_map(|d| d.steps.iter()))
+        capture_filter(&config.capture_kinds())
     );
     Ok(())
 }
@@ -90,16 +91,23 @@ pub fn run(path: &Path, format: LogFormat, level: &str, keep_on_exit: bool) -> R
         .map_err(Failure::runtime)?;
 
     // Open every capture before touching the firewall: a bad interface installs nothing.
-    let doors = config.doors();
-    let filter = capture_filter(doors.iter().flat_map(|d| d.steps.iter()));
+    let filter = capture_filter(&config.capture_kinds());
     let mut opened = Vec::new();
     for iface in &config.agent.interfaces {
         opened.push(capture::open(iface, &filter).map_err(|e| Failure::runtime(e.into()))?);
     }
-    let matcher = SequenceMatcher::new(doors, config.agent.max_sources)
-        .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+    let spa = if config.uses_spa() {
+        let mut detector = SpaDetector::new(&config);
+        let now = knockgate_proto::unix_secs(SystemTime::now());
+        let store = ReplayStore::open(&config.agent.state_dir, detector.replay_cache(), now)
+            .context("failed to load the SPA replay cache from state_dir")
+            .map_err(Failure::runtime)?;
+        Some((detector, store))
+    } else {
+        None
+    };
 
-    let mut firewall: Box<dyn Firewall> = match config.firewall.backend {
+    let firewall: Box<dyn Firewall> = match config.firewall.backend {
         Backend::Nftables => Box::new(NftFirewall::new().map_err(fw_failure)?),
         Backend::Command => Box::new(CommandFirewall::new(
             config.firewall.open_command.clone().unwrap_or_default(),
@@ -107,10 +115,9 @@ pub fn run(path: &Path, format: LogFormat, level: &str, keep_on_exit: bool) -> R
             &config.agent.state_dir,
         )),
     };
-    firewall
-        .ensure_base(&config.ruleset())
-        .map_err(fw_failure)?;
-    let mut engine = Engine::new(config.policies.clone(), matcher, firewall);
+    let mut engine = Engine::new(&config, firewall, spa)
+        .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+    engine.install(&config.ruleset()).map_err(fw_failure)?;
     match engine.adopt_existing(Instant::now()) {
         Ok(n) if n > 0 => info!(adopted = n, "adopted grants left by an earlier run"),
         Ok(_) => {}
@@ -122,7 +129,8 @@ pub fn run(path: &Path, format: LogFormat, level: &str, keep_on_exit: bool) -> R
     let counters = Arc::new(Counters::default());
     let mut threads = Vec::new();
     for cap in opened {
-        let t = capture::spawn(cap, tx.clone(), stop.clone(), counters.clone())
+        let spa_port = config.uses_spa().then_some(config.spa.port);
+        let t = capture::spawn(cap, tx.clone(), stop.clone(), counters.clone(), spa_port)
             .context("failed to start a capture thread")
             .map_err(Failure::runtime)?;
         threads.push(t);

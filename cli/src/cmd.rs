@@ -2,7 +2,9 @@
 //! arguments and a `run` that takes its output stream, so a binary's `main`
 //! only parses, dispatches and maps errors to exit codes.
 
+pub mod keygen;
 pub mod knock;
+pub mod spa;
 
 /// Exit code for a failure that is not the user's input (a send failed, …).
 pub const EXIT_FAILURE: u8 = 1;

@@ -5,6 +5,8 @@
 //! - [`knock`]: sending knocks over real sockets ([`send_knock`], [`send_sequence`]).
 //! - [`icmp`]: echo-request bytes and the Internet checksum.
 //! - [`resolve`]: HOST to one address, honouring `-4`/`-6`.
+//! - [`spa`]: native SPA packets: sealing ([`build_spa`]) and sending ([`send_spa`]).
+//! - [`keyfile`]: reading and writing native SPA key files.
 //! - [`cmd`]: one module per subcommand (clap arguments and `run`).
 
 #![forbid(unsafe_code)]
@@ -12,10 +14,14 @@
 
 pub mod cmd;
 pub mod icmp;
+pub mod keyfile;
 pub mod knock;
 pub mod resolve;
+pub mod spa;
 pub mod spec;
 
+pub use keyfile::{KeyFileError, KeyTextError, parse_key_text, read_key_file, write_key_file};
 pub use knock::{KnockError, send_knock, send_sequence};
 pub use resolve::{Family, ResolveError, resolve_host};
+pub use spa::{BuildSpaError, DEFAULT_SPA_PORT, SendSpaError, build_spa, send_spa};
 pub use spec::{KnockSpec, SpecError, parse_spec};

@@ -30,12 +30,13 @@ fn the_issue_schema_is_accepted_as_written() {
     assert_eq!(c.agent.max_sources, DEFAULT_MAX_SOURCES);
     assert_eq!(c.firewall.backend, Backend::Nftables);
     let p = &c.policies[0];
+    let door = p.door.as_ref().expect("door");
     assert_eq!(p.open, ["tcp/22".parse().unwrap()]);
     assert_eq!(p.timeout, Duration::from_secs(30));
-    assert_eq!(p.door.steps.len(), 4);
-    assert_eq!(p.door.steps[2], KnockKind::Icmp);
-    assert_eq!(p.door.sequence_timeout, Duration::from_secs(10));
-    assert_eq!(p.door.tcp_flags, DEFAULT_TCP_FLAGS);
+    assert_eq!(door.steps.len(), 4);
+    assert_eq!(door.steps[2], KnockKind::Icmp);
+    assert_eq!(door.sequence_timeout, Duration::from_secs(10));
+    assert_eq!(door.tcp_flags, DEFAULT_TCP_FLAGS);
     let rs = c.ruleset();
     assert_eq!(rs.protected.len(), 1);
     assert_eq!(rs.knock_ports.len(), 3, "icmp is not a port");
@@ -48,7 +49,7 @@ fn optional_keys_parse() {
         "min_gap = \"100ms\"\nmax_gap = \"5s\"\ntcp_flags = \"syn,!ack,!rst\"",
     );
     let c = Config::parse(&text).expect("parses");
-    let d = &c.policies[0].door;
+    let d = c.policies[0].door.as_ref().expect("door");
     assert_eq!(d.min_gap, Duration::from_millis(100));
     assert_eq!(d.max_gap, Some(Duration::from_secs(5)));
     assert_eq!(
@@ -144,4 +145,94 @@ proptest::proptest! {
     fn never_panics_on_any_text(s in "\\PC{0,200}") {
         let _ = Config::parse(&s);
     }
+}
+
+const SPA_EXAMPLE: &str = r#"
+[agent]
+name = "gw1"
+interfaces = ["eth0"]
+state_dir = "/var/lib/knockgate"
+
+[spa]
+port = 62201                    # UDP port SPA datagrams are captured on (pcap, like fwknopd)
+max_age = "120s"                # older or future-dated packets are refused
+
+[[user]]
+name = "alice"
+spa_key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+fwknop_key = "wBtb3bHHJGV3gdeuR9C5rTBvRvqMtZQwRsGebvm3pQo="
+fwknop_hmac_key = "a6v/eJvr/8hNW2tY9aRmn7PEyJqdK9UNEXqKeErHuOgqMXVWtEiNkzlgfxWqnZwOtdwySvzCGQnWYn6cp6E0GA=="
+fwknop_hmac = "sha256"                      # default; also sha1, sha384, sha512
+
+[[policy]]
+name = "ssh-spa"
+open = ["tcp/22"]
+timeout = "30s"
+max_timeout = "5m"              # a client may ask for up to this
+users = ["alice"]
+spa = true                      # native SPA opens it
+fwknop = true                   # fwknop SPA opens it
+"#;
+
+#[test]
+fn the_spa_schema_is_accepted_as_written() {
+    let c = Config::parse(SPA_EXAMPLE).expect("parses");
+    assert_eq!(c.spa.port, 62201);
+    assert_eq!(c.spa.max_age, Duration::from_secs(120));
+    let u = &c.users[0];
+    assert_eq!(u.name, "alice");
+    assert!(u.spa_key.is_some());
+    let fw = u.fwknop.as_ref().expect("fwknop keys");
+    assert_eq!(fw.enc_key.len(), 32);
+    assert_eq!(fw.hmac_key.len(), 64);
+    let p = &c.policies[0];
+    assert!(p.door.is_none() && p.spa && p.fwknop);
+    assert_eq!(p.max_timeout, Duration::from_secs(300));
+    assert_eq!(p.users.iter().copied().collect::<Vec<_>>(), [0]);
+    let rs = c.ruleset();
+    assert!(
+        rs.knock_ports.contains(&"udp/62201".parse().unwrap()),
+        "the SPA port is dropped"
+    );
+    assert!(c.capture_kinds().contains(&KnockKind::Port {
+        proto: crate::ruleset::Proto::Udp,
+        port: 62201
+    }));
+}
+
+#[test]
+fn spa_errors_name_the_key_and_never_echo_secrets() {
+    let e = err(&SPA_EXAMPLE.replace(
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd",
+    ));
+    assert!(
+        e.contains("bad spa_key") && e.contains("line 13") && !e.contains("AAECAw"),
+        "{e}"
+    );
+    let e = err(&SPA_EXAMPLE.replace("users = [\"alice\"]", "users = [\"bob\"]"));
+    assert_eq!(e, "policy[0].users[0]: no [[user]] named \"bob\"");
+    let e = err(&SPA_EXAMPLE.replace("users = [\"alice\"]", "users = []"));
+    assert_eq!(
+        e,
+        "policy[0].users: spa and fwknop policies must name the users they admit"
+    );
+    let e = err(&SPA_EXAMPLE.replace("max_timeout = \"5m\"", "max_timeout = \"5s\""));
+    assert_eq!(e, "policy[0].max_timeout: is shorter than timeout");
+    let e = err(&SPA_EXAMPLE.replace("fwknop_hmac = \"sha256\"", "fwknop_hmac = \"md4\""));
+    assert!(
+        e.contains("unknown fwknop_hmac") && e.contains("line 16"),
+        "{e}"
+    );
+    let e = err(&SPA_EXAMPLE.replace("fwknop_hmac_key = ", "# fwknop_hmac_key = "));
+    assert!(e.starts_with("user[0].fwknop_hmac_key: required"), "{e}");
+    let e = err(&SPA_EXAMPLE.replace("open = [\"tcp/22\"]", "open = [\"udp/62201\"]"));
+    assert_eq!(e, "policy[0].open: udp/62201 is the SPA port");
+    let e = err(&SPA_EXAMPLE
+        .replace("spa = true ", "spa = false ")
+        .replace("fwknop = true ", "fwknop = false "));
+    assert!(
+        e.starts_with("policy[0].sequence: give a knock sequence"),
+        "{e}"
+    );
 }

@@ -1,3 +1,4 @@
 //! Knock detection: synchronous state machines fed one knock at a time, with `now` passed in.
 
 pub mod sequence;
+pub mod spa;

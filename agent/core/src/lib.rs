@@ -11,4 +11,5 @@ pub mod filter;
 pub mod grants;
 pub mod lru;
 pub mod packet;
+pub mod replay;
 pub mod ruleset;

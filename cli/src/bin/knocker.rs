@@ -11,13 +11,14 @@ use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 use knockgate_cli::cmd::{self, CommandError};
 
-/// knocker: the knockgate user client. Knocks on a knockgate (or knockd) gateway
-/// so it opens a protected service for your address.
+/// knocker: the knockgate user client. Knocks on a knockgate (or knockd) gateway,
+/// or sends it a Single Packet Authorization, so it opens a protected service
+/// for your address.
 #[derive(Debug, Parser)]
 #[command(name = "knocker", version, arg_required_else_help = true)]
 #[command(after_help = "\
-Exit status: 0 on success, 64 for a bad argument or unresolvable host, 1 when a \
-knock could not be sent.
+Exit status: 0 on success, 64 for a bad argument, key file or unresolvable \
+host, 1 when a knock or packet could not be sent.
 
 Run 'knocker help <COMMAND>' for a command's options and examples.")]
 struct Cli {
@@ -31,6 +32,11 @@ enum Command {
     /// Send a port-knock sequence (TCP SYNs, UDP datagrams, ICMP echoes) to HOST,
     /// like knockd's `knock` client
     Knock(cmd::knock::KnockArgs),
+    /// Send one native SPA packet to HOST, asking gateway NAME to open access
+    /// for you
+    Spa(cmd::spa::SpaArgs),
+    /// Generate a native SPA key: print it, or write it to a 0600 file
+    Keygen(cmd::keygen::KeygenArgs),
 }
 
 /// A failed run: what to print and the exit code it deserves.
@@ -68,6 +74,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
     let mut out = stdout.lock();
     match cli.command {
         Command::Knock(args) => args.run(&mut out)?,
+        Command::Spa(args) => args.run(&mut out)?,
+        Command::Keygen(args) => args.run(&mut out)?,
     }
     Ok(())
 }

@@ -1,0 +1,195 @@
+//! The config file as written: serde shapes with `deny_unknown_fields`, and the string
+//! forms (durations, `proto/port`, knocks, tcp flags, keys) parsed where they are read, so
+//! toml reports the line and column of a bad value.
+
+use std::time::Duration;
+
+use knockgate_proto::fwknop::{FwknopKeys, HmacType};
+use knockgate_proto::spa::SpaKey;
+use serde::{Deserialize, Deserializer};
+
+use super::{AgentSection, FirewallSection};
+use crate::detect::sequence::FlagFilter;
+use crate::packet::{KnockKind, tcp_flags};
+use crate::ruleset::Access;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub agent: AgentSection,
+    #[serde(default)]
+    pub firewall: FirewallSection,
+    pub spa: Option<RawSpa>,
+    #[serde(default)]
+    pub user: Vec<RawUser>,
+    #[serde(default)]
+    pub policy: Vec<RawPolicy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSpa {
+    pub port: Option<u16>,
+    pub max_age: Option<Human>,
+    pub replay_cache_max: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUser {
+    pub name: String,
+    pub spa_key: Option<Secret<SpaKey>>,
+    pub fwknop_key: Option<String>,
+    pub fwknop_hmac_key: Option<String>,
+    pub fwknop_hmac: Option<Spec<HmacType>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPolicy {
+    pub name: String,
+    pub open: Vec<Spec<Access>>,
+    pub timeout: Human,
+    pub max_timeout: Option<Human>,
+    #[serde(default)]
+    pub sequence: Vec<Spec<KnockKind>>,
+    pub sequence_timeout: Option<Human>,
+    pub min_gap: Option<Human>,
+    pub max_gap: Option<Human>,
+    pub tcp_flags: Option<Spec<FlagFilter>>,
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub spa: bool,
+    #[serde(default)]
+    pub fwknop: bool,
+}
+
+/// A duration written as humantime (`30s`, `5m`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Human(pub Duration);
+
+impl<'de> Deserialize<'de> for Human {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map(Human).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "bad duration {s:?}: {e} (use e.g. \"30s\", \"5m\")"
+            ))
+        })
+    }
+}
+
+/// A value written as a string and parsed with [`ParseSpec`].
+pub(super) struct Spec<T>(pub T);
+
+/// Like [`Spec`], but the error never repeats the text: it is key material.
+pub(super) struct Secret<T>(pub T);
+
+pub(super) trait ParseSpec: Sized {
+    fn parse_spec(s: &str) -> Result<Self, String>;
+}
+
+impl<'de, T: ParseSpec> Deserialize<'de> for Spec<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        T::parse_spec(&s)
+            .map(Spec)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret<SpaKey> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = zeroize::Zeroizing::new(String::deserialize(d)?);
+        SpaKey::parse(&s).map(Secret).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "bad spa_key: {e} (expected base64 of 32 bytes, as `knocker keygen` prints)"
+            ))
+        })
+    }
+}
+
+impl ParseSpec for Access {
+    fn parse_spec(s: &str) -> Result<Self, String> {
+        s.parse().map_err(|e| format!("bad proto/port {s:?}: {e}"))
+    }
+}
+
+impl ParseSpec for HmacType {
+    fn parse_spec(s: &str) -> Result<Self, String> {
+        s.parse()
+            .map_err(|_| format!("unknown fwknop_hmac {s:?} (sha1, sha256, sha384, sha512)"))
+    }
+}
+
+impl ParseSpec for KnockKind {
+    fn parse_spec(s: &str) -> Result<Self, String> {
+        if s == "icmp" {
+            return Ok(KnockKind::Icmp);
+        }
+        let p: Access = s
+            .parse()
+            .map_err(|e| format!("bad knock {s:?}: {e} (write tcp/PORT, udp/PORT or icmp)"))?;
+        Ok(KnockKind::Port {
+            proto: p.proto,
+            port: p.port,
+        })
+    }
+}
+
+impl ParseSpec for FlagFilter {
+    fn parse_spec(s: &str) -> Result<Self, String> {
+        let mut f = FlagFilter::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (neg, name) = match part.strip_prefix('!') {
+                Some(n) => (true, n),
+                None => (false, part),
+            };
+            let bit = match name.to_ascii_lowercase().as_str() {
+                "fin" => tcp_flags::FIN,
+                "syn" => tcp_flags::SYN,
+                "rst" => tcp_flags::RST,
+                "psh" => tcp_flags::PSH,
+                "ack" => tcp_flags::ACK,
+                "urg" => tcp_flags::URG,
+                "ece" => tcp_flags::ECE,
+                "cwr" => tcp_flags::CWR,
+                _ => {
+                    return Err(format!(
+                        "unknown tcp flag {name:?} (fin, syn, rst, psh, ack, urg, ece, cwr)"
+                    ));
+                }
+            };
+            if neg { f.clear |= bit } else { f.set |= bit }
+        }
+        if f.set & f.clear != 0 {
+            return Err(format!("tcp_flags {s:?} both requires and forbids a flag"));
+        }
+        Ok(f)
+    }
+}
+
+/// fwknop keys from their two base64 texts; errors name the key, never its value.
+pub(super) fn fwknop_keys(enc: &str, hmac: &str, kind: HmacType) -> Result<FwknopKeys, String> {
+    FwknopKeys::from_base64(enc, hmac, kind).map_err(|e| format!("bad fwknop keys: {e}"))
+}
+
+/// toml's own rendering spans several lines with a caret drawing; say the same in one
+/// line: where, the offending line itself (which names the key), and what is wrong.
+/// Lines holding key material are not echoed.
+pub(super) fn locate(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let mut line = text[line_start..].lines().next().unwrap_or("").trim();
+    if line.contains("key") {
+        line = line.split('=').next().unwrap_or("").trim();
+    }
+    let column = text[line_start..start].chars().count() + 1;
+    format!("line {line_no}, column {column} ({line}): {message}")
+}

@@ -1,0 +1,391 @@
+//! SPA verification for both formats, cheapest check first, with the replay cache and the
+//! policy decision. Pure: the datagram, its source and the wall clock come in; a grant to
+//! open or a rejection with its reason comes out.
+//!
+//! Native packets name their key (a clear key id), so a packet costs one hash lookup and
+//! at most one AEAD open. fwknop packets carry no key hint, so users are tried in turn
+//! with precomputed HMAC key schedules, starting with the user who last succeeded from the
+//! same source address.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use knockgate_proto::fwknop::{self, FwknopError, FwknopPacket, PreparedKeys};
+use knockgate_proto::spa::{self, KeyId, SpaError, SpaKey};
+
+use crate::config::Config;
+use crate::lru::BoundedLru;
+use crate::replay::{ReplayCache, ReplayError, ReplayKey};
+use crate::ruleset::Access;
+
+/// Which SPA format a packet was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Native,
+    Fwknop,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Native => "spa",
+            Method::Fwknop => "fwknop",
+        }
+    }
+}
+
+/// Why a datagram opened nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Not a packet of either format (size, magic, base64, version, body).
+    Malformed,
+    /// Native: no user has this key id.
+    UnknownKey,
+    /// Native: the key id is known but the AEAD tag does not verify.
+    BadTag,
+    /// fwknop: no user's HMAC key verifies the packet.
+    NoMatchingKey,
+    /// fwknop: the HMAC verified but the packet does not decrypt (wrong Rijndael key).
+    BadEncryptionKey,
+    /// Native: sealed for another gateway.
+    WrongGateway,
+    /// Timestamp older than `max_age`.
+    Stale,
+    /// Timestamp further ahead than `max_age`.
+    Future,
+    /// The same packet was accepted before.
+    Replay,
+    /// The replay cache is full of live entries; refused rather than forgetting.
+    ReplayCacheFull,
+    /// fwknop: a command or NAT message, which knockgate does not run.
+    NotAccessRequest,
+    /// No policy admits this user for this access by this method.
+    AccessDenied,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Malformed => "malformed",
+            Reason::UnknownKey => "unknown_key",
+            Reason::BadTag => "bad_tag",
+            Reason::NoMatchingKey => "no_matching_key",
+            Reason::BadEncryptionKey => "bad_encryption_key",
+            Reason::WrongGateway => "wrong_gateway",
+            Reason::Stale => "stale",
+            Reason::Future => "future",
+            Reason::Replay => "replay",
+            Reason::ReplayCacheFull => "replay_cache_full",
+            Reason::NotAccessRequest => "not_access_request",
+            Reason::AccessDenied => "access_denied",
+        }
+    }
+
+    /// Whether the sender proved it holds a user's key (what follows is worth an INFO).
+    pub fn authenticated(self) -> bool {
+        !matches!(
+            self,
+            Reason::Malformed | Reason::UnknownKey | Reason::BadTag | Reason::NoMatchingKey
+        )
+    }
+
+    /// Every reason, for counters.
+    pub const ALL: [Reason; 12] = [
+        Reason::Malformed,
+        Reason::UnknownKey,
+        Reason::BadTag,
+        Reason::NoMatchingKey,
+        Reason::BadEncryptionKey,
+        Reason::WrongGateway,
+        Reason::Stale,
+        Reason::Future,
+        Reason::Replay,
+        Reason::ReplayCacheFull,
+        Reason::NotAccessRequest,
+        Reason::AccessDenied,
+    ];
+}
+
+/// A refused datagram: why, and what is known about who sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: Reason,
+    pub method: Option<Method>,
+    pub user: Option<usize>,
+}
+
+/// An accepted datagram: what to open, for whom, and the replay entry to persist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpaGrant {
+    pub method: Method,
+    pub user: usize,
+    pub policy: usize,
+    pub addr: IpAddr,
+    pub access: Vec<Access>,
+    pub timeout: Duration,
+    /// The client asked for more than `max_timeout`.
+    pub capped: bool,
+    pub replay: (ReplayKey, u64),
+}
+
+struct SpaPolicy {
+    index: usize,
+    open: BTreeSet<Access>,
+    timeout: Duration,
+    max_timeout: Duration,
+    users: BTreeSet<usize>,
+    native: bool,
+    fwknop: bool,
+}
+
+/// Keys, policies and replay state for one gateway.
+pub struct SpaDetector {
+    gateway: String,
+    max_age: u64,
+    native: HashMap<KeyId, (usize, SpaKey)>,
+    fwknop: Vec<(usize, PreparedKeys)>,
+    hints: BoundedLru<IpAddr, usize>,
+    policies: Vec<SpaPolicy>,
+    replay: ReplayCache,
+}
+
+impl SpaDetector {
+    /// Build from a validated config (keys were checked when it was parsed).
+    pub fn new(config: &Config) -> Self {
+        let native = config
+            .users
+            .iter()
+            .enumerate()
+            .filter_map(|(i, u)| u.spa_key.clone().map(|k| (k.id(), (i, k))))
+            .collect();
+        let fwknop = config
+            .users
+            .iter()
+            .enumerate()
+            .filter_map(|(i, u)| {
+                u.fwknop
+                    .as_ref()
+                    .and_then(|k| PreparedKeys::new(k).ok())
+                    .map(|p| (i, p))
+            })
+            .collect();
+        let policies = config
+            .policies
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.spa || p.fwknop)
+            .map(|(index, p)| SpaPolicy {
+                index,
+                open: p.open.iter().copied().collect(),
+                timeout: p.timeout,
+                max_timeout: p.max_timeout,
+                users: p.users.clone(),
+                native: p.spa,
+                fwknop: p.fwknop,
+            })
+            .collect();
+        SpaDetector {
+            gateway: config.agent.name.clone(),
+            max_age: config.spa.max_age.as_secs(),
+            native,
+            fwknop,
+            hints: BoundedLru::new(4096),
+            policies,
+            replay: ReplayCache::new(config.spa.replay_cache_max),
+        }
+    }
+
+    /// The replay cache, to restore it from disk at start.
+    pub fn replay_cache(&mut self) -> &mut ReplayCache {
+        &mut self.replay
+    }
+
+    /// Judge one datagram that arrived on the SPA port from `src` at `now` (unix seconds).
+    pub fn handle_datagram(
+        &mut self,
+        src: IpAddr,
+        payload: &[u8],
+        now: u64,
+    ) -> Result<SpaGrant, Rejection> {
+        if payload.first() == Some(&spa::MAGIC) {
+            self.native(src, payload, now)
+        } else {
+            self.fwknop(src, payload, now)
+        }
+    }
+
+    fn native(&mut self, src: IpAddr, payload: &[u8], now: u64) -> Result<SpaGrant, Rejection> {
+        let reject = |reason, user| Rejection {
+            reason,
+            method: Some(Method::Native),
+            user,
+        };
+        let id = spa::peek_key_id(payload).map_err(|e| reject(native_reason(e), None))?;
+        let (user, key) = self
+            .native
+            .get(&id)
+            .ok_or(reject(Reason::UnknownKey, None))?;
+        let user = *user;
+        let req = spa::open(key, payload).map_err(|e| reject(native_reason(e), Some(user)))?;
+        if req.gateway != self.gateway {
+            return Err(reject(Reason::WrongGateway, Some(user)));
+        }
+        self.check_age(req.timestamp, now)
+            .map_err(|r| reject(r, Some(user)))?;
+        let mut rkey = [0u8; 32];
+        rkey[..8].copy_from_slice(&id.0);
+        rkey[8..24].copy_from_slice(&req.nonce);
+        let addr = req.allow_ip.unwrap_or(src);
+        self.decide(
+            Method::Native,
+            user,
+            addr,
+            &req.access,
+            req.duration_secs,
+            rkey,
+            req.timestamp,
+            now,
+        )
+        .map_err(|r| reject(r, Some(user)))
+    }
+
+    fn fwknop(&mut self, src: IpAddr, payload: &[u8], now: u64) -> Result<SpaGrant, Rejection> {
+        let reject = |reason, user| Rejection {
+            reason,
+            method: Some(Method::Fwknop),
+            user,
+        };
+        if self.fwknop.is_empty() {
+            return Err(Rejection {
+                reason: Reason::Malformed,
+                method: None,
+                user: None,
+            });
+        }
+        let packet = FwknopPacket::parse(payload).map_err(|_| reject(Reason::Malformed, None))?;
+        let hint = self
+            .hints
+            .get_mut(&src)
+            .copied()
+            .filter(|&i| i < self.fwknop.len());
+        let found = hint
+            .filter(|&i| self.fwknop[i].1.verify_hmac(&packet))
+            .or_else(|| {
+                (0..self.fwknop.len())
+                    .find(|&i| Some(i) != hint && self.fwknop[i].1.verify_hmac(&packet))
+            });
+        let Some(slot) = found else {
+            return Err(reject(Reason::NoMatchingKey, None));
+        };
+        *self.hints.get_or_insert_with(src, || slot).0 = slot;
+        let (user, keys) = &self.fwknop[slot];
+        let user = *user;
+        let req = keys.decrypt(&packet).map_err(|e| {
+            let reason = if matches!(e, FwknopError::BadHmac) {
+                Reason::NoMatchingKey
+            } else {
+                Reason::BadEncryptionKey
+            };
+            reject(reason, Some(user))
+        })?;
+        self.check_age(req.timestamp, now)
+            .map_err(|r| reject(r, Some(user)))?;
+        if !req.is_access() {
+            return Err(reject(Reason::NotAccessRequest, Some(user)));
+        }
+        let addr = req.explicit_ip().map_or(src, IpAddr::V4);
+        let duration = req.client_timeout.unwrap_or(0);
+        let rkey = fwknop::replay_digest(payload);
+        self.decide(
+            Method::Fwknop,
+            user,
+            addr,
+            &req.access,
+            duration,
+            rkey,
+            req.timestamp,
+            now,
+        )
+        .map_err(|r| reject(r, Some(user)))
+    }
+
+    fn check_age(&self, timestamp: u64, now: u64) -> Result<(), Reason> {
+        if timestamp + self.max_age < now {
+            return Err(Reason::Stale);
+        }
+        if timestamp > now + self.max_age {
+            return Err(Reason::Future);
+        }
+        Ok(())
+    }
+
+    /// Burn the packet, then find a policy admitting this user, method and access.
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &mut self,
+        method: Method,
+        user: usize,
+        addr: IpAddr,
+        access: &[Access],
+        duration_secs: u32,
+        rkey: ReplayKey,
+        timestamp: u64,
+        now: u64,
+    ) -> Result<SpaGrant, Reason> {
+        // Expires when the packet could no longer pass the age check anyway.
+        let expires = timestamp.max(now) + self.max_age + 1;
+        self.replay
+            .handle_seen(rkey, expires, now)
+            .map_err(|e| match e {
+                ReplayError::Replay => Reason::Replay,
+                ReplayError::Full => Reason::ReplayCacheFull,
+            })?;
+        let policy = self
+            .policies
+            .iter()
+            .find(|p| {
+                (if method == Method::Native {
+                    p.native
+                } else {
+                    p.fwknop
+                }) && p.users.contains(&user)
+                    && !access.is_empty()
+                    && access.iter().all(|a| p.open.contains(a))
+            })
+            .ok_or(Reason::AccessDenied)?;
+        let asked = Duration::from_secs(u64::from(duration_secs));
+        let (timeout, capped) = if asked.is_zero() {
+            (policy.timeout, false)
+        } else if asked > policy.max_timeout {
+            (policy.max_timeout, true)
+        } else {
+            (asked, false)
+        };
+        let mut access = access.to_vec();
+        access.sort();
+        access.dedup();
+        Ok(SpaGrant {
+            method,
+            user,
+            policy: policy.index,
+            addr,
+            access,
+            timeout,
+            capped,
+            replay: (rkey, expires),
+        })
+    }
+}
+
+fn native_reason(e: SpaError) -> Reason {
+    match e {
+        SpaError::UnknownKey => Reason::UnknownKey,
+        SpaError::BadTag | SpaError::KeyMismatch => Reason::BadTag,
+        _ => Reason::Malformed,
+    }
+}
+
+#[cfg(test)]
+#[path = "spa_tests.rs"]
+mod tests;

@@ -1,0 +1,305 @@
+use super::*;
+use crate::config::Config;
+use knockgate_proto::Proto;
+use knockgate_proto::fwknop::{DigestType, FwknopKeys, FwknopRequest, encode, msg_type};
+use knockgate_proto::spa::SpaRequest;
+use proptest::prelude::*;
+
+const ALICE_SPA: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const BOB_SPA: &str = "HxweHRwbGhkYFxYVFBMSERAPDg0MCwoJCAcGBQQDAgE=";
+const ALICE_FW: (&str, &str) = (
+    "wBtb3bHHJGV3gdeuR9C5rTBvRvqMtZQwRsGebvm3pQo=",
+    "a6v/eJvr/8hNW2tY9aRmn7PEyJqdK9UNEXqKeErHuOgqMXVWtEiNkzlgfxWqnZwOtdwySvzCGQnWYn6cp6E0GA==",
+);
+const BOB_FW: (&str, &str) = (
+    "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI=",
+    "aG1hY2htYWNobWFjaG1hY2htYWNobWFjaG1hY2htYWNobWFjaG1hY2htYWNobWFjaG1hYzEyMzQ=",
+);
+const NOW: u64 = 1_800_000_000;
+
+fn config() -> Config {
+    let text = format!(
+        r#"
+[agent]
+name = "gw1"
+interfaces = ["eth0"]
+state_dir = "/tmp"
+[spa]
+max_age = "120s"
+[[user]]
+name = "bob"
+spa_key = "{BOB_SPA}"
+fwknop_key = "{}"
+fwknop_hmac_key = "{}"
+[[user]]
+name = "alice"
+spa_key = "{ALICE_SPA}"
+fwknop_key = "{}"
+fwknop_hmac_key = "{}"
+[[policy]]
+name = "ssh-spa"
+open = ["tcp/22", "udp/53"]
+timeout = "30s"
+max_timeout = "5m"
+users = ["alice"]
+spa = true
+fwknop = true
+"#,
+        BOB_FW.0, BOB_FW.1, ALICE_FW.0, ALICE_FW.1
+    );
+    Config::parse(&text).expect("config")
+}
+
+fn src() -> IpAddr {
+    "10.240.0.2".parse().unwrap()
+}
+
+fn native(
+    gateway: &str,
+    access: &[&str],
+    ts: u64,
+    nonce: u8,
+    duration: u32,
+    allow: Option<&str>,
+) -> Vec<u8> {
+    native_with(ALICE_SPA, gateway, access, ts, nonce, duration, allow)
+}
+
+fn native_with(
+    key: &str,
+    gateway: &str,
+    access: &[&str],
+    ts: u64,
+    nonce: u8,
+    duration: u32,
+    allow: Option<&str>,
+) -> Vec<u8> {
+    let key = SpaKey::parse(key).unwrap();
+    let req = SpaRequest {
+        timestamp: ts,
+        nonce: [nonce; 16],
+        gateway: gateway.into(),
+        allow_ip: allow.map(|a| a.parse().unwrap()),
+        access: access.iter().map(|a| a.parse().unwrap()).collect(),
+        duration_secs: duration,
+    };
+    spa::seal(&key, &req, [nonce; 24]).unwrap()
+}
+
+fn fw_packet(
+    keys: (&str, &str),
+    access: &str,
+    ts: u64,
+    allow: &str,
+    timeout: Option<u32>,
+    salt: u8,
+) -> Vec<u8> {
+    let keys = FwknopKeys::from_base64(keys.0, keys.1, DigestType::Sha256).unwrap();
+    let req = FwknopRequest {
+        rand: "1234567890123456".into(),
+        user: "alice".into(),
+        timestamp: ts,
+        version: "3.0.0".into(),
+        msg_type: if timeout.is_some() {
+            msg_type::CLIENT_TIMEOUT_ACCESS
+        } else {
+            msg_type::ACCESS
+        },
+        allow_ip: allow.parse().unwrap(),
+        access: access.split(',').map(|a| a.parse().unwrap()).collect(),
+        command: None,
+        nat_access: None,
+        server_auth: None,
+        client_timeout: timeout,
+        digest_type: DigestType::Sha256,
+    };
+    encode(&keys, &req, [salt; 8]).unwrap().into_bytes()
+}
+
+fn reason(r: Result<SpaGrant, Rejection>) -> &'static str {
+    match r {
+        Ok(_) => "accepted",
+        Err(e) => e.reason.as_str(),
+    }
+}
+
+#[test]
+fn a_valid_native_packet_opens_the_requested_access_for_the_policy_timeout() {
+    let mut d = SpaDetector::new(&config());
+    let g = d
+        .handle_datagram(src(), &native("gw1", &["tcp/22"], NOW, 1, 0, None), NOW)
+        .expect("accepted");
+    assert_eq!((g.method, g.user, g.policy), (Method::Native, 1, 0));
+    assert_eq!(g.addr, src());
+    assert_eq!(
+        g.access,
+        vec![Access {
+            proto: Proto::Tcp,
+            port: 22
+        }]
+    );
+    assert_eq!((g.timeout, g.capped), (Duration::from_secs(30), false));
+}
+
+#[test]
+fn native_refusals_have_their_reasons() {
+    let mut d = SpaDetector::new(&config());
+    assert_eq!(
+        reason(d.handle_datagram(src(), &native("gw2", &["tcp/22"], NOW, 2, 0, None), NOW)),
+        "wrong_gateway"
+    );
+    assert_eq!(
+        reason(d.handle_datagram(
+            src(),
+            &native("gw1", &["tcp/22"], NOW - 121, 3, 0, None),
+            NOW
+        )),
+        "stale"
+    );
+    assert_eq!(
+        reason(d.handle_datagram(
+            src(),
+            &native("gw1", &["tcp/22"], NOW + 121, 4, 0, None),
+            NOW
+        )),
+        "future"
+    );
+    assert_eq!(
+        reason(d.handle_datagram(src(), &native("gw1", &["tcp/23"], NOW, 5, 0, None), NOW)),
+        "access_denied"
+    );
+    assert_eq!(
+        reason(d.handle_datagram(
+            src(),
+            &native_with(BOB_SPA, "gw1", &["tcp/22"], NOW, 6, 0, None),
+            NOW
+        )),
+        "access_denied",
+        "bob is a known user but not in the policy"
+    );
+    let mut bad = native("gw1", &["tcp/22"], NOW, 7, 0, None);
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert_eq!(reason(d.handle_datagram(src(), &bad, NOW)), "bad_tag");
+    let mut unknown = native("gw1", &["tcp/22"], NOW, 8, 0, None);
+    unknown[2] ^= 0xff;
+    assert_eq!(
+        reason(d.handle_datagram(src(), &unknown, NOW)),
+        "unknown_key"
+    );
+    assert_eq!(
+        reason(d.handle_datagram(src(), &[spa::MAGIC, 1, 2], NOW)),
+        "malformed"
+    );
+}
+
+#[test]
+fn a_replayed_packet_is_refused_from_any_source() {
+    let mut d = SpaDetector::new(&config());
+    let p = native("gw1", &["tcp/22"], NOW, 9, 0, None);
+    assert!(d.handle_datagram(src(), &p, NOW).is_ok());
+    assert_eq!(reason(d.handle_datagram(src(), &p, NOW + 1)), "replay");
+    assert_eq!(
+        reason(d.handle_datagram("10.240.0.9".parse().unwrap(), &p, NOW + 1)),
+        "replay"
+    );
+    let f = fw_packet(ALICE_FW, "tcp/22", NOW, "0.0.0.0", None, 1);
+    assert!(d.handle_datagram(src(), &f, NOW).is_ok());
+    assert_eq!(reason(d.handle_datagram(src(), &f, NOW)), "replay");
+}
+
+#[test]
+fn durations_are_capped_and_allow_ip_is_honoured() {
+    let mut d = SpaDetector::new(&config());
+    let g = d
+        .handle_datagram(
+            src(),
+            &native(
+                "gw1",
+                &["tcp/22", "udp/53"],
+                NOW,
+                10,
+                3600,
+                Some("fd00:4b47::9"),
+            ),
+            NOW,
+        )
+        .unwrap();
+    assert_eq!((g.timeout, g.capped), (Duration::from_secs(300), true));
+    assert_eq!(g.addr, "fd00:4b47::9".parse::<IpAddr>().unwrap());
+    assert_eq!(g.access.len(), 2);
+    let g = d
+        .handle_datagram(src(), &native("gw1", &["tcp/22"], NOW, 11, 60, None), NOW)
+        .unwrap();
+    assert_eq!((g.timeout, g.capped), (Duration::from_secs(60), false));
+}
+
+#[test]
+fn fwknop_packets_verify_by_hmac_and_map_fields() {
+    let mut d = SpaDetector::new(&config());
+    let g = d
+        .handle_datagram(
+            src(),
+            &fw_packet(ALICE_FW, "tcp/22", NOW, "0.0.0.0", None, 2),
+            NOW,
+        )
+        .unwrap();
+    assert_eq!((g.method, g.user, g.addr), (Method::Fwknop, 1, src()));
+    let g = d
+        .handle_datagram(
+            src(),
+            &fw_packet(ALICE_FW, "tcp/22", NOW, "192.0.2.10", Some(900), 3),
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(g.addr, "192.0.2.10".parse::<IpAddr>().unwrap());
+    assert_eq!((g.timeout, g.capped), (Duration::from_secs(300), true));
+    assert_eq!(
+        reason(d.handle_datagram(
+            src(),
+            &fw_packet(ALICE_FW, "tcp/23", NOW, "0.0.0.0", None, 4),
+            NOW
+        )),
+        "access_denied"
+    );
+    assert_eq!(
+        reason(d.handle_datagram(
+            src(),
+            &fw_packet(ALICE_FW, "tcp/22", NOW - 500, "0.0.0.0", None, 5),
+            NOW
+        )),
+        "stale"
+    );
+    // Bob's keys verify (he is a user) but no policy admits him.
+    assert_eq!(
+        reason(d.handle_datagram(
+            src(),
+            &fw_packet(BOB_FW, "tcp/22", NOW, "0.0.0.0", None, 6),
+            NOW
+        )),
+        "access_denied"
+    );
+    let stranger = (
+        "c3RyYW5nZXJzdHJhbmdlcnN0cmFuZ2Vyc3RyYW5nZXI=",
+        "c3RyYW5nZXJzdHJhbmdlcnN0cmFuZ2Vyc3RyYW5nZXI=",
+    );
+    assert_eq!(
+        reason(d.handle_datagram(
+            src(),
+            &fw_packet(stranger, "tcp/22", NOW, "0.0.0.0", None, 7),
+            NOW
+        )),
+        "no_matching_key"
+    );
+    assert_eq!(reason(d.handle_datagram(src(), b"hello", NOW)), "malformed");
+}
+
+proptest! {
+    #[test]
+    fn never_panics_and_never_accepts_junk(bytes in proptest::collection::vec(any::<u8>(), 0..400), magic in any::<bool>()) {
+        let mut d = SpaDetector::new(&config());
+        let mut bytes = bytes;
+        if magic && !bytes.is_empty() { bytes[0] = spa::MAGIC; }
+        prop_assert!(d.handle_datagram(src(), &bytes, NOW).is_err());
+    }
+}
