@@ -1,0 +1,406 @@
+//! End to end SPA: the real agent in a gateway namespace; the real Debian `fwknop` client
+//! and `knocker spa` in a client namespace. Each refusal must show its reason in the
+//! agent's event log, and what a user checks is whether the port opens.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use knockgate_tests::agent::{AgentProc, Workdir};
+use knockgate_tests::netns::Lab;
+use knockgate_tests::probe::{Listener, can_connect, opens_within};
+use serde_json::Value;
+
+fn ssh4() -> SocketAddr {
+    SocketAddr::new(Lab::GW4.into(), 22)
+}
+
+struct Keys {
+    spa_file: PathBuf,
+    spa: String,
+    fw_key: String,
+    fw_hmac: String,
+}
+
+/// A native key from `knocker keygen` and an fwknop key pair from `fwknop --key-gen`.
+fn keys(work: &Workdir) -> Keys {
+    let spa_file = work.path.join("alice.key");
+    let out = std::process::Command::new(knockgate_tests::bin("knocker"))
+        .args(["keygen", "--out"])
+        .arg(&spa_file)
+        .output()
+        .expect("knocker keygen");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let spa = std::fs::read_to_string(&spa_file)
+        .expect("key")
+        .trim()
+        .to_string();
+    let out = std::process::Command::new("fwknop")
+        .args(["--key-gen"])
+        .env("HOME", &work.path)
+        .output()
+        .expect("fwknop --key-gen (package fwknop-client)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    Keys {
+        spa_file,
+        spa,
+        fw_key: field("KEY_BASE64:"),
+        fw_hmac: field("HMAC_KEY_BASE64:"),
+    }
+}
+
+fn config(work: &Workdir, k: &Keys) -> PathBuf {
+    work.config(&format!(
+        r#"[spa]
+port = 62201
+max_age = "120s"
+
+[[user]]
+name = "alice"
+spa_key = "{}"
+fwknop_key = "{}"
+fwknop_hmac_key = "{}"
+
+[[policy]]
+name = "ssh-spa"
+open = ["tcp/22"]
+timeout = "30s"
+max_timeout = "5m"
+users = ["alice"]
+spa = true
+fwknop = true
+"#,
+        k.spa, k.fw_key, k.fw_hmac
+    ))
+}
+
+struct Setup {
+    lab: Lab,
+    work: Workdir,
+    keys: Keys,
+    agent: AgentProc,
+    _listener: Listener,
+}
+
+fn setup() -> Setup {
+    let lab = Lab::new();
+    let listener = Listener::start(&lab.gw, 22);
+    let work = Workdir::new();
+    let keys = keys(&work);
+    let cfg = config(&work, &keys);
+    let agent = AgentProc::start(&lab, &cfg, &[]);
+    Setup {
+        lab,
+        work,
+        keys,
+        agent,
+        _listener: listener,
+    }
+}
+
+impl Setup {
+    /// Run the Debian fwknop client in the client namespace against the gateway.
+    fn fwknop(&self, hmac_key: &str, extra: &[&str]) -> Output {
+        let out = self
+            .lab
+            .client
+            .cmd("fwknop")
+            .env("HOME", &self.work.path)
+            .args([
+                "--no-rc-file",
+                "--no-save-args",
+                "-D",
+                "10.240.0.1",
+                "-U",
+                "alice",
+                "--use-hmac",
+            ])
+            .args([
+                "--key-base64-rijndael",
+                &self.keys.fw_key,
+                "--key-base64-hmac",
+                hmac_key,
+            ])
+            .args(extra)
+            .output()
+            .expect("run fwknop");
+        assert!(
+            out.status.success(),
+            "fwknop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn knocker_spa(&self, host: &str, extra: &[&str]) -> Output {
+        let out = self
+            .lab
+            .client
+            .cmd(knockgate_tests::bin("knocker"))
+            .args(["spa", host, "--user", "alice", "--key-file"])
+            .arg(&self.keys.spa_file)
+            .args(extra)
+            .output()
+            .expect("run knocker spa");
+        assert!(
+            out.status.success(),
+            "knocker spa failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn wait(&mut self, event: &str, reason: Option<&str>) -> Value {
+        let found = self.agent.wait_event(
+            |v| v["event"] == event && reason.is_none_or(|r| v["reason"] == r),
+            Duration::from_secs(3),
+        );
+        found.unwrap_or_else(|| panic!("no {event} {reason:?} in log:\n{}", self.agent.log_text()))
+    }
+}
+
+/// Send raw bytes to the SPA port from the client namespace.
+fn send_raw(lab: &Lab, payload: Vec<Vec<u8>>) {
+    lab.client.run(move || {
+        let sock = UdpSocket::bind((Lab::CLIENT4, 0)).expect("bind");
+        for p in payload {
+            sock.send_to(&p, (Lab::GW4, 62201)).expect("send");
+        }
+    });
+}
+
+fn saved_packet(path: &Path) -> Vec<u8> {
+    std::fs::read_to_string(path)
+        .expect("saved packet")
+        .trim()
+        .as_bytes()
+        .to_vec()
+}
+
+#[test]
+fn the_fwknop_client_opens_it_and_a_replay_is_refused_even_after_restart() {
+    let mut s = setup();
+    assert!(
+        !can_connect(&s.lab.client, Lab::CLIENT4.into(), ssh4()),
+        "closed before"
+    );
+    let saved = s.work.path.join("fwknop.pkt");
+    s.fwknop(
+        &s.keys.fw_hmac.clone(),
+        &["-A", "tcp/22", "-s", "-B", saved.to_str().expect("path")],
+    );
+    assert!(
+        opens_within(
+            &s.lab.client,
+            Lab::CLIENT4.into(),
+            ssh4(),
+            Duration::from_secs(1)
+        ),
+        "{}",
+        s.agent.log_text()
+    );
+    let accepted = s.wait("spa.accepted", None);
+    assert_eq!(
+        (accepted["method"].as_str(), accepted["user"].as_str()),
+        (Some("fwknop"), Some("alice"))
+    );
+    send_raw(&s.lab, vec![saved_packet(&saved)]);
+    let replay = s.wait("spa.rejected", Some("replay"));
+    assert_eq!(replay["src"], "10.240.0.2");
+    // A clean restart removes the table; the replay cache is on disk.
+    assert!(s.agent.stop().success());
+    let cfg = s.work.path.join("agent.toml");
+    s.agent = AgentProc::start(&s.lab, &cfg, &[]);
+    send_raw(&s.lab, vec![saved_packet(&saved)]);
+    s.wait("spa.rejected", Some("replay"));
+    assert!(
+        !can_connect(&s.lab.client, Lab::CLIENT4.into(), ssh4()),
+        "the replay opened nothing"
+    );
+}
+
+#[test]
+fn refusals_are_logged_with_their_reasons() {
+    let mut s = setup();
+    // A wrong HMAC key.
+    let wrong = "dGhpcyBpcyBub3QgdGhlIHJpZ2h0IGhtYWMga2V5IGF0IGFsbCEhISEhISEhISEhIQ==";
+    s.fwknop(wrong, &["-A", "tcp/22", "-s"]);
+    let r = s.wait("spa.rejected", Some("no_matching_key"));
+    assert_eq!(r["src"], "10.240.0.2");
+    // A stale timestamp (max_age is 120 s).
+    let hmac = s.keys.fw_hmac.clone();
+    s.fwknop(
+        &hmac,
+        &["-A", "tcp/22", "-s", "--time-offset-minus", "10min"],
+    );
+    s.wait("spa.rejected", Some("stale"));
+    // Access outside the policy.
+    s.fwknop(&hmac, &["-A", "tcp/23", "-s"]);
+    let r = s.wait("spa.rejected", Some("access_denied"));
+    assert_eq!(r["user"], "alice");
+    // A native packet sealed for another gateway.
+    s.knocker_spa("10.240.0.1", &["--gateway", "gw2", "--access", "tcp/22"]);
+    s.wait("spa.rejected", Some("wrong_gateway"));
+    assert!(
+        s.agent.events_named("grant.opened").is_empty(),
+        "nothing opened"
+    );
+    assert!(!can_connect(&s.lab.client, Lab::CLIENT4.into(), ssh4()));
+    // A small skew within max_age is fine.
+    s.fwknop(&hmac, &["-A", "tcp/22", "-s", "--time-offset-minus", "60s"]);
+    assert!(opens_within(
+        &s.lab.client,
+        Lab::CLIENT4.into(),
+        ssh4(),
+        Duration::from_secs(1)
+    ));
+}
+
+#[test]
+fn allow_ip_opens_only_the_named_address() {
+    let mut s = setup();
+    let hmac = s.keys.fw_hmac.clone();
+    s.fwknop(&hmac, &["-A", "tcp/22", "-a", "10.240.0.3"]);
+    s.wait("grant.opened", None);
+    assert!(
+        opens_within(
+            &s.lab.client,
+            Lab::OTHER4.into(),
+            ssh4(),
+            Duration::from_secs(1)
+        ),
+        "named address opens"
+    );
+    assert!(
+        !can_connect(&s.lab.client, Lab::CLIENT4.into(), ssh4()),
+        "the sender itself stays closed"
+    );
+}
+
+#[test]
+fn a_requested_timeout_above_max_timeout_is_capped() {
+    let mut s = setup();
+    s.knocker_spa(
+        "10.240.0.1",
+        &["--gateway", "gw1", "--access", "tcp/22", "--timeout", "1h"],
+    );
+    let a = s.wait("spa.accepted", None);
+    assert_eq!(
+        (a["timeout_s"].as_u64(), a["capped"].as_bool()),
+        (Some(300), Some(true))
+    );
+    let table = s.lab.nft_table().expect("table");
+    assert!(
+        table.contains("10.240.0.2 . tcp . 22 timeout 5m"),
+        "{table}"
+    );
+    // fwknop's -f the same way.
+    let hmac = s.keys.fw_hmac.clone();
+    s.fwknop(&hmac, &["-A", "tcp/22", "-a", "10.240.0.3", "-f", "7200"]);
+    let table = (0..50)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            s.lab.nft_table().unwrap_or_default()
+        })
+        .find(|t| t.contains("10.240.0.3"))
+        .expect("fwknop grant");
+    assert!(
+        table.contains("10.240.0.3 . tcp . 22 timeout 5m"),
+        "{table}"
+    );
+}
+
+#[test]
+fn knocker_spa_opens_over_ipv4_and_ipv6() {
+    let s = setup();
+    s.knocker_spa("10.240.0.1", &["--gateway", "gw1", "--access", "tcp/22"]);
+    assert!(
+        opens_within(
+            &s.lab.client,
+            Lab::CLIENT4.into(),
+            ssh4(),
+            Duration::from_secs(1)
+        ),
+        "{}",
+        s.agent.log_text()
+    );
+    let ssh6 = SocketAddr::new(Lab::GW6.into(), 22);
+    assert!(
+        !can_connect(&s.lab.client, IpAddr::V6(Lab::CLIENT6), ssh6),
+        "IPv4 grant opens no IPv6"
+    );
+    s.knocker_spa("fd00:4b47::1", &["--gateway", "gw1", "--access", "tcp/22"]);
+    assert!(
+        opens_within(
+            &s.lab.client,
+            Lab::CLIENT6.into(),
+            ssh6,
+            Duration::from_secs(1)
+        ),
+        "{}",
+        s.agent.log_text()
+    );
+}
+
+#[test]
+fn ten_thousand_junk_datagrams_open_nothing_and_the_agent_keeps_serving() {
+    let mut s = setup();
+    // Deterministic junk: random bytes, fwknop-shaped base64, and native-magic prefixes.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let b64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let junk: Vec<Vec<u8>> = (0..10_000)
+        .map(|i| {
+            let len = (next() % 300) as usize;
+            let mut p: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            match i % 3 {
+                0 => p.iter_mut().for_each(|b| *b = b64[(*b as usize) % 64]),
+                1 if !p.is_empty() => {
+                    p[0] = 0xC5;
+                    if p.len() > 1 {
+                        p[1] = 1;
+                    }
+                }
+                _ => {}
+            }
+            p
+        })
+        .collect();
+    send_raw(&s.lab, junk);
+    s.agent
+        .wait_event(|v| v["event"] == "spa.rejected", Duration::from_secs(2))
+        .expect("junk seen");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(s.agent.events_named("spa.accepted").is_empty());
+    assert!(s.agent.events_named("grant.opened").is_empty());
+    assert!(
+        !s.lab.nft_table().expect("table").contains("10.240.0.2 ."),
+        "no grant element"
+    );
+    s.knocker_spa("10.240.0.1", &["--gateway", "gw1", "--access", "tcp/22"]);
+    assert!(
+        opens_within(
+            &s.lab.client,
+            Lab::CLIENT4.into(),
+            ssh4(),
+            Duration::from_secs(1)
+        ),
+        "still serving"
+    );
+}
