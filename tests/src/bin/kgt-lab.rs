@@ -26,7 +26,24 @@ fn main() {
     let lab = Lab::new();
     let _sshd = Listener::start(&lab.gw, 22);
     let work = Workdir::new();
-    let config = work.config(&ssh_policy("30s", &sequence));
+    let key_file = work.path.join("alice.key");
+    let out = std::process::Command::new(knockgate_tests::bin("knocker"))
+        .args(["keygen", "--out"])
+        .arg(&key_file)
+        .output()
+        .expect("run knocker keygen");
+    assert!(
+        out.status.success(),
+        "knocker keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = std::fs::read_to_string(&key_file).unwrap_or_default();
+    let spa = format!(
+        "[[user]]\nname = \"alice\"\nspa_key = \"{}\"\n\n[[policy]]\nname = \"ssh-spa\"\nopen = [\"tcp/22\"]\n\
+         timeout = \"30s\"\nmax_timeout = \"5m\"\nusers = [\"alice\"]\nspa = true\n",
+        key.trim()
+    );
+    let config = work.config(&format!("{}\n{spa}", ssh_policy("30s", &sequence)));
     println!("{}", std::fs::read_to_string(&config).unwrap_or_default());
 
     step("starting knockgate-agent in the gateway");
@@ -70,6 +87,46 @@ fn main() {
         "tcp/22 for 10.240.0.3 (did not knock)",
     );
 
+    let ssh6: SocketAddr = SocketAddr::new(Lab::GW6.into(), 22);
+    let me6: IpAddr = Lab::CLIENT6.into();
+    step("client connects over IPv6 (the IPv4 knock opened only IPv4)");
+    let v6_closed = !show(
+        can_connect(&lab.client, me6, ssh6),
+        "tcp/22 for fd00:4b47::2",
+    );
+    step(
+        "client sends one SPA packet: knocker spa fd00:4b47::1 --user alice --key-file alice.key --gateway gw1 --access tcp/22",
+    );
+    let out = lab
+        .client
+        .cmd(knockgate_tests::bin("knocker"))
+        .args([
+            "spa",
+            "fd00:4b47::1",
+            "--user",
+            "alice",
+            "--gateway",
+            "gw1",
+            "--access",
+            "tcp/22",
+            "--verbose",
+            "--key-file",
+        ])
+        .arg(&key_file)
+        .output()
+        .expect("run knocker spa");
+    print!(
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    );
+    let v6_open = show(
+        opens_within(&lab.client, me6, ssh6, Duration::from_secs(1)),
+        "tcp/22 for fd00:4b47::2",
+    );
+
     step("agent events");
     for e in agent.events().iter().filter(|v| v.get("event").is_some()) {
         println!("    {}", e);
@@ -87,7 +144,7 @@ fn main() {
     drop(agent);
     drop(lab);
     step("cleaned up: namespaces, veth and the nftables table are gone");
-    if closed_before && open_after && other_closed {
+    if closed_before && open_after && other_closed && v6_closed && v6_open {
         println!("\nlab demo: OK");
     } else {
         println!("\nlab demo: FAILED");
