@@ -12,6 +12,8 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+#[cfg(feature = "grpc")]
+pub mod api;
 pub mod fwknop;
 pub mod spa;
 
