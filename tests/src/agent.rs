@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::netns::Lab;
+use crate::netns::{Lab, Netns};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -37,12 +37,19 @@ impl Workdir {
 
     /// Write an agent config with `[agent]` filled in and `rest` appended; returns its path.
     pub fn config(&self, rest: &str) -> PathBuf {
+        self.config_named("gw1", rest)
+    }
+
+    /// The same for an agent called `name`, with its own file and state directory.
+    pub fn config_named(&self, name: &str, rest: &str) -> PathBuf {
+        let file = if name == "gw1" { "agent.toml".to_string() } else { format!("{name}.toml") };
+        let state = if name == "gw1" { "state".to_string() } else { format!("state-{name}") };
         let text = format!(
-            "[agent]\nname = \"gw1\"\ninterfaces = [\"{}\"]\nstate_dir = \"{}\"\n\n{rest}",
+            "[agent]\nname = \"{name}\"\ninterfaces = [\"{}\"]\nstate_dir = \"{}\"\n\n{rest}",
             Lab::GW_IFACE,
-            self.path.join("state").display()
+            self.path.join(state).display()
         );
-        let p = self.path.join("agent.toml");
+        let p = self.path.join(file);
         std::fs::write(&p, text).expect("write config");
         p
     }
@@ -69,10 +76,15 @@ pub struct AgentProc {
 impl AgentProc {
     /// Start the agent in the lab's gateway with `config` and wait until it is enforcing.
     pub fn start(lab: &Lab, config: &Path, extra: &[&str]) -> AgentProc {
+        Self::start_in(&lab.gw, config, extra)
+    }
+
+    /// Start the agent inside namespace `ns`.
+    pub fn start_in(ns: &Netns, config: &Path, extra: &[&str]) -> AgentProc {
         let log =
             config.with_file_name(format!("agent-{}.log", SEQ.fetch_add(1, Ordering::Relaxed)));
         let file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = lab.gw.cmd(crate::bin("knockgate-agent"));
+        let mut cmd = ns.cmd(crate::bin("knockgate-agent"));
         cmd.args(["run", "--config"])
             .arg(config)
             .args(["--log-format", "json"]);

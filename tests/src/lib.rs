@@ -6,7 +6,10 @@
 //! come from 10.240.0.0/16 and fd00:4b47::/64, and no traffic leaves the machine.
 
 pub mod agent;
+pub mod controller;
+pub mod fleet;
 pub mod netns;
+pub mod pg;
 pub mod probe;
 
 use std::path::PathBuf;

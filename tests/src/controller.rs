@@ -1,0 +1,107 @@
+//! A `knockgate-controller` process inside a test host's namespace, and `knockadm` run
+//! against it; killed and removed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::netns::{Netns, sh};
+
+/// An initialised data directory and, while running, the controller process.
+pub struct Controller {
+    pub data: PathBuf,
+    pub ca_sha256: String,
+    /// `https://ADDR:7443` as agents reach it.
+    pub url: String,
+    ns_path: String,
+    db: Option<String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Controller {
+    /// `init` in `data` with `addr` as an extra SAN, then `run` listening on `addr:7443`.
+    pub fn start(ns: &Netns, data: &Path, addr: &str, db: Option<String>) -> Controller {
+        std::fs::create_dir_all(data.parent().unwrap_or(data)).expect("parent dir");
+        let out = sh(Command::new(crate::bin("knockgate-controller")).arg("init").arg("--data-dir").arg(data).args(["--san", addr]));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let ca_sha256 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ca sha256: "))
+            .unwrap_or_else(|| panic!("no fingerprint in init output: {text}"))
+            .trim()
+            .to_string();
+        let mut c = Controller {
+            data: data.to_path_buf(),
+            ca_sha256,
+            url: format!("https://{addr}:7443"),
+            ns_path: ns.name.clone(),
+            db,
+            child: None,
+            log: data.with_extension("log"),
+        };
+        c.run(ns);
+        c
+    }
+
+    /// (Re)start the process and wait until it accepts connections.
+    pub fn run(&mut self, ns: &Netns) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
+        let mut cmd = ns.cmd(crate::bin("knockgate-controller"));
+        cmd.arg("run").arg("--data-dir").arg(&self.data).args(["--listen", "0.0.0.0:7443", "--log-format", "json"]);
+        if let Some(db) = &self.db {
+            cmd.args(["--database-url", db]);
+        }
+        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().expect("spawn controller");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let up = ns.run(move || {
+            while Instant::now() < deadline {
+                if std::net::TcpStream::connect_timeout(&"127.0.0.1:7443".parse().expect("addr"), Duration::from_millis(100)).is_ok() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            false
+        });
+        assert!(up, "controller did not start:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stop the process (SIGKILL); the data directory stays.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Run knockadm in the controller's namespace with its admin identity.
+    pub fn knockadm(&self, args: &[&str]) -> Output {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns_path])
+            .arg(crate::bin("knockadm"))
+            .env("KNOCKADM_CONTROLLER", "https://127.0.0.1:7443")
+            .env("KNOCKADM_IDENTITY", self.data.join("admin.pem"))
+            .args(args);
+        c.output().expect("run knockadm")
+    }
+
+    /// knockadm with `--output json`, parsed; panics with stderr on failure.
+    pub fn knockadm_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        let out = self.knockadm(&all);
+        assert!(out.status.success(), "knockadm {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("knockadm {args:?}: bad json {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
