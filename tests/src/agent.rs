@@ -42,8 +42,16 @@ impl Workdir {
 
     /// The same for an agent called `name`, with its own file and state directory.
     pub fn config_named(&self, name: &str, rest: &str) -> PathBuf {
-        let file = if name == "gw1" { "agent.toml".to_string() } else { format!("{name}.toml") };
-        let state = if name == "gw1" { "state".to_string() } else { format!("state-{name}") };
+        let file = if name == "gw1" {
+            "agent.toml".to_string()
+        } else {
+            format!("{name}.toml")
+        };
+        let state = if name == "gw1" {
+            "state".to_string()
+        } else {
+            format!("state-{name}")
+        };
         let text = format!(
             "[agent]\nname = \"{name}\"\ninterfaces = [\"{}\"]\nstate_dir = \"{}\"\n\n{rest}",
             Lab::GW_IFACE,

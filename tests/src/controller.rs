@@ -23,7 +23,11 @@ impl Controller {
     /// `init` in `data` with `addr` as an extra SAN, then `run` listening on `addr:7443`.
     pub fn start(ns: &Netns, data: &Path, addr: &str, db: Option<String>) -> Controller {
         std::fs::create_dir_all(data.parent().unwrap_or(data)).expect("parent dir");
-        let out = sh(Command::new(crate::bin("knockgate-controller")).arg("init").arg("--data-dir").arg(data).args(["--san", addr]));
+        let out = sh(Command::new(crate::bin("knockgate-controller"))
+            .arg("init")
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--san", addr]));
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let ca_sha256 = text
             .lines()
@@ -46,18 +50,37 @@ impl Controller {
 
     /// (Re)start the process and wait until it accepts connections.
     pub fn run(&mut self, ns: &Netns) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
         let mut cmd = ns.cmd(crate::bin("knockgate-controller"));
-        cmd.arg("run").arg("--data-dir").arg(&self.data).args(["--listen", "0.0.0.0:7443", "--log-format", "json"]);
+        cmd.arg("run").arg("--data-dir").arg(&self.data).args([
+            "--listen",
+            "0.0.0.0:7443",
+            "--log-format",
+            "json",
+        ]);
         if let Some(db) = &self.db {
             cmd.args(["--database-url", db]);
         }
-        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().expect("spawn controller");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn controller");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(15);
         let up = ns.run(move || {
             while Instant::now() < deadline {
-                if std::net::TcpStream::connect_timeout(&"127.0.0.1:7443".parse().expect("addr"), Duration::from_millis(100)).is_ok() {
+                if std::net::TcpStream::connect_timeout(
+                    &"127.0.0.1:7443".parse().expect("addr"),
+                    Duration::from_millis(100),
+                )
+                .is_ok()
+                {
                     return true;
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -95,8 +118,17 @@ impl Controller {
         let mut all = vec!["--output", "json"];
         all.extend_from_slice(args);
         let out = self.knockadm(&all);
-        assert!(out.status.success(), "knockadm {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("knockadm {args:?}: bad json {e}: {}", String::from_utf8_lossy(&out.stdout)))
+        assert!(
+            out.status.success(),
+            "knockadm {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "knockadm {args:?}: bad json {e}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
     }
 }
 

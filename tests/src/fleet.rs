@@ -32,7 +32,9 @@ impl Fleet {
     pub fn new(names: &[&str]) -> Fleet {
         crate::require_root();
         let switch = Netns::new("s");
-        sh(switch.cmd("ip").args(["link", "add", "br0", "type", "bridge"]));
+        sh(switch
+            .cmd("ip")
+            .args(["link", "add", "br0", "type", "bridge"]));
         sh(switch.cmd("ip").args(["link", "set", "br0", "up"]));
         let mut hosts = Vec::new();
         for (i, name) in names.iter().enumerate() {
@@ -40,20 +42,42 @@ impl Fleet {
             let ns = Netns::new(&name.chars().take(3).collect::<String>());
             let port = format!("p{n}");
             sh(Command::new("ip").args([
-                "link", "add", "kgt0", "netns", &ns.name, "type", "veth", "peer", "name", &port, "netns", &switch.name,
+                "link",
+                "add",
+                "kgt0",
+                "netns",
+                &ns.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                &switch.name,
             ]));
-            sh(switch.cmd("ip").args(["link", "set", &port, "master", "br0", "up"]));
+            sh(switch
+                .cmd("ip")
+                .args(["link", "set", &port, "master", "br0", "up"]));
             let v4 = Ipv4Addr::new(10, 240, 1, n);
             let v6 = Ipv6Addr::new(0xfd00, 0x4b47, 0, 0, 0, 0, 0, u16::from(n));
-            sh(ns.cmd("ip").args(["addr", "add", &format!("{v4}/24"), "dev", "kgt0"]));
-            sh(ns.cmd("ip").args(["addr", "add", &format!("{v6}/64"), "dev", "kgt0", "nodad"]));
+            sh(ns
+                .cmd("ip")
+                .args(["addr", "add", &format!("{v4}/24"), "dev", "kgt0"]));
+            sh(ns
+                .cmd("ip")
+                .args(["addr", "add", &format!("{v6}/64"), "dev", "kgt0", "nodad"]));
             if *name == "client" {
-                sh(ns.cmd("ip").args(["addr", "add", "10.240.1.200/24", "dev", "kgt0"]));
+                sh(ns
+                    .cmd("ip")
+                    .args(["addr", "add", "10.240.1.200/24", "dev", "kgt0"]));
             }
             sh(ns.cmd("ip").args(["link", "set", "kgt0", "up"]));
             hosts.push(Host { ns, v4, v6 });
         }
-        Fleet { hosts, _switch: switch }
+        Fleet {
+            hosts,
+            _switch: switch,
+        }
     }
 
     /// The host at `i` (the order given to `new`).

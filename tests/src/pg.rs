@@ -16,13 +16,21 @@ pub struct Postgres {
 
 fn pg(bin: &str) -> Command {
     let mut c = Command::new("runuser");
-    c.args(["-u", "postgres", "--"]).arg(format!("{PG_BIN}/{bin}"));
+    c.args(["-u", "postgres", "--"])
+        .arg(format!("{PG_BIN}/{bin}"));
     c
 }
 
 fn ok(mut c: Command, what: &str) {
-    let out = c.output().unwrap_or_else(|e| panic!("cannot run {what}: {e} (is postgresql-15 installed?)"));
-    assert!(out.status.success(), "{what} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e} (is postgresql-15 installed?)"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Postgres {
@@ -41,10 +49,21 @@ impl Postgres {
             },
             "chown",
         );
-        let pg_guard = Postgres { dir: dir.clone(), port: 55500 + (n as u16 % 400) };
+        let pg_guard = Postgres {
+            dir: dir.clone(),
+            port: 55500 + (n as u16 % 400),
+        };
         let data = dir.join("data");
         let mut init = pg("initdb");
-        init.arg("-D").arg(&data).args(["-U", "app", "--auth=trust", "-E", "UTF8", "--no-locale", "-N"]);
+        init.arg("-D").arg(&data).args([
+            "-U",
+            "app",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "-N",
+        ]);
         ok(init, "initdb");
         let mut start = pg("pg_ctl");
         let opts = format!(
@@ -52,27 +71,44 @@ impl Postgres {
             pg_guard.port,
             dir.display()
         );
-        start.arg("-D").arg(&data).arg("-l").arg(dir.join("log")).args(["-w", "-o", &opts, "start"]);
+        start
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.join("log"))
+            .args(["-w", "-o", &opts, "start"]);
         ok(start, "pg_ctl start");
         let mut create = Command::new("psql");
-        create
-            .args(["-h"])
-            .arg(&dir)
-            .args(["-p", &pg_guard.port.to_string(), "-U", "app", "-d", "postgres", "-c", "create database knockgate"]);
+        create.args(["-h"]).arg(&dir).args([
+            "-p",
+            &pg_guard.port.to_string(),
+            "-U",
+            "app",
+            "-d",
+            "postgres",
+            "-c",
+            "create database knockgate",
+        ]);
         ok(create, "create database");
         pg_guard
     }
 
     /// The sqlx URL of the `knockgate` database.
     pub fn url(&self) -> String {
-        format!("postgres://app@localhost/knockgate?host={}&port={}", self.dir.display(), self.port)
+        format!(
+            "postgres://app@localhost/knockgate?host={}&port={}",
+            self.dir.display(),
+            self.port
+        )
     }
 }
 
 impl Drop for Postgres {
     fn drop(&mut self) {
         let mut stop = pg("pg_ctl");
-        stop.arg("-D").arg(self.dir.join("data")).args(["-m", "immediate", "-w", "stop"]);
+        stop.arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"]);
         let _ = stop.output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
