@@ -15,6 +15,7 @@ pub mod access;
 #[cfg(feature = "grpc")]
 pub mod api;
 pub mod fwknop;
+pub mod rotation;
 pub mod spa;
 
 pub use access::{Access, ParseAccessError, Proto};
