@@ -1,4 +1,5 @@
 //! Knock detection: synchronous state machines fed one knock at a time, with `now` passed in.
 
+pub mod rotating;
 pub mod sequence;
 pub mod spa;

@@ -1,0 +1,233 @@
+//! Rotating knock sequences: per-user sequences the controller derives for each time
+//! window (`proto/rotation.md`) and pushes here. A sequence counts in the previous,
+//! current and next window of its policy (one window of clock skew either way), and is
+//! consumed when completed: the same knocks again, from any source, open nothing.
+//!
+//! Progress is keyed by (user, policy, window), not by position, so replacing the set of
+//! sequences when the controller pushes new windows keeps every knock in flight.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use crate::detect::sequence::FlagFilter;
+use crate::lru::BoundedLru;
+use crate::packet::KnockKind;
+use crate::ruleset::Proto;
+
+/// Which sequence: a user's, for a policy, in a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DoorKey {
+    pub user: usize,
+    pub policy: usize,
+    pub window: u64,
+}
+
+/// One derived sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotatingDoor {
+    pub key: DoorKey,
+    pub steps: Vec<KnockKind>,
+}
+
+/// Per-policy timing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RotatingPolicy {
+    pub window_secs: u32,
+    pub sequence_timeout: Duration,
+    pub tcp_flags: FlagFilter,
+}
+
+/// What a knock did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotatingOutcome {
+    Progressed {
+        stage: u8,
+        of: u8,
+    },
+    Completed,
+    /// A knock on the door's ports out of order, or after the timeout.
+    Reset,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    key: DoorKey,
+    stage: u8,
+    started: Instant,
+}
+
+/// The rotating sequences a gateway accepts now.
+pub struct RotatingDetector {
+    policies: HashMap<usize, RotatingPolicy>,
+    doors: HashMap<DoorKey, Vec<KnockKind>>,
+    index: HashMap<KnockKind, Vec<DoorKey>>,
+    consumed: HashSet<DoorKey>,
+    sources: BoundedLru<IpAddr, Vec<Progress>>,
+}
+
+impl RotatingDetector {
+    pub fn new(max_sources: usize) -> Self {
+        RotatingDetector {
+            policies: HashMap::new(),
+            doors: HashMap::new(),
+            index: HashMap::new(),
+            consumed: HashSet::new(),
+            sources: BoundedLru::new(max_sources),
+        }
+    }
+
+    /// Replace the sequences and policy timings (a push from the controller). Consumed
+    /// sequences stay consumed.
+    pub fn set(&mut self, policies: HashMap<usize, RotatingPolicy>, doors: Vec<RotatingDoor>) {
+        self.policies = policies;
+        self.doors = doors
+            .into_iter()
+            .filter(|d| !d.steps.is_empty() && self.policies.contains_key(&d.key.policy))
+            .map(|d| (d.key, d.steps))
+            .collect();
+        self.reindex();
+    }
+
+    fn reindex(&mut self) {
+        self.index.clear();
+        for (key, steps) in &self.doors {
+            if self.consumed.contains(key) {
+                continue;
+            }
+            for s in steps {
+                let list = self.index.entry(*s).or_default();
+                if !list.contains(key) {
+                    list.push(*key);
+                }
+            }
+        }
+    }
+
+    /// Every knock any accepted sequence uses (for the capture filter and the drop set).
+    pub fn knocks(&self) -> impl Iterator<Item = &KnockKind> {
+        self.index.keys()
+    }
+
+    fn live(&self, key: &DoorKey, now_unix: u64) -> bool {
+        let Some(p) = self.policies.get(&key.policy) else {
+            return false;
+        };
+        let current = now_unix / u64::from(p.window_secs.max(1));
+        key.window + 1 >= current && key.window <= current + 1 && !self.consumed.contains(key)
+    }
+
+    /// Forget consumed marks of windows no longer accepted (keeps the set bounded).
+    pub fn prune(&mut self, now_unix: u64) {
+        let policies = &self.policies;
+        self.consumed.retain(|k| {
+            policies
+                .get(&k.policy)
+                .is_some_and(|p| k.window + 1 >= now_unix / u64::from(p.window_secs.max(1)))
+        });
+    }
+
+    /// Feed one knock; decisions for each sequence it touched are appended to `out`.
+    pub fn handle_knock(
+        &mut self,
+        src: IpAddr,
+        kind: KnockKind,
+        tcp_flags: u8,
+        now: Instant,
+        now_unix: u64,
+        out: &mut Vec<(DoorKey, RotatingOutcome)>,
+    ) {
+        let Some(keys) = self.index.get(&kind) else {
+            return;
+        };
+        let is_tcp = matches!(
+            kind,
+            KnockKind::Port {
+                proto: Proto::Tcp,
+                ..
+            }
+        );
+        let keys: Vec<DoorKey> = keys
+            .iter()
+            .copied()
+            .filter(|k| self.live(k, now_unix))
+            .collect();
+        let mut completed = Vec::new();
+        for key in keys {
+            let Some(policy) = self.policies.get(&key.policy).copied() else {
+                continue;
+            };
+            if is_tcp && !policy.tcp_flags.accepts(tcp_flags) {
+                continue;
+            }
+            let Some(steps) = self.doors.get(&key) else {
+                continue;
+            };
+            let (list, _) = self.sources.get_or_insert_with(src, Vec::new);
+            let pos = list.iter().position(|p| p.key == key);
+            let outcome = match pos {
+                Some(i) => {
+                    let p = &mut list[i];
+                    let expected = steps[usize::from(p.stage)];
+                    let last = steps[usize::from(p.stage) - 1];
+                    if now.saturating_duration_since(p.started) > policy.sequence_timeout
+                        || (kind != expected && kind != last)
+                    {
+                        list.swap_remove(i);
+                        if steps[0] == kind {
+                            list.push(Progress {
+                                key,
+                                stage: 1,
+                                started: now,
+                            });
+                        }
+                        Some(RotatingOutcome::Reset)
+                    } else if kind == expected {
+                        p.stage += 1;
+                        if usize::from(p.stage) == steps.len() {
+                            list.swap_remove(i);
+                            Some(RotatingOutcome::Completed)
+                        } else {
+                            Some(RotatingOutcome::Progressed {
+                                stage: p.stage,
+                                of: steps.len() as u8,
+                            })
+                        }
+                    } else {
+                        None // a retransmission of the knock just accepted
+                    }
+                }
+                None if steps[0] == kind => {
+                    if steps.len() == 1 {
+                        Some(RotatingOutcome::Completed)
+                    } else {
+                        list.push(Progress {
+                            key,
+                            stage: 1,
+                            started: now,
+                        });
+                        Some(RotatingOutcome::Progressed {
+                            stage: 1,
+                            of: steps.len() as u8,
+                        })
+                    }
+                }
+                None => None,
+            };
+            if let Some(o) = outcome {
+                if o == RotatingOutcome::Completed {
+                    completed.push(key);
+                }
+                out.push((key, o));
+            }
+        }
+        if !completed.is_empty() {
+            self.consumed.extend(completed);
+            self.reindex();
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "rotating_tests.rs"]
+mod tests;
