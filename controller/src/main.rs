@@ -1,6 +1,128 @@
-//! knockgate-controller binary (placeholder until the server is wired up).
+//! knockgate-controller: `init` creates the data dir (CA, server certificate,
+//! admin identity); `run` serves the gRPC API over mutual TLS.
 #![forbid(unsafe_code)]
 
-fn main() {
-    println!("not yet");
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use knockgate_controller::cli::{Cli, Command, EXIT_USAGE, InitArgs, RunArgs, init_logging};
+use knockgate_controller::datadir::{self, DataDirError};
+use knockgate_controller::store::{DEFAULT_SQLITE_FILE, Store};
+use knockgate_controller::{Controller, serve};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                exit(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_logging(cli.log_format);
+    // Before anything builds a rustls config: one process-wide provider, ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command {
+        Command::Init(args) => init(&args),
+        Command::Run(args) => run(args),
+    }
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn init(args: &InitArgs) -> ExitCode {
+    match datadir::init(&args.data_dir, &args.sans) {
+        Ok(done) => {
+            println!("initialized {}", args.data_dir.display());
+            println!("server certificate names: {}", done.sans.join(", "));
+            println!(
+                "admin identity for knockadm: {}",
+                done.admin_identity.display()
+            );
+            println!("ca sha256: {}", done.ca_fingerprint);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let code = if matches!(e, DataDirError::BadSan(_)) {
+                EXIT_USAGE
+            } else {
+                1
+            };
+            eprintln!("knockgate-controller: {:#}", anyhow::Error::new(e));
+            exit(code)
+        }
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("knockgate-controller: failed to start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_async(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "controller stopped");
+            eprintln!("knockgate-controller: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_async(args: RunArgs) -> anyhow::Result<()> {
+    let certs = datadir::load(&args.data_dir).context("failed to load the data dir")?;
+    let database = match args.database_url {
+        Some(url) => url,
+        None => args
+            .data_dir
+            .join(DEFAULT_SQLITE_FILE)
+            .display()
+            .to_string(),
+    };
+    let store = Store::open(&database)
+        .await
+        .context("failed to open the store")?;
+    let backend = store.backend();
+    let state = Controller::new(store, certs)
+        .await
+        .context("failed to start")?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", args.listen))?;
+    let local = listener.local_addr().unwrap_or(args.listen);
+    tracing::info!(
+        listen = %local, backend = ?backend, ca_sha256 = %state.ca.sha256_fingerprint(),
+        "controller listening (mutual TLS)"
+    );
+    serve(listener, state, shutdown_signal())
+        .await
+        .context("server failed")
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
 }

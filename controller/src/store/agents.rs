@@ -39,13 +39,14 @@ type AgentRow = (
     Option<i64>,
     i64,
     bool,
+    bool,
 );
 
 macro_rules! select_agent {
     ($tail:literal) => {
         concat!(
             "SELECT name, labels, address, created_at, enrolled_at, cert_fingerprint, ",
-            "revoked_at, last_seen, applied_version, connected FROM agents",
+            "revoked_at, last_seen, applied_version, connected, address_pinned FROM agents",
             $tail
         )
     };
@@ -67,11 +68,13 @@ fn agent_from_row(row: AgentRow) -> Result<Agent, StoreError> {
         last_seen,
         applied,
         connected,
+        address_pinned,
     ) = row;
     Ok(Agent {
         name: agent_name(name)?,
         labels: labels.0,
         address,
+        address_pinned,
         created_at: Timestamp::from_unix_millis(created_at),
         enrolled_at: opt_ts(enrolled_at),
         cert_fingerprint: fingerprint,
@@ -97,11 +100,11 @@ macro_rules! update_agent {
 }
 
 impl Store {
-    /// Adds a not yet enrolled agent.
+    /// Adds a not yet enrolled agent; an address given here is pinned.
     pub async fn add_agent(&self, agent: &NewAgent) -> Result<(), StoreError> {
         let name = agent.name.as_str();
         on_pool!(self, pool => {
-            sqlx::query("INSERT INTO agents (name, labels, address, created_at) VALUES ($1, $2, $3, $4)")
+            sqlx::query("INSERT INTO agents (name, labels, address, created_at, address_pinned) VALUES ($1, $2, $3, $4, $3 IS NOT NULL)")
                 .bind(name)
                 .bind(Json(&agent.labels))
                 .bind(agent.address.as_deref())
@@ -158,7 +161,8 @@ impl Store {
         })
     }
 
-    /// Sets (or clears) the address an admin gave the agent.
+    /// Sets and pins the address an admin gave the agent, or with `None`
+    /// clears and unpins it (the agent's reported address is used again).
     pub async fn set_agent_address(
         &self,
         name: &AgentName,
@@ -167,7 +171,7 @@ impl Store {
         update_agent!(
             self,
             name,
-            "UPDATE agents SET address = $2 WHERE name = $1",
+            "UPDATE agents SET address = $2, address_pinned = $2 IS NOT NULL WHERE name = $1",
             address
         )
     }
@@ -212,7 +216,8 @@ impl Store {
     }
 
     /// Records contact: `last_seen`, whether a sync stream is open, and the
-    /// address the agent reported (kept unchanged when `None`).
+    /// address the agent reported (kept unchanged when `None`, ignored when
+    /// an admin pinned one).
     pub async fn touch_agent(
         &self,
         name: &AgentName,
@@ -223,7 +228,8 @@ impl Store {
         update_agent!(
             self,
             name,
-            "UPDATE agents SET last_seen = $2, connected = $3, address = COALESCE($4, address) WHERE name = $1",
+            "UPDATE agents SET last_seen = $2, connected = $3, \
+             address = CASE WHEN address_pinned THEN address ELSE COALESCE($4, address) END WHERE name = $1",
             now.unix_millis(),
             connected,
             reported_address

@@ -90,7 +90,9 @@ impl Store {
                 q.push(" AND at >= ").push_bind(since.unix_millis());
             }
             if let Some(kind) = &filter.kind {
-                q.push(" AND kind = ").push_bind(kind.as_str());
+                // A plain comparison, not LIKE: kinds may contain `_`.
+                q.push(" AND substr(kind, 1, length(").push_bind(kind.as_str());
+                q.push(")) = ").push_bind(kind.as_str());
             }
             if let Some(user) = &filter.user {
                 q.push(" AND user_name = ").push_bind(user.as_str());

@@ -158,6 +158,8 @@ pub struct Agent {
     pub labels: BTreeMap<String, String>,
     /// Set by the admin or reported by the agent.
     pub address: Option<String>,
+    /// The admin set `address`; the agent's reports do not replace it.
+    pub address_pinned: bool,
     /// Creation time.
     pub created_at: Timestamp,
     /// When its certificate was issued.
@@ -304,7 +306,8 @@ pub enum AppendOutcome {
 pub struct AuditFilter {
     /// Only events at or after this time.
     pub since: Option<Timestamp>,
-    /// Only this kind.
+    /// Only kinds starting with this (the API's prefix match): `spa`
+    /// matches `spa.accepted` and `spa.rejected`.
     pub kind: Option<String>,
     /// Only events naming this user.
     pub user: Option<String>,

@@ -249,7 +249,11 @@ pub async fn agent_enrols_once(store: &Store) {
         (Some(at(1)), Some("ab12"))
     );
     assert_eq!((web1.last_seen, web1.connected), (Some(at(4)), true));
-    assert_eq!(web1.address.as_deref(), Some("203.0.113.9"));
+    assert_eq!(
+        (web1.address.as_deref(), web1.address_pinned),
+        (Some("198.51.100.7"), true),
+        "an address the admin set is not replaced by the reported one"
+    );
     assert_eq!(
         web1.applied_version,
         ConfigVersion(5),
@@ -262,6 +266,20 @@ pub async fn agent_enrols_once(store: &Store) {
     assert_eq!(
         store.get_agent(&agent("web-1")).await.unwrap().address,
         None
+    );
+    store
+        .touch_agent(&agent("web-1"), at(5), true, Some("203.0.113.9"))
+        .await
+        .unwrap();
+    store
+        .touch_agent(&agent("web-1"), at(6), true, None)
+        .await
+        .unwrap();
+    let web1 = store.get_agent(&agent("web-1")).await.unwrap();
+    assert_eq!(
+        (web1.address.as_deref(), web1.address_pinned),
+        (Some("203.0.113.9"), false),
+        "unpinned, the reported address is used and kept"
     );
 
     // Labels and revocation change what agents enforce: both bump the version.

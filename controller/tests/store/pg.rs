@@ -162,7 +162,14 @@ fn url(cluster: &PgCluster, db: &str) -> String {
 
 /// A store on a new, empty database of the shared cluster. Panics with the
 /// reason when PostgreSQL cannot be started.
+#[allow(dead_code)] // not every test binary including this file uses both
 pub async fn fresh_store() -> Store {
+    Store::open(&fresh_database().await).await.unwrap()
+}
+
+/// The URL of a new, empty database of the shared cluster (for tests that
+/// open it more than once, like replicas).
+pub async fn fresh_database() -> String {
     let cluster = match CLUSTER.get_or_init(start) {
         Ok(c) => c,
         Err(e) => panic!("PostgreSQL test cluster unavailable: {e}"),
@@ -176,5 +183,5 @@ pub async fn fresh_store() -> Store {
         .await
         .unwrap();
     admin.close().await.unwrap();
-    Store::open(&url(cluster, &db)).await.unwrap()
+    url(cluster, &db)
 }

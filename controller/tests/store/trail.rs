@@ -113,6 +113,25 @@ pub async fn audit_dedupe_filters_and_paging(store: &Store) {
         kinds(store.query_audit(&by_kind).await.unwrap()),
         ["spa.rejected"]
     );
+    // The kind filter is a prefix match (as the API documents it).
+    for (prefix, expected) in [
+        ("spa", &["spa.rejected"][..]),
+        ("spa.rej", &["spa.rejected"][..]),
+        ("grant", &["grant.opened"][..]),
+        ("enrol.refused", &["enrol.refused", "enrol.refused"][..]),
+        ("spa.rejected.x", &[][..]),
+        ("spa_", &[][..]),
+    ] {
+        let filter = AuditFilter {
+            kind: Some(prefix.into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            kinds(store.query_audit(&filter).await.unwrap()),
+            expected,
+            "{prefix}"
+        );
+    }
     let by_user = AuditFilter {
         user: Some("alice".into()),
         ..Default::default()

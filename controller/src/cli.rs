@@ -1,0 +1,82 @@
+//! The `knockgate-controller` command line and its logging setup.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+/// Exit status for a bad flag or config (sysexits `EX_USAGE`).
+pub const EXIT_USAGE: i32 = 64;
+
+/// knockgate controller: internal CA, store and the gRPC API for agents and knockadm.
+#[derive(Debug, Parser)]
+#[command(name = "knockgate-controller", version)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the data dir: CA, server certificate and knockadm's admin identity.
+    Init(InitArgs),
+    /// Serve the gRPC API (mutual TLS only).
+    Run(RunArgs),
+}
+
+/// `init` flags.
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    /// Directory for keys, certificates and the SQLite database (created 0700).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Extra name for the server certificate, besides localhost, 127.0.0.1 and ::1 (repeatable).
+    #[arg(long = "san", value_name = "DNS-or-IP")]
+    pub sans: Vec<String>,
+}
+
+/// `run` flags.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Directory made by `init`.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:7443")]
+    pub listen: SocketAddr,
+    /// PostgreSQL URL (postgres://...) for replicas sharing one database; default: SQLite in the data dir.
+    #[arg(
+        long,
+        alias = "database",
+        value_name = "URL",
+        env = "KNOCKGATE_DATABASE_URL"
+    )]
+    pub database_url: Option<String>,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logs to stderr with `RUST_LOG` (default `info`) in `format`.
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

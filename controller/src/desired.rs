@@ -1,0 +1,269 @@
+//! What one agent must enforce, computed from the policies, the users and its
+//! labels, and the deltas between two such views. Pure: the sync stream
+//! reads the store and hands the rows in.
+
+use std::collections::BTreeMap;
+
+use knockgate_proto::api;
+
+use crate::convert::access_to_api;
+use crate::policy::PolicyDef;
+use crate::store::{Agent, User};
+
+/// The policies and user credentials one agent holds, by name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AgentView {
+    /// Policies selecting the agent, with their users expanded.
+    pub policies: BTreeMap<String, api::Policy>,
+    /// Credentials of every user some of those policies admit.
+    pub users: BTreeMap<String, api::User>,
+}
+
+/// Which knock methods reach a user on this agent, so it gets only the keys
+/// it can be asked to verify.
+#[derive(Clone, Copy, Default)]
+struct Needs {
+    spa: bool,
+    fwknop: bool,
+}
+
+/// The view of an agent with `labels`.
+pub fn compute(
+    labels: &BTreeMap<String, String>,
+    policies: &[PolicyDef],
+    users: &[User],
+) -> AgentView {
+    let mut view = AgentView::default();
+    let mut needs: BTreeMap<&str, (Needs, &User)> = BTreeMap::new();
+    for p in policies.iter().filter(|p| p.agents.matches(labels)) {
+        let admitted: Vec<&User> = users.iter().filter(|u| p.admits(u)).collect();
+        for u in &admitted {
+            let (n, _) = needs
+                .entry(u.name.as_str())
+                .or_insert((Needs::default(), u));
+            n.spa |= p.spa;
+            n.fwknop |= p.fwknop;
+        }
+        view.policies.insert(
+            p.name.to_string(),
+            api::Policy {
+                name: p.name.to_string(),
+                open: p.open.iter().copied().map(access_to_api).collect(),
+                timeout_secs: p.timeout_secs,
+                max_timeout_secs: p.max_timeout_secs,
+                users: admitted.iter().map(|u| u.name.to_string()).collect(),
+                spa: p.spa,
+                fwknop: p.fwknop,
+                sequence: p.sequence.iter().map(ToString::to_string).collect(),
+                sequence_timeout_secs: p.sequence_timeout_secs,
+            },
+        );
+    }
+    for (name, (n, u)) in needs {
+        let k = &u.keys;
+        let user = api::User {
+            name: name.to_owned(),
+            spa_key: if n.spa {
+                k.spa_key.to_vec()
+            } else {
+                Vec::new()
+            },
+            fwknop_key: if n.fwknop {
+                k.fwknop_key.to_vec()
+            } else {
+                Vec::new()
+            },
+            fwknop_hmac_key: if n.fwknop {
+                k.fwknop_hmac_key.to_vec()
+            } else {
+                Vec::new()
+            },
+            fwknop_hmac: if n.fwknop {
+                k.fwknop_hmac.clone()
+            } else {
+                String::new()
+            },
+        };
+        view.users.insert(name.to_owned(), user);
+    }
+    view
+}
+
+/// A full config replacing whatever the agent held.
+pub fn full(view: &AgentView, version: u64) -> api::AgentConfig {
+    api::AgentConfig {
+        version,
+        full: true,
+        base_version: 0,
+        policies: view.policies.values().cloned().collect(),
+        users: view.users.values().cloned().collect(),
+        removed_policies: Vec::new(),
+        removed_users: Vec::new(),
+    }
+}
+
+/// The delta taking an agent from `old` (at `base`) to `new` (at `version`):
+/// entries added or changed, then names removed. May be empty.
+pub fn delta(old: &AgentView, new: &AgentView, base: u64, version: u64) -> api::AgentConfig {
+    fn changed<T: Clone + PartialEq>(
+        old: &BTreeMap<String, T>,
+        new: &BTreeMap<String, T>,
+    ) -> Vec<T> {
+        new.iter()
+            .filter(|(k, v)| old.get(*k) != Some(v))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+    fn removed<T>(old: &BTreeMap<String, T>, new: &BTreeMap<String, T>) -> Vec<String> {
+        old.keys()
+            .filter(|k| !new.contains_key(*k))
+            .cloned()
+            .collect()
+    }
+    api::AgentConfig {
+        version,
+        full: false,
+        base_version: base,
+        policies: changed(&old.policies, &new.policies),
+        users: changed(&old.users, &new.users),
+        removed_policies: removed(&old.policies, &new.policies),
+        removed_users: removed(&old.users, &new.users),
+    }
+}
+
+/// The agents (not revoked) where some policy selecting them admits `user`:
+/// the gateways a user's profile lists, with the address to knock on.
+pub fn gateways(user: &User, agents: &[Agent], policies: &[PolicyDef]) -> Vec<api::GatewayAddress> {
+    agents
+        .iter()
+        .filter(|a| a.revoked_at.is_none())
+        .filter(|a| {
+            policies
+                .iter()
+                .any(|p| p.agents.matches(&a.labels) && p.admits(user))
+        })
+        .map(|a| api::GatewayAddress {
+            name: a.name.to_string(),
+            address: a.address.clone().unwrap_or_default(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::name::UserName;
+    use crate::policy::RawPolicy;
+    use crate::store::{Timestamp, UserKeys};
+
+    fn user(name: &str, groups: &[&str], disabled: bool) -> User {
+        User {
+            name: UserName::new(name).unwrap(),
+            groups: groups
+                .iter()
+                .map(|g| (*g).to_owned())
+                .collect::<BTreeSet<_>>(),
+            disabled,
+            created_at: Timestamp::from_unix_millis(0),
+            keys: UserKeys {
+                spa_key: [1; 32],
+                fwknop_key: [2; 32],
+                fwknop_hmac_key: [3; 64],
+                fwknop_hmac: "sha256".into(),
+                rotating_secret: [4; 32],
+            },
+            key_version: 1,
+        }
+    }
+
+    fn policy(
+        name: &str,
+        users: &[&str],
+        groups: &[&str],
+        agents: &str,
+        spa: bool,
+        fwknop: bool,
+    ) -> PolicyDef {
+        let raw = RawPolicy {
+            open: vec!["tcp/22".into()],
+            users: users.iter().map(|u| (*u).to_owned()).collect(),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            agents: agents.into(),
+            timeout_secs: 30,
+            spa,
+            fwknop,
+            sequence: if spa || fwknop {
+                vec![]
+            } else {
+                vec!["tcp/7000".into()]
+            },
+            ..RawPolicy::default()
+        };
+        PolicyDef::validate(name, raw).unwrap()
+    }
+
+    fn labels(v: &[(&str, &str)]) -> BTreeMap<String, String> {
+        v.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+    }
+
+    #[test]
+    fn selects_expands_groups_and_drops_disabled() {
+        let users = [
+            user("alice", &[], false),
+            user("bob", &["ops"], false),
+            user("carol", &["ops"], true),
+        ];
+        let policies = [
+            policy("ssh", &["alice"], &["ops"], "role=edge", true, false),
+            policy("vpn", &["alice"], &[], "role=core", false, true),
+            policy("web", &["bob"], &[], "", false, false),
+        ];
+        let view = compute(&labels(&[("role", "edge")]), &policies, &users);
+        assert_eq!(view.policies.keys().collect::<Vec<_>>(), ["ssh", "web"]);
+        assert_eq!(view.policies["ssh"].users, ["alice", "bob"]);
+        assert_eq!(view.users.keys().collect::<Vec<_>>(), ["alice", "bob"]);
+        // alice is reached by SPA only here: no fwknop keys.
+        assert_eq!(view.users["alice"].spa_key, vec![1; 32]);
+        assert!(view.users["alice"].fwknop_key.is_empty());
+        assert_eq!(view.users["bob"].spa_key.len(), 32);
+    }
+
+    #[test]
+    fn deltas_upsert_and_remove() {
+        let users = [user("alice", &[], false), user("bob", &[], false)];
+        let before = compute(
+            &labels(&[]),
+            &[policy("ssh", &["alice", "bob"], &[], "", true, false)],
+            &users,
+        );
+        let users2 = [user("alice", &[], true), user("bob", &[], false)];
+        let after = compute(
+            &labels(&[]),
+            &[
+                policy("ssh", &["alice", "bob"], &[], "", true, false),
+                policy("new", &["bob"], &[], "", true, false),
+            ],
+            &users2,
+        );
+        let d = delta(&before, &after, 3, 5);
+        assert!(!d.full);
+        assert_eq!((d.base_version, d.version), (3, 5));
+        assert_eq!(
+            d.policies
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>(),
+            ["new", "ssh"]
+        );
+        assert!(d.users.is_empty(), "bob unchanged");
+        assert_eq!(d.removed_users, ["alice"]);
+        let empty = delta(&after, &after, 5, 6);
+        assert!(
+            empty.policies.is_empty() && empty.users.is_empty() && empty.removed_users.is_empty()
+        );
+        assert_eq!(full(&after, 6).policies.len(), 2);
+    }
+}

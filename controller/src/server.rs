@@ -1,0 +1,105 @@
+//! The gRPC server: shared state and [`serve`], which runs the three
+//! services behind mutual TLS and the authorization layer on a listener it
+//! is handed, until `shutdown` completes.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use knockgate_proto::api::admin_server::AdminServer;
+use knockgate_proto::api::agent_control_server::AgentControlServer;
+use knockgate_proto::api::enrollment_server::EnrollmentServer;
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+
+use crate::authz::{Authz, AuthzLayer};
+use crate::datadir::Loaded;
+use crate::fanout::{self, Hub};
+use crate::pki::Ca;
+use crate::service::{AdminService, AgentService, EnrollService};
+use crate::store::{Store, StoreError};
+use crate::tls::{self, TlsError};
+
+/// Errors starting or running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The TLS configuration could not be built.
+    #[error("failed to configure TLS")]
+    Tls(#[source] TlsError),
+    /// The store could not be read at startup.
+    #[error("failed to read the store")]
+    Store(#[source] StoreError),
+    /// The server stopped with an error.
+    #[error("the gRPC server failed")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+/// Everything the services share.
+#[derive(Debug)]
+pub struct Controller {
+    /// The database.
+    pub store: Store,
+    /// The internal CA.
+    pub ca: Ca,
+    /// Live streams and the config version they follow.
+    pub hub: Arc<Hub>,
+    tls: Arc<ServerConfig>,
+}
+
+impl Controller {
+    /// State for a controller with `store` and the data dir's certificates.
+    pub async fn new(store: Store, certs: Loaded) -> Result<Arc<Self>, ServerError> {
+        let Loaded {
+            ca,
+            server_chain,
+            server_key,
+        } = certs;
+        let tls = tls::server_config(&ca, server_chain, server_key).map_err(ServerError::Tls)?;
+        let hub = Hub::new(store.current_version().await.map_err(ServerError::Store)?);
+        Ok(Arc::new(Self {
+            store,
+            ca,
+            hub,
+            tls,
+        }))
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then ends every
+/// agent stream and waits for connections to close.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<Controller>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let listen_task = tokio::spawn(fanout::listen_postgres(
+        state.store.clone(),
+        Arc::clone(&state.hub),
+    ));
+    let incoming = tls::incoming(listener, Arc::clone(&state.tls), state.store.clone());
+    let hub = Arc::clone(&state.hub);
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down");
+        hub.shutdown();
+    };
+    let result = Server::builder()
+        // Notices a vanished agent within half a minute, so its stream ends.
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(AuthzLayer::new(Authz::new(state.store.clone())))
+        .add_service(EnrollmentServer::new(EnrollService::new(Arc::clone(
+            &state,
+        ))))
+        .add_service(AgentControlServer::new(AgentService::new(Arc::clone(
+            &state,
+        ))))
+        .add_service(AdminServer::new(AdminService::new(Arc::clone(&state))))
+        .serve_with_incoming_shutdown(incoming, signal)
+        .await
+        .map_err(ServerError::Serve);
+    state.hub.shutdown();
+    listen_task.abort();
+    result
+}

@@ -1,0 +1,115 @@
+//! `Enrollment.Enroll`: a one-time token and a CSR in, an agent certificate
+//! out. Anyone may call it; the token is the credential.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use knockgate_proto::api::{self, enrollment_server::Enrollment};
+use rcgen::CertificateSigningRequestParams;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use serde_json::json;
+use tonic::{Request, Response, Status};
+
+use crate::error::ServiceError;
+use crate::name::AgentName;
+use crate::pki::cert_fingerprint;
+use crate::server::Controller;
+use crate::store::{Timestamp, TokenError, TokenHash};
+use crate::trail::{ENROL_OK, ENROL_REFUSED, Entry};
+
+/// Longest token accepted (ours are 43 characters).
+const MAX_TOKEN_LEN: usize = 128;
+
+/// The `Enrollment` service.
+#[derive(Debug)]
+pub struct EnrollService {
+    state: Arc<Controller>,
+}
+
+impl EnrollService {
+    /// The service over `state`.
+    pub fn new(state: Arc<Controller>) -> Self {
+        Self { state }
+    }
+}
+
+#[tonic::async_trait]
+impl Enrollment for EnrollService {
+    async fn enroll(
+        &self,
+        req: Request<api::EnrollRequest>,
+    ) -> Result<Response<api::EnrollResponse>, Status> {
+        let peer = req.remote_addr();
+        let api::EnrollRequest { token, csr_pem } = req.into_inner();
+        Ok(Response::new(
+            enroll(&self.state, peer, &token, &csr_pem).await?,
+        ))
+    }
+}
+
+async fn refuse(
+    state: &Controller,
+    peer: Option<SocketAddr>,
+    agent: Option<&AgentName>,
+    reason: &str,
+) {
+    tracing::warn!(peer = ?peer, agent = ?agent, reason, "enrolment refused");
+    Entry::new(ENROL_REFUSED, json!({ "reason": reason }))
+        .agent(agent)
+        .peer(peer)
+        .write(&state.store)
+        .await;
+}
+
+async fn enroll(
+    state: &Controller,
+    peer: Option<SocketAddr>,
+    token: &str,
+    csr_pem: &str,
+) -> Result<api::EnrollResponse, ServiceError> {
+    // The CSR is checked before the token is spent, so a bad CSR does not burn it.
+    if CertificateSigningRequestParams::from_pem(csr_pem).is_err() {
+        refuse(state, peer, None, "invalid certificate signing request").await;
+        return Err(ServiceError::invalid(
+            "csr_pem: invalid certificate signing request",
+        ));
+    }
+    let now = Timestamp::now();
+    let redeemed = if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        Err(TokenError::Unknown)
+    } else {
+        state.store.redeem_token(&TokenHash::of(token), now).await
+    };
+    let agent = match redeemed {
+        Ok(agent) => agent,
+        Err(TokenError::Store(e)) => return Err(e.into()),
+        Err(e) => {
+            let agent = match &e {
+                TokenError::Revoked(a) => Some(a),
+                _ => None,
+            };
+            refuse(state, peer, agent, &e.to_string()).await;
+            return Err(ServiceError::Unauthenticated(e.to_string()));
+        }
+    };
+    let cert_pem = state.ca.sign_agent_csr(csr_pem, &agent)?;
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|_| ServiceError::Internal("signed certificate does not parse"))?;
+    let fingerprint = cert_fingerprint(&der);
+    state
+        .store
+        .set_agent_enrolled(&agent, &fingerprint, now)
+        .await?;
+    tracing::info!(%agent, peer = ?peer, "agent enrolled");
+    Entry::new(ENROL_OK, json!({ "fingerprint": fingerprint }))
+        .agent(Some(&agent))
+        .peer(peer)
+        .write(&state.store)
+        .await;
+    Ok(api::EnrollResponse {
+        agent_name: agent.to_string(),
+        cert_pem,
+        ca_pem: state.ca.cert_pem().to_owned(),
+    })
+}

@@ -1,0 +1,257 @@
+//! One agent's `Sync` stream: Hello, a full config, then a delta for every
+//! config version change, pushed grant revokes, and the agent's Applied /
+//! Refused answers. The stream ends when the agent hangs up, is revoked, or
+//! the controller shuts down.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use knockgate_proto::api::{self, agent_message, controller_message};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use crate::desired::{self, AgentView};
+use crate::error::{ErrorChain, ServiceError};
+use crate::fanout::Registration;
+use crate::name::AgentName;
+use crate::server::Controller;
+use crate::store::{ConfigVersion, GrantFilter, Timestamp};
+use crate::trail::{CONFIG_REFUSED, Entry};
+
+/// The state of one live stream.
+pub(super) struct Session {
+    state: Arc<Controller>,
+    agent: AgentName,
+    fingerprint: String,
+    tx: mpsc::Sender<Result<api::ControllerMessage, Status>>,
+    /// The last config sent and its version: what the next delta builds on.
+    /// `None` after a refusal, so the next change sends a full config.
+    sent: Option<(u64, AgentView)>,
+    /// Grant refs already pushed as revoked on this stream.
+    revoked_refs: BTreeSet<String>,
+    touched: bool,
+}
+
+fn internal(e: impl Into<ServiceError>) -> Status {
+    Status::from(e.into())
+}
+
+/// The address to record: the agent's own report, else the TCP peer's IP.
+fn reported_address(hello: &str, peer: Option<SocketAddr>) -> Result<Option<String>, Status> {
+    if hello.is_empty() {
+        return Ok(peer.map(|p| p.ip().to_string()));
+    }
+    if hello.len() > 253 || !hello.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Status::invalid_argument(
+            "hello.address: expected a host name or IP address",
+        ));
+    }
+    Ok(Some(hello.to_owned()))
+}
+
+impl Session {
+    pub(super) fn new(
+        state: Arc<Controller>,
+        agent: AgentName,
+        fingerprint: String,
+        tx: mpsc::Sender<Result<api::ControllerMessage, Status>>,
+    ) -> Self {
+        Self {
+            state,
+            agent,
+            fingerprint,
+            tx,
+            sent: None,
+            revoked_refs: BTreeSet::new(),
+            touched: false,
+        }
+    }
+
+    /// Drives the stream to its end, then records the disconnect.
+    pub(super) async fn run(
+        mut self,
+        mut inbound: Streaming<api::AgentMessage>,
+        mut registration: Registration,
+        peer: Option<SocketAddr>,
+    ) {
+        let end = self.drive(&mut inbound, &mut registration, peer).await;
+        drop(registration);
+        if let Err(status) = end {
+            tracing::info!(agent = %self.agent, code = ?status.code(), reason = status.message(), "agent stream closed");
+            let _ = self.tx.send(Err(status)).await;
+        }
+        let hub = &self.state.hub;
+        if self.touched && !hub.is_connected(&self.agent) {
+            tracing::info!(agent = %self.agent, "agent disconnected");
+            if let Err(e) = self
+                .state
+                .store
+                .touch_agent(&self.agent, Timestamp::now(), false, None)
+                .await
+            {
+                tracing::warn!(agent = %self.agent, error = %ErrorChain(&e), "failed to record the disconnect");
+            }
+        }
+    }
+
+    async fn drive(
+        &mut self,
+        inbound: &mut Streaming<api::AgentMessage>,
+        registration: &mut Registration,
+        peer: Option<SocketAddr>,
+    ) -> Result<(), Status> {
+        let hub = Arc::clone(&self.state.hub);
+        let mut versions = hub.versions();
+        let first = tokio::select! {
+            m = inbound.message() => m,
+            () = self.tx.closed() => return Ok(()),
+            () = hub.stopped() => return Err(Status::unavailable("the controller is shutting down")),
+        };
+        let hello = match first {
+            Ok(Some(api::AgentMessage {
+                msg: Some(agent_message::Msg::Hello(h)),
+            })) => h,
+            Ok(Some(_)) => return Err(Status::invalid_argument("the first message must be Hello")),
+            Ok(None) | Err(_) => return Ok(()),
+        };
+        let address = reported_address(&hello.address, peer)?;
+        let store = &self.state.store;
+        store
+            .touch_agent(&self.agent, Timestamp::now(), true, address.as_deref())
+            .await
+            .map_err(internal)?;
+        self.touched = true;
+        tracing::info!(
+            agent = %self.agent, address = ?address, applied = hello.applied_version,
+            software = %hello.software, "agent connected"
+        );
+        versions.borrow_and_update();
+        self.refresh().await?;
+        loop {
+            tokio::select! {
+                changed = versions.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    versions.borrow_and_update();
+                    self.refresh().await?;
+                }
+                push = registration.pushes.recv() => match push {
+                    Some(revoke) => self.send(controller_message::Msg::Revoke(revoke)).await,
+                    None => return Err(Status::permission_denied(format!("agent {} is revoked", self.agent))),
+                },
+                m = inbound.message() => match m {
+                    Ok(Some(msg)) => self.handle(msg).await?,
+                    Ok(None) => return Ok(()),
+                    Err(e) => {
+                        tracing::debug!(agent = %self.agent, error = %e, "agent stream broke");
+                        return Ok(());
+                    }
+                },
+                () = self.tx.closed() => return Ok(()),
+                () = hub.stopped() => {
+                    return Err(Status::unavailable("the controller is shutting down"));
+                }
+            }
+        }
+    }
+
+    async fn send(&self, msg: controller_message::Msg) {
+        let msg = api::ControllerMessage { msg: Some(msg) };
+        // A closed receiver means the agent is gone; the select loop notices.
+        let _ = self.tx.send(Ok(msg)).await;
+    }
+
+    async fn handle(&mut self, msg: api::AgentMessage) -> Result<(), Status> {
+        match msg.msg {
+            Some(agent_message::Msg::Applied(api::Applied { version })) => {
+                let v = i64::try_from(version)
+                    .map_err(|_| Status::invalid_argument("applied.version is out of range"))?;
+                tracing::debug!(agent = %self.agent, version, "config applied");
+                self.state
+                    .store
+                    .set_applied_version(&self.agent, ConfigVersion(v))
+                    .await
+                    .map_err(internal)?;
+            }
+            Some(agent_message::Msg::Refused(api::Refused { version, reason })) => {
+                tracing::warn!(agent = %self.agent, version, reason, "agent refused a config");
+                let reason: String = reason.chars().take(1024).collect();
+                Entry::new(
+                    CONFIG_REFUSED,
+                    json!({ "version": version, "reason": reason }),
+                )
+                .agent(Some(&self.agent))
+                .write(&self.state.store)
+                .await;
+                // The agent keeps what it had, which is no longer what we sent:
+                // the next change goes out as a full config.
+                self.sent = None;
+            }
+            Some(agent_message::Msg::Hello(_)) => {
+                return Err(Status::invalid_argument(
+                    "Hello may only be the first message",
+                ));
+            }
+            None => return Err(Status::invalid_argument("empty agent message")),
+        }
+        Ok(())
+    }
+
+    /// Recomputes the agent's config and sends what changed, then any grant
+    /// revokes flagged in the store (so revokes made on other replicas
+    /// arrive too).
+    async fn refresh(&mut self) -> Result<(), Status> {
+        let store = &self.state.store;
+        // The version is read before the data: a config is never labelled
+        // newer than what it holds, and any later change bumps again.
+        let version = store.current_version().await.map_err(internal)?;
+        let version = u64::try_from(version.0).unwrap_or(0);
+        let agent = store.get_agent(&self.agent).await.map_err(internal)?;
+        if agent.revoked_at.is_some()
+            || agent.cert_fingerprint.as_deref() != Some(self.fingerprint.as_str())
+        {
+            return Err(Status::permission_denied(format!(
+                "agent {} is revoked",
+                self.agent
+            )));
+        }
+        let policies = super::load_policies(store).await.map_err(internal)?;
+        let users = store.list_users().await.map_err(internal)?;
+        let view = desired::compute(&agent.labels, &policies, &users);
+        let config = match &self.sent {
+            None => Some(desired::full(&view, version)),
+            Some((base, _)) if *base == version => None,
+            Some((base, old)) => Some(desired::delta(old, &view, *base, version)),
+        };
+        if let Some(config) = config {
+            tracing::debug!(agent = %self.agent, version, full = config.full, "sending config");
+            self.send(controller_message::Msg::Config(config)).await;
+            self.sent = Some((version, view));
+        }
+        let filter = GrantFilter {
+            agent: Some(self.agent.clone()),
+            user: None,
+            active_at: Some(Timestamp::now()),
+        };
+        let grant_refs: Vec<String> = store
+            .list_grants(&filter)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .filter(|g| g.revoke_requested && !self.revoked_refs.contains(&g.agent_ref))
+            .map(|g| g.agent_ref)
+            .collect();
+        if !grant_refs.is_empty() {
+            self.revoked_refs.extend(grant_refs.iter().cloned());
+            let revoke = api::RevokeGrants {
+                grant_refs,
+                users: Vec::new(),
+            };
+            self.send(controller_message::Msg::Revoke(revoke)).await;
+        }
+        Ok(())
+    }
+}

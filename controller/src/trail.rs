@@ -1,0 +1,64 @@
+//! The audit events the controller writes about itself (refusals, enrolment,
+//! admin writes, refused configs). Writing one never fails the request it
+//! describes: a store error is logged instead.
+
+use std::net::SocketAddr;
+
+use serde_json::Value;
+
+use crate::error::ErrorChain;
+use crate::name::AgentName;
+use crate::store::{NewAuditEvent, Store, Timestamp};
+
+/// A refused handshake or call.
+pub const AUTH_REFUSED: &str = "auth.refused";
+/// An enrolment that succeeded.
+pub const ENROL_OK: &str = "enrol.ok";
+/// An enrolment that was refused.
+pub const ENROL_REFUSED: &str = "enrol.refused";
+/// A config an agent could not apply.
+pub const CONFIG_REFUSED: &str = "config.refused";
+
+/// An event of the controller itself, about to be written.
+#[derive(Debug)]
+pub struct Entry(NewAuditEvent);
+
+impl Entry {
+    /// An event of `kind` with `detail` (a JSON object), happening now.
+    pub fn new(kind: impl Into<String>, detail: Value) -> Self {
+        Self(NewAuditEvent {
+            at: Timestamp::now(),
+            agent: None,
+            agent_seq: None,
+            kind: kind.into(),
+            user: None,
+            src: None,
+            detail,
+        })
+    }
+
+    /// The agent it concerns.
+    pub fn agent(mut self, agent: Option<&AgentName>) -> Self {
+        self.0.agent = agent.cloned();
+        self
+    }
+
+    /// The user it concerns.
+    pub fn user(mut self, user: Option<&str>) -> Self {
+        self.0.user = user.map(str::to_owned);
+        self
+    }
+
+    /// The peer address (only the IP is kept).
+    pub fn peer(mut self, peer: Option<SocketAddr>) -> Self {
+        self.0.src = peer.map(|p| p.ip().to_string());
+        self
+    }
+
+    /// Appends it to the trail; failures are logged, not returned.
+    pub async fn write(self, store: &Store) {
+        if let Err(e) = store.append_audit(&self.0).await {
+            tracing::error!(kind = %self.0.kind, error = %ErrorChain(&e), "failed to write an audit event");
+        }
+    }
+}
