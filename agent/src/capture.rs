@@ -1,12 +1,13 @@
 //! Capture: libpcap in immediate mode on each interface, inbound only, with a BPF filter
 //! compiled from the policies. Each interface gets one blocking thread that parses frames
 //! and hands knocks to the engine through a bounded channel; when the engine falls behind,
-//! knocks are dropped and counted rather than queued without bound.
+//! knocks are dropped and counted rather than queued without bound. When a new config
+//! changes what to listen for, [`Tuning`] carries the new filter to every thread.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -89,6 +90,62 @@ pub fn open(iface: &str, filter: &str) -> Result<Opened, CaptureError> {
     })
 }
 
+/// What the capture threads listen for: the BPF filter, and the SPA port whose datagram
+/// bodies go to the engine. Changed by the engine when it applies a new config; each
+/// thread is woken from its blocking read (libpcap's breakloop) to pick the change up.
+pub struct Tuning {
+    generation: AtomicU64,
+    state: Mutex<(String, Option<u16>)>,
+    /// One per capture thread. A blocked read does not return on libpcap's read timeout
+    /// when no packet passes the filter, so a change must wake it.
+    wakers: Mutex<Vec<BreakLoop>>,
+}
+
+impl std::fmt::Debug for Tuning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tuning")
+            .field("generation", &self.generation)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tuning {
+    pub fn new(filter: String, spa_port: Option<u16>) -> Arc<Tuning> {
+        Arc::new(Tuning {
+            generation: AtomicU64::new(0),
+            state: Mutex::new((filter, spa_port)),
+            wakers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Listen with `filter`, and hand `spa_port`'s datagrams on as SPA.
+    pub fn set(&self, filter: String, spa_port: Option<u16>) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        if *state == (filter.clone(), spa_port) {
+            return;
+        }
+        *state = (filter, spa_port);
+        self.generation.fetch_add(1, Ordering::Release);
+        drop(state);
+        if let Ok(wakers) = self.wakers.lock() {
+            for w in wakers.iter() {
+                w.breakloop();
+            }
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn get(&self) -> Option<(String, Option<u16>)> {
+        self.state.lock().ok().map(|s| s.clone())
+    }
+}
+
 /// Counters a capture thread keeps.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -116,7 +173,7 @@ pub fn spawn(
     tx: SyncSender<Input>,
     stop: Arc<AtomicBool>,
     counters: Arc<Counters>,
-    spa_port: Option<u16>,
+    tuning: Arc<Tuning>,
 ) -> std::io::Result<Running> {
     let Opened {
         iface,
@@ -124,12 +181,30 @@ pub fn spawn(
         mut cap,
     } = opened;
     let breaker = cap.breakloop_handle();
+    if let Ok(mut w) = tuning.wakers.lock() {
+        w.push(cap.breakloop_handle());
+    }
     let thread = std::thread::Builder::new().name(format!("capture-{iface}")).spawn(move || {
         tracing::info!(%iface, "capture started");
+        let mut seen = 0;
+        let mut spa_port = tuning.get().and_then(|(_, p)| p);
         while !stop.load(Ordering::Relaxed) {
+            let generation = tuning.generation();
+            if generation != seen
+                && let Some((filter, port)) = tuning.get()
+            {
+                seen = generation;
+                spa_port = port;
+                match cap.filter(&filter, true) {
+                    Ok(()) => tracing::info!(%iface, %filter, "capture filter changed"),
+                    Err(e) => tracing::error!(%iface, %filter, error = %e,
+                        "cannot change the capture filter; knocks of the new config are not seen"),
+                }
+            }
             let frame = match cap.next_packet() {
                 Ok(p) => p,
-                Err(pcap::Error::TimeoutExpired) => continue,
+                // A timeout, or a breakloop: to stop (checked above) or to retune.
+                Err(pcap::Error::TimeoutExpired | pcap::Error::NoMorePackets) => continue,
                 Err(_) if stop.load(Ordering::Relaxed) => break,
                 Err(e) => {
                     tracing::error!(%iface, error = %e, "capture failed; no more knocks from this interface");

@@ -1,28 +1,45 @@
 //! The engine: the one owner of decision state. It receives knocks from the capture
-//! threads, runs them through the matcher, opens grants through the firewall, notices
-//! expiry, and emits every decision as a structured event (target `knockgate::event`).
+//! threads and configs and revocations from the controller task, runs knocks through the
+//! matcher, opens and closes grants through the firewall, notices expiry, and emits every
+//! decision as a structured event (target `knockgate::event`) and, with a controller, as
+//! a report event for it.
 
+mod apply;
 mod spa;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use knockgate_agent_core::config::{Config, Policy};
 use knockgate_agent_core::detect::sequence::{Decision, DoorError, Outcome, SequenceMatcher};
 use knockgate_agent_core::detect::spa::SpaDetector;
-use knockgate_agent_core::grants::{Grants, Opened};
+use knockgate_agent_core::grants::{Grant, Grants, Opened};
 use knockgate_agent_core::ruleset::{Access, GrantKey};
+use tokio::sync::oneshot;
 use tracing::{debug, info, trace, warn};
 
-use crate::capture::KnockMsg;
+pub use self::apply::Update;
+use crate::capture::{KnockMsg, Tuning};
 use crate::firewall::Firewall;
 use crate::replay_store::ReplayStore;
+use crate::report::{GrantInfo, ReportEvent, Reporter, wall_ms};
 
 /// What the engine is told.
 #[derive(Debug)]
 pub enum Input {
     Knock(KnockMsg),
+    /// Enforce a new config (from the controller); whether it took goes to `done`.
+    Apply {
+        update: Box<Update>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// Close these grants now: by ref, and every grant of these users.
+    Revoke {
+        grant_refs: Vec<String>,
+        users: Vec<String>,
+    },
     /// Stop; remove the firewall state unless `keep`.
     Shutdown {
         keep: bool,
@@ -43,11 +60,13 @@ pub struct Engine {
     grants: Grants,
     firewall: Box<dyn Firewall>,
     decisions: Vec<Decision>,
+    reporter: Option<Reporter>,
+    tuning: Option<Arc<Tuning>>,
 }
 
 impl Engine {
     /// An engine for `config` over an installed firewall. `spa` carries the detector and
-    /// its on-disk replay cache when any policy is opened by SPA.
+    /// its on-disk replay cache when any policy is opened by SPA (or may be, later).
     pub fn new(
         config: &Config,
         firewall: Box<dyn Firewall>,
@@ -55,16 +74,34 @@ impl Engine {
     ) -> Result<Self, DoorError> {
         let (door_policy, doors): (Vec<usize>, Vec<_>) = config.doors().into_iter().unzip();
         let matcher = SequenceMatcher::new(doors, config.agent.max_sources)?;
+        // Refs are `<run>-<n>`: a fresh run id per start keeps them unique across restarts.
+        let run_id = format!("{:08x}", rand::random::<u32>());
         Ok(Engine {
             policies: config.policies.clone(),
             users: config.users.iter().map(|u| u.name.clone()).collect(),
             door_policy,
             matcher,
-            spa: spa.map(|(detector, store)| spa::SpaState::new(detector, store, config.spa.port)),
-            grants: Grants::new(),
+            spa: spa.map(|(detector, store)| {
+                spa::SpaState::new(detector, store, config.spa.port, config.uses_spa())
+            }),
+            grants: Grants::with_ref_prefix(&run_id),
             firewall,
             decisions: Vec::new(),
+            reporter: None,
+            tuning: None,
         })
+    }
+
+    /// Also hand every decision to the controller's reporter.
+    pub fn with_reporter(mut self, reporter: Reporter) -> Self {
+        self.reporter = Some(reporter);
+        self
+    }
+
+    /// Retune the capture threads when a new config changes what they listen for.
+    pub fn with_tuning(mut self, tuning: Arc<Tuning>) -> Self {
+        self.tuning = Some(tuning);
+        self
     }
 
     /// Install the static ruleset (protected ports, knock ports, grant sets).
@@ -83,9 +120,16 @@ impl Engine {
         let held = self.firewall.list()?;
         for h in &held {
             self.grants.adopt(h.key, h.remaining, now);
+            let grant_ref = self.grant_ref(&h.key);
             info!(target: "knockgate::event", event = "grant.adopted", src = %h.key.addr,
-                proto = %h.key.proto, port = h.key.port, remaining_ms = h.remaining.as_millis() as u64,
-                "grant adopted from the firewall");
+                proto = %h.key.proto, port = h.key.port, grant_ref = %grant_ref,
+                remaining_ms = h.remaining.as_millis() as u64, "grant adopted from the firewall");
+            let expires = now.checked_add(h.remaining).unwrap_or(now);
+            self.report(|| {
+                ReportEvent::new("grant.adopted")
+                    .src(h.key.addr)
+                    .grant(GrantInfo::new(&grant_ref, &h.key, wall_ms(expires, now)))
+            });
         }
         Ok(held.len())
     }
@@ -99,11 +143,16 @@ impl Engine {
             let wait = self.grants.next_expiry().map_or(IDLE_TICK, |t| {
                 t.saturating_duration_since(now).min(IDLE_TICK)
             });
-            if let Some(spa) = &mut self.spa {
-                spa.summarize(now);
-            }
+            self.summarize_spa(now);
             match rx.recv_timeout(wait) {
                 Ok(Input::Knock(k)) => self.handle_input(k),
+                Ok(Input::Apply { update, done }) => {
+                    let result = self.apply(*update, Instant::now());
+                    let _ = done.send(result);
+                }
+                Ok(Input::Revoke { grant_refs, users }) => {
+                    self.revoke(&grant_refs, &users, Instant::now());
+                }
                 Ok(Input::Shutdown { keep }) => break keep,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break false,
@@ -144,24 +193,32 @@ impl Engine {
                         policy = %policy, method = "sequence", "knock sequence completed");
                     let p = &self.policies[policy_idx];
                     let (name, open, timeout) = (p.name.clone(), p.open.clone(), p.timeout);
-                    self.open_grants(&name, k.src, &open, timeout, Instant::now());
+                    self.report(|| {
+                        ReportEvent::new("knock.completed")
+                            .src(k.src)
+                            .policy(&name)
+                            .detail("method", "sequence")
+                    });
+                    self.open_grants(&name, None, k.src, &open, timeout, Instant::now());
                 }
             }
         }
         self.decisions = decisions;
     }
 
-    /// Open `access` for `src` for `timeout`; every port that fails stays closed.
-    /// Returns how many opened.
+    /// Open `access` for `src` for `timeout` on behalf of `user` (None for sequence
+    /// knocks); every port that fails stays closed. Returns how many opened.
     fn open_grants(
         &mut self,
         policy: &str,
+        user: Option<&str>,
         src: IpAddr,
         access: &[Access],
         timeout: Duration,
         now: Instant,
     ) -> usize {
         let mut opened = 0;
+        let expires_ms = wall_ms(now.checked_add(timeout).unwrap_or(now), now);
         for spec in access {
             let key = GrantKey {
                 addr: src,
@@ -171,19 +228,39 @@ impl Engine {
             match self.firewall.open(&key, timeout) {
                 Ok(()) => {
                     opened += 1;
-                    let kind = self.grants.handle_open(key, policy, timeout, now);
+                    let kind = self.grants.handle_open(key, policy, user, timeout, now);
                     let event = if kind == Opened::New {
                         "grant.opened"
                     } else {
                         "grant.extended"
                     };
+                    let grant_ref = self.grant_ref(&key);
                     info!(target: "knockgate::event", event, src = %src, policy = %policy,
-                        proto = %spec.proto, port = spec.port, timeout_s = timeout.as_secs_f64(),
-                        "grant opened");
+                        user = user.unwrap_or_default(), proto = %spec.proto, port = spec.port,
+                        timeout_s = timeout.as_secs_f64(), grant_ref = %grant_ref, "grant opened");
+                    self.report(|| {
+                        ReportEvent::new(event)
+                            .src(src)
+                            .user(user)
+                            .policy(policy)
+                            .grant(GrantInfo::new(&grant_ref, &key, expires_ms))
+                            .detail("timeout_s", timeout.as_secs())
+                    });
                 }
-                Err(e) => warn!(target: "knockgate::event", event = "grant.failed", src = %src,
-                    policy = %policy, proto = %spec.proto, port = spec.port, error = %e,
-                    "firewall refused the grant; the port stays closed"),
+                Err(e) => {
+                    warn!(target: "knockgate::event", event = "grant.failed", src = %src,
+                        policy = %policy, proto = %spec.proto, port = spec.port, error = %e,
+                        "firewall refused the grant; the port stays closed");
+                    self.report(|| {
+                        ReportEvent::new("grant.failed")
+                            .src(src)
+                            .user(user)
+                            .policy(policy)
+                            .reason("firewall")
+                            .grant(GrantInfo::new("", &key, expires_ms))
+                            .detail("error", e.to_string())
+                    });
+                }
             }
         }
         opened
@@ -193,115 +270,62 @@ impl Engine {
         for (key, grant) in self.grants.poll_expired(now) {
             // The kernel has expired nftables grants already; closing again is harmless and
             // is what makes the command backend close at all.
-            if let Err(e) = self.firewall.close(&key) {
-                warn!(target: "knockgate::event", event = "grant.close_failed", src = %key.addr,
-                    proto = %key.proto, port = key.port, error = %e, "could not close grant");
+            self.close_in_firewall(&key);
+            self.closed(&key, &grant, "expired", now);
+        }
+    }
+
+    /// Close the grants at `keys` now, for `reason`.
+    fn close_now(&mut self, keys: Vec<GrantKey>, reason: &str, now: Instant) {
+        for key in keys {
+            self.close_in_firewall(&key);
+            if let Some(grant) = self.grants.handle_close(&key) {
+                self.closed(&key, &grant, reason, now);
             }
-            info!(target: "knockgate::event", event = "grant.closed", src = %key.addr,
-                policy = %grant.policy, proto = %key.proto, port = key.port, reason = "expired",
-                "grant closed");
+        }
+    }
+
+    fn close_in_firewall(&mut self, key: &GrantKey) {
+        if let Err(e) = self.firewall.close(key) {
+            warn!(target: "knockgate::event", event = "grant.close_failed", src = %key.addr,
+                proto = %key.proto, port = key.port, error = %e, "could not close grant");
+        }
+    }
+
+    /// Say that a grant closed.
+    fn closed(&mut self, key: &GrantKey, grant: &Grant, reason: &str, now: Instant) {
+        info!(target: "knockgate::event", event = "grant.closed", src = %key.addr,
+            policy = %grant.policy, user = grant.user.as_deref().unwrap_or_default(),
+            proto = %key.proto, port = key.port, grant_ref = %grant.grant_ref, reason,
+            "grant closed");
+        self.report(|| {
+            ReportEvent::new("grant.closed")
+                .src(key.addr)
+                .user(grant.user.as_deref())
+                .policy(&grant.policy)
+                .reason(reason)
+                .grant(GrantInfo::new(
+                    &grant.grant_ref,
+                    key,
+                    wall_ms(grant.expires_at, now),
+                ))
+        });
+    }
+
+    fn grant_ref(&self, key: &GrantKey) -> String {
+        self.grants
+            .get(key)
+            .map(|g| g.grant_ref.clone())
+            .unwrap_or_default()
+    }
+
+    /// Hand an event to the reporter, if there is one (building it only then).
+    fn report(&mut self, event: impl FnOnce() -> ReportEvent) {
+        if let Some(r) = &mut self.reporter {
+            r.emit(event());
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::firewall::fake::FakeFirewall;
-    use knockgate_agent_core::config::Config;
-    use knockgate_agent_core::packet::{KnockKind, tcp_flags};
-    use knockgate_agent_core::ruleset::Proto;
-
-    const CONFIG: &str = r#"
-[agent]
-name = "gw1"
-interfaces = ["lo"]
-state_dir = "/tmp"
-[[policy]]
-name = "ssh"
-open = ["tcp/22", "udp/60001"]
-timeout = "30s"
-sequence = ["tcp/7000", "udp/8000"]
-"#;
-
-    fn engine(fw: FakeFirewall) -> Engine {
-        let c = Config::parse(CONFIG).expect("config");
-        Engine::new(&c, Box::new(fw), None).expect("engine")
-    }
-
-    fn knock(e: &mut Engine, at: Instant, kind: KnockKind) {
-        let src = "10.240.0.2".parse().expect("ip");
-        e.handle_input(KnockMsg {
-            at,
-            src,
-            kind,
-            tcp_flags: tcp_flags::SYN,
-            payload: None,
-        });
-    }
-
-    #[test]
-    fn a_completed_sequence_opens_every_port_of_the_policy_and_expiry_closes() {
-        let fw = FakeFirewall::default();
-        let state = fw.state.clone();
-        let mut e = engine(fw);
-        let t0 = Instant::now();
-        knock(
-            &mut e,
-            t0,
-            KnockKind::Port {
-                proto: Proto::Tcp,
-                port: 7000,
-            },
-        );
-        assert!(state.lock().expect("lock").open.is_empty());
-        knock(
-            &mut e,
-            t0,
-            KnockKind::Port {
-                proto: Proto::Udp,
-                port: 8000,
-            },
-        );
-        let open: Vec<String> = state
-            .lock()
-            .expect("lock")
-            .open
-            .keys()
-            .map(|k| k.to_string())
-            .collect();
-        assert_eq!(open, ["10.240.0.2 tcp/22", "10.240.0.2 udp/60001"]);
-        assert_eq!(e.grants.len(), 2);
-        e.expire(Instant::now() + Duration::from_secs(31));
-        assert!(
-            state.lock().expect("lock").open.is_empty(),
-            "expiry closes through the firewall"
-        );
-        assert!(e.grants.is_empty());
-    }
-
-    #[test]
-    fn a_firewall_error_records_no_grant() {
-        let fw = FakeFirewall::default();
-        fw.state.lock().expect("lock").fail = true;
-        let mut e = engine(fw);
-        let t0 = Instant::now();
-        knock(
-            &mut e,
-            t0,
-            KnockKind::Port {
-                proto: Proto::Tcp,
-                port: 7000,
-            },
-        );
-        knock(
-            &mut e,
-            t0,
-            KnockKind::Port {
-                proto: Proto::Udp,
-                port: 8000,
-            },
-        );
-        assert!(e.grants.is_empty(), "fail closed: nothing believed open");
-    }
-}
+mod tests;

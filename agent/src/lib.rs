@@ -1,12 +1,15 @@
 //! knockgate-agent: the IO shell around the pure pipeline in `knockgate-agent-core`.
 //!
 //! `capture` turns frames into knocks on one thread per interface, `engine` owns all
-//! decision state on one thread, `firewall` applies what the engine decides. `main.rs`
-//! wires them together.
+//! decision state on one thread, `firewall` applies what the engine decides. With a
+//! controller, `control` keeps the engine's config in sync with it and `report` delivers
+//! the engine's decisions to it. `main.rs` wires them together.
 
 pub mod capture;
+pub mod control;
 pub mod engine;
 pub mod firewall;
 pub mod logging;
 pub mod privilege;
 pub mod replay_store;
+pub mod report;

@@ -1,6 +1,7 @@
 //! knockgate-agent: keeps protected services behind a default-drop policy and opens them
 //! for one source after a valid knock.
 
+mod enroll;
 mod run;
 
 use std::path::PathBuf;
@@ -13,6 +14,8 @@ use knockgate_agent::logging::LogFormat;
 const EXIT_USAGE: u8 = 64;
 /// Exit code for missing privileges (sysexits EX_NOPERM).
 const EXIT_NOPERM: u8 = 77;
+/// Exit code for an unreachable controller (sysexits EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: u8 = 69;
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +50,21 @@ enum Command {
         #[arg(long, short, default_value = "/etc/knockgate/agent.toml")]
         config: PathBuf,
     },
+    /// Enrol with the controller: make this agent's key, get its certificate with a
+    /// one-time token, and add [controller] to the config file.
+    Enroll {
+        #[arg(long, short, default_value = "/etc/knockgate/agent.toml")]
+        config: PathBuf,
+        /// The controller, https://HOST:PORT.
+        #[arg(long)]
+        controller: String,
+        /// The one-time token from `knockadm agent add`.
+        #[arg(long, env = "KNOCKGATE_ENROLL_TOKEN", hide_env_values = true)]
+        token: String,
+        /// SHA-256 of the controller's CA certificate, as `knockgate-controller init` prints.
+        #[arg(long)]
+        ca_sha256: String,
+    },
 }
 
 /// A failure with the exit code it deserves.
@@ -56,6 +74,12 @@ pub struct Failure {
 }
 
 impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
     fn usage(message: impl Into<String>) -> Self {
         Failure {
             code: EXIT_USAGE,
@@ -77,6 +101,8 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
+    // Before anything touches TLS; "already installed" is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -93,6 +119,12 @@ fn main() -> ExitCode {
             keep_on_exit,
         } => run::run(&config, log_format, &log_level, keep_on_exit),
         Command::Check { config } => run::check(&config),
+        Command::Enroll {
+            config,
+            controller,
+            token,
+            ca_sha256,
+        } => enroll::enroll(&config, &controller, &token, &ca_sha256),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

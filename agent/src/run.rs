@@ -1,14 +1,16 @@
-//! `run` and `check`: load the config, check the host, install the firewall, start the
-//! capture threads and the engine, and tear down on a signal.
+//! `run` and `check`: load the config (and, with a controller, the last config it sent),
+//! check the host, install the firewall, start the capture threads and the engine (and
+//! the controller tasks), and tear down on a signal.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use knockgate_agent::capture::{self, Counters};
+use knockgate_agent::capture::{self, Counters, Tuning};
+use knockgate_agent::control::{self, cache, sync::SyncParams};
 use knockgate_agent::engine::{Engine, Input};
 use knockgate_agent::firewall::command::CommandFirewall;
 use knockgate_agent::firewall::nft::NftFirewall;
@@ -16,18 +18,20 @@ use knockgate_agent::firewall::{Firewall, FirewallError};
 use knockgate_agent::logging::{self, LogFormat};
 use knockgate_agent::privilege;
 use knockgate_agent::replay_store::ReplayStore;
+use knockgate_agent::report;
 use knockgate_agent_core::config::{Backend, Config};
 use knockgate_agent_core::detect::spa::SpaDetector;
 use knockgate_agent_core::filter::capture_filter;
-use tracing::info;
+use knockgate_proto::api::AgentConfig;
+use tracing::{info, warn};
 
 use crate::Failure;
 
-/// Bounded queue between the capture threads and the engine.
+/// Bounded queue between the capture threads (and the controller task) and the engine.
 const QUEUE: usize = 8192;
 
 /// Read, parse and validate the config, including that its interfaces exist.
-fn load(path: &Path) -> Result<Config, Failure> {
+pub fn load(path: &Path) -> Result<Config, Failure> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Failure::usage(format!("cannot read config {}: {e}", path.display())))?;
     let config =
@@ -43,14 +47,56 @@ fn load(path: &Path) -> Result<Config, Failure> {
     Ok(config)
 }
 
+/// The config to enforce at start: the controller's last one if it is cached and still
+/// valid against this file, else the file's own policies (with why the cache was not used).
+fn effective(file: &Config) -> (Config, Option<AgentConfig>, Option<String>) {
+    if file.controller.is_none() {
+        return (file.clone(), None, None);
+    }
+    let cached = match cache::load(&file.agent.state_dir) {
+        Ok(Some(c)) => c,
+        Ok(None) => return (file.clone(), None, None),
+        Err(e) => return (file.clone(), None, Some(format!("ignoring it: {e}"))),
+    };
+    match control::prepare(file, &cached) {
+        Ok(update) => (update.config().clone(), Some(cached), None),
+        Err(e) => {
+            let why = format!(
+                "the cached controller config (version {}) does not fit this config file: {e}",
+                cached.version
+            );
+            (file.clone(), None, Some(why))
+        }
+    }
+}
+
 pub fn check(path: &Path) -> Result<(), Failure> {
-    let config = load(path)?;
+    let file = load(path)?;
+    let (config, cached, ignored) = effective(&file);
     let rs = config.ruleset();
     println!(
         "config ok: agent {:?}, {} policies",
         config.agent.name,
         config.policies.len()
     );
+    if let Some(c) = &config.controller {
+        let enrolled = config.agent.state_dir.join(control::STATE_CERT).exists();
+        println!(
+            "  controller: {} ({})",
+            c.url,
+            if enrolled { "enrolled" } else { "not enrolled" }
+        );
+        match &cached {
+            Some(a) => println!(
+                "  policies: from the controller, cached version {}",
+                a.version
+            ),
+            None => println!("  policies: from this file until the controller sends some"),
+        }
+        if let Some(why) = &ignored {
+            println!("  warning: {why}");
+        }
+    }
     for p in &config.policies {
         let open: Vec<String> = p.open.iter().map(|s| s.to_string()).collect();
         println!(
@@ -73,7 +119,7 @@ pub fn check(path: &Path) -> Result<(), Failure> {
 
 pub fn run(path: &Path, format: LogFormat, level: &str, keep_on_exit: bool) -> Result<(), Failure> {
     logging::init(format, level).map_err(Failure::usage)?;
-    let config = load(path)?;
+    let file = load(path)?;
     let missing = privilege::missing();
     if !missing.is_empty() {
         return Err(Failure::noperm(format!(
@@ -81,25 +127,46 @@ pub fn run(path: &Path, format: LogFormat, level: &str, keep_on_exit: bool) -> R
             missing.join(" and ")
         )));
     }
-    std::fs::create_dir_all(&config.agent.state_dir)
-        .with_context(|| {
-            format!(
-                "failed to create state_dir {}",
-                config.agent.state_dir.display()
-            )
-        })
+    let state_dir = file.agent.state_dir.clone();
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("failed to create state_dir {}", state_dir.display()))
         .map_err(Failure::runtime)?;
+
+    // The controller's credentials are checked before anything is installed.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")
+        .map_err(Failure::runtime)?;
+    let channel = match &file.controller {
+        Some(c) => {
+            let _guard = rt.enter();
+            Some(
+                control::channel(&c.url, &state_dir)
+                    .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?,
+            )
+        }
+        None => None,
+    };
+    let (config, current, ignored) = effective(&file);
+    if let Some(why) = ignored {
+        warn!(%why, "enforcing the file's policies until the controller sends a config");
+    }
 
     // Open every capture before touching the firewall: a bad interface installs nothing.
     let filter = capture_filter(&config.capture_kinds());
+    let tuning = Tuning::new(filter.clone(), config.spa_port());
     let mut opened = Vec::new();
     for iface in &config.agent.interfaces {
         opened.push(capture::open(iface, &filter).map_err(|e| Failure::runtime(e.into()))?);
     }
-    let spa = if config.uses_spa() {
+    // With a controller, SPA may be switched on by any later config: keep its replay
+    // cache ready.
+    let spa = if config.uses_spa() || channel.is_some() {
         let mut detector = SpaDetector::new(&config);
         let now = knockgate_proto::unix_secs(SystemTime::now());
-        let store = ReplayStore::open(&config.agent.state_dir, detector.replay_cache(), now)
+        let store = ReplayStore::open(&state_dir, detector.replay_cache(), now)
             .context("failed to load the SPA replay cache from state_dir")
             .map_err(Failure::runtime)?;
         Some((detector, store))
@@ -112,16 +179,26 @@ pub fn run(path: &Path, format: LogFormat, level: &str, keep_on_exit: bool) -> R
         Backend::Command => Box::new(CommandFirewall::new(
             config.firewall.open_command.clone().unwrap_or_default(),
             config.firewall.close_command.clone(),
-            &config.agent.state_dir,
+            &state_dir,
         )),
     };
     let mut engine = Engine::new(&config, firewall, spa)
-        .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+        .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?
+        .with_tuning(tuning.clone());
+    let spooler = if channel.is_some() {
+        let (reporter, spooler) = report::start(&state_dir)
+            .context("failed to open the report spool in state_dir")
+            .map_err(Failure::runtime)?;
+        engine = engine.with_reporter(reporter);
+        Some(spooler)
+    } else {
+        None
+    };
     engine.install(&config.ruleset()).map_err(fw_failure)?;
     match engine.adopt_existing(Instant::now()) {
         Ok(n) if n > 0 => info!(adopted = n, "adopted grants left by an earlier run"),
         Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "could not list existing grants"),
+        Err(e) => warn!(error = %e, "could not list existing grants"),
     }
 
     let (tx, rx) = sync_channel(QUEUE);
@@ -129,10 +206,15 @@ pub fn run(path: &Path, format: LogFormat, level: &str, keep_on_exit: bool) -> R
     let counters = Arc::new(Counters::default());
     let mut threads = Vec::new();
     for cap in opened {
-        let spa_port = config.uses_spa().then_some(config.spa.port);
-        let t = capture::spawn(cap, tx.clone(), stop.clone(), counters.clone(), spa_port)
-            .context("failed to start a capture thread")
-            .map_err(Failure::runtime)?;
+        let t = capture::spawn(
+            cap,
+            tx.clone(),
+            stop.clone(),
+            counters.clone(),
+            tuning.clone(),
+        )
+        .context("failed to start a capture thread")
+        .map_err(Failure::runtime)?;
         threads.push(t);
     }
     let engine_thread = std::thread::Builder::new()
@@ -140,16 +222,42 @@ pub fn run(path: &Path, format: LogFormat, level: &str, keep_on_exit: bool) -> R
         .spawn(move || engine.run(rx))
         .context("failed to start the engine thread")
         .map_err(Failure::runtime)?;
+    if let (Some(channel), Some(ctl), Some(spooler)) = (&channel, &config.controller, &spooler) {
+        rt.spawn(control::sync::run(
+            channel.clone(),
+            SyncParams {
+                engine: tx.clone(),
+                base: file.clone(),
+                state_dir: state_dir.clone(),
+                interface: config.agent.interfaces.first().cloned(),
+                reconnect_max: ctl.reconnect_max,
+                current: current.clone(),
+                url: ctl.url.clone(),
+            },
+        ));
+        rt.spawn(report::sender::run(
+            channel.clone(),
+            spooler.spool.clone(),
+            spooler.appended.clone(),
+            ctl.reconnect_max,
+        ));
+    }
     info!(agent = %config.agent.name, interfaces = ?config.agent.interfaces,
-        policies = config.policies.len(), backend = ?config.firewall.backend, %filter, "agent started");
+        policies = config.policies.len(), backend = ?config.firewall.backend, %filter,
+        controller = config.controller.as_ref().map_or("", |c| c.url.as_str()),
+        controller_version = current.as_ref().map_or(0, |c| c.version), "agent started");
 
-    wait_for_signal().map_err(Failure::runtime)?;
+    rt.block_on(wait_for_signal()).map_err(Failure::runtime)?;
     info!("shutting down");
     let _ = tx.send(Input::Shutdown { keep: keep_on_exit });
     stop.store(true, Ordering::Relaxed);
     let (mut firewall, keep) = engine_thread
         .join()
         .map_err(|_| Failure::runtime(anyhow::anyhow!("the engine thread panicked")))?;
+    rt.shutdown_timeout(Duration::from_secs(2));
+    if let Some(s) = spooler {
+        s.join();
+    }
     for t in threads {
         t.stop();
     }
@@ -174,18 +282,12 @@ fn fw_failure(e: FirewallError) -> Failure {
     }
 }
 
-/// Block until SIGINT or SIGTERM.
-fn wait_for_signal() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .context("failed to start the signal runtime")?;
-    rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("failed to listen for SIGTERM")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("failed to listen for SIGINT"),
-            _ = term.recv() => Ok(()),
-        }
-    })
+/// Wait for SIGINT or SIGTERM.
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("failed to listen for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("failed to listen for SIGINT"),
+        _ = term.recv() => Ok(()),
+    }
 }

@@ -1,21 +1,24 @@
-//! The agent's configuration file: parsed strictly (unknown keys are errors), validated as
-//! a whole, and turned into the typed values the pipeline uses. Every error names its key.
+//! The agent's configuration: the file, parsed strictly (unknown keys are errors), and the
+//! policies and users, which come from the file or from the controller. Either way they go
+//! through the same validation as a whole and become the typed values the pipeline uses.
+//! Every error names its key.
 
 mod raw;
+mod validate;
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use knockgate_proto::fwknop::{FwknopKeys, HmacType};
+use knockgate_proto::fwknop::FwknopKeys;
 use knockgate_proto::spa::SpaKey;
 use serde::Deserialize;
 
 use crate::detect::sequence::{Door, FlagFilter};
 use crate::packet::{KnockKind, tcp_flags};
 use crate::ruleset::{Access, Proto, Ruleset};
-use raw::{RawConfig, RawPolicy, RawUser, locate};
+use raw::{RawConfig, locate};
 
 /// Default cap on tracked knock sources.
 pub const DEFAULT_MAX_SOURCES: usize = 65_536;
@@ -25,6 +28,10 @@ pub const DEFAULT_SPA_PORT: u16 = 62201;
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(120);
 /// Default cap on remembered SPA packets (valid ones only; junk never enters).
 pub const DEFAULT_REPLAY_CACHE_MAX: usize = 1_000_000;
+/// Default cap on the delay between attempts to reach the controller.
+pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// Default time a knock sequence must be completed in.
+pub const DEFAULT_SEQUENCE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Knocks on TCP ports must be a bare SYN unless a policy says otherwise: stray ACKs and
 /// RSTs are not knocks.
 pub const DEFAULT_TCP_FLAGS: FlagFilter = FlagFilter {
@@ -38,6 +45,8 @@ pub struct Config {
     pub agent: AgentSection,
     pub firewall: FirewallSection,
     pub spa: SpaSection,
+    /// Where policies and users come from when they are not (only) in the file.
+    pub controller: Option<ControllerSection>,
     pub users: Vec<User>,
     pub policies: Vec<Policy>,
 }
@@ -88,6 +97,17 @@ pub struct SpaSection {
     pub replay_cache_max: usize,
 }
 
+/// The controller this agent takes its policies and users from. With it, the file's own
+/// `[[policy]]` and `[[user]]` (usually absent) are enforced only until a config from the
+/// controller, live or cached from an earlier run, replaces them as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerSection {
+    /// `https://host:port` of the controller's gRPC API.
+    pub url: String,
+    /// Longest wait between two attempts to reach it.
+    pub reconnect_max: Duration,
+}
+
 /// A user and the credentials that identify them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
@@ -112,6 +132,39 @@ pub struct Policy {
     pub spa: bool,
     /// fwknop SPA opens it.
     pub fwknop: bool,
+}
+
+/// A policy as its source states it (the file or the controller), before it is checked
+/// against the users and the other policies. `None` means "the default".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyDef {
+    pub name: String,
+    pub open: Vec<Access>,
+    pub timeout: Duration,
+    pub max_timeout: Option<Duration>,
+    pub sequence: Vec<KnockKind>,
+    pub sequence_timeout: Option<Duration>,
+    pub min_gap: Option<Duration>,
+    pub max_gap: Option<Duration>,
+    pub tcp_flags: Option<FlagFilter>,
+    /// Names of the users SPA may open it for.
+    pub users: Vec<String>,
+    pub spa: bool,
+    pub fwknop: bool,
+}
+
+/// Where users and policies come from. The file is held to rules that catch an
+/// operator's slips; the controller computes each agent's share from its own validated
+/// policies, where a policy may legitimately admit nobody here (its users were disabled
+/// or removed) and may list users that only its SPA methods would use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// `[[policy]]` and `[[user]]` in the file: an SPA policy must name its users, and a
+    /// policy without SPA must name none.
+    File,
+    /// The controller: an SPA policy without users admits nobody, and the users of a
+    /// policy without SPA are ignored (sequence knocks are anonymous).
+    Controller,
 }
 
 /// A config that cannot be used. The message names the key.
@@ -175,48 +228,62 @@ impl Config {
         if spa.max_age.is_zero() {
             return Err(invalid("spa.max_age", "must be longer than zero"));
         }
+        let controller = raw
+            .controller
+            .map(raw::RawController::validate)
+            .transpose()?;
         let users = raw
             .user
             .into_iter()
             .enumerate()
-            .map(|(i, u)| user(i, u))
+            .map(|(i, u)| u.into_user(i))
             .collect::<Result<Vec<_>, _>>()?;
-        for (i, u) in users.iter().enumerate() {
-            if users[..i].iter().any(|o| o.name == u.name) {
-                return Err(invalid(
-                    format!("user[{i}].name"),
-                    format!("duplicate user {:?}", u.name),
-                ));
-            }
-            if let Some(k) = &u.spa_key
-                && let Some(o) = users[..i]
-                    .iter()
-                    .find(|o| o.spa_key.as_ref().is_some_and(|ok| ok.id() == k.id()))
-            {
-                return Err(invalid(
-                    format!("user[{i}].spa_key"),
-                    format!("same key as user {:?}", o.name),
-                ));
-            }
-        }
+        let policies = raw
+            .policy
+            .into_iter()
+            .map(raw::RawPolicy::into_def)
+            .collect();
+        let base = Config {
+            agent,
+            firewall,
+            spa,
+            controller,
+            users: Vec::new(),
+            policies: Vec::new(),
+        };
+        base.with_policies(Origin::File, users, policies)
+    }
+
+    /// This config with its users and policies replaced by `users` and `policies`,
+    /// validated as a whole by the same rules whatever their source (see [`Origin`] for
+    /// the two that differ). Keys in errors index the lists given (`user[2].name`,
+    /// `policy[0].timeout`).
+    pub fn with_policies(
+        &self,
+        origin: Origin,
+        users: Vec<User>,
+        policies: Vec<PolicyDef>,
+    ) -> Result<Config, ConfigError> {
+        let users = validate::users(users)?;
         let mut names = BTreeSet::new();
-        let mut policies = Vec::with_capacity(raw.policy.len());
-        for (i, p) in raw.policy.into_iter().enumerate() {
-            let policy = policy(i, p, &users)?;
+        let mut checked = Vec::with_capacity(policies.len());
+        for (i, p) in policies.into_iter().enumerate() {
+            let policy = validate::policy(i, p, &users, origin)?;
             if !names.insert(policy.name.clone()) {
                 return Err(invalid(
                     format!("policy[{i}].name"),
                     format!("duplicate policy name {:?}", policy.name),
                 ));
             }
-            policies.push(policy);
+            checked.push(policy);
         }
         let config = Config {
-            agent,
-            firewall,
-            spa,
+            agent: self.agent.clone(),
+            firewall: self.firewall.clone(),
+            spa: self.spa.clone(),
+            controller: self.controller.clone(),
             users,
-            policies,
+            policies: checked,
         };
         config.check_ports()?;
         Ok(config)
@@ -264,6 +331,11 @@ impl Config {
         self.policies.iter().any(|p| p.spa || p.fwknop)
     }
 
+    /// The UDP port SPA datagrams are read from, when any policy uses SPA.
+    pub fn spa_port(&self) -> Option<u16> {
+        self.uses_spa().then_some(self.spa.port)
+    }
+
     /// The static firewall state these policies need. The SPA port is a knock port too:
     /// dropped, so the agent never answers a probe.
     pub fn ruleset(&self) -> Ruleset {
@@ -305,134 +377,10 @@ impl Config {
     }
 }
 
-fn user(i: usize, u: RawUser) -> Result<User, ConfigError> {
-    let key = |k: &str| format!("user[{i}].{k}");
-    if u.name.is_empty() || u.name.len() > 64 {
-        return Err(invalid(key("name"), "must be 1-64 characters"));
-    }
-    let fwknop = match (u.fwknop_key, u.fwknop_hmac_key) {
-        (None, None) => {
-            if u.fwknop_hmac.is_some() {
-                return Err(invalid(key("fwknop_hmac"), "set without fwknop_key"));
-            }
-            None
-        }
-        (Some(_), None) => {
-            return Err(invalid(
-                key("fwknop_hmac_key"),
-                "required with fwknop_key (knockgate requires fwknop's HMAC)",
-            ));
-        }
-        (None, Some(_)) => return Err(invalid(key("fwknop_key"), "required with fwknop_hmac_key")),
-        (Some(enc), Some(hmac)) => {
-            let kind = u.fwknop_hmac.map_or(HmacType::Sha256, |s| s.0);
-            Some(raw::fwknop_keys(&enc, &hmac, kind).map_err(|e| invalid(key("fwknop_key"), e))?)
-        }
-    };
-    Ok(User {
-        name: u.name,
-        spa_key: u.spa_key.map(|s| s.0),
-        fwknop,
-    })
-}
-
-fn policy(i: usize, p: RawPolicy, users: &[User]) -> Result<Policy, ConfigError> {
-    let key = |k: &str| format!("policy[{i}].{k}");
-    if p.name.is_empty() {
-        return Err(invalid(key("name"), "must not be empty"));
-    }
-    if p.open.is_empty() {
-        return Err(invalid(key("open"), "name at least one protected port"));
-    }
-    if p.timeout.0.is_zero() {
-        return Err(invalid(key("timeout"), "must be longer than zero"));
-    }
-    let max_timeout = p.max_timeout.map_or(p.timeout.0, |h| h.0);
-    if max_timeout < p.timeout.0 {
-        return Err(invalid(key("max_timeout"), "is shorter than timeout"));
-    }
-    if p.sequence.is_empty() && !p.spa && !p.fwknop {
-        return Err(invalid(
-            key("sequence"),
-            "give a knock sequence, or set spa = true or fwknop = true",
-        ));
-    }
-    let door = if p.sequence.is_empty() {
-        for k in ["sequence_timeout", "min_gap", "max_gap", "tcp_flags"] {
-            let set = match k {
-                "sequence_timeout" => p.sequence_timeout.is_some(),
-                "min_gap" => p.min_gap.is_some(),
-                "max_gap" => p.max_gap.is_some(),
-                _ => p.tcp_flags.is_some(),
-            };
-            if set {
-                return Err(invalid(key(k), "set without a sequence"));
-            }
-        }
-        None
-    } else {
-        if p.sequence.len() > 255 {
-            return Err(invalid(key("sequence"), "at most 255 knocks"));
-        }
-        let sequence_timeout = p.sequence_timeout.map_or(Duration::from_secs(10), |h| h.0);
-        if sequence_timeout.is_zero() {
-            return Err(invalid(key("sequence_timeout"), "must be longer than zero"));
-        }
-        let min_gap = p.min_gap.map_or(Duration::ZERO, |h| h.0);
-        let max_gap = p.max_gap.map(|h| h.0);
-        if max_gap.is_some_and(|m| m < min_gap) {
-            return Err(invalid(key("max_gap"), "is shorter than min_gap"));
-        }
-        Some(Door {
-            steps: p.sequence.into_iter().map(|s| s.0).collect(),
-            sequence_timeout,
-            min_gap,
-            max_gap,
-            tcp_flags: p.tcp_flags.map_or(DEFAULT_TCP_FLAGS, |s| s.0),
-        })
-    };
-    let mut members = BTreeSet::new();
-    for (j, name) in p.users.iter().enumerate() {
-        let Some(idx) = users.iter().position(|u| &u.name == name) else {
-            return Err(invalid(
-                format!("policy[{i}].users[{j}]"),
-                format!("no [[user]] named {name:?}"),
-            ));
-        };
-        let u = &users[idx];
-        let usable = (p.spa && u.spa_key.is_some()) || (p.fwknop && u.fwknop.is_some());
-        if !usable {
-            return Err(invalid(
-                format!("policy[{i}].users[{j}]"),
-                format!(
-                    "user {name:?} has no key for this policy's methods (spa_key for spa, fwknop_key for fwknop)"
-                ),
-            ));
-        }
-        members.insert(idx);
-    }
-    if (p.spa || p.fwknop) && members.is_empty() {
-        return Err(invalid(
-            key("users"),
-            "spa and fwknop policies must name the users they admit",
-        ));
-    }
-    if !p.spa && !p.fwknop && !members.is_empty() {
-        return Err(invalid(
-            key("users"),
-            "users only apply with spa = true or fwknop = true",
-        ));
-    }
-    Ok(Policy {
-        name: p.name,
-        open: p.open.into_iter().map(|s| s.0).collect(),
-        timeout: p.timeout.0,
-        max_timeout,
-        door,
-        users: members,
-        spa: p.spa,
-        fwknop: p.fwknop,
-    })
+/// One knock as written in a sequence: `tcp/PORT`, `udp/PORT` or `icmp`.
+pub fn parse_knock(s: &str) -> Result<KnockKind, String> {
+    use raw::ParseSpec;
+    KnockKind::parse_spec(s)
 }
 
 #[cfg(test)]

@@ -236,3 +236,174 @@ fn spa_errors_name_the_key_and_never_echo_secrets() {
         "{e}"
     );
 }
+
+const CONTROLLED: &str = r#"
+[agent]
+name = "gw1"
+interfaces = ["eth0"]
+state_dir = "/var/lib/knockgate"
+
+[controller]
+url = "https://controller.example:7443"
+reconnect_max = "1m"
+"#;
+
+#[test]
+fn a_controller_section_needs_no_policies() {
+    let c = Config::parse(CONTROLLED).expect("parses");
+    let ctl = c.controller.as_ref().expect("controller");
+    assert_eq!(ctl.url, "https://controller.example:7443");
+    assert_eq!(ctl.reconnect_max, Duration::from_secs(60));
+    assert!(c.policies.is_empty() && c.users.is_empty());
+    let c = Config::parse(&CONTROLLED.replace("reconnect_max = \"1m\"\n", "")).expect("parses");
+    assert_eq!(
+        c.controller.expect("controller").reconnect_max,
+        DEFAULT_RECONNECT_MAX
+    );
+    assert_eq!(
+        err(&CONTROLLED.replace("https://", "http://")),
+        "controller.url: must start with https://"
+    );
+    assert_eq!(
+        err(&CONTROLLED.replace("controller.example:7443", ":7443")),
+        "controller.url: names no host"
+    );
+    assert_eq!(
+        err(&CONTROLLED.replace("\"1m\"", "\"10ms\"")),
+        "controller.reconnect_max: must be at least 200ms"
+    );
+    assert!(err(&CONTROLLED.replace("reconnect_max", "retry")).contains("retry"));
+}
+
+fn def(name: &str) -> PolicyDef {
+    PolicyDef {
+        name: name.into(),
+        open: vec!["tcp/22".parse().expect("access")],
+        timeout: Duration::from_secs(30),
+        max_timeout: None,
+        sequence: vec![parse_knock("tcp/7000").expect("knock"), KnockKind::Icmp],
+        sequence_timeout: None,
+        min_gap: None,
+        max_gap: None,
+        tcp_flags: None,
+        users: vec![],
+        spa: false,
+        fwknop: false,
+    }
+}
+
+#[test]
+fn policies_from_another_source_get_the_same_validation() {
+    let base = Config::parse(CONTROLLED).expect("parses");
+    let alice = User {
+        name: "alice".into(),
+        spa_key: Some(SpaKey::from_secret([7; 32])),
+        fwknop: None,
+    };
+    let mut spa = def("web");
+    spa.open = vec!["tcp/443".parse().expect("access")];
+    spa.sequence.clear();
+    spa.spa = true;
+    spa.users = vec!["alice".into()];
+    let c = base
+        .with_policies(
+            Origin::Controller,
+            vec![alice.clone()],
+            vec![def("ssh"), spa.clone()],
+        )
+        .expect("valid");
+    assert_eq!(
+        c.controller, base.controller,
+        "the file's sections are kept"
+    );
+    assert_eq!(c.policies.len(), 2);
+    let door = c.policies[0].door.as_ref().expect("door");
+    assert_eq!(door.sequence_timeout, DEFAULT_SEQUENCE_TIMEOUT);
+    assert_eq!(door.tcp_flags, DEFAULT_TCP_FLAGS);
+    assert_eq!(c.policies[1].max_timeout, Duration::from_secs(30));
+    assert_eq!(c.spa_port(), Some(DEFAULT_SPA_PORT));
+
+    let e = base
+        .with_policies(Origin::Controller, vec![], vec![spa.clone()])
+        .expect_err("unknown user");
+    assert_eq!(
+        e.to_string(),
+        "policy[0].users[0]: no [[user]] named \"alice\""
+    );
+    let e = base
+        .with_policies(
+            Origin::Controller,
+            vec![alice.clone(), alice.clone()],
+            vec![],
+        )
+        .expect_err("dup");
+    assert_eq!(e.to_string(), "user[1].name: duplicate user \"alice\"");
+    let e = base
+        .with_policies(Origin::Controller, vec![], vec![def("ssh"), def("ssh")])
+        .expect_err("dup");
+    assert_eq!(
+        e.to_string(),
+        "policy[1].name: duplicate policy name \"ssh\""
+    );
+    let mut bad = def("ssh");
+    bad.open.push(Access {
+        proto: Proto::Tcp,
+        port: 7000,
+    });
+    let e = base
+        .with_policies(Origin::Controller, vec![], vec![bad])
+        .expect_err("overlap");
+    assert_eq!(
+        e.to_string(),
+        "policy[0].sequence: tcp/7000 is also a protected port"
+    );
+    let mut bad = def("ssh");
+    bad.open[0].port = 0;
+    let e = base
+        .with_policies(Origin::Controller, vec![], vec![bad])
+        .expect_err("port 0");
+    assert_eq!(e.to_string(), "policy[0].open: tcp/0: port must be 1-65535");
+    let mut bad = def("ssh");
+    bad.sequence.clear();
+    bad.sequence_timeout = Some(Duration::from_secs(3));
+    let e = base
+        .with_policies(Origin::Controller, vec![], vec![bad])
+        .expect_err("no sequence");
+    assert!(e.to_string().starts_with("policy[0].sequence: give"), "{e}");
+}
+
+#[test]
+fn the_controller_may_send_spa_policies_without_users_and_sequence_policies_with_them() {
+    let base = Config::parse(CONTROLLED).expect("parses");
+    let mut nobody = def("web");
+    nobody.sequence.clear();
+    nobody.spa = true;
+    let mut named = def("ssh");
+    named.users = vec!["carol".into()];
+    let c = base
+        .with_policies(
+            Origin::Controller,
+            vec![],
+            vec![nobody.clone(), named.clone()],
+        )
+        .expect("valid from the controller");
+    assert!(c.policies[0].users.is_empty(), "admits nobody");
+    assert!(
+        c.policies[1].users.is_empty(),
+        "sequence knocks are anonymous"
+    );
+    let e = base
+        .with_policies(Origin::File, vec![], vec![nobody])
+        .expect_err("not in a file");
+    assert_eq!(
+        e.to_string(),
+        "policy[0].users: spa and fwknop policies must name the users they admit"
+    );
+    let e = base
+        .with_policies(Origin::File, vec![], vec![named])
+        .expect_err("not in a file");
+    assert_eq!(
+        e.to_string(),
+        "policy[0].users: users only apply with spa = true or fwknop = true"
+    );
+}

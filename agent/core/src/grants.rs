@@ -12,6 +12,10 @@ use crate::ruleset::GrantKey;
 pub struct Grant {
     /// The policy that opened it (empty for a grant adopted from the firewall).
     pub policy: String,
+    /// The user who opened it: `None` for sequence knocks and adopted grants.
+    pub user: Option<String>,
+    /// This grant's id, `<prefix>-<n>`; an extension keeps it.
+    pub grant_ref: String,
     pub opened_at: Instant,
     pub expires_at: Instant,
 }
@@ -28,11 +32,23 @@ pub enum Opened {
 pub struct Grants {
     by_key: BTreeMap<GrantKey, Grant>,
     by_expiry: BTreeSet<(Instant, GrantKey)>,
+    ref_prefix: String,
+    next_ref: u64,
 }
 
 impl Grants {
+    /// An empty table whose grant refs are `g-1`, `g-2`, …
     pub fn new() -> Self {
-        Self::default()
+        Self::with_ref_prefix("g")
+    }
+
+    /// An empty table whose grant refs are `<prefix>-1`, `<prefix>-2`, … Give each run
+    /// of the agent its own prefix, so refs are never reused across restarts.
+    pub fn with_ref_prefix(prefix: &str) -> Self {
+        Grants {
+            ref_prefix: prefix.to_string(),
+            ..Self::default()
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -51,11 +67,13 @@ impl Grants {
         self.by_key.iter()
     }
 
-    /// Record a grant opened now for `timeout`.
+    /// Record a grant opened now for `timeout` by `policy` for `user`. An open grant is
+    /// extended: it keeps its ref and now belongs to the latest policy and user.
     pub fn handle_open(
         &mut self,
         key: GrantKey,
         policy: &str,
+        user: Option<&str>,
         timeout: Duration,
         now: Instant,
     ) -> Opened {
@@ -65,13 +83,17 @@ impl Grants {
                 self.by_expiry.remove(&(g.expires_at, key));
                 g.expires_at = expires_at;
                 g.policy = policy.to_string();
+                g.user = user.map(str::to_string);
                 Opened::Extended
             }
             None => {
+                self.next_ref += 1;
                 self.by_key.insert(
                     key,
                     Grant {
                         policy: policy.to_string(),
+                        user: user.map(str::to_string),
+                        grant_ref: format!("{}-{}", self.ref_prefix, self.next_ref),
                         opened_at: now,
                         expires_at,
                     },
@@ -85,7 +107,16 @@ impl Grants {
 
     /// Take over a grant found in the firewall at start, with the time it has left.
     pub fn adopt(&mut self, key: GrantKey, remaining: Duration, now: Instant) {
-        self.handle_open(key, "", remaining, now);
+        self.handle_open(key, "", None, remaining, now);
+    }
+
+    /// The keys of the grants selected by `pick`, for closing them.
+    pub fn select(&self, mut pick: impl FnMut(&Grant) -> bool) -> Vec<GrantKey> {
+        self.by_key
+            .iter()
+            .filter(|(_, g)| pick(g))
+            .map(|(k, _)| *k)
+            .collect()
     }
 
     /// Forget a grant closed now; returns it if it was open.
@@ -134,11 +165,11 @@ mod tests {
         let t0 = Instant::now();
         let s = Duration::from_secs;
         let mut g = Grants::new();
-        assert_eq!(g.handle_open(key(2), "ssh", s(30), t0), Opened::New);
-        assert_eq!(g.handle_open(key(3), "ssh", s(10), t0), Opened::New);
+        assert_eq!(g.handle_open(key(2), "ssh", None, s(30), t0), Opened::New);
+        assert_eq!(g.handle_open(key(3), "ssh", None, s(10), t0), Opened::New);
         assert_eq!(g.next_expiry(), Some(t0 + s(10)));
         assert_eq!(
-            g.handle_open(key(2), "ssh", s(30), t0 + s(20)),
+            g.handle_open(key(2), "ssh", None, s(30), t0 + s(20)),
             Opened::Extended
         );
         assert!(g.poll_expired(t0 + s(9)).is_empty());
@@ -151,6 +182,30 @@ mod tests {
         assert_eq!(g.handle_close(&key(2)).map(|g| g.opened_at), Some(t0));
         assert!(g.is_empty());
         assert_eq!(g.next_expiry(), None);
+    }
+
+    #[test]
+    fn grants_keep_their_user_and_ref_and_refs_are_never_reused() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut g = Grants::with_ref_prefix("boot7");
+        g.handle_open(key(2), "web", Some("alice"), s(30), t0);
+        g.handle_open(key(3), "ssh", None, s(30), t0);
+        let first = g.get(&key(2)).expect("open").clone();
+        assert_eq!(first.grant_ref, "boot7-1");
+        assert_eq!(first.user.as_deref(), Some("alice"));
+        assert_eq!(g.get(&key(3)).expect("open").grant_ref, "boot7-2");
+        g.handle_open(key(2), "web", Some("bob"), s(30), t0 + s(5));
+        let extended = g.get(&key(2)).expect("open");
+        assert_eq!(extended.grant_ref, "boot7-1", "an extension keeps its ref");
+        assert_eq!(extended.user.as_deref(), Some("bob"));
+        assert_eq!(
+            g.select(|gr| gr.user.as_deref() == Some("bob")),
+            vec![key(2)]
+        );
+        g.handle_close(&key(2));
+        g.handle_open(key(2), "web", Some("bob"), s(30), t0 + s(6));
+        assert_eq!(g.get(&key(2)).expect("open").grant_ref, "boot7-3");
     }
 
     #[test]

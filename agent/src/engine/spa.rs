@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 
 use super::Engine;
 use crate::replay_store::ReplayStore;
+use crate::report::ReportEvent;
 
 /// How often counts of refused junk are summarized.
 const SUMMARY_EVERY: Duration = Duration::from_secs(10);
@@ -20,46 +21,80 @@ pub(super) struct SpaState {
     detector: SpaDetector,
     store: ReplayStore,
     port: u16,
+    /// Whether any policy uses SPA now; the state outlives configs without SPA so the
+    /// replay cache is still there when SPA comes back.
+    enabled: bool,
     refused: [u64; Reason::ALL.len()],
     last_summary: Instant,
 }
 
 impl SpaState {
-    pub(super) fn new(detector: SpaDetector, store: ReplayStore, port: u16) -> Self {
+    pub(super) fn new(detector: SpaDetector, store: ReplayStore, port: u16, enabled: bool) -> Self {
         SpaState {
             detector,
             store,
             port,
+            enabled,
             refused: [0; Reason::ALL.len()],
             last_summary: Instant::now(),
         }
     }
 
-    /// Every `SUMMARY_EVERY`, one INFO line with the refusals counted since the last.
-    pub(super) fn summarize(&mut self, now: Instant) {
+    /// Use `detector` from now on, with the replay cache of the one it replaces.
+    pub(super) fn replace(&mut self, mut detector: SpaDetector, enabled: bool) {
+        std::mem::swap(detector.replay_cache(), self.detector.replay_cache());
+        self.detector = detector;
+        self.enabled = enabled;
+    }
+
+    /// The refusals counted since the last summary, every `SUMMARY_EVERY`.
+    fn take_summary(&mut self, now: Instant) -> Option<Vec<(Reason, u64)>> {
         if now.duration_since(self.last_summary) < SUMMARY_EVERY {
-            return;
+            return None;
         }
         self.last_summary = now;
-        if self.refused.iter().all(|&n| n == 0) {
-            return;
-        }
-        let counts: Vec<String> = Reason::ALL
+        let counts: Vec<(Reason, u64)> = Reason::ALL
             .iter()
+            .copied()
             .zip(self.refused)
             .filter(|(_, n)| *n > 0)
-            .map(|(r, n)| format!("{}={n}", r.as_str()))
             .collect();
-        info!(target: "knockgate::event", event = "spa.refused_summary", port = self.port,
-            counts = %counts.join(" "), "SPA packets refused in the last interval");
         self.refused = [0; Reason::ALL.len()];
+        (!counts.is_empty()).then_some(counts)
     }
 }
 
 impl Engine {
+    /// Every `SUMMARY_EVERY`, one INFO line (and report) with the refusals counted since
+    /// the last.
+    pub(super) fn summarize_spa(&mut self, now: Instant) {
+        let Some(spa) = &mut self.spa else { return };
+        let port = spa.port;
+        let Some(counts) = spa.take_summary(now) else {
+            return;
+        };
+        let text: Vec<String> = counts
+            .iter()
+            .map(|(r, n)| format!("{}={n}", r.as_str()))
+            .collect();
+        info!(target: "knockgate::event", event = "spa.refused_summary", port,
+            counts = %text.join(" "), "SPA packets refused in the last interval");
+        self.report(|| {
+            let map: serde_json::Map<String, serde_json::Value> = counts
+                .iter()
+                .map(|(r, n)| (r.as_str().to_string(), (*n).into()))
+                .collect();
+            ReportEvent::new("spa.refused_summary")
+                .detail("port", port)
+                .detail("counts", map)
+        });
+    }
+
     /// One datagram that arrived on the SPA port.
     pub(super) fn handle_spa(&mut self, src: IpAddr, payload: &[u8], at: Instant) {
-        let Some(spa) = &mut self.spa else { return };
+        let Some(spa) = self.spa.as_mut().filter(|s| s.enabled) else {
+            return;
+        };
         let now = unix_secs(SystemTime::now());
         let grant = match spa.detector.handle_datagram(src, payload, now) {
             Ok(g) => g,
@@ -78,6 +113,15 @@ impl Engine {
         {
             warn!(target: "knockgate::event", event = "spa.rejected", src = %src, reason = "replay_store",
                 error = %e, "cannot persist the replay cache; refusing (fail closed)");
+            let user = self.users.get(grant.user).cloned().unwrap_or_default();
+            self.report(|| {
+                ReportEvent::new("spa.rejected")
+                    .src(src)
+                    .user(Some(&user))
+                    .reason("replay_store")
+                    .detail("method", grant.method.as_str())
+                    .detail("error", e.to_string())
+            });
             return;
         }
         let user = self.users.get(grant.user).cloned().unwrap_or_default();
@@ -87,8 +131,20 @@ impl Engine {
             method = grant.method.as_str(), policy = %policy, allow_ip = %grant.addr,
             access = %access.join(","), timeout_s = grant.timeout.as_secs(), capped = grant.capped,
             latency_us = at.elapsed().as_micros() as u64, "SPA packet accepted");
+        self.report(|| {
+            ReportEvent::new("spa.accepted")
+                .src(src)
+                .user(Some(&user))
+                .policy(&policy)
+                .detail("method", grant.method.as_str())
+                .detail("allow_ip", grant.addr.to_string())
+                .detail("access", access.join(","))
+                .detail("timeout_s", grant.timeout.as_secs())
+                .detail("capped", grant.capped)
+        });
         self.open_grants(
             &policy,
+            Some(&user),
             grant.addr,
             &grant.access,
             grant.timeout,
@@ -96,7 +152,7 @@ impl Engine {
         );
     }
 
-    fn report_rejection(&self, src: IpAddr, r: Rejection) {
+    fn report_rejection(&mut self, src: IpAddr, r: Rejection) {
         let user = r
             .user
             .and_then(|u| self.users.get(u))
@@ -105,6 +161,14 @@ impl Engine {
         if r.reason.authenticated() {
             info!(target: "knockgate::event", event = "spa.rejected", src = %src, user, method,
                 reason = r.reason.as_str(), "SPA packet refused");
+            let user = user.to_string();
+            self.report(|| {
+                ReportEvent::new("spa.rejected")
+                    .src(src)
+                    .user(Some(&user))
+                    .reason(r.reason.as_str())
+                    .detail("method", method)
+            });
         } else {
             debug!(target: "knockgate::event", event = "spa.rejected", src = %src, method,
                 reason = r.reason.as_str(), "SPA packet refused");

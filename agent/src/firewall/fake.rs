@@ -15,6 +15,8 @@ pub struct FakeState {
     pub open: BTreeMap<GrantKey, Duration>,
     /// Refuse every open, as a kernel error would.
     pub fail: bool,
+    /// Refuse `ensure_base`.
+    pub fail_base: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -24,10 +26,14 @@ pub struct FakeFirewall {
 
 impl Firewall for FakeFirewall {
     fn ensure_base(&mut self, ruleset: &Ruleset) -> Result<(), FirewallError> {
-        self.state
+        let mut s = self
+            .state
             .lock()
-            .map_err(|_| FirewallError::Netlink("poisoned".into()))?
-            .ruleset = Some(ruleset.clone());
+            .map_err(|_| FirewallError::Netlink("poisoned".into()))?;
+        if s.fail_base {
+            return Err(FirewallError::Netlink("fake failure".into()));
+        }
+        s.ruleset = Some(ruleset.clone());
         Ok(())
     }
 

@@ -8,7 +8,10 @@ use knockgate_proto::fwknop::{FwknopKeys, HmacType};
 use knockgate_proto::spa::SpaKey;
 use serde::{Deserialize, Deserializer};
 
-use super::{AgentSection, FirewallSection};
+use super::{
+    AgentSection, ConfigError, ControllerSection, DEFAULT_RECONNECT_MAX, FirewallSection,
+    PolicyDef, User, invalid,
+};
 use crate::detect::sequence::FlagFilter;
 use crate::packet::{KnockKind, tcp_flags};
 use crate::ruleset::Access;
@@ -20,6 +23,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub firewall: FirewallSection,
     pub spa: Option<RawSpa>,
+    pub controller: Option<RawController>,
     #[serde(default)]
     pub user: Vec<RawUser>,
     #[serde(default)]
@@ -32,6 +36,40 @@ pub(super) struct RawSpa {
     pub port: Option<u16>,
     pub max_age: Option<Human>,
     pub replay_cache_max: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawController {
+    pub url: String,
+    pub reconnect_max: Option<Human>,
+}
+
+impl RawController {
+    pub(super) fn validate(self) -> Result<ControllerSection, ConfigError> {
+        let host = self
+            .url
+            .strip_prefix("https://")
+            .ok_or_else(|| invalid("controller.url", "must start with https://"))?;
+        let authority = host.split('/').next().unwrap_or("");
+        if authority.is_empty() || authority.starts_with(':') {
+            return Err(invalid("controller.url", "names no host"));
+        }
+        if authority.contains('@') || authority.chars().any(char::is_whitespace) {
+            return Err(invalid("controller.url", "must be https://HOST[:PORT]"));
+        }
+        let reconnect_max = self.reconnect_max.map_or(DEFAULT_RECONNECT_MAX, |h| h.0);
+        if reconnect_max < Duration::from_millis(200) {
+            return Err(invalid(
+                "controller.reconnect_max",
+                "must be at least 200ms",
+            ));
+        }
+        Ok(ControllerSection {
+            url: self.url,
+            reconnect_max,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -63,6 +101,58 @@ pub(super) struct RawPolicy {
     pub spa: bool,
     #[serde(default)]
     pub fwknop: bool,
+}
+
+impl RawUser {
+    /// The user as written in the file: fwknop keys come as a base64 pair.
+    pub(super) fn into_user(self, i: usize) -> Result<User, ConfigError> {
+        let key = |k: &str| format!("user[{i}].{k}");
+        let fwknop = match (self.fwknop_key, self.fwknop_hmac_key) {
+            (None, None) => {
+                if self.fwknop_hmac.is_some() {
+                    return Err(invalid(key("fwknop_hmac"), "set without fwknop_key"));
+                }
+                None
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    key("fwknop_hmac_key"),
+                    "required with fwknop_key (knockgate requires fwknop's HMAC)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(key("fwknop_key"), "required with fwknop_hmac_key"));
+            }
+            (Some(enc), Some(hmac)) => {
+                let kind = self.fwknop_hmac.map_or(HmacType::Sha256, |s| s.0);
+                Some(fwknop_keys(&enc, &hmac, kind).map_err(|e| invalid(key("fwknop_key"), e))?)
+            }
+        };
+        Ok(User {
+            name: self.name,
+            spa_key: self.spa_key.map(|s| s.0),
+            fwknop,
+        })
+    }
+}
+
+impl RawPolicy {
+    pub(super) fn into_def(self) -> PolicyDef {
+        PolicyDef {
+            name: self.name,
+            open: self.open.into_iter().map(|s| s.0).collect(),
+            timeout: self.timeout.0,
+            max_timeout: self.max_timeout.map(|h| h.0),
+            sequence: self.sequence.into_iter().map(|s| s.0).collect(),
+            sequence_timeout: self.sequence_timeout.map(|h| h.0),
+            min_gap: self.min_gap.map(|h| h.0),
+            max_gap: self.max_gap.map(|h| h.0),
+            tcp_flags: self.tcp_flags.map(|s| s.0),
+            users: self.users,
+            spa: self.spa,
+            fwknop: self.fwknop,
+        }
+    }
 }
 
 /// A duration written as humantime (`30s`, `5m`).
@@ -171,7 +261,7 @@ impl ParseSpec for FlagFilter {
 }
 
 /// fwknop keys from their two base64 texts; errors name the key, never its value.
-pub(super) fn fwknop_keys(enc: &str, hmac: &str, kind: HmacType) -> Result<FwknopKeys, String> {
+fn fwknop_keys(enc: &str, hmac: &str, kind: HmacType) -> Result<FwknopKeys, String> {
     FwknopKeys::from_base64(enc, hmac, kind).map_err(|e| format!("bad fwknop keys: {e}"))
 }
 

@@ -1,0 +1,159 @@
+//! Checks shared by every source of users and policies: each user and policy on its own,
+//! and each policy against the users it names. What is specific to how a source writes
+//! things (TOML keys, protobuf fields) is checked where it is read.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use super::{
+    ConfigError, DEFAULT_SEQUENCE_TIMEOUT, DEFAULT_TCP_FLAGS, Origin, Policy, PolicyDef, User,
+    invalid,
+};
+use crate::detect::sequence::Door;
+
+/// Users are named 1-64 characters, uniquely, and no two share a native SPA key (its
+/// key id is how a packet finds its user).
+pub(super) fn users(users: Vec<User>) -> Result<Vec<User>, ConfigError> {
+    for (i, u) in users.iter().enumerate() {
+        if u.name.is_empty() || u.name.len() > 64 {
+            return Err(invalid(
+                format!("user[{i}].name"),
+                "must be 1-64 characters",
+            ));
+        }
+        if users[..i].iter().any(|o| o.name == u.name) {
+            return Err(invalid(
+                format!("user[{i}].name"),
+                format!("duplicate user {:?}", u.name),
+            ));
+        }
+        if let Some(k) = &u.spa_key
+            && let Some(o) = users[..i]
+                .iter()
+                .find(|o| o.spa_key.as_ref().is_some_and(|ok| ok.id() == k.id()))
+        {
+            return Err(invalid(
+                format!("user[{i}].spa_key"),
+                format!("same key as user {:?}", o.name),
+            ));
+        }
+    }
+    Ok(users)
+}
+
+/// One policy, checked on its own and against `users`.
+pub(super) fn policy(
+    i: usize,
+    p: PolicyDef,
+    users: &[User],
+    origin: Origin,
+) -> Result<Policy, ConfigError> {
+    let key = |k: &str| format!("policy[{i}].{k}");
+    if p.name.is_empty() {
+        return Err(invalid(key("name"), "must not be empty"));
+    }
+    if p.open.is_empty() {
+        return Err(invalid(key("open"), "name at least one protected port"));
+    }
+    if let Some(a) = p.open.iter().find(|a| a.port == 0) {
+        return Err(invalid(key("open"), format!("{a}: port must be 1-65535")));
+    }
+    if p.timeout.is_zero() {
+        return Err(invalid(key("timeout"), "must be longer than zero"));
+    }
+    let max_timeout = p.max_timeout.unwrap_or(p.timeout);
+    if max_timeout < p.timeout {
+        return Err(invalid(key("max_timeout"), "is shorter than timeout"));
+    }
+    if p.sequence.is_empty() && !p.spa && !p.fwknop {
+        return Err(invalid(
+            key("sequence"),
+            "give a knock sequence, or set spa = true or fwknop = true",
+        ));
+    }
+    let door = if p.sequence.is_empty() {
+        let set = [
+            ("sequence_timeout", p.sequence_timeout.is_some()),
+            ("min_gap", p.min_gap.is_some()),
+            ("max_gap", p.max_gap.is_some()),
+            ("tcp_flags", p.tcp_flags.is_some()),
+        ];
+        if let Some((k, _)) = set.iter().find(|(_, set)| *set) {
+            return Err(invalid(key(k), "set without a sequence"));
+        }
+        None
+    } else {
+        if p.sequence.len() > 255 {
+            return Err(invalid(key("sequence"), "at most 255 knocks"));
+        }
+        if let Some(k) = p
+            .sequence
+            .iter()
+            .find(|k| matches!(k, crate::packet::KnockKind::Port { port: 0, .. }))
+        {
+            return Err(invalid(
+                key("sequence"),
+                format!("{k:?}: port must be 1-65535"),
+            ));
+        }
+        let sequence_timeout = p.sequence_timeout.unwrap_or(DEFAULT_SEQUENCE_TIMEOUT);
+        if sequence_timeout.is_zero() {
+            return Err(invalid(key("sequence_timeout"), "must be longer than zero"));
+        }
+        let min_gap = p.min_gap.unwrap_or(Duration::ZERO);
+        if p.max_gap.is_some_and(|m| m < min_gap) {
+            return Err(invalid(key("max_gap"), "is shorter than min_gap"));
+        }
+        Some(Door {
+            steps: p.sequence,
+            sequence_timeout,
+            min_gap,
+            max_gap: p.max_gap,
+            tcp_flags: p.tcp_flags.unwrap_or(DEFAULT_TCP_FLAGS),
+        })
+    };
+    let uses_spa = p.spa || p.fwknop;
+    if origin == Origin::File && !uses_spa && !p.users.is_empty() {
+        return Err(invalid(
+            key("users"),
+            "users only apply with spa = true or fwknop = true",
+        ));
+    }
+    let named = if uses_spa { &p.users[..] } else { &[][..] };
+    let mut members = BTreeSet::new();
+    for (j, name) in named.iter().enumerate() {
+        let Some(idx) = users.iter().position(|u| &u.name == name) else {
+            return Err(invalid(
+                format!("policy[{i}].users[{j}]"),
+                format!("no [[user]] named {name:?}"),
+            ));
+        };
+        let u = &users[idx];
+        let usable = (p.spa && u.spa_key.is_some()) || (p.fwknop && u.fwknop.is_some());
+        if !usable {
+            return Err(invalid(
+                format!("policy[{i}].users[{j}]"),
+                format!(
+                    "user {name:?} has no key for this policy's methods (spa_key for spa, fwknop_key for fwknop)"
+                ),
+            ));
+        }
+        members.insert(idx);
+    }
+    if origin == Origin::File && uses_spa && members.is_empty() {
+        return Err(invalid(
+            key("users"),
+            "spa and fwknop policies must name the users they admit",
+        ));
+    }
+    Ok(Policy {
+        name: p.name,
+        open: p.open,
+        timeout: p.timeout,
+        max_timeout,
+        door,
+        users: members,
+        spa: p.spa,
+        fwknop: p.fwknop,
+    })
+}

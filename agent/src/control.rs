@@ -1,0 +1,148 @@
+//! The agent's side of the controller: enrolment, the configuration sync stream, and the
+//! mutual-TLS channel that sync and the reporter share. Proto types stop here: what goes
+//! on to the engine is the core's validated config.
+
+pub mod address;
+pub mod backoff;
+pub mod cache;
+pub mod convert;
+pub mod delta;
+pub mod enroll;
+pub mod sync;
+pub mod tls;
+
+#[cfg(test)]
+mod fake_controller;
+#[cfg(test)]
+mod loopback_tests;
+#[cfg(test)]
+pub(crate) mod test_pki;
+
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use knockgate_agent_core::config::{Config, Origin};
+use knockgate_proto::api::AgentConfig;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
+
+use crate::engine::Update;
+use convert::PolicySet;
+
+/// The agent's private key in the state directory (0600).
+pub const STATE_KEY: &str = "agent-key.pem";
+/// The agent's certificate in the state directory.
+pub const STATE_CERT: &str = "agent.pem";
+/// The controller's CA in the state directory: the only trust anchor for the controller.
+pub const STATE_CA: &str = "ca.pem";
+
+/// Why the controller channel cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("not enrolled: {path} is missing (run `knockgate-agent enroll` first)")]
+    NotEnrolled { path: PathBuf },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("controller.url {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+}
+
+/// A channel to the controller at `url`, authenticated with the agent's certificate
+/// from `state_dir` and trusting only the CA stored there at enrolment. It connects
+/// lazily and reconnects by itself; calls on it fail while the controller is away.
+pub fn channel(url: &str, state_dir: &Path) -> Result<Channel, ControlError> {
+    let read = |name: &str| {
+        let path = state_dir.join(name);
+        std::fs::read_to_string(&path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                ControlError::NotEnrolled { path }
+            } else {
+                ControlError::Read { path, source }
+            }
+        })
+    };
+    let (key, cert, ca) = (read(STATE_KEY)?, read(STATE_CERT)?, read(STATE_CA)?);
+    let bad_url = |reason: String| ControlError::BadUrl {
+        url: url.to_string(),
+        reason,
+    };
+    let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| bad_url(e.to_string()))?;
+    let host = host_of(endpoint.uri()).ok_or_else(|| bad_url("no host".into()))?;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(Identity::from_pem(cert, key))
+        .domain_name(host);
+    let endpoint = endpoint
+        .tls_config(tls)
+        .map_err(|e| bad_url(error_chain(&e)))?
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_keepalive(Some(Duration::from_secs(30)))
+        // A controller that vanished without closing the connection is noticed within
+        // about a minute, not when the kernel gives up on TCP.
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    Ok(endpoint.connect_lazy())
+}
+
+/// The host of a URI, without the brackets of an IPv6 literal.
+pub(crate) fn host_of(uri: &Uri) -> Option<String> {
+    let host = uri.host()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    (!host.is_empty()).then(|| host.to_string())
+}
+
+/// An error and its sources, joined with ": ".
+pub(crate) fn error_chain(e: &dyn Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        // tonic and hyper often repeat their source in their own message.
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// Turn a full config from the controller into everything the engine needs, validated
+/// as a whole against the file's own sections (`base`). Nothing is applied here.
+pub fn prepare(base: &Config, full: &AgentConfig) -> Result<Update, String> {
+    let set = PolicySet::try_from(full).map_err(|e| e.to_string())?;
+    let config = base
+        .with_policies(Origin::Controller, set.users, set.policies)
+        .map_err(|e| e.to_string())?;
+    Update::build(config).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tls_name_is_the_bare_host() {
+        let host = |u: &str| host_of(&u.parse::<Uri>().expect("uri"));
+        assert_eq!(host("https://10.0.0.1:7443").as_deref(), Some("10.0.0.1"));
+        assert_eq!(host("https://[fd00::1]:7443").as_deref(), Some("fd00::1"));
+        assert_eq!(host("https://ctl.example").as_deref(), Some("ctl.example"));
+    }
+
+    #[test]
+    fn an_agent_that_never_enrolled_is_told_so() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let e = channel("https://127.0.0.1:7443", dir.path()).expect_err("no credentials");
+        assert!(
+            e.to_string().starts_with("not enrolled:") && e.to_string().contains("enroll"),
+            "{e}"
+        );
+    }
+}

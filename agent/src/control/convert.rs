@@ -1,0 +1,259 @@
+//! The controller's `AgentConfig` into the core's users and policy definitions. Every
+//! field of the wire types is destructured, so a field added to the proto does not
+//! compile until it is handled here; errors name the field (`policies["ssh"].open[1].port`)
+//! and never echo key material. What the wire form cannot get wrong by itself (a policy
+//! naming a missing user, a knock port that is also protected) is left to the core's
+//! validation, shared with the config file.
+
+use std::time::Duration;
+
+use knockgate_agent_core::config::{PolicyDef, User, parse_knock};
+use knockgate_agent_core::ruleset::{Access, Proto};
+use knockgate_proto::api;
+use knockgate_proto::fwknop::{FwknopKeyError, FwknopKeys, HmacType};
+use knockgate_proto::spa::SpaKey;
+
+/// A field of the controller's config that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidConfig {
+    pub field: String,
+    pub message: String,
+}
+
+/// The users and policies of one full `AgentConfig`, ready for the core's validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySet {
+    pub version: u64,
+    pub users: Vec<User>,
+    pub policies: Vec<PolicyDef>,
+}
+
+impl TryFrom<&api::AgentConfig> for PolicySet {
+    type Error = InvalidConfig;
+
+    /// Only for a full config (deltas are merged into one first, see `delta`).
+    fn try_from(c: &api::AgentConfig) -> Result<Self, Self::Error> {
+        let api::AgentConfig {
+            version,
+            full,
+            base_version: _,
+            policies,
+            users,
+            removed_policies,
+            removed_users,
+            // Material for rotating-sequence and one-time-key policies, which this agent
+            // refuses below; without such a policy it has no use.
+            rotating: _,
+            one_time_keys: _,
+            material_changed: _,
+        } = c;
+        if !full || !removed_policies.is_empty() || !removed_users.is_empty() {
+            return Err(invalid("full", "expected a full config, not a delta"));
+        }
+        let users = users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| user(&item("users", i, &u.name), u))
+            .collect::<Result<_, _>>()?;
+        let policies = policies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| policy(&item("policies", i, &p.name), p))
+            .collect::<Result<_, _>>()?;
+        Ok(PolicySet {
+            version: *version,
+            users,
+            policies,
+        })
+    }
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> InvalidConfig {
+    InvalidConfig {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// `policies["ssh"]`, or `policies[3]` for an unnamed one.
+fn item(list: &str, i: usize, name: &str) -> String {
+    if name.is_empty() {
+        format!("{list}[{i}]")
+    } else {
+        format!("{list}[{name:?}]")
+    }
+}
+
+fn secs(s: u32) -> Duration {
+    Duration::from_secs(u64::from(s))
+}
+
+fn policy(at: &str, p: &api::Policy) -> Result<PolicyDef, InvalidConfig> {
+    let api::Policy {
+        name,
+        open,
+        timeout_secs,
+        max_timeout_secs,
+        users,
+        spa,
+        fwknop,
+        sequence,
+        sequence_timeout_secs,
+        rotating,
+        window_secs: _,
+        otk,
+        otk_offline: _,
+    } = p;
+    let field = |f: &str| format!("{at}.{f}");
+    // Dropping a method would be safe but leave users locked out without a word, and a
+    // policy left with no method would be invalid anyway: refuse until it is enforced.
+    if *rotating {
+        return Err(invalid(
+            field("rotating"),
+            "rotating sequences are not enforced by this agent yet",
+        ));
+    }
+    if *otk {
+        return Err(invalid(
+            field("otk"),
+            "one-time keys are not enforced by this agent yet",
+        ));
+    }
+    if *timeout_secs == 0 {
+        return Err(invalid(field("timeout_secs"), "must be more than 0"));
+    }
+    if *max_timeout_secs != 0 && max_timeout_secs < timeout_secs {
+        return Err(invalid(
+            field("max_timeout_secs"),
+            "is less than timeout_secs",
+        ));
+    }
+    let open = open
+        .iter()
+        .enumerate()
+        .map(|(i, a)| access(&field(&format!("open[{i}]")), a))
+        .collect::<Result<_, _>>()?;
+    let sequence = sequence
+        .iter()
+        .enumerate()
+        .map(|(i, s)| parse_knock(s).map_err(|e| invalid(field(&format!("sequence[{i}]")), e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(PolicyDef {
+        name: name.clone(),
+        open,
+        timeout: secs(*timeout_secs),
+        // 0: the client may ask for no more than the default.
+        max_timeout: (*max_timeout_secs != 0).then(|| secs(*max_timeout_secs)),
+        // 0: the default (10 s); only meaningful with a sequence.
+        sequence_timeout: (*sequence_timeout_secs != 0 && !sequence.is_empty())
+            .then(|| secs(*sequence_timeout_secs)),
+        sequence,
+        min_gap: None,
+        max_gap: None,
+        tcp_flags: None,
+        users: users.clone(),
+        spa: *spa,
+        fwknop: *fwknop,
+    })
+}
+
+fn access(at: &str, a: &api::Access) -> Result<Access, InvalidConfig> {
+    let api::Access { proto, port } = a;
+    let proto = match api::Proto::try_from(*proto) {
+        Ok(api::Proto::Tcp) => Proto::Tcp,
+        Ok(api::Proto::Udp) => Proto::Udp,
+        Ok(api::Proto::Unspecified) => {
+            return Err(invalid(format!("{at}.proto"), "unspecified"));
+        }
+        Err(_) => {
+            return Err(invalid(
+                format!("{at}.proto"),
+                format!("unknown value {proto}"),
+            ));
+        }
+    };
+    let port = u16::try_from(*port)
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or_else(|| invalid(format!("{at}.port"), format!("{port} is not 1-65535")))?;
+    Ok(Access { proto, port })
+}
+
+fn user(at: &str, u: &api::User) -> Result<User, InvalidConfig> {
+    let api::User {
+        name,
+        spa_key,
+        fwknop_key,
+        fwknop_hmac_key,
+        fwknop_hmac,
+    } = u;
+    let field = |f: &str| format!("{at}.{f}");
+    let spa_key = match spa_key.len() {
+        0 => None,
+        32 => {
+            let mut secret = [0u8; 32];
+            secret.copy_from_slice(spa_key);
+            let key = SpaKey::from_secret(secret);
+            zeroize::Zeroize::zeroize(&mut secret);
+            Some(key)
+        }
+        n => {
+            return Err(invalid(
+                field("spa_key"),
+                format!("must be 32 bytes, not {n}"),
+            ));
+        }
+    };
+    let fwknop = match (fwknop_key.is_empty(), fwknop_hmac_key.is_empty()) {
+        (true, true) => {
+            if !fwknop_hmac.is_empty() {
+                return Err(invalid(field("fwknop_hmac"), "set without fwknop_key"));
+            }
+            None
+        }
+        (false, true) => {
+            return Err(invalid(
+                field("fwknop_hmac_key"),
+                "required with fwknop_key",
+            ));
+        }
+        (true, false) => {
+            return Err(invalid(
+                field("fwknop_key"),
+                "required with fwknop_hmac_key",
+            ));
+        }
+        (false, false) => {
+            let kind = if fwknop_hmac.is_empty() {
+                HmacType::Sha256
+            } else {
+                fwknop_hmac.parse().map_err(|_| {
+                    invalid(
+                        field("fwknop_hmac"),
+                        format!("unknown {fwknop_hmac:?} (sha1, sha256, sha384, sha512)"),
+                    )
+                })?
+            };
+            let keys = FwknopKeys::new(fwknop_key.clone(), fwknop_hmac_key.clone(), kind).map_err(
+                |e| {
+                    let f = match e {
+                        FwknopKeyError::HmacKeyLength(_) => "fwknop_hmac_key",
+                        _ => "fwknop_key",
+                    };
+                    invalid(field(f), e.to_string())
+                },
+            )?;
+            Some(keys)
+        }
+    };
+    Ok(User {
+        name: name.clone(),
+        spa_key,
+        fwknop,
+    })
+}
+
+#[cfg(test)]
+#[path = "convert_tests.rs"]
+pub(crate) mod tests;

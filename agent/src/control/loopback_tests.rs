@@ -1,0 +1,441 @@
+//! The controller edge against a real tonic server with real certificates on 127.0.0.1:
+//! enrolment and its failures, the sync stream driving a real engine (over the fake
+//! firewall), and report delivery across a controller outage.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc::sync_channel;
+use std::time::{Duration, Instant, SystemTime};
+
+use knockgate_agent_core::config::Config;
+use knockgate_agent_core::detect::spa::SpaDetector;
+use knockgate_agent_core::packet::{KnockKind, tcp_flags};
+use knockgate_agent_core::ruleset::Proto;
+use knockgate_proto::api::{
+    self, AgentConfig, AgentMessage, ControllerMessage, RevokeGrants, agent_message,
+    controller_message,
+};
+use knockgate_proto::spa::{self, SpaKey, SpaRequest};
+
+use super::convert::tests::{alice, full, ssh, web};
+use super::enroll::{EnrollError, enroll, write_credentials};
+use super::fake_controller::{FakeController, TOKEN};
+use super::sync::{SyncParams, run};
+use super::test_pki::TestPki;
+use super::tls::parse_fingerprint;
+use super::{STATE_CA, STATE_CERT, STATE_KEY, cache, channel};
+use crate::capture::KnockMsg;
+use crate::engine::{Engine, Input};
+use crate::firewall::fake::FakeFirewall;
+use crate::replay_store::ReplayStore;
+use crate::report::{self, ReportEvent};
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().expect("addr")
+}
+
+fn pin(pki: &TestPki) -> [u8; 32] {
+    parse_fingerprint(&super::tls::fingerprint_hex(&pki.ca_der)).expect("pin")
+}
+
+/// A port nothing listens on (bound, then released).
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+fn install_agent_credentials(pki: &TestPki, dir: &Path) {
+    let (cert, key) = pki.agent("gw1");
+    std::fs::write(dir.join(STATE_CERT), cert).expect("cert");
+    std::fs::write(dir.join(STATE_KEY), key).expect("key");
+    std::fs::write(dir.join(STATE_CA), &pki.ca_pem).expect("ca");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolment_pins_the_ca_and_names_each_failure() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pki = Arc::new(TestPki::new(&["127.0.0.1"]));
+    let fake = FakeController::start(pki.clone(), any_port()).await;
+
+    let e = enroll(&fake.url(), TOKEN, pin(&pki), "gw1")
+        .await
+        .expect("enrols");
+    assert_eq!(e.agent_name, "gw1");
+    assert_eq!(e.ca_pem, pki.ca_pem);
+    let dir = tempfile::tempdir().expect("tmp");
+    let state = dir.path().join("state");
+    write_credentials(&state, &e).expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(state.join(STATE_KEY))
+        .expect("key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // The enrolled credentials are good for mutual TLS.
+    let ch = channel(&fake.url(), &state).expect("channel");
+    let mut client = api::agent_control_client::AgentControlClient::new(ch);
+    client
+        .report(api::ReportRequest { events: vec![] })
+        .await
+        .expect("mTLS report call");
+
+    let e = enroll(&fake.url(), TOKEN, [0x11; 32], "gw1")
+        .await
+        .expect_err("wrong pin");
+    assert!(matches!(e, EnrollError::PinMismatch), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "the controller's CA does not match --ca-sha256"
+    );
+
+    let e = enroll(&fake.url(), "stale", pin(&pki), "gw1")
+        .await
+        .expect_err("bad token");
+    assert_eq!(
+        e.to_string(),
+        "the controller refused the token: unknown, used or expired token"
+    );
+
+    let dead = format!("https://{}", free_port());
+    let e = enroll(&dead, TOKEN, pin(&pki), "gw1")
+        .await
+        .expect_err("unreachable");
+    assert!(matches!(e, EnrollError::Unreachable { .. }), "{e}");
+
+    let e = enroll(
+        &fake.url().replace("https", "http"),
+        TOKEN,
+        pin(&pki),
+        "gw1",
+    )
+    .await
+    .expect_err("http");
+    assert!(matches!(e, EnrollError::BadUrl { .. }), "{e}");
+
+    // The right CA, but a server certificate for another name.
+    let other = Arc::new(TestPki::new(&["controller.test"]));
+    let fake2 = FakeController::start(other.clone(), any_port()).await;
+    let e = enroll(&fake2.url(), TOKEN, pin(&other), "gw1")
+        .await
+        .expect_err("name");
+    assert!(matches!(e, EnrollError::BadCertificate { .. }), "{e}");
+}
+
+fn reply(m: Option<AgentMessage>) -> agent_message::Msg {
+    m.and_then(|m| m.msg).expect("a reply")
+}
+
+async fn next_reply(s: &mut super::fake_controller::Session) -> agent_message::Msg {
+    reply(
+        tokio::time::timeout(Duration::from_secs(10), s.from_agent.recv())
+            .await
+            .expect("a reply within 10 s"),
+    )
+}
+
+fn config(c: AgentConfig) -> ControllerMessage {
+    ControllerMessage {
+        msg: Some(controller_message::Msg::Config(c)),
+    }
+}
+
+fn knock(src: &str, kind: KnockKind, payload: Option<Vec<u8>>) -> Input {
+    Input::Knock(KnockMsg {
+        at: Instant::now(),
+        src: src.parse().expect("ip"),
+        kind,
+        tcp_flags: tcp_flags::SYN,
+        payload: payload.map(Into::into),
+    })
+}
+
+fn spa_packet(gateway: &str) -> Vec<u8> {
+    let req = SpaRequest {
+        timestamp: knockgate_proto::unix_secs(SystemTime::now()),
+        nonce: rand::random(),
+        gateway: gateway.into(),
+        allow_ip: None,
+        access: vec!["tcp/443".parse().expect("access")],
+        duration_secs: 0,
+    };
+    spa::seal(&SpaKey::from_secret([7; 32]), &req, rand::random()).expect("seal")
+}
+
+/// Wait until `f` holds (the engine works on its own thread).
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn spooled(spool: &std::sync::Mutex<report::spool::Spool>) -> Vec<ReportEvent> {
+    spool.lock().expect("lock").peek(1000).expect("peek")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_applies_refuses_resyncs_and_revokes() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pki = Arc::new(TestPki::new(&["127.0.0.1"]));
+    let mut fake = FakeController::start(pki.clone(), any_port()).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    install_agent_credentials(&pki, dir.path());
+    let base = Config::parse(&format!(
+        "[agent]\nname = \"gw1\"\ninterfaces = [\"lo\"]\nstate_dir = {:?}\n\n[controller]\nurl = {:?}\nreconnect_max = \"1s\"\n",
+        dir.path(),
+        fake.url()
+    ))
+    .expect("base");
+
+    let fw = FakeFirewall::default();
+    let state = fw.state.clone();
+    let mut detector = SpaDetector::new(&base);
+    let store = ReplayStore::open(dir.path(), detector.replay_cache(), 0).expect("replay");
+    let (reporter, spooler) = report::start(dir.path()).expect("spool");
+    let engine = Engine::new(&base, Box::new(fw), Some((detector, store)))
+        .expect("engine")
+        .with_reporter(reporter);
+    let (tx, rx) = sync_channel(64);
+    let engine_thread = std::thread::spawn(move || engine.run(rx));
+    tokio::spawn(run(
+        channel(&fake.url(), dir.path()).expect("channel"),
+        SyncParams {
+            engine: tx.clone(),
+            base: base.clone(),
+            state_dir: dir.path().to_path_buf(),
+            interface: Some("lo".into()),
+            reconnect_max: Duration::from_secs(1),
+            current: None,
+            url: fake.url(),
+        },
+    ));
+
+    let mut s = fake.session().await;
+    assert_eq!(s.hello.applied_version, 0);
+    assert!(s.hello.software.starts_with("knockgate-agent "));
+
+    // A full config: enforced, cached, acknowledged.
+    s.to_agent
+        .send(config(full(1, vec![ssh(), web()], vec![alice()])))
+        .expect("send");
+    assert_eq!(
+        next_reply(&mut s).await,
+        agent_message::Msg::Applied(api::Applied { version: 1 })
+    );
+    let rs = state
+        .lock()
+        .expect("lock")
+        .ruleset
+        .clone()
+        .expect("ruleset");
+    assert!(rs.protected.contains(&"tcp/443".parse().expect("a")));
+    assert!(rs.knock_ports.contains(&"udp/62201".parse().expect("a")));
+    assert_eq!(
+        cache::load(dir.path()).expect("cache").map(|c| c.version),
+        Some(1)
+    );
+
+    // A sequence grant (no user) and an SPA grant for alice.
+    let port = |proto, port| KnockKind::Port { proto, port };
+    for k in [
+        port(Proto::Tcp, 7000),
+        port(Proto::Udp, 8000),
+        KnockKind::Icmp,
+    ] {
+        tx.send(knock("10.0.0.2", k, None)).expect("knock");
+    }
+    tx.send(knock(
+        "10.0.0.3",
+        port(Proto::Udp, 62201),
+        Some(spa_packet("gw1")),
+    ))
+    .expect("spa");
+    eventually("two grants", || state.lock().expect("lock").open.len() == 2).await;
+
+    // A delta removing alice: her grant closes at once, the sequence grant stays.
+    let mut d = AgentConfig {
+        version: 2,
+        full: false,
+        base_version: 1,
+        ..Default::default()
+    };
+    let mut web_no_alice = web();
+    web_no_alice.spa = false;
+    web_no_alice.fwknop = false;
+    web_no_alice.users.clear();
+    web_no_alice.sequence = vec!["tcp/9100".into()];
+    d.policies = vec![web_no_alice];
+    d.removed_users = vec!["alice".into()];
+    s.to_agent.send(config(d)).expect("send");
+    assert_eq!(
+        next_reply(&mut s).await,
+        agent_message::Msg::Applied(api::Applied { version: 2 })
+    );
+    let open: Vec<String> = state
+        .lock()
+        .expect("lock")
+        .open
+        .keys()
+        .map(|k| k.to_string())
+        .collect();
+    assert_eq!(open, ["10.0.0.2 tcp/22"]);
+
+    // An invalid config is refused as a whole; the old one stays.
+    let mut bad = ssh();
+    bad.timeout_secs = 0;
+    s.to_agent
+        .send(config(full(3, vec![bad], vec![])))
+        .expect("send");
+    match next_reply(&mut s).await {
+        agent_message::Msg::Refused(r) => {
+            assert_eq!(r.version, 3);
+            assert!(r.reason.contains("timeout_secs"), "{}", r.reason);
+        }
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    assert!(
+        state
+            .lock()
+            .expect("lock")
+            .ruleset
+            .as_ref()
+            .is_some_and(|r| r.knock_ports.contains(&"tcp/9100".parse().expect("a"))),
+        "version 2 is still enforced"
+    );
+    // So is one that names a user it does not have (the core's validation).
+    let mut p = web();
+    p.users = vec!["mallory".into()];
+    s.to_agent
+        .send(config(full(4, vec![p], vec![alice()])))
+        .expect("send");
+    assert!(matches!(
+        next_reply(&mut s).await,
+        agent_message::Msg::Refused(api::Refused { version: 4, .. })
+    ));
+
+    // A delta on a version the agent does not hold: refused, and a new stream.
+    let d = AgentConfig {
+        version: 6,
+        full: false,
+        base_version: 5,
+        ..Default::default()
+    };
+    s.to_agent.send(config(d)).expect("send");
+    assert!(matches!(
+        next_reply(&mut s).await,
+        agent_message::Msg::Refused(api::Refused { version: 6, .. })
+    ));
+    let s2 = fake.session().await;
+    assert_eq!(s2.hello.applied_version, 2);
+
+    // Revocation by ref closes the grant within a second.
+    let grant_ref = spooled(&spooler.spool)
+        .into_iter()
+        .find(|e| e.kind == "grant.opened" && e.src == "10.0.0.2")
+        .and_then(|e| e.grant)
+        .expect("grant.opened for the sequence grant")
+        .grant_ref;
+    s2.to_agent
+        .send(ControllerMessage {
+            msg: Some(controller_message::Msg::Revoke(RevokeGrants {
+                grant_refs: vec![grant_ref.clone()],
+                users: vec![],
+            })),
+        })
+        .expect("send");
+    let asked = Instant::now();
+    eventually("the revoked grant to close", || {
+        state.lock().expect("lock").open.is_empty()
+    })
+    .await;
+    assert!(asked.elapsed() < Duration::from_secs(1));
+
+    // Every decision was spooled for the controller, with its reason.
+    eventually("grant.closed reports", || {
+        spooled(&spooler.spool)
+            .iter()
+            .filter(|e| e.kind == "grant.closed")
+            .count()
+            == 2
+    })
+    .await;
+    let events = spooled(&spooler.spool);
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    for k in ["knock.completed", "spa.accepted", "grant.opened"] {
+        assert!(kinds.contains(&k), "{k} in {kinds:?}");
+    }
+    let closed: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| e.kind == "grant.closed")
+        .map(|e| (e.user.as_str(), e.reason.as_str()))
+        .collect();
+    assert_eq!(closed, [("alice", "user_removed"), ("", "revoked")]);
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+
+    tx.send(Input::Shutdown { keep: false }).expect("stop");
+    engine_thread.join().expect("engine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spooled_events_wait_for_the_controller_and_all_arrive() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pki = Arc::new(TestPki::new(&["127.0.0.1"]));
+    let dir = tempfile::tempdir().expect("tmp");
+    install_agent_credentials(&pki, dir.path());
+    let addr = free_port();
+    let url = format!("https://{addr}");
+    let (mut reporter, spooler) = report::start(dir.path()).expect("spool");
+    for i in 0..3 {
+        reporter.emit(ReportEvent::new("grant.opened").detail("i", i));
+    }
+    tokio::spawn(report::sender::run(
+        channel(&url, dir.path()).expect("channel"),
+        spooler.spool.clone(),
+        spooler.appended.clone(),
+        Duration::from_millis(300),
+    ));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        spooler.spool.lock().expect("lock").pending(),
+        3,
+        "kept while the controller is away"
+    );
+
+    let fake = FakeController::start(pki.clone(), addr).await;
+    let seen = fake.seen.clone();
+    eventually("the backlog to arrive", || {
+        seen.lock().expect("lock").events.len() == 3
+    })
+    .await;
+    // A controller that answers with an error keeps events spooled too.
+    fake.refuse_reports
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    reporter.emit(ReportEvent::new("grant.closed"));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(spooler.spool.lock().expect("lock").pending(), 1);
+    fake.refuse_reports
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    for i in 0..1199 {
+        reporter.emit(ReportEvent::new("spa.rejected").detail("i", i));
+    }
+    eventually("everything to arrive", || {
+        seen.lock().expect("lock").events.len() == 1203
+    })
+    .await;
+    eventually("the spool to empty", || {
+        spooler.spool.lock().expect("lock").pending() == 0
+    })
+    .await;
+    let seen = seen.lock().expect("lock");
+    let mut seqs: Vec<u64> = seen.events.iter().map(|e| e.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=1203).collect::<Vec<_>>());
+    assert!(
+        seen.batch_sizes.iter().all(|&n| n <= 500),
+        "{:?}",
+        seen.batch_sizes
+    );
+}

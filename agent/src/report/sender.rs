@@ -1,0 +1,195 @@
+//! Delivers the spool to the controller: batches of the oldest events through
+//! `AgentControl.Report`, acknowledged in the spool up to what the controller says it
+//! stored. At least once: a batch whose answer is lost is sent again, and the controller
+//! de-duplicates by sequence number.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use knockgate_proto::api::agent_control_client::AgentControlClient;
+use knockgate_proto::api::{self, ReportRequest};
+use tonic::transport::Channel;
+use tracing::{debug, info, warn};
+
+use super::spool::Spool;
+use super::{GrantInfo, ReportEvent};
+use crate::control::backoff::{BASE, Backoff};
+
+/// Most events in one Report call.
+pub const BATCH: usize = 500;
+/// Look at the spool at least this often even without being woken.
+const IDLE: Duration = Duration::from_secs(5);
+
+/// Run forever (until the runtime stops): deliver whatever the spool holds.
+pub async fn run(
+    channel: Channel,
+    spool: Arc<Mutex<Spool>>,
+    appended: Arc<tokio::sync::Notify>,
+    reconnect_max: Duration,
+) {
+    let mut client = AgentControlClient::new(channel);
+    let mut backoff = Backoff::new(BASE, reconnect_max);
+    let mut failing = false;
+    loop {
+        let batch = match with_spool(&spool, |s| s.peek(BATCH)).await {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "cannot read the report spool");
+                tokio::time::sleep(IDLE).await;
+                continue;
+            }
+        };
+        let Some(last) = batch.last().map(|e| e.seq) else {
+            let _ = tokio::time::timeout(IDLE, appended.notified()).await;
+            continue;
+        };
+        let first = batch.first().map_or(last, |e| e.seq);
+        let request = ReportRequest {
+            events: batch.into_iter().map(to_proto).collect(),
+        };
+        let result = client.report(request).await;
+        let stored = match result {
+            Ok(resp) => resp.into_inner().stored_through_seq.min(last),
+            Err(status) => {
+                if !failing {
+                    warn!(code = ?status.code(), error = %status.message(),
+                        "cannot deliver events to the controller; they stay spooled");
+                }
+                failing = true;
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+        };
+        if stored < first {
+            // The controller stored nothing of this batch: treat it as a failure so a
+            // controller that keeps refusing is not hammered.
+            if !failing {
+                warn!(
+                    first,
+                    last, stored, "the controller did not store the reported events"
+                );
+            }
+            failing = true;
+            tokio::time::sleep(backoff.next_delay()).await;
+            continue;
+        }
+        if failing {
+            info!("delivering spooled events to the controller again");
+            failing = false;
+        }
+        backoff.reset();
+        debug!(first, last, stored, "events reported");
+        if let Err(e) = with_spool(&spool, move |s| s.ack(stored)).await {
+            warn!(error = %e, "cannot remove reported events from the spool; they will be sent again");
+        }
+    }
+}
+
+/// Run `f` on the spool on a blocking thread (it does file IO under a std mutex).
+async fn with_spool<T: Send + 'static>(
+    spool: &Arc<Mutex<Spool>>,
+    f: impl FnOnce(&mut Spool) -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let spool = spool.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut s = spool
+            .lock()
+            .map_err(|_| std::io::Error::other("the spool lock is poisoned"))?;
+        f(&mut s)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// A spooled event as the wire carries it.
+pub fn to_proto(e: ReportEvent) -> api::Event {
+    let ReportEvent {
+        seq,
+        at_ms,
+        kind,
+        user,
+        src,
+        policy,
+        reason,
+        grant,
+        detail,
+    } = e;
+    api::Event {
+        seq,
+        at_unix_ms: at_ms,
+        kind,
+        user,
+        src,
+        policy,
+        reason,
+        grant: grant.map(grant_to_proto),
+        detail_json: if detail.is_empty() {
+            String::new()
+        } else {
+            serde_json::Value::Object(detail).to_string()
+        },
+    }
+}
+
+fn grant_to_proto(g: GrantInfo) -> api::GrantInfo {
+    let GrantInfo {
+        grant_ref,
+        addr,
+        proto,
+        port,
+        expires_at_ms,
+    } = g;
+    let proto = match proto.as_str() {
+        "tcp" => api::Proto::Tcp,
+        "udp" => api::Proto::Udp,
+        _ => api::Proto::Unspecified,
+    };
+    api::GrantInfo {
+        grant_ref,
+        addr,
+        access: Some(api::Access {
+            proto: proto as i32,
+            port: u32::from(port),
+        }),
+        expires_at_unix_ms: expires_at_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use knockgate_agent_core::ruleset::{GrantKey, Proto};
+
+    #[test]
+    fn every_field_reaches_the_wire() {
+        let key = GrantKey {
+            addr: "fd00::2".parse().expect("ip"),
+            proto: Proto::Udp,
+            port: 51820,
+        };
+        let mut e = ReportEvent::new("grant.closed")
+            .src(key.addr)
+            .user(Some("bob"))
+            .policy("vpn")
+            .reason("revoked")
+            .grant(GrantInfo::new("b-7", &key, 99))
+            .detail("timeout_s", 30);
+        e.seq = 42;
+        let at = e.at_ms;
+        let p = to_proto(e);
+        assert_eq!(p.seq, 42);
+        assert_eq!(p.at_unix_ms, at);
+        assert_eq!(
+            (p.kind.as_str(), p.user.as_str(), p.src.as_str()),
+            ("grant.closed", "bob", "fd00::2")
+        );
+        assert_eq!((p.policy.as_str(), p.reason.as_str()), ("vpn", "revoked"));
+        assert_eq!(p.detail_json, r#"{"timeout_s":30}"#);
+        let g = p.grant.expect("grant");
+        assert_eq!((g.grant_ref.as_str(), g.addr.as_str()), ("b-7", "fd00::2"));
+        assert_eq!(g.expires_at_unix_ms, 99);
+        let a = g.access.expect("access");
+        assert_eq!((a.proto, a.port), (api::Proto::Udp as i32, 51820));
+        assert_eq!(to_proto(ReportEvent::new("x")).detail_json, "");
+    }
+}
