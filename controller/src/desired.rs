@@ -1,6 +1,9 @@
 //! What one agent must enforce, computed from the policies, the users and its
 //! labels, and the deltas between two such views. Pure: the sync stream
-//! reads the store and hands the rows in.
+//! reads the store and hands the rows in. The derived material (rotating
+//! sequences, one-time keys) is computed in `material`.
+
+pub mod material;
 
 use std::collections::BTreeMap;
 
@@ -9,6 +12,7 @@ use knockgate_proto::api;
 use crate::convert::access_to_api;
 use crate::policy::PolicyDef;
 use crate::store::{Agent, User};
+pub use material::Material;
 
 /// The policies and user credentials one agent holds, by name.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -17,6 +21,8 @@ pub struct AgentView {
     pub policies: BTreeMap<String, api::Policy>,
     /// Credentials of every user some of those policies admit.
     pub users: BTreeMap<String, api::User>,
+    /// Rotating sequences and one-time keys (empty until derived).
+    pub material: Material,
 }
 
 /// Which knock methods reach a user on this agent, so it gets only the keys
@@ -56,6 +62,10 @@ pub fn compute(
                 fwknop: p.fwknop,
                 sequence: p.sequence.iter().map(ToString::to_string).collect(),
                 sequence_timeout_secs: p.sequence_timeout_secs,
+                rotating: p.rotating.is_some(),
+                window_secs: p.rotating.map_or(0, |r| r.window_secs),
+                otk: p.otk.is_some(),
+                otk_offline: p.otk.map(|o| o.as_str().to_owned()).unwrap_or_default(),
             },
         );
     }
@@ -99,11 +109,15 @@ pub fn full(view: &AgentView, version: u64) -> api::AgentConfig {
         users: view.users.values().cloned().collect(),
         removed_policies: Vec::new(),
         removed_users: Vec::new(),
+        rotating: view.material.rotating_to_api(),
+        one_time_keys: view.material.otks_to_api(),
+        material_changed: true,
     }
 }
 
 /// The delta taking an agent from `old` (at `base`) to `new` (at `version`):
-/// entries added or changed, then names removed. May be empty.
+/// entries added or changed, then names removed, and the material lists when
+/// they changed. May be empty; `base == version` for material alone.
 pub fn delta(old: &AgentView, new: &AgentView, base: u64, version: u64) -> api::AgentConfig {
     fn changed<T: Clone + PartialEq>(
         old: &BTreeMap<String, T>,
@@ -120,6 +134,7 @@ pub fn delta(old: &AgentView, new: &AgentView, base: u64, version: u64) -> api::
             .cloned()
             .collect()
     }
+    let material_changed = old.material != new.material;
     api::AgentConfig {
         version,
         full: false,
@@ -128,24 +143,35 @@ pub fn delta(old: &AgentView, new: &AgentView, base: u64, version: u64) -> api::
         users: changed(&old.users, &new.users),
         removed_policies: removed(&old.policies, &new.policies),
         removed_users: removed(&old.users, &new.users),
+        rotating: if material_changed {
+            new.material.rotating_to_api()
+        } else {
+            Vec::new()
+        },
+        one_time_keys: if material_changed {
+            new.material.otks_to_api()
+        } else {
+            Vec::new()
+        },
+        material_changed,
     }
 }
 
-/// The agents (not revoked) where some policy selecting them admits `user`:
-/// the gateways a user's profile lists, with the address to knock on.
+/// The gateways a user's profile lists, with the address to knock on: every agent that
+/// is not revoked and has an address, those whose policies admit `user` first. A user is
+/// usually added before the policies that admit them, and the keys in a profile are only
+/// ever handed out once, so the profile must already know the gateways it may be let into
+/// later; being listed opens nothing.
 pub fn gateways(user: &User, agents: &[Agent], policies: &[PolicyDef]) -> Vec<api::GatewayAddress> {
-    agents
+    let admits = |a: &Agent| policies.iter().any(|p| p.agents.matches(&a.labels) && p.admits(user));
+    let mut listed: Vec<&Agent> = agents
         .iter()
-        .filter(|a| a.revoked_at.is_none())
-        .filter(|a| {
-            policies
-                .iter()
-                .any(|p| p.agents.matches(&a.labels) && p.admits(user))
-        })
-        .map(|a| api::GatewayAddress {
-            name: a.name.to_string(),
-            address: a.address.clone().unwrap_or_default(),
-        })
+        .filter(|a| a.revoked_at.is_none() && a.address.as_deref().is_some_and(|s| !s.is_empty()))
+        .collect();
+    listed.sort_by_key(|a| !admits(a));
+    listed
+        .into_iter()
+        .map(|a| api::GatewayAddress { name: a.name.to_string(), address: a.address.clone().unwrap_or_default() })
         .collect()
 }
 
@@ -158,6 +184,7 @@ mod tests {
     use crate::name::UserName;
     use crate::policy::RawPolicy;
     use crate::store::{Timestamp, UserKeys};
+    use knockgate_proto::Access;
 
     fn user(name: &str, groups: &[&str], disabled: bool) -> User {
         User {
@@ -265,5 +292,24 @@ mod tests {
             empty.policies.is_empty() && empty.users.is_empty() && empty.removed_users.is_empty()
         );
         assert_eq!(full(&after, 6).policies.len(), 2);
+        assert!(!empty.material_changed && empty.one_time_keys.is_empty());
+    }
+
+    #[test]
+    fn material_alone_makes_a_delta_on_the_same_version() {
+        let old = AgentView::default();
+        let mut new = old.clone();
+        new.material.otks.insert(("alice".into(), 4), [9; 32]);
+        new.material
+            .rotating
+            .insert(("alice".into(), "ssh".into(), 7), vec![Access::tcp(20001)]);
+        let d = delta(&old, &new, 5, 5);
+        assert_eq!((d.base_version, d.version), (5, 5));
+        assert!(d.material_changed && d.policies.is_empty());
+        assert_eq!(d.one_time_keys[0].counter, 4);
+        assert_eq!(d.rotating[0].window, 7);
+        let f = full(&new, 5);
+        assert!(f.material_changed);
+        assert_eq!((f.rotating.len(), f.one_time_keys.len()), (1, 1));
     }
 }
