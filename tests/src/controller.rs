@@ -137,3 +137,45 @@ impl Drop for Controller {
         self.kill();
     }
 }
+
+/// `knockadm agent add NAME --label LABEL`, then `knockgate-agent enroll` on the host with
+/// the printed token and fingerprint, then the agent itself. Returns the running agent
+/// and the token (spent).
+pub fn enroll_and_start(
+    ctl: &Controller,
+    ns: &Netns,
+    work: &crate::agent::Workdir,
+    name: &str,
+    label: &str,
+) -> (crate::agent::AgentProc, String) {
+    let added = ctl.knockadm_json(&["agent", "add", name, "--label", label]);
+    let token = added["token"].as_str().expect("token").to_string();
+    let config = work.config_named(name, "");
+    sh(ns
+        .cmd(crate::bin("knockgate-agent"))
+        .arg("enroll")
+        .arg("--config")
+        .arg(&config)
+        .args(["--controller", &ctl.url, "--token", &token])
+        .args([
+            "--ca-sha256",
+            added["ca_sha256"].as_str().expect("fingerprint"),
+        ]));
+    (crate::agent::AgentProc::start_in(ns, &config, &[]), token)
+}
+
+/// Wait until every agent is connected and has applied the controller's current version.
+pub fn wait_applied(ctl: &Controller, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let list = ctl.knockadm_json(&["agent", "list"]);
+        if list.as_array().is_some_and(|a| {
+            a.iter()
+                .all(|x| x["connected"] == true && x["applied_version"] == x["current_version"])
+        }) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
