@@ -13,7 +13,8 @@ use crate::error::ServiceError;
 use crate::name::{AgentName, PolicyName, UserName};
 use crate::policy::{InvalidPolicy, PolicyDef, RawPolicy, validate_label};
 use crate::store::{
-    Agent, AuditEvent, AuditFilter, AuditId, Grant, GrantFilter, RevokeTarget, Timestamp, User,
+    Agent, AuditEvent, AuditFilter, AuditId, Grant, GrantFilter, NewOtkClaim, RevokeTarget,
+    Timestamp, User,
 };
 
 /// Enrolment token lifetime when the request leaves it at 0.
@@ -64,6 +65,14 @@ impl TryFrom<api::PolicySpec> for PolicyDef {
             fwknop,
             sequence,
             sequence_timeout_secs,
+            rotating,
+            rotating_length,
+            rotating_protos,
+            rotating_port_lo,
+            rotating_port_hi,
+            window_secs,
+            otk,
+            otk_offline,
         } = spec;
         let open = open
             .iter()
@@ -88,6 +97,14 @@ impl TryFrom<api::PolicySpec> for PolicyDef {
             fwknop,
             sequence,
             sequence_timeout_secs,
+            rotating,
+            rotating_length,
+            rotating_protos,
+            rotating_port_lo,
+            rotating_port_hi,
+            window_secs,
+            otk,
+            otk_offline,
         };
         PolicyDef::validate(&name, raw)
     }
@@ -114,6 +131,14 @@ pub fn policy_to_api(p: &PolicyDef) -> api::PolicySpec {
         fwknop: raw.fwknop,
         sequence: raw.sequence,
         sequence_timeout_secs: raw.sequence_timeout_secs,
+        rotating: raw.rotating,
+        rotating_length: raw.rotating_length,
+        rotating_protos: raw.rotating_protos,
+        rotating_port_lo: raw.rotating_port_lo,
+        rotating_port_hi: raw.rotating_port_hi,
+        window_secs: raw.window_secs,
+        otk: raw.otk,
+        otk_offline: raw.otk_offline,
     }
 }
 
@@ -329,4 +354,43 @@ pub fn ip_field(field: &str, value: &str) -> Result<IpAddr, ServiceError> {
     value
         .parse()
         .map_err(|_| ServiceError::invalid(format!("{field}: {value:?} is not an IP address")))
+}
+
+/// A `Claim` from `agent` → the claim to decide. `at_unix_ms = 0` means now.
+pub fn claim_from_api(
+    r: api::ClaimRequest,
+    agent: &AgentName,
+    now: Timestamp,
+) -> Result<NewOtkClaim, ServiceError> {
+    let api::ClaimRequest {
+        user,
+        counter,
+        src,
+        at_unix_ms,
+        offline,
+    } = r;
+    let user = UserName::new(user).map_err(|e| ServiceError::invalid(format!("user: {e}")))?;
+    if i64::try_from(counter).is_err() {
+        return Err(ServiceError::invalid(format!(
+            "counter: {counter} is out of range"
+        )));
+    }
+    let src = ip_field("src", &src)?;
+    let at = match at_unix_ms {
+        0 => now,
+        ms if ms > 0 => Timestamp::from_unix_millis(ms),
+        ms => {
+            return Err(ServiceError::invalid(format!(
+                "at_unix_ms: {ms} is before 1970"
+            )));
+        }
+    };
+    Ok(NewOtkClaim {
+        user,
+        counter,
+        agent: agent.clone(),
+        src: src.to_string(),
+        at,
+        offline,
+    })
 }

@@ -163,7 +163,11 @@ pub fn delta(old: &AgentView, new: &AgentView, base: u64, version: u64) -> api::
 /// ever handed out once, so the profile must already know the gateways it may be let into
 /// later; being listed opens nothing.
 pub fn gateways(user: &User, agents: &[Agent], policies: &[PolicyDef]) -> Vec<api::GatewayAddress> {
-    let admits = |a: &Agent| policies.iter().any(|p| p.agents.matches(&a.labels) && p.admits(user));
+    let admits = |a: &Agent| {
+        policies
+            .iter()
+            .any(|p| p.agents.matches(&a.labels) && p.admits(user))
+    };
     let mut listed: Vec<&Agent> = agents
         .iter()
         .filter(|a| a.revoked_at.is_none() && a.address.as_deref().is_some_and(|s| !s.is_empty()))
@@ -171,7 +175,10 @@ pub fn gateways(user: &User, agents: &[Agent], policies: &[PolicyDef]) -> Vec<ap
     listed.sort_by_key(|a| !admits(a));
     listed
         .into_iter()
-        .map(|a| api::GatewayAddress { name: a.name.to_string(), address: a.address.clone().unwrap_or_default() })
+        .map(|a| api::GatewayAddress {
+            name: a.name.to_string(),
+            address: a.address.clone().unwrap_or_default(),
+        })
         .collect()
 }
 

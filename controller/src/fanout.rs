@@ -2,6 +2,18 @@
 //! watches, the registry of live streams (so a revoke closes them at once and
 //! grant revokes reach them), and, on PostgreSQL, the LISTEN task that turns
 //! other replicas' commits into local version bumps.
+//!
+//! Versions and derived material: `AgentConfig.version` is always the
+//! store's config version, never a number of its own. A change that moves
+//! material (a one-time key claimed, a policy or user changed) bumps that
+//! version in its transaction like any other change, so it reaches every
+//! replica. Material that moves with time alone (a rotating window ending)
+//! does not touch the store: each Sync stream wakes at the next window
+//! boundary of the rotating policies it carries and sends a delta with
+//! `material_changed = true`, the recomputed lists and `base_version =
+//! version` = the version the agent already holds (nothing else changed), so
+//! an agent that applied the last config accepts it and acks the same
+//! version again. Agents and `ListAgents` thus keep comparing one version.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,19 +1,24 @@
 //! Policies as the controller understands them: the validated [`PolicyDef`],
-//! its stored JSON form ([`RawPolicy`]), agent label selectors and knock
-//! steps. Pure: no store, no gRPC; the edges convert to and from these.
+//! its stored JSON form ([`RawPolicy`]); agent label selectors live in
+//! `selector`, the knock methods' own settings in `methods`. Pure: no store, no gRPC; the
+//! edges convert to and from these.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
-use std::str::FromStr;
+mod methods;
+mod selector;
+
+use std::collections::BTreeSet;
 
 use knockgate_proto::Access;
 use serde::{Deserialize, Serialize};
 
+pub use methods::{
+    DEFAULT_LENGTH, DEFAULT_PORT_HI, DEFAULT_PORT_LO, DEFAULT_WINDOW_SECS, KnockStep,
+    MIN_WINDOW_SECS, OtkOffline, Rotation,
+};
+pub use selector::{Selector, validate_label};
+
 use crate::name::{PolicyName, UserName, is_valid_name};
 use crate::store::User;
-
-/// Longest label key or value.
-const MAX_LABEL_LEN: usize = 63;
 
 /// A policy field that does not validate. Displays as `field: reason`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -57,101 +62,22 @@ pub struct RawPolicy {
     pub sequence: Vec<String>,
     /// Whole sequence within this (0 = the agent's default).
     pub sequence_timeout_secs: u32,
-}
-
-/// One step of a knock sequence.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum KnockStep {
-    /// A TCP or UDP packet to a port.
-    Port(Access),
-    /// An ICMP echo request.
-    Icmp,
-}
-
-impl FromStr for KnockStep {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s == "icmp" {
-            return Ok(Self::Icmp);
-        }
-        s.parse()
-            .map(Self::Port)
-            .map_err(|e| format!("{s:?}: {e} (write tcp/PORT, udp/PORT or icmp)"))
-    }
-}
-
-impl fmt::Display for KnockStep {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Port(a) => a.fmt(f),
-            Self::Icmp => f.write_str("icmp"),
-        }
-    }
-}
-
-/// An agent label selector: every `key=value` must match; empty matches all.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Selector(BTreeMap<String, String>);
-
-impl Selector {
-    /// Whether an agent with `labels` is selected.
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.0.iter().all(|(k, v)| labels.get(k) == Some(v))
-    }
-}
-
-impl FromStr for Selector {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut terms = BTreeMap::new();
-        if s.is_empty() {
-            return Ok(Self(terms));
-        }
-        for term in s.split(',') {
-            let (k, v) = term
-                .split_once('=')
-                .ok_or_else(|| format!("{term:?} is not key=value"))?;
-            validate_label(k, v)?;
-            if terms.insert(k.to_owned(), v.to_owned()).is_some() {
-                return Err(format!("key {k:?} appears twice"));
-            }
-        }
-        Ok(Self(terms))
-    }
-}
-
-impl fmt::Display for Selector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, (k, v)) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            write!(f, "{k}={v}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Checks an agent label: key and value are 1 to 63 characters from
-/// `A-Z a-z 0-9 . _ / -`, so `k=v,k=v` selectors stay unambiguous.
-pub fn validate_label(key: &str, value: &str) -> Result<(), String> {
-    let ok = |s: &str| {
-        !s.is_empty()
-            && s.len() <= MAX_LABEL_LEN
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-'))
-    };
-    if !ok(key) {
-        return Err(format!(
-            "label key {key:?} must be 1 to 63 characters from A-Z a-z 0-9 . _ / -"
-        ));
-    }
-    if !ok(value) {
-        return Err(format!(
-            "label value {value:?} must be 1 to 63 characters from A-Z a-z 0-9 . _ / -"
-        ));
-    }
-    Ok(())
+    /// Rotating sequences open it.
+    pub rotating: bool,
+    /// Knocks per rotating sequence (0 = 4).
+    pub rotating_length: u32,
+    /// `tcp`, `udp`, or empty for both.
+    pub rotating_protos: String,
+    /// Lowest rotating knock port (0 = 20000).
+    pub rotating_port_lo: u32,
+    /// Highest rotating knock port (0 = 60000).
+    pub rotating_port_hi: u32,
+    /// Rotating window length (0 = 30).
+    pub window_secs: u32,
+    /// One-time SPA keys open it.
+    pub otk: bool,
+    /// `deny` (or empty) or `local`.
+    pub otk_offline: String,
 }
 
 /// A validated policy.
@@ -179,6 +105,10 @@ pub struct PolicyDef {
     pub sequence: Vec<KnockStep>,
     /// Whole sequence within this (0 = the agent's default).
     pub sequence_timeout_secs: u32,
+    /// Rotating sequences open it, with these settings.
+    pub rotating: Option<Rotation>,
+    /// One-time SPA keys open it, with this offline rule.
+    pub otk: Option<OtkOffline>,
 }
 
 impl PolicyDef {
@@ -239,10 +169,12 @@ impl PolicyDef {
             .enumerate()
             .map(|(i, s)| s.parse().map_err(|e| invalid(format!("sequence[{i}]"), e)))
             .collect::<Result<Vec<KnockStep>, _>>()?;
-        if !raw.spa && !raw.fwknop && sequence.is_empty() {
+        let rotating = methods::rotation(&raw, &open)?;
+        let otk = methods::otk(&raw)?;
+        if !raw.spa && !raw.fwknop && sequence.is_empty() && rotating.is_none() && otk.is_none() {
             return Err(invalid(
-                "spa/fwknop/sequence",
-                "at least one knock method is required (spa, fwknop or a sequence)",
+                "spa/fwknop/sequence/rotating/otk",
+                "at least one knock method is required (spa, fwknop, a sequence, rotating or otk)",
             ));
         }
         Ok(Self {
@@ -257,6 +189,8 @@ impl PolicyDef {
             fwknop: raw.fwknop,
             sequence,
             sequence_timeout_secs: raw.sequence_timeout_secs,
+            rotating,
+            otk,
         })
     }
 
@@ -268,7 +202,7 @@ impl PolicyDef {
 
     /// The body in its stored and wire-neutral form.
     pub fn to_raw(&self) -> RawPolicy {
-        RawPolicy {
+        let mut raw = RawPolicy {
             open: self.open.iter().map(ToString::to_string).collect(),
             users: self.users.iter().map(ToString::to_string).collect(),
             groups: self.groups.iter().cloned().collect(),
@@ -279,7 +213,10 @@ impl PolicyDef {
             fwknop: self.fwknop,
             sequence: self.sequence.iter().map(ToString::to_string).collect(),
             sequence_timeout_secs: self.sequence_timeout_secs,
-        }
+            ..RawPolicy::default()
+        };
+        methods::fill_raw(&mut raw, self.rotating.as_ref(), self.otk);
+        raw
     }
 
     /// The body as stored JSON.
@@ -384,7 +321,7 @@ mod tests {
                 spa: false,
                 ..raw()
             })
-            .starts_with("spa/fwknop/sequence:")
+            .starts_with("spa/fwknop/sequence/rotating/otk:")
         );
         assert!(
             PolicyDef::validate("Bad", raw())
@@ -392,20 +329,5 @@ mod tests {
                 .to_string()
                 .starts_with("name:")
         );
-    }
-
-    #[test]
-    fn selectors_match_every_term() {
-        let s: Selector = "role=edge,site=par".parse().unwrap();
-        let labels = |v: &[(&str, &str)]| -> BTreeMap<String, String> {
-            v.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
-        };
-        assert!(s.matches(&labels(&[("role", "edge"), ("site", "par"), ("x", "y")])));
-        assert!(!s.matches(&labels(&[("role", "edge")])));
-        assert!(Selector::default().matches(&labels(&[])));
-        assert_eq!(s.to_string(), "role=edge,site=par");
-        for bad in ["role", "=x", "role=", "a=b,a=c", "a=b,", "a b=c"] {
-            assert!(bad.parse::<Selector>().is_err(), "{bad}");
-        }
     }
 }

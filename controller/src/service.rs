@@ -6,6 +6,7 @@
 
 mod admin;
 mod agent;
+mod claim;
 mod enroll;
 mod sync;
 

@@ -11,6 +11,7 @@ mod agents;
 mod audit;
 mod grants;
 mod model;
+mod otk;
 mod policies;
 mod users;
 
@@ -27,6 +28,7 @@ use sqlx::{Postgres, Sqlite, Transaction};
 
 pub use agents::TokenError;
 pub use model::*;
+pub use otk::{ClaimOutcome, NewOtkClaim, OtkClaim};
 
 /// File name of the SQLite database inside the data dir.
 pub const DEFAULT_SQLITE_FILE: &str = "knockgate.db";

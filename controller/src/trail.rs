@@ -1,5 +1,5 @@
 //! The audit events the controller writes about itself (refusals, enrolment,
-//! admin writes, refused configs). Writing one never fails the request it
+//! admin writes, refused configs, one-time key claims). Writing one never fails the request it
 //! describes: a store error is logged instead.
 
 use std::net::SocketAddr;
@@ -18,6 +18,12 @@ pub const ENROL_OK: &str = "enrol.ok";
 pub const ENROL_REFUSED: &str = "enrol.refused";
 /// A config an agent could not apply.
 pub const CONFIG_REFUSED: &str = "config.refused";
+/// A one-time key claimed: who used which key where.
+pub const OTK_CLAIMED: &str = "otk.claimed";
+/// A one-time key claim refused (used, unknown, or a user the agent may not serve).
+pub const OTK_REFUSED: &str = "otk.refused";
+/// A one-time key granted twice: an offline report of a key already claimed.
+pub const OTK_REUSE: &str = "otk.reuse";
 
 /// An event of the controller itself, about to be written.
 #[derive(Debug)]
@@ -46,6 +52,12 @@ impl Entry {
     /// The user it concerns.
     pub fn user(mut self, user: Option<&str>) -> Self {
         self.0.user = user.map(str::to_owned);
+        self
+    }
+
+    /// The source address it concerns, as text.
+    pub fn src(mut self, src: Option<&str>) -> Self {
+        self.0.src = src.map(str::to_owned);
         self
     }
 

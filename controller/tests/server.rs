@@ -7,8 +7,12 @@
 
 #[path = "server/harness.rs"]
 mod harness;
+#[path = "server/otk.rs"]
+mod otk;
 #[path = "store/pg.rs"]
 mod pg;
+#[path = "server/rotation.rs"]
+mod rotation;
 #[path = "server/security.rs"]
 mod security;
 #[path = "server/story.rs"]
@@ -62,7 +66,22 @@ both!(
     security::reused_and_expired_tokens,
     story::sync_story,
     story::report_is_deduplicated,
+    rotation::rotating_sequences,
+    otk::one_time_keys,
+    otk::claim_race_one_server,
 );
+
+/// Two replicas on one PostgreSQL database: agents claiming through
+/// different replicas still get exactly one winner per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_replicas_claim_race() {
+    let url = pg::fresh_database().await;
+    let a = Server::start(Store::open(&url).await.unwrap()).await;
+    let b = a.replica(Store::open(&url).await.unwrap()).await;
+    otk::claim_race(&a, &b).await;
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_replicas_propagate_changes() {

@@ -6,6 +6,8 @@
 
 #[path = "store/identity.rs"]
 mod identity;
+#[path = "store/otk.rs"]
+mod otk;
 #[path = "store/pg.rs"]
 mod pg;
 #[path = "store/trail.rs"]
@@ -59,7 +61,20 @@ both!(
     identity::policy_lifecycle,
     trail::audit_dedupe_filters_and_paging,
     trail::grants_open_close_and_revoke,
+    otk::claim_race_has_one_winner,
+    otk::claims_follow_the_stock,
 );
+
+/// Two controller replicas hold two pools on one database: still exactly one
+/// winner per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_claims_across_two_store_handles_have_one_winner() {
+    let url = pg::fresh_database().await;
+    let a = Store::open(&url).await.unwrap();
+    let b = Store::open(&url).await.unwrap();
+    identity::add_user(&a, "alice").await;
+    otk::race(&a, &b, "alice", 0..50).await;
+}
 
 #[tokio::test]
 async fn sqlite_file_is_created_in_wal_mode_and_persists() {

@@ -1,6 +1,7 @@
-//! `AgentControl`: the long-lived `Sync` stream (driven in `sync.rs`) and
+//! `AgentControl`: the long-lived `Sync` stream (driven in `sync.rs`),
 //! `Report`, which stores events at least once, de-duplicated by
-//! `(agent, seq)`, and keeps the grants table in step with grant events.
+//! `(agent, seq)`, and keeps the grants table in step with grant events, and
+//! `Claim` of one-time keys (decided in `claim.rs`).
 
 use std::sync::Arc;
 
@@ -10,11 +11,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::authz::Principal;
+use crate::convert::claim_from_api;
 use crate::error::ServiceError;
 use crate::event::{GrantChange, ReportedEvent};
 use crate::name::AgentName;
 use crate::server::Controller;
-use crate::store::StoreError;
+use crate::store::{StoreError, Timestamp};
 
 /// Messages queued towards one agent before the stream task waits.
 const OUTBOUND_QUEUE: usize = 16;
@@ -73,6 +75,16 @@ impl AgentControl for AgentService {
             .collect::<Result<Vec<_>, _>>()?;
         let stored_through_seq = store_events(&self.state, &agent, &events).await?;
         Ok(Response::new(api::ReportResponse { stored_through_seq }))
+    }
+
+    async fn claim(
+        &self,
+        req: Request<api::ClaimRequest>,
+    ) -> Result<Response<api::ClaimResponse>, Status> {
+        let (agent, _) = agent_of(&req)?;
+        let claim = claim_from_api(req.into_inner(), &agent, Timestamp::now())?;
+        let resp = super::claim::claim(&self.state, &agent, claim).await?;
+        Ok(Response::new(resp))
     }
 }
 

@@ -1,24 +1,52 @@
 //! One agent's `Sync` stream: Hello, a full config, then a delta for every
-//! config version change, pushed grant revokes, and the agent's Applied /
-//! Refused answers. The stream ends when the agent hangs up, is revoked, or
-//! the controller shuts down.
+//! config version change and at every window boundary of its rotating
+//! policies (fresh material, see `fanout.rs` on versions), pushed grant
+//! revokes, and the agent's Applied / Refused answers. The stream ends when
+//! the agent hangs up, is revoked, or the controller shuts down.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use knockgate_proto::api::{self, agent_message, controller_message};
 use serde_json::json;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tonic::{Status, Streaming};
 
+use crate::desired::material::{self, Deriver};
 use crate::desired::{self, AgentView};
 use crate::error::{ErrorChain, ServiceError};
 use crate::fanout::Registration;
-use crate::name::AgentName;
+use crate::name::{AgentName, UserName};
+use crate::policy::PolicyDef;
 use crate::server::Controller;
-use crate::store::{ConfigVersion, GrantFilter, Timestamp};
+use crate::store::{ConfigVersion, GrantFilter, Timestamp, User};
 use crate::trail::{CONFIG_REFUSED, Entry};
+
+/// Wake this long after a window boundary, so the new window has begun by
+/// the wall clock too.
+const BOUNDARY_SLACK: Duration = Duration::from_millis(10);
+
+/// What the agent's config is computed from, as read at one config version.
+/// Every change to any of it bumps the version, so between bumps a window
+/// boundary only re-derives material, without reading the store.
+struct Inputs {
+    version: u64,
+    labels: BTreeMap<String, String>,
+    policies: Vec<PolicyDef>,
+    users: Vec<User>,
+    claimed: BTreeMap<UserName, u64>,
+}
+
+/// Completes at `deadline`, never without one.
+async fn wake_at(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// The state of one live stream.
 pub(super) struct Session {
@@ -32,6 +60,11 @@ pub(super) struct Session {
     /// Grant refs already pushed as revoked on this stream.
     revoked_refs: BTreeSet<String>,
     touched: bool,
+    /// The store rows the last config was computed from.
+    inputs: Option<Inputs>,
+    deriver: Deriver,
+    /// When the material next changes by itself (a window boundary).
+    next_boundary: Option<Instant>,
 }
 
 fn internal(e: impl Into<ServiceError>) -> Status {
@@ -66,6 +99,9 @@ impl Session {
             sent: None,
             revoked_refs: BTreeSet::new(),
             touched: false,
+            inputs: None,
+            deriver: Deriver::default(),
+            next_boundary: None,
         }
     }
 
@@ -138,6 +174,7 @@ impl Session {
                     versions.borrow_and_update();
                     self.refresh().await?;
                 }
+                () = wake_at(self.next_boundary) => self.refresh().await?,
                 push = registration.pushes.recv() => match push {
                     Some(revoke) => self.send(controller_message::Msg::Revoke(revoke)).await,
                     None => return Err(Status::permission_denied(format!("agent {} is revoked", self.agent))),
@@ -200,15 +237,59 @@ impl Session {
         Ok(())
     }
 
-    /// Recomputes the agent's config and sends what changed, then any grant
-    /// revokes flagged in the store (so revokes made on other replicas
-    /// arrive too).
+    /// Recomputes the agent's config and material and sends what changed;
+    /// after a version change, also any grant revokes flagged in the store
+    /// (so revokes made on other replicas arrive too).
     async fn refresh(&mut self) -> Result<(), Status> {
         let store = &self.state.store;
         // The version is read before the data: a config is never labelled
         // newer than what it holds, and any later change bumps again.
         let version = store.current_version().await.map_err(internal)?;
         let version = u64::try_from(version.0).unwrap_or(0);
+        let reload = self.inputs.as_ref().is_none_or(|i| i.version != version);
+        if reload {
+            self.inputs = Some(self.load(version).await?);
+        }
+        let Some(inputs) = &self.inputs else {
+            return Err(internal(ServiceError::Internal("sync inputs missing")));
+        };
+        let mut view = desired::compute(&inputs.labels, &inputs.policies, &inputs.users);
+        let now = Timestamp::now();
+        let (material, boundary) = self.deriver.derive(
+            &material::Inputs {
+                gateway: &self.agent,
+                labels: &inputs.labels,
+                policies: &inputs.policies,
+                users: &inputs.users,
+                claimed: &inputs.claimed,
+            },
+            now,
+        );
+        view.material = material;
+        self.next_boundary = boundary.map(|b| {
+            let wait = u64::try_from(b.saturating_sub(now.unix_millis())).unwrap_or(0);
+            Instant::now() + Duration::from_millis(wait) + BOUNDARY_SLACK
+        });
+        let config = match &self.sent {
+            None => Some(desired::full(&view, version)),
+            Some((base, old)) if *base == version && *old == view => None,
+            Some((base, old)) => Some(desired::delta(old, &view, *base, version)),
+        };
+        if let Some(config) = config {
+            tracing::debug!(agent = %self.agent, version, full = config.full,
+                material = config.material_changed, "sending config");
+            self.send(controller_message::Msg::Config(config)).await;
+            self.sent = Some((version, view));
+        }
+        if reload {
+            self.push_flagged_revokes().await?;
+        }
+        Ok(())
+    }
+
+    /// Reads what the config is computed from; refuses a revoked agent.
+    async fn load(&self, version: u64) -> Result<Inputs, Status> {
+        let store = &self.state.store;
         let agent = store.get_agent(&self.agent).await.map_err(internal)?;
         if agent.revoked_at.is_some()
             || agent.cert_fingerprint.as_deref() != Some(self.fingerprint.as_str())
@@ -218,25 +299,25 @@ impl Session {
                 self.agent
             )));
         }
-        let policies = super::load_policies(store).await.map_err(internal)?;
-        let users = store.list_users().await.map_err(internal)?;
-        let view = desired::compute(&agent.labels, &policies, &users);
-        let config = match &self.sent {
-            None => Some(desired::full(&view, version)),
-            Some((base, _)) if *base == version => None,
-            Some((base, old)) => Some(desired::delta(old, &view, *base, version)),
-        };
-        if let Some(config) = config {
-            tracing::debug!(agent = %self.agent, version, full = config.full, "sending config");
-            self.send(controller_message::Msg::Config(config)).await;
-            self.sent = Some((version, view));
-        }
+        Ok(Inputs {
+            version,
+            labels: agent.labels,
+            policies: super::load_policies(store).await.map_err(internal)?,
+            users: store.list_users().await.map_err(internal)?,
+            claimed: store.otk_highest_claims().await.map_err(internal)?,
+        })
+    }
+
+    /// Pushes revokes of this agent's grants flagged since the last push.
+    async fn push_flagged_revokes(&mut self) -> Result<(), Status> {
         let filter = GrantFilter {
             agent: Some(self.agent.clone()),
             user: None,
             active_at: Some(Timestamp::now()),
         };
-        let grant_refs: Vec<String> = store
+        let grant_refs: Vec<String> = self
+            .state
+            .store
             .list_grants(&filter)
             .await
             .map_err(internal)?

@@ -146,7 +146,8 @@ impl Store {
         })
     }
 
-    /// Replaces a user's key material and bumps its key version.
+    /// Replaces a user's key material and bumps its key version; the user's
+    /// one-time key claims go with the old secret.
     pub async fn rotate_user_keys(
         &self,
         name: &UserName,
@@ -171,6 +172,13 @@ impl Store {
             if done.rows_affected() == 0 {
                 return Err(StoreError::not_found("user", name));
             }
+            // One-time keys derive from the rotating secret: the new secret's
+            // keys start again at counter 0.
+            sqlx::query("DELETE FROM otk_claims WHERE user_name = $1")
+                .bind(name.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::Database)?;
             let version = bump_version!(tx);
             tx.commit().await.map_err(StoreError::Database)?;
             Ok(version)

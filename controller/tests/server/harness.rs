@@ -320,3 +320,42 @@ pub fn assert_code<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code) 
     assert_eq!(status.code(), code, "{status:?}");
     status
 }
+
+/// `AddUser` with no groups; returns the credentials (with the rotating secret).
+pub async fn new_user(server: &Server, name: &str) -> api::UserCredentials {
+    server
+        .admin()
+        .add_user(api::AddUserRequest {
+            name: name.into(),
+            groups: Vec::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The rotating secret of `creds`, as the derivations take it.
+pub fn rotating_secret(creds: &api::UserCredentials) -> [u8; 32] {
+    creds.rotating_secret.clone().try_into().unwrap()
+}
+
+impl SyncStream {
+    /// Reads configs (acking them) until one with `material_changed`.
+    pub async fn next_material(&mut self, within: Duration) -> api::AgentConfig {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (c, _) = self.next_config(left).await;
+            if c.material_changed {
+                return c;
+            }
+        }
+    }
+
+    /// Asserts nothing arrives for `quiet`.
+    pub async fn assert_quiet(&mut self, quiet: Duration) {
+        if let Ok(m) = tokio::time::timeout(quiet, self.rx.message()).await {
+            panic!("expected silence, got {m:?}");
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Rotating sequences through the real server: policy validation, what each
+//! agent's config carries (only its admitted users, derived for its own name
+//! with its protected ports excluded) and the push at every window boundary.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use knockgate_controller::convert::{access_from_api, access_to_api};
+use knockgate_proto::rotation::{Protos, RotationParams, derive_sequence, window_index};
+use knockgate_proto::{Access, api, unix_secs};
+use tonic::Code;
+
+use super::harness::*;
+
+const WINDOW: u32 = 5;
+
+fn policy(name: &str, open: &[u16], users: &[&str], agents: &str) -> api::PolicySpec {
+    api::PolicySpec {
+        name: name.into(),
+        open: open
+            .iter()
+            .map(|p| access_to_api(Access::tcp(*p)))
+            .collect(),
+        users: users.iter().map(|u| (*u).into()).collect(),
+        agents: agents.into(),
+        timeout_secs: 30,
+        ..api::PolicySpec::default()
+    }
+}
+
+fn rotating(name: &str, open: &[u16], users: &[&str], agents: &str) -> api::PolicySpec {
+    api::PolicySpec {
+        rotating: true,
+        rotating_port_lo: 2200,
+        rotating_port_hi: 2300,
+        window_secs: WINDOW,
+        ..policy(name, open, users, agents)
+    }
+}
+
+fn now_window() -> u64 {
+    window_index(unix_secs(SystemTime::now()), WINDOW)
+}
+
+/// The config's sequences by (user, policy) → window → knocks.
+type Sequences = BTreeMap<(String, String), BTreeMap<u64, Vec<Access>>>;
+
+fn sequences(c: &api::AgentConfig) -> Sequences {
+    let mut out = Sequences::new();
+    for s in &c.rotating {
+        let knocks = s
+            .knocks
+            .iter()
+            .map(|a| access_from_api(a).unwrap())
+            .collect();
+        out.entry((s.user.clone(), s.policy.clone()))
+            .or_default()
+            .insert(s.window, knocks);
+    }
+    out
+}
+
+/// Asserts `c` holds alice's sequences at `gateway` for windows
+/// `current-1 ..= current+3`, with `current` in `lo..=hi`; returns `current`.
+fn check(c: &api::AgentConfig, gateway: &str, secret: &[u8; 32], lo: u64, hi: u64) -> u64 {
+    let seqs = sequences(c);
+    let keys: Vec<_> = seqs.keys().cloned().collect();
+    assert_eq!(keys, [("alice".to_owned(), "rot".to_owned())]);
+    let by_window = &seqs[&("alice".to_owned(), "rot".to_owned())];
+    let windows: Vec<u64> = by_window.keys().copied().collect();
+    let current = windows[0] + 1;
+    assert!((lo..=hi).contains(&current), "{windows:?} for {lo}..={hi}");
+    assert_eq!(windows, (current - 1..=current + 3).collect::<Vec<_>>());
+    let params = RotationParams {
+        length: 4,
+        protos: Protos::Both,
+        port_lo: 2200,
+        port_hi: 2300,
+        // Every `open` port of the policies selecting the gateway.
+        exclude: vec![22, 443, 2222],
+        window_secs: WINDOW,
+    };
+    for (w, knocks) in by_window {
+        assert_eq!(
+            knocks,
+            &derive_sequence(secret, gateway, *w, &params).unwrap(),
+            "window {w}"
+        );
+    }
+    current
+}
+
+pub async fn rotating_sequences(server: &Server) {
+    let mut admin = server.admin();
+    let alice = new_user(server, "alice").await;
+    new_user(server, "bob").await;
+    let gw1 = enrolled_agent(server, "gw1", &[("role", "edge")]).await;
+    let gw2 = enrolled_agent(server, "gw2", &[("role", "core")]).await;
+
+    // Validation names the field; rotating alone is a knock method.
+    for (bad, field) in [
+        (
+            api::PolicySpec {
+                rotating_length: 17,
+                ..rotating("x", &[22], &[], "")
+            },
+            "rotating_length",
+        ),
+        (
+            api::PolicySpec {
+                rotating_protos: "icmp".into(),
+                ..rotating("x", &[22], &[], "")
+            },
+            "rotating_protos",
+        ),
+        (
+            api::PolicySpec {
+                window_secs: 4,
+                ..rotating("x", &[22], &[], "")
+            },
+            "window_secs",
+        ),
+        (
+            api::PolicySpec {
+                rotating_port_lo: 70_000,
+                ..rotating("x", &[22], &[], "")
+            },
+            "rotating_port_lo",
+        ),
+        (
+            api::PolicySpec {
+                otk_offline: "sometimes".into(),
+                otk: true,
+                ..rotating("x", &[22], &[], "")
+            },
+            "otk_offline",
+        ),
+        (
+            policy("x", &[22], &[], ""),
+            "spa/fwknop/sequence/rotating/otk",
+        ),
+    ] {
+        let status = assert_code(admin.add_policy(bad).await, Code::InvalidArgument);
+        assert!(
+            status.message().starts_with(&format!("{field}:")),
+            "{status:?}"
+        );
+    }
+    let spa = api::PolicySpec {
+        spa: true,
+        ..policy("ssh", &[22, 443], &["alice", "bob"], "")
+    };
+    admin.add_policy(spa).await.unwrap();
+    let stored = admin
+        .add_policy(rotating("rot", &[2222], &["alice"], "role=edge"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            stored.rotating_length,
+            stored.rotating_port_lo,
+            stored.window_secs
+        ),
+        (4, 2200, WINDOW),
+        "defaults are filled in"
+    );
+
+    let mut s1 = SyncStream::open(&gw1, server, "").await;
+    let mut s2 = SyncStream::open(&gw2, server, "").await;
+    let (lo, full) = (now_window(), s1.next_config(Duration::from_secs(5)).await.0);
+    let secret = rotating_secret(&alice);
+    let current = check(&full, "gw1", &secret, lo, now_window());
+    let rot = full.policies.iter().find(|p| p.name == "rot").unwrap();
+    assert!(rot.rotating && !rot.otk);
+    assert_eq!(
+        (rot.window_secs, rot.users.as_slice()),
+        (WINDOW, &["alice".to_owned()][..])
+    );
+    assert!(full.one_time_keys.is_empty());
+    // gw2 is not selected: the users' keys, no sequences.
+    let (other, _) = s2.next_config(Duration::from_secs(5)).await;
+    assert!(other.full && other.rotating.is_empty());
+    assert_eq!(other.users.len(), 2);
+
+    // The next window boundary pushes the moved range, on the same version.
+    let delta = s1
+        .next_material(Duration::from_secs(u64::from(WINDOW) + 2))
+        .await;
+    assert!(!delta.full && delta.material_changed);
+    assert_eq!(
+        (delta.base_version, delta.version),
+        (full.version, full.version)
+    );
+    assert!(delta.policies.is_empty() && delta.users.is_empty());
+    let moved = check(&delta, "gw1", &secret, current + 1, now_window());
+    assert_eq!(moved, current + 1);
+    s2.assert_quiet(Duration::from_millis(300)).await;
+
+    // Rotating alice's keys changes her sequences at once.
+    let rotated = admin
+        .rotate_user_keys(api::RotateUserKeysRequest {
+            name: "alice".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (lo, delta) = (now_window(), s1.next_material(Duration::from_secs(1)).await);
+    assert!(delta.version > full.version);
+    check(&delta, "gw1", &rotating_secret(&rotated), lo, now_window());
+}
