@@ -1,6 +1,6 @@
-//! The lab demo: a client and a gateway namespace, the agent with a sample policy, the
-//! protected port shown closed, a knock with `knocker`, the port shown open, then cleanup
-//! (every namespace and table goes away when the guards drop).
+//! Part one of the lab: one gateway on its own. A client and a gateway namespace, the
+//! agent with a sample policy from its file, the protected port shown closed, a knock
+//! with `knocker`, the port open, an SPA packet over IPv6, then cleanup.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -9,16 +9,10 @@ use knockgate_tests::agent::{AgentProc, Workdir, ssh_policy};
 use knockgate_tests::netns::Lab;
 use knockgate_tests::probe::{Listener, can_connect, opens_within};
 
-fn step(text: &str) {
-    println!("\n==> {text}");
-}
+use crate::{show, step};
 
-fn show(ok: bool, what: &str) -> bool {
-    println!("    {} {what}", if ok { "OPEN  " } else { "CLOSED" });
-    ok
-}
-
-fn main() {
+/// Returns whether everything behaved.
+pub fn run() -> bool {
     let sequence = ["tcp/7000", "udp/8000", "icmp", "tcp/9000"];
     step(
         "creating namespaces: client 10.240.0.2 / fd00:4b47::2  <-veth->  gateway 10.240.0.1 / fd00:4b47::1",
@@ -144,10 +138,5 @@ fn main() {
     drop(agent);
     drop(lab);
     step("cleaned up: namespaces, veth and the nftables table are gone");
-    if closed_before && open_after && other_closed && v6_closed && v6_open {
-        println!("\nlab demo: OK");
-    } else {
-        println!("\nlab demo: FAILED");
-        std::process::exit(1);
-    }
+    closed_before && open_after && other_closed && v6_closed && v6_open
 }
