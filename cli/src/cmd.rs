@@ -4,6 +4,7 @@
 
 pub mod keygen;
 pub mod knock;
+pub mod open;
 pub mod spa;
 
 /// Exit code for a failure that is not the user's input (a send failed, …).
@@ -12,9 +13,50 @@ pub const EXIT_FAILURE: u8 = 1;
 /// Exit code for a bad flag, argument or config (`EX_USAGE` from sysexits.h).
 pub const EXIT_USAGE: u8 = 64;
 
+/// Exit code for a service that cannot be reached, such as the controller
+/// (`EX_UNAVAILABLE` from sysexits.h).
+pub const EXIT_UNAVAILABLE: u8 = 69;
+
 /// An error a subcommand returns, which knows the exit code it deserves.
 pub trait CommandError: std::error::Error + Send + Sync + 'static {
     /// [`EXIT_USAGE`] when the user's input was at fault, else [`EXIT_FAILURE`]
     /// or another non-zero code.
     fn exit_code(&self) -> u8;
+}
+
+/// Reports a clap error the way every binary here does, and returns the exit
+/// code: help and version go out as clap renders them (0); a missing
+/// subcommand prints help (64); every other error becomes one
+/// `PROG: error: …` line on stderr (64).
+pub fn report_clap_error(prog: &str, err: &clap::Error) -> u8 {
+    use clap::error::ErrorKind;
+    use std::io::Write as _;
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            // Nothing useful to do if stdout is gone (`knocker --help | true`).
+            let _ = err.print();
+            0
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = err.print();
+            EXIT_USAGE
+        }
+        _ => {
+            let _ = writeln!(std::io::stderr(), "{prog}: error: {}", clap_one_line(err));
+            EXIT_USAGE
+        }
+    }
+}
+
+/// clap's message up to its first blank line (dropping tips and usage), on one line.
+pub fn clap_one_line(err: &clap::Error) -> String {
+    let rendered = err.render().to_string();
+    let message = rendered.split("\n\n").next().unwrap_or_default();
+    let message = message.trim().strip_prefix("error:").unwrap_or(message);
+    let lines: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines.join(" ")
 }

@@ -1,5 +1,5 @@
-//! knockgate's command-line tools as a library: `knocker` (the user client) and,
-//! later, `knockadm` (the admin CLI) are thin binaries over these modules.
+//! knockgate's command-line tools as a library: `knocker` (the user client) and
+//! `knockadm` (the admin CLI) are thin binaries over these modules.
 //!
 //! - [`spec`]: what a knock is ([`KnockSpec`]) and how users write it ([`parse_spec`]).
 //! - [`knock`]: sending knocks over real sockets ([`send_knock`], [`send_sequence`]).
@@ -7,15 +7,20 @@
 //! - [`resolve`]: HOST to one address, honouring `-4`/`-6`.
 //! - [`spa`]: native SPA packets: sealing ([`build_spa`]) and sending ([`send_spa`]).
 //! - [`keyfile`]: reading and writing native SPA key files.
-//! - [`cmd`]: one module per subcommand (clap arguments and `run`).
+//! - [`profile`]: the knocker profile knockadm writes and `knocker open` reads.
+//! - [`cmd`]: one module per `knocker` subcommand (clap arguments and `run`).
+//! - [`admin`]: `knockadm`: the controller connection, one module per noun,
+//!   and table/JSON output.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod cmd;
 pub mod icmp;
 pub mod keyfile;
 pub mod knock;
+pub mod profile;
 pub mod resolve;
 pub mod spa;
 pub mod spec;

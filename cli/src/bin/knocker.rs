@@ -4,10 +4,9 @@
 
 #![forbid(unsafe_code)]
 
-use std::io::{self, Write};
+use std::io;
 use std::process::ExitCode;
 
-use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 use knockgate_cli::cmd::{self, CommandError};
 
@@ -17,8 +16,8 @@ use knockgate_cli::cmd::{self, CommandError};
 #[derive(Debug, Parser)]
 #[command(name = "knocker", version, arg_required_else_help = true)]
 #[command(after_help = "\
-Exit status: 0 on success, 64 for a bad argument, key file or unresolvable \
-host, 1 when a knock or packet could not be sent.
+Exit status: 0 on success, 64 for a bad argument, key file, profile or \
+unresolvable host, 1 when a knock or packet could not be sent.
 
 Run 'knocker help <COMMAND>' for a command's options and examples.")]
 struct Cli {
@@ -37,6 +36,9 @@ enum Command {
     Spa(cmd::spa::SpaArgs),
     /// Generate a native SPA key: print it, or write it to a 0600 file
     Keygen(cmd::keygen::KeygenArgs),
+    /// Ask a gateway from your knockgate profile to open access for you
+    /// (native SPA, or fwknop's packet format)
+    Open(cmd::open::OpenArgs),
 }
 
 /// A failed run: what to print and the exit code it deserves.
@@ -58,7 +60,7 @@ impl<E: CommandError> From<E> for Failure {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(err) => return usage_exit(&err),
+        Err(err) => return ExitCode::from(cmd::report_clap_error("knocker", &err)),
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -76,39 +78,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Knock(args) => args.run(&mut out)?,
         Command::Spa(args) => args.run(&mut out)?,
         Command::Keygen(args) => args.run(&mut out)?,
+        Command::Open(args) => args.run(&mut out)?,
     }
     Ok(())
-}
-
-/// Help and version go out as clap renders them; every other clap error
-/// becomes one `knocker: error: …` line and exit 64.
-fn usage_exit(err: &clap::Error) -> ExitCode {
-    match err.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-            // Nothing useful to do if stdout is gone (`knocker --help | true`).
-            let _ = err.print();
-            ExitCode::SUCCESS
-        }
-        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            let _ = err.print();
-            ExitCode::from(cmd::EXIT_USAGE)
-        }
-        _ => {
-            let _ = writeln!(io::stderr(), "knocker: error: {}", one_line(err));
-            ExitCode::from(cmd::EXIT_USAGE)
-        }
-    }
-}
-
-/// clap's message up to its first blank line (dropping tips and usage), on one line.
-fn one_line(err: &clap::Error) -> String {
-    let rendered = err.render().to_string();
-    let message = rendered.split("\n\n").next().unwrap_or_default();
-    let message = message.trim().strip_prefix("error:").unwrap_or(message);
-    let lines: Vec<&str> = message
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    lines.join(" ")
 }

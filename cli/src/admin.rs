@@ -1,0 +1,119 @@
+//! `knockadm`, the admin CLI, as a library: `knockadm <noun> <verb>` maps each
+//! command to one call of the controller's `Admin` gRPC service.
+//!
+//! - [`client`]: loading the admin identity and connecting over mutual TLS.
+//! - [`dial`]: the TLS dialer under tonic, which sees a refused identity as such.
+//! - [`error`]: [`AdminError`], gRPC statuses turned into one-line errors and
+//!   exit codes.
+//! - [`args`]: parsers for labels, selectors, durations and name lists.
+//! - [`output`]: tables for people, JSON for scripts.
+//! - [`agent`], [`user`], [`policy`], [`grant`], [`audit`]: one module per noun.
+
+pub mod agent;
+pub mod args;
+pub mod audit;
+pub mod client;
+pub mod dial;
+pub mod error;
+pub mod grant;
+pub mod output;
+pub mod policy;
+pub mod user;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use knockgate_proto::api::admin_client::AdminClient;
+use tonic::transport::Channel;
+
+pub use client::{Connector, DEFAULT_CONTROLLER, DEFAULT_IDENTITY, Identity, IdentityError};
+pub use error::{AdminError, Subject};
+pub use output::Format;
+
+/// Options every `knockadm` command takes.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Controller to talk to
+    #[arg(long, global = true, value_name = "URL", env = "KNOCKADM_CONTROLLER",
+          default_value = DEFAULT_CONTROLLER)]
+    pub controller: String,
+
+    /// PEM file holding the admin certificate, its private key and the CA
+    /// certificate (written by 'knockgate-controller init' as DATA_DIR/admin.pem)
+    #[arg(long, global = true, value_name = "FILE", env = "KNOCKADM_IDENTITY",
+          default_value = DEFAULT_IDENTITY)]
+    pub identity: PathBuf,
+
+    /// Output format: aligned tables for people, JSON for scripts
+    #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+/// The nouns of `knockadm`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Register, list and revoke agents (the gateways)
+    #[command(subcommand)]
+    Agent(agent::AgentCmd),
+    /// Add, list, disable and remove users; issue their keys and profiles
+    #[command(subcommand)]
+    User(user::UserCmd),
+    /// Add, list and remove policies: who may open what, where, and how
+    #[command(subcommand)]
+    Policy(policy::PolicyCmd),
+    /// List and revoke open grants
+    #[command(subcommand)]
+    Grant(grant::GrantCmd),
+    /// Show the audit trail (knocks, grants, rejections, admin changes)
+    Audit(audit::AuditArgs),
+}
+
+/// What a command runs with: the (lazily connected) controller, the output
+/// format, and where output goes.
+pub struct Ctx<'a> {
+    /// The controller connection, made on first use.
+    pub conn: Connector,
+    /// `--output`.
+    pub format: Format,
+    /// Standard output (or a buffer in tests).
+    pub out: &'a mut dyn Write,
+}
+
+impl Ctx<'_> {
+    /// The admin client, connecting on first use.
+    ///
+    /// # Errors
+    /// [`AdminError`] for a bad identity, URL or unreachable controller.
+    pub async fn client(&mut self) -> Result<AdminClient<Channel>, AdminError> {
+        self.conn.client().await
+    }
+
+    /// The controller URL as given (for messages and printed commands).
+    pub fn url(&self) -> &str {
+        self.conn.url()
+    }
+}
+
+/// Runs one `knockadm` command.
+///
+/// # Errors
+/// [`AdminError`], which knows its exit code.
+pub async fn run(
+    global: GlobalArgs,
+    command: Command,
+    out: &mut dyn Write,
+) -> Result<(), AdminError> {
+    let mut ctx = Ctx {
+        conn: Connector::new(global.controller, global.identity),
+        format: global.output,
+        out,
+    };
+    match command {
+        Command::Agent(cmd) => cmd.run(&mut ctx).await,
+        Command::User(cmd) => cmd.run(&mut ctx).await,
+        Command::Policy(cmd) => cmd.run(&mut ctx).await,
+        Command::Grant(cmd) => cmd.run(&mut ctx).await,
+        Command::Audit(args) => args.run(&mut ctx).await,
+    }
+}

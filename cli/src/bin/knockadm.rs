@@ -1,0 +1,71 @@
+//! `knockadm`: the knockgate admin CLI. Parses `knockadm <noun> <verb>`, runs
+//! it against the controller (`knockgate_cli::admin`), and turns its error
+//! into one line on stderr and an exit code (64 bad input, 69 controller
+//! unreachable, 1 refused).
+
+#![forbid(unsafe_code)]
+
+use std::io;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use knockgate_cli::admin::{self, AdminError, Command, GlobalArgs};
+use knockgate_cli::cmd::{self, CommandError as _};
+
+/// knockadm: manage a knockgate fleet (agents, users, policies, grants) and
+/// read its audit trail, over mutual TLS with the controller.
+#[derive(Debug, Parser)]
+#[command(name = "knockadm", version, arg_required_else_help = true)]
+#[command(after_help = "\
+Exit status: 0 on success, 64 for a bad argument or identity file, 69 when the
+controller cannot be reached, 1 when the controller refuses the request.
+
+Run 'knockadm help <COMMAND>' for a command's options and examples.")]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return ExitCode::from(cmd::report_clap_error("knockadm", &err)),
+    };
+    // Already installed is fine: there is only ring in this binary.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        // `knockadm audit --follow | head`: the reader left, nothing to report.
+        Err((error, _))
+            if error
+                .downcast_ref::<AdminError>()
+                .is_some_and(AdminError::is_broken_pipe) =>
+        {
+            ExitCode::SUCCESS
+        }
+        Err((error, code)) => {
+            eprintln!("knockadm: error: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), (anyhow::Error, u8)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")
+        .map_err(|err| (err, cmd::EXIT_FAILURE))?;
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    runtime
+        .block_on(admin::run(cli.global, cli.command, &mut out))
+        .map_err(|err: AdminError| {
+            let code = err.exit_code();
+            (anyhow::Error::new(err), code)
+        })
+}

@@ -1,0 +1,80 @@
+//! The fwknop side of a profile: the rc file written beside it
+//! (`FILE.fwknoprc`, one stanza per gateway for `fwknop --rc-file FILE -n
+//! GATEWAY`), and gateway addresses split into host and port as both
+//! fwknop's `SPA_SERVER`/`SPA_SERVER_PORT` and `knocker open` need them.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+use super::Profile;
+
+/// Splits a gateway address into host and optional port: `203.0.113.7`,
+/// `gw.example.net:62201`, `[2001:db8::1]:62201`, or a bare IPv6 address.
+#[must_use]
+pub fn split_address(address: &str) -> (&str, Option<u16>) {
+    let address = address.trim();
+    if let Ok(sock) = address.parse::<SocketAddr>() {
+        let host = match sock {
+            SocketAddr::V4(_) => address.rsplit_once(':').map_or(address, |(h, _)| h),
+            SocketAddr::V6(_) => address
+                .rsplit_once("]:")
+                .map_or(address, |(h, _)| h.trim_start_matches('[')),
+        };
+        return (host, Some(sock.port()));
+    }
+    match address.split_once(':') {
+        // Exactly one colon and digits after it: host:port.
+        Some((host, port)) if !port.contains(':') => match port.parse::<u16>() {
+            Ok(port) if port != 0 => (host, Some(port)),
+            _ => (address, None),
+        },
+        _ => (address.trim_start_matches('[').trim_end_matches(']'), None),
+    }
+}
+
+/// The rc file written beside a profile: `FILE.fwknoprc`.
+#[must_use]
+pub fn fwknoprc_path(profile: &Path) -> PathBuf {
+    let mut name = profile.as_os_str().to_owned();
+    name.push(".fwknoprc");
+    PathBuf::from(name)
+}
+
+/// The fwknop rc stanzas, one per gateway, for `fwknop --rc-file FILE -n GATEWAY`.
+#[must_use]
+pub fn render_fwknoprc(profile: &Profile) -> Zeroizing<String> {
+    let user = &profile.user;
+    let mut text = Zeroizing::new(format!(
+        "# fwknop client stanzas for knockgate user {}: keep this file secret.\n\
+         # Use: fwknop --rc-file THIS_FILE -n GATEWAY (edit ACCESS to the ports you need)\n",
+        user.name
+    ));
+    if profile.gateways.is_empty() {
+        text.push_str("# no gateway admits this user yet\n");
+    }
+    let digest = user
+        .fwknop_hmac
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or("sha256")
+        .to_ascii_uppercase();
+    for gw in &profile.gateways {
+        let (host, port) = split_address(&gw.address);
+        let _ = write!(text, "\n[{}]\nSPA_SERVER {host}\n", gw.name);
+        if let Some(port) = port {
+            let _ = writeln!(text, "SPA_SERVER_PORT {port}");
+        }
+        let _ = write!(
+            text,
+            "SPOOF_USER {}\nKEY_BASE64 {}\nHMAC_KEY_BASE64 {}\nUSE_HMAC Y\n\
+             HMAC_DIGEST_TYPE {digest}\nALLOW_IP source\nACCESS tcp/22\n",
+            user.name,
+            user.fwknop_key.as_deref().unwrap_or_default(),
+            user.fwknop_hmac_key.as_deref().unwrap_or_default(),
+        );
+    }
+    text
+}

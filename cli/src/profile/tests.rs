@@ -1,0 +1,228 @@
+//! Profile round trips, file modes, overwrite refusal, and key errors that
+//! never show the key.
+
+#![allow(clippy::unwrap_used)] // tests unwrap by design
+
+use std::os::unix::fs::PermissionsExt as _;
+
+use super::*;
+
+const SPA: [u8; 32] = [7; 32];
+
+fn profile() -> Profile {
+    Profile {
+        user: ProfileUser {
+            name: "alice".into(),
+            spa_key: Some(encode_key(&SPA)),
+            fwknop_key: Some(encode_key(&[1; 32])),
+            fwknop_hmac_key: Some(encode_key(&[2; 64])),
+            fwknop_hmac: Some("sha256".into()),
+            rotating_secret: Some(encode_key(&[3; 32])),
+        },
+        gateways: vec![
+            ProfileGateway {
+                name: "gw1".into(),
+                address: "203.0.113.7".into(),
+            },
+            ProfileGateway {
+                name: "gw2".into(),
+                address: "[2001:db8::2]:4000".into(),
+            },
+        ],
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn write_then_read_round_trips_with_mode_0600() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("alice.toml");
+    let rc = write_profile(&path, &profile()).unwrap();
+    assert_eq!(rc, dir.path().join("alice.toml.fwknoprc"));
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(&rc), 0o600);
+    let back = read_profile(&path).unwrap();
+    assert_eq!(back, profile());
+    assert_eq!(back.spa_key(&path).unwrap(), SpaKey::from_secret(SPA));
+    let keys = back.fwknop_keys(&path).unwrap();
+    assert_eq!(keys.enc_key, vec![1; 32]);
+    assert_eq!(keys.hmac_key, vec![2; 64]);
+    assert_eq!(keys.hmac, DigestType::Sha256);
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with("# knockgate profile for alice"), "{text}");
+    assert!(text.contains("[user]\nname = \"alice\""), "{text}");
+    assert!(
+        text.contains("[[gateway]]\nname = \"gw1\"\naddress = \"203.0.113.7\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn fwknoprc_has_one_stanza_per_gateway() {
+    let rc = render_fwknoprc(&profile());
+    let gw1 = format!(
+        "\n[gw1]\nSPA_SERVER 203.0.113.7\nSPOOF_USER alice\nKEY_BASE64 {}\n\
+         HMAC_KEY_BASE64 {}\nUSE_HMAC Y\nHMAC_DIGEST_TYPE SHA256\nALLOW_IP source\nACCESS tcp/22\n",
+        encode_key(&[1; 32]),
+        encode_key(&[2; 64])
+    );
+    assert!(rc.contains(&gw1), "{}", rc.as_str());
+    assert!(
+        rc.contains("\n[gw2]\nSPA_SERVER 2001:db8::2\nSPA_SERVER_PORT 4000\n"),
+        "{}",
+        rc.as_str()
+    );
+    // Lines are either comments, blank, a stanza header or `VAR value`.
+    for line in rc.lines() {
+        assert!(
+            line.is_empty()
+                || line.starts_with('#')
+                || line.starts_with('[')
+                || line.split_once(' ').is_some(),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn refuses_to_overwrite_either_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(&path, "old").unwrap();
+    let err = write_profile(&path, &profile()).unwrap_err();
+    assert!(matches!(&err, ProfileError::Exists { path: p } if *p == path));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "old");
+
+    let other = dir.path().join("q.toml");
+    std::fs::write(fwknoprc_path(&other), "old").unwrap();
+    let err = write_profile(&other, &profile()).unwrap_err();
+    assert!(err.to_string().contains("q.toml.fwknoprc"), "{err}");
+    assert!(!other.exists(), "nothing written when the rc file exists");
+}
+
+#[test]
+fn unknown_gateway_lists_the_known_ones() {
+    let p = profile();
+    let err = p.gateway("gw9", Path::new("a.toml")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "no gateway named 'gw9' in profile 'a.toml' (known: gw1, gw2)"
+    );
+    let empty = Profile {
+        gateways: vec![],
+        ..profile()
+    };
+    let err = empty.gateway("gw1", Path::new("a.toml")).unwrap_err();
+    assert!(err.to_string().ends_with("(known: none)"), "{err}");
+}
+
+#[test]
+fn missing_and_bad_keys_are_named_not_shown() {
+    let path = Path::new("a.toml");
+    let mut p = profile();
+    p.user.spa_key = None;
+    p.user.fwknop_hmac_key = Some("  ".into());
+    let err = p.spa_key(path).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "profile 'a.toml' has no spa_key (needed for native spa)"
+    );
+    let err = p.fwknop_keys(path).unwrap_err();
+    assert!(err.to_string().contains("no fwknop_hmac_key"), "{err}");
+
+    let secret = "c2VjcmV0c2VjcmV0c2VjcmV0";
+    p.user.spa_key = Some(secret.into());
+    let err = p.spa_key(path).unwrap_err().to_string();
+    assert!(
+        err.contains("invalid spa_key") && !err.contains(secret),
+        "{err}"
+    );
+
+    let mut p = profile();
+    p.user.fwknop_hmac = Some("whirlpool".into());
+    let err = p.fwknop_keys(path).unwrap_err().to_string();
+    assert!(err.contains("invalid fwknop_hmac"), "{err}");
+}
+
+#[test]
+fn hand_written_profile_with_only_what_is_needed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[user]\nname = \"bob\"\nspa_key = \"{}\"\nfuture_field = 1\n\n\
+             [[gateway]]\nname = \"edge\"\naddress = \"127.0.0.1\"\n",
+            encode_key(&SPA)
+        ),
+    )
+    .unwrap();
+    let p = read_profile(&path).unwrap();
+    assert_eq!(p.user.name, "bob");
+    assert_eq!(p.gateway("edge", &path).unwrap().address, "127.0.0.1");
+    assert!(p.spa_key(&path).is_ok());
+    assert!(matches!(
+        p.fwknop_keys(&path),
+        Err(ProfileError::MissingKey {
+            field: "fwknop_key",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn unreadable_and_invalid_profiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let err = read_profile(&missing).unwrap_err();
+    assert!(matches!(err, ProfileError::Read { .. }));
+    assert!(err.to_string().contains("missing.toml"), "{err}");
+
+    let secret = "c2VjcmV0c2VjcmV0c2VjcmV0";
+    for (name, text) in [
+        (
+            "syntax.toml",
+            format!("[user]\nname = \"a\"\nspa_key = {secret}\n"),
+        ),
+        ("noname.toml", format!("[user]\nspa_key = \"{secret}\"\n")),
+        ("nouser.toml", "[[gateway]]\nname = \"gw\"\n".to_owned()),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let err = read_profile(&path).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ProfileError::Parse { .. }), "{name}: {msg}");
+        assert!(msg.contains(name), "{msg}");
+        assert!(!msg.contains(secret), "{name}: {msg}");
+        assert_eq!(msg.lines().count(), 1, "{msg}");
+    }
+}
+
+#[test]
+fn addresses_split_into_host_and_port() {
+    for (address, host, port) in [
+        ("203.0.113.7", "203.0.113.7", None),
+        ("203.0.113.7:4000", "203.0.113.7", Some(4000)),
+        ("gw.example.net", "gw.example.net", None),
+        ("gw.example.net:62201", "gw.example.net", Some(62201)),
+        ("2001:db8::1", "2001:db8::1", None),
+        ("[2001:db8::1]", "2001:db8::1", None),
+        ("[2001:db8::1]:9", "2001:db8::1", Some(9)),
+        (" host ", "host", None),
+        ("host:0", "host:0", None),
+    ] {
+        assert_eq!(split_address(address), (host, port), "{address}");
+    }
+}
+
+#[test]
+fn debug_never_shows_keys() {
+    let p = profile();
+    let debug = format!("{p:?}");
+    assert!(!debug.contains(&encode_key(&SPA)), "{debug}");
+    assert!(debug.contains("alice"));
+}

@@ -1,0 +1,371 @@
+//! The built `knockadm` against a stand-in controller: a tonic `Admin`
+//! service over real mutual TLS on 127.0.0.1:0 with rcgen certificates. It
+//! checks what the client side owns (TLS and identity, request fields,
+//! status-to-error mapping, tables, JSON, profile files, `audit --follow`);
+//! the controller's own behaviour is tested against the real server.
+
+#[path = "support/pki.rs"]
+mod pki;
+
+#[path = "support/fake.rs"]
+mod fake;
+
+use std::io::{BufRead as _, BufReader};
+use std::net::UdpSocket;
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use fake::{Controller, FWKNOP_HMAC_KEY, FWKNOP_KEY, SPA_KEY, event};
+use knockgate_proto::fwknop::{self, DigestType, FwknopKeys};
+use knockgate_proto::spa::{self, SpaKey};
+use pki::{TestCa, identity_pem};
+
+#[test]
+fn agents_as_table_and_json() {
+    let ctl = Controller::start("127.0.0.1");
+    let table = ctl.ok(&["agent", "list"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "NAME  LABELS     ADDRESS      CONNECTED  LAST-SEEN             APPLIED/CURRENT  GRANTS  REVOKED",
+            "gw1   role=edge  203.0.113.7  yes        2025-06-01T12:00:00Z  3/3              1       no",
+            "gw2   role=edge  203.0.113.7  no         never                 3/3              1       no",
+        ]
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ctl.ok(&["--output", "json", "agent", "list"])).expect("json");
+    assert_eq!(json[0]["name"], "gw1");
+    assert_eq!(json[1]["last_seen"], serde_json::Value::Null);
+    assert_eq!(json[0]["labels"]["role"], "edge");
+}
+
+#[test]
+fn agent_add_prints_the_enrol_command() {
+    let ctl = Controller::start("127.0.0.1");
+    let out = ctl.ok(&[
+        "-o",
+        "json",
+        "agent",
+        "add",
+        "gw9",
+        "--label",
+        "role=edge",
+        "--label",
+        "site=par",
+        "--address",
+        "203.0.113.9",
+        "--token-ttl",
+        "2h",
+    ]);
+    let json: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let fp = "ab".repeat(32);
+    assert_eq!(json["name"], "gw9");
+    assert_eq!(json["token"], "tok-gw9");
+    assert_eq!(json["ca_sha256"], fp.as_str());
+    assert_eq!(json["expires_at"], "2025-06-01T14:00:00Z");
+    assert_eq!(
+        json["command"],
+        format!(
+            "knockgate-agent enroll --config agent.toml --controller {} --token tok-gw9 --ca-sha256 {fp}",
+            ctl.url
+        )
+    );
+    let req = ctl.fake.added_agents.lock().expect("lock")[0].clone();
+    assert_eq!(req.labels.len(), 2);
+    assert_eq!(req.labels["site"], "par");
+    assert_eq!(
+        (req.address.as_str(), req.token_ttl_secs),
+        ("203.0.113.9", 7200)
+    );
+
+    let table = ctl.ok(&["agent", "add", "gw8"]);
+    assert!(table.starts_with("agent gw8 added\n"), "{table}");
+    assert!(table.contains("--token tok-gw8 --ca-sha256"), "{table}");
+    assert_eq!(
+        ctl.fake.added_agents.lock().expect("lock")[1].token_ttl_secs,
+        3600
+    );
+}
+
+#[test]
+fn refusals_are_one_line_and_exit_1() {
+    let ctl = Controller::start("127.0.0.1");
+    let id = ctl.identity.clone();
+    ctl.fails(&id, &["user", "show", "bob"], 1, "no user named bob");
+    ctl.fails(
+        &id,
+        &["user", "add", "taken"],
+        1,
+        "a user named taken already exists",
+    );
+    ctl.fails(&id, &["policy", "show", "ssh"], 1, "no policy named ssh");
+    ctl.fails(&id, &["agent", "revoke", "nope"], 1, "no agent named nope");
+    ctl.fails(&id, &["grant", "revoke", "99"], 1, "no grant with id 99");
+    ctl.fails(
+        &id,
+        &["policy", "add", "bad", "--open", "tcp/22", "--spa"],
+        1,
+        "policy name 'bad' is reserved",
+    );
+    ctl.fails(
+        &id,
+        &["agent", "revoke", "root"],
+        1,
+        "the controller refused this identity: admin certificates only",
+    );
+}
+
+#[test]
+fn foreign_identities_are_refused() {
+    let ctl = Controller::start("127.0.0.1");
+    // A client certificate from another CA: the controller's TLS refuses it.
+    let other = TestCa::new("other ca");
+    let stranger = ctl.dir.path().join("stranger.pem");
+    std::fs::write(&stranger, identity_pem(&other.admin("root"), &ctl.ca)).expect("write");
+    ctl.fails(
+        &stranger,
+        &["user", "list"],
+        1,
+        "the controller refused this identity",
+    );
+    // Trusting another CA: the controller's certificate does not verify.
+    let misled = ctl.dir.path().join("misled.pem");
+    std::fs::write(&misled, identity_pem(&ctl.ca.admin("root"), &other)).expect("write");
+    ctl.fails(&misled, &["user", "list"], 1, "UnknownIssuer");
+}
+
+#[test]
+fn user_add_writes_a_profile_knocker_opens_with() {
+    let receiver = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    receiver
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let gw = receiver.local_addr().expect("addr").to_string();
+    let ctl = Controller::start(&gw);
+    let profile = ctl.dir.path().join("alice.toml");
+    let out = ctl.ok(&[
+        "user",
+        "add",
+        "alice",
+        "--group",
+        "ops",
+        "--profile-out",
+        profile.to_str().expect("utf-8"),
+    ]);
+    assert!(out.starts_with("user alice added\n"), "{out}");
+    assert!(out.contains(&format!("gw1 ({gw})")), "{out}");
+    assert!(
+        !out.contains(&knockgate_cli::profile::encode_key(&SPA_KEY)),
+        "no key on stdout"
+    );
+    for path in [profile.clone(), ctl.dir.path().join("alice.toml.fwknoprc")] {
+        let mode = std::fs::metadata(&path)
+            .expect("written")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+    }
+    let rc = std::fs::read_to_string(ctl.dir.path().join("alice.toml.fwknoprc")).expect("rc");
+    assert!(
+        rc.contains("[gw1]\nSPA_SERVER 127.0.0.1\nSPA_SERVER_PORT"),
+        "{rc}"
+    );
+
+    // A second add to the same file is refused before the controller is asked.
+    ctl.fails(
+        &ctl.identity,
+        &[
+            "user",
+            "add",
+            "alice",
+            "--profile-out",
+            profile.to_str().expect("utf-8"),
+        ],
+        64,
+        "refusing to overwrite",
+    );
+
+    let knocker = |method: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_knocker"))
+            .args(["open", "gw1", "--profile"])
+            .arg(&profile)
+            .args(["--method", method, "--timeout", "60s"])
+            .output()
+            .expect("run knocker");
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let mut buf = [0u8; 2048];
+        let (len, _) = receiver.recv_from(&mut buf).expect("packet");
+        buf[..len].to_vec()
+    };
+    let req = spa::open(&SpaKey::from_secret(SPA_KEY), &knocker("spa")).expect("native opens");
+    assert_eq!((req.gateway.as_str(), req.duration_secs), ("gw1", 60));
+    let keys = FwknopKeys::new(
+        FWKNOP_KEY.to_vec(),
+        FWKNOP_HMAC_KEY.to_vec(),
+        DigestType::Sha256,
+    )
+    .expect("keys");
+    let req = fwknop::decode(&keys, &knocker("fwknop")).expect("fwknop decodes");
+    assert_eq!((req.user.as_str(), req.client_timeout), ("alice", Some(60)));
+
+    // JSON never carries keys either.
+    let other = ctl.dir.path().join("bob.toml");
+    let out = ctl.ok(&[
+        "-o",
+        "json",
+        "user",
+        "rotate-keys",
+        "bob",
+        "--profile-out",
+        other.to_str().expect("utf-8"),
+    ]);
+    let json: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(json["user"]["name"], "bob");
+    assert_eq!(json["gateways"][0]["name"], "gw1");
+    assert_eq!(json["fwknoprc"], format!("{}.fwknoprc", other.display()));
+    assert!(!out.contains(&knockgate_cli::profile::encode_key(&SPA_KEY)));
+}
+
+#[test]
+fn audit_prints_oldest_first_and_follows() {
+    let ctl = Controller::start("127.0.0.1");
+    let table = ctl.ok(&["audit", "--kind", "spa", "--since", "1h"]);
+    let ids: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split(' ').next().unwrap_or_default())
+        .collect();
+    assert_eq!(ids, ["1", "2"], "{table}");
+    assert!(table.starts_with("ID  TIME"), "{table}");
+    assert!(table.contains("n=1"), "{table}");
+    let q = ctl.fake.audit_queries.lock().expect("lock")[0].clone();
+    assert_eq!((q.kind.as_str(), q.limit, q.after_id), ("spa", 100, 0));
+    assert!(q.since_unix_ms > 0);
+
+    let json: serde_json::Value =
+        serde_json::from_str(&ctl.ok(&["-o", "json", "audit"])).expect("json");
+    assert_eq!(json.as_array().map(Vec::len), Some(3));
+    assert_eq!(json[0]["detail"]["n"], 1);
+
+    let mut child = ctl
+        .command(
+            &ctl.identity,
+            &["-o", "json", "audit", "--follow", "--limit", "2"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut next_id = || -> i64 {
+        let line = lines.next().expect("a line").expect("utf-8");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("one object per line");
+        v["id"].as_i64().expect("id")
+    };
+    assert_eq!([next_id(), next_id(), next_id()], [1, 2, 3]);
+    ctl.fake
+        .events
+        .lock()
+        .expect("lock")
+        .push(event(4, "knock.sequence"));
+    assert_eq!(next_id(), 4);
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "Ctrl-C ends --follow cleanly: {out:?}"
+    );
+    let after: Vec<i64> = ctl
+        .fake
+        .audit_queries
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|q| q.after_id)
+        .collect();
+    assert!(
+        after.windows(2).all(|w| w[0] <= w[1]),
+        "after_id only moves on: {after:?}"
+    );
+
+    // A reader that goes away ends --follow quietly.
+    let mut child = ctl
+        .command(&ctl.identity, &["audit", "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut header = String::new();
+    stdout.read_line(&mut header).expect("header");
+    assert!(header.starts_with("ID  TIME"), "{header}");
+    drop(stdout);
+    ctl.fake
+        .events
+        .lock()
+        .expect("lock")
+        .push(event(5, "knock.sequence"));
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+}
+
+#[test]
+fn small_verbs() {
+    let ctl = Controller::start("127.0.0.1");
+    assert_eq!(ctl.ok(&["agent", "revoke", "gw1"]), "agent gw1 revoked\n");
+    assert_eq!(ctl.ok(&["user", "remove", "alice"]), "user alice removed\n");
+    assert!(
+        ctl.ok(&["user", "disable", "alice"])
+            .contains("status:      disabled")
+    );
+    assert!(
+        ctl.ok(&["user", "enable", "alice"])
+            .contains("status:      active")
+    );
+    assert_eq!(
+        ctl.ok(&["grant", "revoke", "--user", "alice"]),
+        "revoked 3 grants\n"
+    );
+    assert_eq!(ctl.ok(&["grant", "revoke", "5"]), "grant 5 revoked\n");
+    assert_eq!(
+        ctl.ok(&["-o", "json", "grant", "revoke", "5"]),
+        "{\n  \"revoked\": 1\n}\n"
+    );
+    assert_eq!(
+        ctl.ok(&["grant", "list", "--all"]),
+        "ID  AGENT  USER  SRC  ACCESS  POLICY  OPENED  EXPIRES  STATE\n"
+    );
+    assert_eq!(ctl.ok(&["-o", "json", "policy", "list"]), "[]\n");
+    let out = ctl.ok(&[
+        "policy",
+        "add",
+        "ssh",
+        "--open",
+        "tcp/22",
+        "--groups",
+        "ops",
+        "--agents",
+        "role=edge",
+        "--spa",
+    ]);
+    assert!(out.starts_with("policy ssh added\nname:"), "{out}");
+    assert!(out.contains("agents:        role=edge"), "{out}");
+    assert!(out.contains("one-time keys: -"), "{out}");
+    let out = ctl.ok(&["user", "add", "carol"]);
+    assert!(out.contains("profile:     not saved"), "{out}");
+    // The controller issued keys but they cannot be saved: say how to recover.
+    let nowhere = ctl.dir.path().join("no-such-dir").join("dave.toml");
+    let id = ctl.identity.clone();
+    ctl.fails(&id, &["user", "add", "dave", "--profile-out", nowhere.to_str().expect("utf-8")], 1,
+        "user dave has new keys but the profile could not be saved (issue new ones with 'knockadm user rotate-keys dave --profile-out FILE'): cannot write");
+    let users = ctl.ok(&["user", "list"]);
+    assert!(users.starts_with("NAME   GROUPS  STATUS"), "{users}");
+}
