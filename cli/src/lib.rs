@@ -8,6 +8,7 @@
 //! - [`spa`]: native SPA packets: sealing ([`build_spa`]) and sending ([`send_spa`]).
 //! - [`keyfile`]: reading and writing native SPA key files.
 //! - [`profile`]: the knocker profile knockadm writes and `knocker open` reads.
+//! - [`otk`]: the one-time key counter kept beside a profile.
 //! - [`cmd`]: one module per `knocker` subcommand (clap arguments and `run`).
 //! - [`admin`]: `knockadm`: the controller connection, one module per noun,
 //!   and table/JSON output.
@@ -20,6 +21,7 @@ pub mod cmd;
 pub mod icmp;
 pub mod keyfile;
 pub mod knock;
+pub mod otk;
 pub mod profile;
 pub mod resolve;
 pub mod spa;

@@ -14,7 +14,21 @@
 //! [[gateway]]
 //! name = "gw1"
 //! address = "203.0.113.7"  # host, IP, or host:port
+//!
+//! [[gateway.rotating]]     # one per rotating policy admitting the user there
+//! policy = "ssh"
+//! length = 4
+//! protos = "both"          # tcp, udp or both
+//! port_lo = 20000
+//! port_hi = 60000
+//! window_secs = 30
+//! exclude = [22]           # the gateway's protected ports
 //! ```
+//!
+//! The `[[gateway.rotating]]` entries (`profile/rotation.rs`) are copied from the
+//! controller, which derives the agents' sequences with exactly these settings;
+//! profiles written before them still read. One-time keys keep their counter
+//! beside the profile (`crate::otk`).
 //!
 //! Both files hold secrets: they are created with mode 0600 and never
 //! overwritten. No error here carries a key.
@@ -33,8 +47,10 @@ use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
 mod fwknoprc;
+mod rotation;
 
 pub use fwknoprc::{fwknoprc_path, render_fwknoprc, split_address};
+pub use rotation::ProfileRotation;
 
 /// Mode of the profile and rc files: readable by their owner only.
 pub const PROFILE_MODE: u32 = 0o600;
@@ -101,6 +117,9 @@ pub struct ProfileGateway {
     /// Where to send packets: a host name, an IP, or `host:port`.
     #[serde(default)]
     pub address: String,
+    /// The rotating policies admitting the user here, as the controller derives them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rotating: Vec<ProfileRotation>,
 }
 
 /// Why a profile could not be read, written or used.
@@ -163,6 +182,41 @@ pub enum ProfileError {
         field: &'static str,
         /// What needed it.
         purpose: &'static str,
+        /// The profile.
+        path: PathBuf,
+    },
+    /// The gateway entry has no `[[gateway.rotating]]` entry.
+    #[error(
+        "gateway '{gateway}' has no rotating policy in profile '{}' (none admitted you there          when it was written; 'knockadm user rotate-keys' writes a new one)",
+        path.display()
+    )]
+    NoRotation {
+        /// The gateway.
+        gateway: String,
+        /// The profile.
+        path: PathBuf,
+    },
+    /// No rotating entry of the gateway has that policy name.
+    #[error("no rotating policy '{policy}' at gateway '{gateway}' in profile '{}' (known: {})", path.display(), known_list(known))]
+    UnknownPolicy {
+        /// The policy asked for.
+        policy: String,
+        /// The gateway.
+        gateway: String,
+        /// The profile.
+        path: PathBuf,
+        /// The rotating policies the gateway entry does name.
+        known: Vec<String>,
+    },
+    /// A rotating entry is out of range.
+    #[error("profile '{}' has an invalid rotating policy '{policy}' at gateway '{gateway}': {reason}", path.display())]
+    BadRotation {
+        /// The policy.
+        policy: String,
+        /// The gateway.
+        gateway: String,
+        /// What is wrong.
+        reason: String,
         /// The profile.
         path: PathBuf,
     },
@@ -286,13 +340,18 @@ pub fn render_toml(profile: &Profile, path: &Path) -> Result<Zeroizing<String>, 
     Ok(text)
 }
 
-/// Fails when the profile or its rc file exists, so a caller can check
-/// before asking the controller for secrets it could not save.
+/// Fails when the profile, its rc file or a one-time key counter exists, so a
+/// caller can check before asking the controller for secrets it could not save
+/// (a counter left from an older secret would skip the new one's keys).
 ///
 /// # Errors
 /// [`ProfileError::Exists`] naming the file that exists.
 pub fn ensure_free(profile: &Path) -> Result<(), ProfileError> {
-    for path in [profile.to_owned(), fwknoprc_path(profile)] {
+    for path in [
+        profile.to_owned(),
+        fwknoprc_path(profile),
+        crate::otk::counter_path(profile),
+    ] {
         if path.symlink_metadata().is_ok() {
             return Err(ProfileError::Exists { path });
         }

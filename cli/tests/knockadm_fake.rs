@@ -209,6 +209,19 @@ fn user_add_writes_a_profile_knocker_opens_with() {
     .expect("keys");
     let req = fwknop::decode(&keys, &knocker("fwknop")).expect("fwknop decodes");
     assert_eq!((req.user.as_str(), req.client_timeout), ("alice", Some(60)));
+    // The rotating parameters the controller sent are in the profile, and the
+    // rotating secret makes one-time keys.
+    let text = std::fs::read_to_string(&profile).expect("profile");
+    assert!(
+        text.contains(
+            "[[gateway.rotating]]\npolicy = \"ssh\"\nlength = 4\nprotos = \"both\"\n\
+             port_lo = 20000\nport_hi = 60000\nwindow_secs = 30\nexclude = [22]\n"
+        ),
+        "{text}"
+    );
+    let otk0 = knockgate_proto::rotation::derive_otk(&[3; 32], 0);
+    let req = spa::open(&otk0, &knocker("otk")).expect("one-time key 0 opens");
+    assert_eq!((req.gateway.as_str(), req.duration_secs), ("gw1", 60));
 
     // JSON never carries keys either.
     let other = ctl.dir.path().join("bob.toml");

@@ -233,9 +233,15 @@ fn clear_errors() {
     for method in ["rotating", "otk"] {
         assert_usage(
             &["open", "gw1", "--profile", prof, "--method", method],
-            &[&format!("--method {method} is not supported yet")],
+            &[&format!(
+                "has no rotating_secret (needed for --method {method})"
+            )],
         );
     }
+    assert_usage(
+        &["open", "gw1", "--profile", prof, "--policy", "ssh"],
+        &["--policy does not apply to --method spa"],
+    );
     assert_usage(
         &[
             "open",

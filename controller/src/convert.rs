@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use knockgate_proto::rotation::Protos;
 use knockgate_proto::spa::SpaKey;
 use knockgate_proto::{Access, Proto, api};
 
 use crate::error::ServiceError;
 use crate::name::{AgentName, PolicyName, UserName};
-use crate::policy::{InvalidPolicy, PolicyDef, RawPolicy, validate_label};
+use crate::policy::{InvalidPolicy, PolicyDef, RawPolicy, Rotation, validate_label};
 use crate::store::{
     Agent, AuditEvent, AuditFilter, AuditId, Grant, GrantFilter, NewOtkClaim, RevokeTarget,
     Timestamp, User,
@@ -235,6 +236,29 @@ pub fn credentials_to_api(u: &User, gateways: Vec<api::GatewayAddress>) -> api::
         fwknop_hmac: u.keys.fwknop_hmac.clone(),
         rotating_secret: u.keys.rotating_secret.to_vec(),
         gateways,
+    }
+}
+
+/// A rotating policy's effective settings at a gateway protecting `exclude`
+/// → wire, for the user's profile.
+pub fn gateway_rotation_to_api(
+    policy: &PolicyName,
+    r: &Rotation,
+    exclude: &[u16],
+) -> api::GatewayRotation {
+    api::GatewayRotation {
+        policy: policy.to_string(),
+        length: u32::from(r.length),
+        protos: match r.protos {
+            Protos::Tcp => "tcp",
+            Protos::Udp => "udp",
+            Protos::Both => "both",
+        }
+        .to_owned(),
+        port_lo: u32::from(r.port_lo),
+        port_hi: u32::from(r.port_hi),
+        window_secs: r.window_secs,
+        exclude: exclude.iter().copied().map(u32::from).collect(),
     }
 }
 

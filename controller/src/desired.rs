@@ -5,11 +5,11 @@
 
 pub mod material;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use knockgate_proto::api;
 
-use crate::convert::access_to_api;
+use crate::convert::{access_to_api, gateway_rotation_to_api};
 use crate::policy::PolicyDef;
 use crate::store::{Agent, User};
 pub use material::Material;
@@ -162,6 +162,9 @@ pub fn delta(old: &AgentView, new: &AgentView, base: u64, version: u64) -> api::
 /// usually added before the policies that admit them, and the keys in a profile are only
 /// ever handed out once, so the profile must already know the gateways it may be let into
 /// later; being listed opens nothing.
+///
+/// Each gateway carries the rotating policies there that admit `user`, with the settings
+/// and excluded ports [`material`] derives with, so the client computes the same sequences.
 pub fn gateways(user: &User, agents: &[Agent], policies: &[PolicyDef]) -> Vec<api::GatewayAddress> {
     let admits = |a: &Agent| {
         policies
@@ -178,6 +181,36 @@ pub fn gateways(user: &User, agents: &[Agent], policies: &[PolicyDef]) -> Vec<ap
         .map(|a| api::GatewayAddress {
             name: a.name.to_string(),
             address: a.address.clone().unwrap_or_default(),
+            rotating: rotations(user, &a.labels, policies),
+        })
+        .collect()
+}
+
+/// The rotating policies selecting an agent with `labels` that admit `user`, by name.
+fn rotations(
+    user: &User,
+    labels: &BTreeMap<String, String>,
+    policies: &[PolicyDef],
+) -> Vec<api::GatewayRotation> {
+    let selected: BTreeMap<&str, &PolicyDef> = policies
+        .iter()
+        .filter(|p| p.agents.matches(labels))
+        .map(|p| (p.name.as_str(), p))
+        .collect();
+    // As `material::Deriver` excludes them: every protected port at the gateway.
+    let exclude: Vec<u16> = selected
+        .values()
+        .flat_map(|p| p.open.iter().map(|a| a.port))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    selected
+        .values()
+        .filter(|p| p.admits(user))
+        .filter_map(|p| {
+            p.rotating
+                .as_ref()
+                .map(|r| gateway_rotation_to_api(&p.name, r, &exclude))
         })
         .collect()
 }
@@ -185,8 +218,6 @@ pub fn gateways(user: &User, agents: &[Agent], policies: &[PolicyDef]) -> Vec<ap
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use std::collections::BTreeSet;
-
     use super::*;
     use crate::name::UserName;
     use crate::policy::RawPolicy;
@@ -300,6 +331,91 @@ mod tests {
         );
         assert_eq!(full(&after, 6).policies.len(), 2);
         assert!(!empty.material_changed && empty.one_time_keys.is_empty());
+    }
+
+    fn agent(name: &str, l: &[(&str, &str)]) -> Agent {
+        Agent {
+            name: crate::name::AgentName::new(name).unwrap(),
+            labels: labels(l),
+            address: Some("192.0.2.1".into()),
+            address_pinned: false,
+            created_at: Timestamp::from_unix_millis(0),
+            enrolled_at: None,
+            cert_fingerprint: None,
+            revoked_at: None,
+            last_seen: None,
+            applied_version: crate::store::ConfigVersion(0),
+            connected: false,
+        }
+    }
+
+    #[test]
+    fn gateways_carry_what_the_agent_derives_with() {
+        let alice = user("alice", &[], false);
+        let rotating = |name: &str, open: &str, agents: &str, protos: &str| {
+            let raw = RawPolicy {
+                open: vec![open.into()],
+                users: vec!["alice".into()],
+                agents: agents.into(),
+                timeout_secs: 30,
+                rotating: true,
+                rotating_protos: protos.into(),
+                ..RawPolicy::default()
+            };
+            PolicyDef::validate(name, raw).unwrap()
+        };
+        let policies = [
+            rotating("web", "tcp/443", "role=edge", "udp"),
+            rotating("core", "tcp/8443", "role=core", ""),
+            policy("ssh", &["bob"], &[], "", true, false),
+            rotating("rdp", "udp/3389", "role=edge", ""),
+        ];
+        let agents = [agent("gw1", &[("role", "edge")]), agent("gw2", &[])];
+        let gws = gateways(&alice, &agents, &policies);
+        assert_eq!(gws[0].name, "gw1");
+        let names: Vec<&str> = gws[0].rotating.iter().map(|r| r.policy.as_str()).collect();
+        assert_eq!(names, ["rdp", "web"], "by name, only those selecting gw1");
+        let web = &gws[0].rotating[1];
+        assert_eq!(
+            (web.length, web.protos.as_str(), web.port_lo, web.port_hi),
+            (4, "udp", 20_000, 60_000)
+        );
+        assert_eq!(web.window_secs, 30);
+        // Every open port at gw1, including a policy that does not admit alice.
+        assert_eq!(web.exclude, [22, 443, 3389]);
+        assert_eq!(gws[0].rotating[0].protos, "both");
+        assert!(
+            gws[1].rotating.is_empty(),
+            "gw2: no rotating policy selects it"
+        );
+
+        let gw1 = &agents[0];
+        let inputs = material::Inputs {
+            gateway: &gw1.name,
+            labels: &gw1.labels,
+            policies: &policies,
+            users: std::slice::from_ref(&alice),
+            claimed: &BTreeMap::new(),
+        };
+        let now = Timestamp::from_unix_millis(1_800_000_000_000);
+        let (m, _) = material::Deriver::default().derive(&inputs, now);
+        let params = knockgate_proto::rotation::RotationParams {
+            length: 4,
+            protos: knockgate_proto::rotation::Protos::Udp,
+            port_lo: 20_000,
+            port_hi: 60_000,
+            exclude: web
+                .exclude
+                .iter()
+                .map(|p| u16::try_from(*p).unwrap())
+                .collect(),
+            window_secs: web.window_secs,
+        };
+        let w = 60_000_000;
+        assert_eq!(
+            m.rotating[&("alice".into(), "web".into(), w)],
+            knockgate_proto::rotation::derive_sequence(&[4; 32], "gw1", w, &params).unwrap()
+        );
     }
 
     #[test]

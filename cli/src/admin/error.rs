@@ -91,9 +91,9 @@ pub enum AdminError {
     ProfileLost {
         /// The user.
         user: String,
-        /// Why the write failed.
+        /// Why the write failed (boxed: keeps every `AdminError` small).
         #[source]
-        source: ProfileError,
+        source: Box<ProfileError>,
     },
     /// Output could not be written (exit 1).
     #[error("failed to write to stdout")]

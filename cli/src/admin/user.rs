@@ -14,7 +14,7 @@ use super::args::parse_name;
 use super::output::{Table, rfc3339, time_cell, write_fields, write_json};
 use super::{AdminError, Ctx, Format, Subject};
 use crate::profile::{
-    Profile, ProfileGateway, ProfileUser, encode_key, ensure_free, write_profile,
+    Profile, ProfileGateway, ProfileRotation, ProfileUser, encode_key, ensure_free, write_profile,
 };
 
 /// `knockadm user …`.
@@ -301,6 +301,19 @@ pub fn profile_from(name: &str, creds: &UserCredentials) -> Profile {
             .map(|g| ProfileGateway {
                 name: g.name.clone(),
                 address: g.address.clone(),
+                rotating: g
+                    .rotating
+                    .iter()
+                    .map(|r| ProfileRotation {
+                        policy: r.policy.clone(),
+                        length: r.length,
+                        protos: r.protos.clone(),
+                        port_lo: r.port_lo,
+                        port_hi: r.port_hi,
+                        window_secs: r.window_secs,
+                        exclude: r.exclude.clone(),
+                    })
+                    .collect(),
             })
             .collect(),
     }
@@ -342,7 +355,7 @@ fn save_and_print(
             Some(
                 write_profile(path, &profile).map_err(|source| AdminError::ProfileLost {
                     user: name.to_owned(),
-                    source,
+                    source: Box::new(source),
                 })?,
             )
         }

@@ -37,7 +37,8 @@ enum Command {
     /// Generate a native SPA key: print it, or write it to a 0600 file
     Keygen(cmd::keygen::KeygenArgs),
     /// Ask a gateway from your knockgate profile to open access for you
-    /// (native SPA, or fwknop's packet format)
+    /// (native SPA, fwknop's packet format, a one-time key or a rotating
+    /// knock sequence)
     Open(cmd::open::OpenArgs),
 }
 

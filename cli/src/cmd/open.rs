@@ -1,22 +1,29 @@
 //! `knocker open GATEWAY --profile FILE`: ask one gateway of a knockadm-written
-//! profile to open access, with a native SPA packet (default) or a packet in
-//! the stock fwknop client's format.
+//! profile to open access, with a native SPA packet (default), a packet in the
+//! stock fwknop client's format, a native SPA packet under a one-time key, or
+//! the rotating knock sequence of the current window (`open/rotating.rs`).
+
+mod rotating;
 
 use std::io::{self, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use clap::{Args, ValueEnum, value_parser};
 use knockgate_proto::fwknop::{self, DigestType, FwknopEncodeError, FwknopRequest, msg_type};
+use knockgate_proto::rotation::derive_otk;
 use knockgate_proto::spa::{MAX_ACCESS, SealError};
 use knockgate_proto::{Access, unix_secs};
 use rand::TryRng as _;
 use rand::rngs::{SysError, SysRng};
 
+use super::knock::parse_delay;
 use super::spa::{parse_access, parse_timeout};
 use super::{CommandError, EXIT_FAILURE, EXIT_USAGE};
-use crate::profile::{ProfileError, read_profile, split_address};
+use crate::knock::KnockError;
+use crate::otk::{self, CounterError};
+use crate::profile::{Profile, ProfileError, ProfileGateway, read_profile, split_address};
 use crate::resolve::{Family, ResolveError, resolve_host};
 use crate::spa::{BuildSpaError, DEFAULT_SPA_PORT, SendSpaError, build_spa, send_spa};
 
@@ -35,9 +42,11 @@ pub enum Method {
     /// The stock fwknop client's packet (Rijndael + HMAC), with the profile's
     /// fwknop keys
     Fwknop,
-    /// A rotating knock sequence (not supported yet)
+    /// The current window's rotating knock sequence, derived from the
+    /// profile's rotating_secret
     Rotating,
-    /// Native SPA with a one-time key (not supported yet)
+    /// Native SPA under the next one-time key (derived from the profile's
+    /// rotating_secret; the counter is kept in FILE.otk)
     Otk,
 }
 
@@ -56,11 +65,22 @@ impl Method {
 #[derive(Debug, Clone, Args)]
 #[command(after_help = "\
 The profile is the file 'knockadm user add --profile-out FILE' wrote; it holds
-your keys and the address of every gateway you may use.
+your keys, the address of every gateway you may use and the settings of its
+rotating policies.
+
+--method otk uses each one-time key once: the number of the next one is kept in
+FILE.otk (created at 0), moved on before the packet is sent. A key reserved but
+never sent is simply skipped: gateways hold the next several keys after the last
+one used, so a client that skipped ahead is still let in.
+
+--method rotating sends the current window's sequence; if the window is about to
+end, it waits for the next one so the sequence does not straddle the boundary.
 
 Examples:
   knocker open gw1 --profile ~/.config/knockgate/alice.toml
-  knocker open gw1 --profile alice.toml --method fwknop -A tcp/22,udp/51820 -t 10m")]
+  knocker open gw1 --profile alice.toml --method fwknop -A tcp/22,udp/51820 -t 10m
+  knocker open gw1 --profile alice.toml --method otk -A tcp/22 -t 60s
+  knocker open gw1 --profile alice.toml --method rotating --policy ssh --verbose")]
 pub struct OpenArgs {
     /// Gateway to open, by its name in the profile
     #[arg(value_name = "GATEWAY")]
@@ -75,19 +95,31 @@ pub struct OpenArgs {
     pub method: Method,
 
     /// Access to open: tcp/PORT or udp/PORT. Repeat the flag or separate
-    /// entries with commas (at most 16)
+    /// entries with commas (at most 16). Default: tcp/22. Not with rotating:
+    /// its policy says what opens
     #[arg(short = 'A', long, value_name = "PROTO/PORT", value_delimiter = ',',
-          default_value = "tcp/22", value_parser = parse_access)]
+          value_parser = parse_access)]
     pub access: Vec<Access>,
 
     /// How long to keep access open: 30s, 10m, … (a bare number is seconds).
-    /// Default: the gateway policy's duration
+    /// Default: the gateway policy's duration. Not with rotating
     #[arg(short, long, value_name = "DURATION", value_parser = parse_timeout)]
     pub timeout: Option<u32>,
 
-    /// UDP port to send to. Default: the port in the gateway's address, else 62201
+    /// UDP port to send SPA to. Default: the port in the gateway's address,
+    /// else 62201. Not with rotating
     #[arg(short, long, value_name = "PORT", value_parser = value_parser!(u16).range(1..))]
     pub port: Option<u16>,
+
+    /// Rotating only: the rotating policy to knock for, by name. Default: the
+    /// gateway's first in the profile
+    #[arg(long, value_name = "NAME")]
+    pub policy: Option<String>,
+
+    /// Rotating only: wait this long between two knocks: 50ms, 1s, … (a bare
+    /// number is milliseconds). Default: 20ms
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_delay)]
+    pub delay: Option<Duration>,
 
     /// Send over IPv4 only
     #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
@@ -108,9 +140,14 @@ pub enum OpenCmdError {
     /// The profile is unreadable, names no such gateway, or lacks a key (exit 64).
     #[error(transparent)]
     Profile(#[from] ProfileError),
-    /// A method reserved for later (exit 64).
-    #[error("--method {} is not supported yet (use spa or fwknop)", .0.name())]
-    Unsupported(Method),
+    /// A flag given with a method it does not apply to (exit 64).
+    #[error("{flag} does not apply to --method {}", .method.name())]
+    FlagNotForMethod {
+        /// The flag, as typed in its long form.
+        flag: &'static str,
+        /// The method chosen.
+        method: Method,
+    },
     /// More `--access` entries than one packet carries (exit 64).
     #[error("too many --access entries: {0} (at most {MAX_ACCESS})")]
     TooManyAccess(usize),
@@ -128,6 +165,13 @@ pub enum OpenCmdError {
     /// The native packet could not be built (exit 64 for a bad request, else 1).
     #[error(transparent)]
     Build(#[from] BuildSpaError),
+    /// No one-time key number could be reserved (exit 64 when the counter file
+    /// does not hold a number, else 1).
+    #[error(transparent)]
+    Counter(#[from] CounterError),
+    /// A rotating knock could not be sent (exit 1).
+    #[error(transparent)]
+    Knock(#[from] KnockError),
     /// The fwknop packet could not be built (exit 64).
     #[error("cannot build the fwknop packet")]
     Fwknop(#[source] FwknopEncodeError),
@@ -145,8 +189,9 @@ pub enum OpenCmdError {
 impl CommandError for OpenCmdError {
     fn exit_code(&self) -> u8 {
         match self {
+            OpenCmdError::Counter(err) if err.is_corrupt() => EXIT_USAGE,
             OpenCmdError::Profile(_)
-            | OpenCmdError::Unsupported(_)
+            | OpenCmdError::FlagNotForMethod { .. }
             | OpenCmdError::TooManyAccess(_)
             | OpenCmdError::FwknopTimeout
             | OpenCmdError::FwknopUser(_)
@@ -154,6 +199,8 @@ impl CommandError for OpenCmdError {
             | OpenCmdError::Fwknop(_)
             | OpenCmdError::Build(BuildSpaError::Seal(SealError::Invalid(_))) => EXIT_USAGE,
             OpenCmdError::Build(_)
+            | OpenCmdError::Counter(_)
+            | OpenCmdError::Knock(_)
             | OpenCmdError::Random(_)
             | OpenCmdError::Send(_)
             | OpenCmdError::Output(_) => EXIT_FAILURE,
@@ -171,18 +218,10 @@ impl OpenArgs {
         }
     }
 
-    /// Reads the profile, resolves the gateway, then builds and sends one
-    /// packet; with `--verbose`, writes one line to `out`.
+    /// Reads the profile, resolves the gateway, then sends one packet or the
+    /// rotating sequence; with `--verbose`, writes what was sent to `out`.
     pub fn run(&self, out: &mut dyn Write) -> Result<(), OpenCmdError> {
-        if matches!(self.method, Method::Rotating | Method::Otk) {
-            return Err(OpenCmdError::Unsupported(self.method));
-        }
-        let mut access = self.access.clone();
-        access.sort_unstable();
-        access.dedup();
-        if access.len() > MAX_ACCESS {
-            return Err(OpenCmdError::TooManyAccess(access.len()));
-        }
+        self.check_flags()?;
         let profile = read_profile(&self.profile)?;
         let gateway = profile.gateway(&self.gateway, &self.profile)?;
         let (host, address_port) = split_address(&gateway.address);
@@ -193,7 +232,69 @@ impl OpenArgs {
             }
             .into());
         }
-        let port = self.port.or(address_port).unwrap_or(DEFAULT_SPA_PORT);
+        match self.method {
+            Method::Rotating => rotating::run(self, &profile, gateway, host, out),
+            Method::Spa | Method::Fwknop | Method::Otk => {
+                let port = self.port.or(address_port).unwrap_or(DEFAULT_SPA_PORT);
+                self.send_packet(&profile, gateway, host, port, out)
+            }
+        }
+    }
+
+    /// Refuses flags that mean nothing to the chosen method, rather than
+    /// ignoring what the user asked for.
+    fn check_flags(&self) -> Result<(), OpenCmdError> {
+        let rotating = self.method == Method::Rotating;
+        let misplaced = [
+            ("--access", rotating && !self.access.is_empty()),
+            ("--timeout", rotating && self.timeout.is_some()),
+            ("--port", rotating && self.port.is_some()),
+            ("--policy", !rotating && self.policy.is_some()),
+            ("--delay", !rotating && self.delay.is_some()),
+        ];
+        match misplaced.iter().find(|(_, bad)| *bad) {
+            Some((flag, _)) => Err(OpenCmdError::FlagNotForMethod {
+                flag,
+                method: self.method,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The access asked for, sorted and deduplicated (tcp/22 when none).
+    fn access(&self) -> Result<Vec<Access>, OpenCmdError> {
+        let mut access = self.access.clone();
+        if access.is_empty() {
+            access.push(Access::tcp(22));
+        }
+        access.sort_unstable();
+        access.dedup();
+        if access.len() > MAX_ACCESS {
+            return Err(OpenCmdError::TooManyAccess(access.len()));
+        }
+        Ok(access)
+    }
+
+    /// One SPA packet (native, one-time key or fwknop) to `host:port`.
+    fn send_packet(
+        &self,
+        profile: &Profile,
+        gateway: &ProfileGateway,
+        host: &str,
+        port: u16,
+        out: &mut dyn Write,
+    ) -> Result<(), OpenCmdError> {
+        let access = self.access()?;
+        let native = |key: &_| {
+            build_spa(
+                key,
+                &gateway.name,
+                access.clone(),
+                None,
+                self.timeout.unwrap_or(0),
+                SystemTime::now(),
+            )
+        };
         // Keys are checked before DNS so a broken profile fails fast.
         let (packet, target, what) = match self.method {
             Method::Fwknop => {
@@ -202,18 +303,20 @@ impl OpenArgs {
                 let wire = self.fwknop_packet(&profile.user.name, &keys, &access)?;
                 (wire.into_bytes(), target, "fwknop SPA".to_owned())
             }
-            _ => {
+            Method::Otk => {
+                let secret = profile.rotating_secret("--method otk", &self.profile)?;
+                let target = SocketAddr::new(resolve_host(host, self.family())?, port);
+                // Moved on before anything is sent: this key is never used again.
+                let counter = otk::reserve(&self.profile)?;
+                let key = derive_otk(&secret, counter);
+                let what = format!("one-time SPA (key {counter}, key id {})", key.id());
+                (native(&key)?, target, what)
+            }
+            // `run` sends rotating sequences elsewhere; only Spa gets here.
+            Method::Spa | Method::Rotating => {
                 let key = profile.spa_key(&self.profile)?;
                 let target = SocketAddr::new(resolve_host(host, self.family())?, port);
-                let packet = build_spa(
-                    &key,
-                    &gateway.name,
-                    access.clone(),
-                    None,
-                    self.timeout.unwrap_or(0),
-                    SystemTime::now(),
-                )?;
-                (packet, target, format!("SPA (key id {})", key.id()))
+                (native(&key)?, target, format!("SPA (key id {})", key.id()))
             }
         };
         send_spa(target, &packet)?;
@@ -291,86 +394,4 @@ fn fwknop_user_ok(user: &str) -> bool {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests unwrap by design
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(flatten)]
-        open: OpenArgs,
-    }
-
-    fn parse(extra: &[&str]) -> Result<OpenArgs, clap::Error> {
-        let base = ["knocker", "gw1", "--profile", "p.toml"];
-        Cli::try_parse_from(base.iter().chain(extra)).map(|c| c.open)
-    }
-
-    #[test]
-    fn defaults() {
-        let args = parse(&[]).unwrap();
-        assert_eq!(args.gateway, "gw1");
-        assert_eq!(args.profile, PathBuf::from("p.toml"));
-        assert_eq!(args.method, Method::Spa);
-        assert_eq!(args.access, vec![Access::tcp(22)]);
-        assert_eq!(args.timeout, None);
-        assert_eq!(args.port, None);
-        assert_eq!(args.family(), Family::Any);
-    }
-
-    #[test]
-    fn flags() {
-        let args = parse(&[
-            "-m",
-            "fwknop",
-            "-A",
-            "tcp/22,udp/53",
-            "-t",
-            "60s",
-            "-p",
-            "4000",
-            "-4",
-            "-v",
-        ])
-        .unwrap();
-        assert_eq!(args.method, Method::Fwknop);
-        assert_eq!(args.access, vec![Access::tcp(22), Access::udp(53)]);
-        assert_eq!(args.timeout, Some(60));
-        assert_eq!(args.port, Some(4000));
-        assert_eq!(args.family(), Family::V4);
-        assert!(args.verbose);
-        for bad in [
-            &["-m", "knock"][..],
-            &["-A", "sctp/1"],
-            &["-p", "0"],
-            &["-t", "x"],
-        ] {
-            assert!(parse(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn later_methods_are_refused_clearly() {
-        for method in ["rotating", "otk"] {
-            let args = parse(&["--method", method]).unwrap();
-            let err = args.run(&mut Vec::new()).unwrap_err();
-            assert_eq!(err.exit_code(), EXIT_USAGE);
-            assert_eq!(
-                err.to_string(),
-                format!("--method {method} is not supported yet (use spa or fwknop)")
-            );
-        }
-    }
-
-    #[test]
-    fn fwknop_user_names() {
-        assert!(fwknop_user_ok("alice"));
-        assert!(fwknop_user_ok("a.b-c_d"));
-        assert!(fwknop_user_ok(&"a".repeat(48)));
-        for bad in ["", "a:b", "a/b", "a,b", "a=b", "é"] {
-            assert!(!fwknop_user_ok(bad), "{bad}");
-        }
-        assert!(!fwknop_user_ok(&"a".repeat(49)));
-    }
-}
+mod tests;

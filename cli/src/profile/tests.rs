@@ -5,6 +5,8 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 
+use knockgate_proto::rotation::{Protos, RotationParams};
+
 use super::*;
 
 const SPA: [u8; 32] = [7; 32];
@@ -23,12 +25,26 @@ fn profile() -> Profile {
             ProfileGateway {
                 name: "gw1".into(),
                 address: "203.0.113.7".into(),
+                rotating: vec![rotation("ssh", "both"), rotation("web", "udp")],
             },
             ProfileGateway {
                 name: "gw2".into(),
                 address: "[2001:db8::2]:4000".into(),
+                rotating: vec![],
             },
         ],
+    }
+}
+
+fn rotation(policy: &str, protos: &str) -> ProfileRotation {
+    ProfileRotation {
+        policy: policy.into(),
+        length: 4,
+        protos: protos.into(),
+        port_lo: 20000,
+        port_hi: 60000,
+        window_secs: 30,
+        exclude: vec![22, 443],
     }
 }
 
@@ -58,6 +74,132 @@ fn write_then_read_round_trips_with_mode_0600() {
     assert!(
         text.contains("[[gateway]]\nname = \"gw1\"\naddress = \"203.0.113.7\""),
         "{text}"
+    );
+    assert!(
+        text.contains(
+            "[[gateway.rotating]]\npolicy = \"ssh\"\nlength = 4\nprotos = \"both\"\n\
+             port_lo = 20000\nport_hi = 60000\nwindow_secs = 30\nexclude = [22, 443]\n"
+        ),
+        "{text}"
+    );
+    assert_eq!(text.matches("[[gateway.rotating]]").count(), 2, "{text}");
+}
+
+#[test]
+fn rotating_entries_and_secret_are_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("alice.toml");
+    write_profile(&path, &profile()).unwrap();
+    let p = read_profile(&path).unwrap();
+    assert_eq!(*p.rotating_secret("x", &path).unwrap(), [3; 32]);
+    let gw1 = p.gateway("gw1", &path).unwrap();
+    let (entry, params) = p.rotation(gw1, None, &path).unwrap();
+    assert_eq!(entry.policy, "ssh", "the first entry by default");
+    assert_eq!(
+        params,
+        RotationParams {
+            exclude: vec![22, 443],
+            ..RotationParams::default()
+        }
+    );
+    let (entry, params) = p.rotation(gw1, Some("web"), &path).unwrap();
+    assert_eq!((entry.policy.as_str(), params.protos), ("web", Protos::Udp));
+    let err = p.rotation(gw1, Some("rdp"), &path).unwrap_err().to_string();
+    assert!(
+        err.starts_with("no rotating policy 'rdp' at gateway 'gw1' in profile '")
+            && err.ends_with("(known: ssh, web)"),
+        "{err}"
+    );
+    let gw2 = p.gateway("gw2", &path).unwrap();
+    let err = p.rotation(gw2, None, &path).unwrap_err().to_string();
+    assert!(
+        err.contains("gateway 'gw2' has no rotating policy"),
+        "{err}"
+    );
+}
+
+#[test]
+fn profiles_without_rotating_entries_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.toml");
+    // As knockadm wrote profiles before the rotating entries existed.
+    std::fs::write(
+        &path,
+        format!(
+            "# knockgate profile for alice: keep it secret.\n\n[user]\nname = \"alice\"\n\
+             spa_key = \"{}\"\nrotating_secret = \"{}\"\n\n\
+             [[gateway]]\nname = \"gw1\"\naddress = \"203.0.113.7\"\n",
+            encode_key(&SPA),
+            encode_key(&[3; 32])
+        ),
+    )
+    .unwrap();
+    let p = read_profile(&path).unwrap();
+    let gw1 = p.gateway("gw1", &path).unwrap();
+    assert!(gw1.rotating.is_empty());
+    assert!(p.spa_key(&path).is_ok());
+    assert!(matches!(
+        p.rotation(gw1, None, &path),
+        Err(ProfileError::NoRotation { .. })
+    ));
+    // Written back, the gateway still has no rotating table.
+    let again = dir.path().join("again.toml");
+    write_profile(&again, &p).unwrap();
+    let text = std::fs::read_to_string(&again).unwrap();
+    assert!(!text.contains("rotating]]"), "{text}");
+    assert_eq!(read_profile(&again).unwrap(), p);
+}
+
+#[test]
+fn bad_rotating_entries_name_the_field() {
+    let path = Path::new("a.toml");
+    for (edit, want) in [
+        (
+            (|r: &mut ProfileRotation| r.length = 17) as fn(&mut ProfileRotation),
+            "length 17 is not in 1..=16",
+        ),
+        (|r| r.protos = "icmp".into(), "protos \"icmp\""),
+        (|r| r.port_lo = 70_000, "port_lo 70000 is not in 1..=65535"),
+        (|r| r.port_hi = 100, "port_hi 100 is below port_lo 20000"),
+        (|r| r.window_secs = 0, "window_secs must be greater than 0"),
+        (|r| r.exclude = vec![0], "exclude 0 is not in 1..=65535"),
+    ] {
+        let mut p = profile();
+        edit(&mut p.gateways[0].rotating[0]);
+        let err = p
+            .rotation(&p.gateways[0], None, path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "profile 'a.toml' has an invalid rotating policy 'ssh' at gateway 'gw1': "
+            ) && err.contains(want),
+            "{err} (wanted {want})"
+        );
+    }
+}
+
+#[test]
+fn rotating_secret_errors_never_show_it() {
+    let path = Path::new("a.toml");
+    let mut p = profile();
+    p.user.rotating_secret = Some(encode_key(&[3; 31]));
+    let err = p
+        .rotating_secret("--method otk", path)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("invalid rotating_secret: 31 bytes"), "{err}");
+    assert!(!err.contains(&encode_key(&[3; 31])), "{err}");
+    p.user.rotating_secret = Some("%%%".into());
+    assert!(p.rotating_secret("x", path).is_err());
+    p.user.rotating_secret = None;
+    let err = p
+        .rotating_secret("--method otk", path)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "profile 'a.toml' has no rotating_secret (needed for --method otk)"
     );
 }
 
@@ -102,6 +244,13 @@ fn refuses_to_overwrite_either_file() {
     let err = write_profile(&other, &profile()).unwrap_err();
     assert!(err.to_string().contains("q.toml.fwknoprc"), "{err}");
     assert!(!other.exists(), "nothing written when the rc file exists");
+
+    // A one-time key counter left from an older secret would skip the new keys.
+    let third = dir.path().join("r.toml");
+    std::fs::write(crate::otk::counter_path(&third), "7\n").unwrap();
+    let err = write_profile(&third, &profile()).unwrap_err();
+    assert!(err.to_string().contains("r.toml.otk"), "{err}");
+    assert!(!third.exists());
 }
 
 #[test]

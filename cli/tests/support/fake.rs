@@ -79,6 +79,15 @@ impl Fake {
             gateways: vec![GatewayAddress {
                 name: "gw1".into(),
                 address: self.gateway_address.clone(),
+                rotating: vec![GatewayRotation {
+                    policy: "ssh".into(),
+                    length: 4,
+                    protos: "both".into(),
+                    port_lo: 20000,
+                    port_hi: 60000,
+                    window_secs: 30,
+                    exclude: vec![22],
+                }],
             }],
         }))
     }

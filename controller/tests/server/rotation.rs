@@ -1,6 +1,8 @@
 //! Rotating sequences through the real server: policy validation, what each
 //! agent's config carries (only its admitted users, derived for its own name
-//! with its protected ports excluded) and the push at every window boundary.
+//! with its protected ports excluded), the push at every window boundary, and the
+//! per-gateway parameters in AddUser/RotateUserKeys credentials that let a client derive
+//! exactly what the agent is sent.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -208,4 +210,103 @@ pub async fn rotating_sequences(server: &Server) {
     let (lo, delta) = (now_window(), s1.next_material(Duration::from_secs(1)).await);
     assert!(delta.version > full.version);
     check(&delta, "gw1", &rotating_secret(&rotated), lo, now_window());
+    // Her new credentials carry what gw1 derives with, so her client derives the same.
+    let at_gw1 = &gateway(&rotated, "gw1").rotating;
+    assert_eq!(
+        at_gw1,
+        &[api::GatewayRotation {
+            policy: "rot".into(),
+            length: 4,
+            protos: "both".into(),
+            port_lo: 2200,
+            port_hi: 2300,
+            window_secs: WINDOW,
+            exclude: vec![22, 443, 2222],
+        }]
+    );
+    assert!(gateway(&rotated, "gw2").rotating.is_empty());
+    assert_derived_from(&delta, "alice", &rotated, "gw1");
+
+    // A user added once a rotating policy admits them gets it in AddUser's answer.
+    admin
+        .add_policy(api::PolicySpec {
+            groups: vec!["ops".into()],
+            rotating_protos: "udp".into(),
+            ..rotating("rot2", &[8443], &[], "role=core")
+        })
+        .await
+        .unwrap();
+    let dave = admin
+        .add_user(api::AddUserRequest {
+            name: "dave".into(),
+            groups: vec!["ops".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let at_gw2 = &gateway(&dave, "gw2").rotating;
+    assert_eq!(at_gw2.len(), 1);
+    assert_eq!(
+        (at_gw2[0].policy.as_str(), at_gw2[0].protos.as_str()),
+        ("rot2", "udp")
+    );
+    assert_eq!(at_gw2[0].exclude, [22, 443, 8443]);
+    assert!(gateway(&dave, "gw1").rotating.is_empty());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let pushed = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let c = s2.next_material(left).await;
+        if c.rotating.iter().any(|s| s.user == "dave") {
+            break c;
+        }
+    };
+    assert_derived_from(&pushed, "dave", &dave, "gw2");
+}
+
+fn gateway<'a>(creds: &'a api::UserCredentials, name: &str) -> &'a api::GatewayAddress {
+    creds
+        .gateways
+        .iter()
+        .find(|g| g.name == name)
+        .unwrap_or_else(|| panic!("no gateway {name} in {:?}", creds.gateways))
+}
+
+/// Asserts every sequence of `user` in `c` is what `derive_sequence` gives with the
+/// secret and the gateway's rotating parameters from `creds`, as a client derives it.
+fn assert_derived_from(c: &api::AgentConfig, user: &str, creds: &api::UserCredentials, gw: &str) {
+    let secret = rotating_secret(creds);
+    let mut seen = 0;
+    for r in &gateway(creds, gw).rotating {
+        let params = RotationParams {
+            length: u8::try_from(r.length).unwrap(),
+            protos: match r.protos.as_str() {
+                "tcp" => Protos::Tcp,
+                "udp" => Protos::Udp,
+                "both" => Protos::Both,
+                other => panic!("protos {other:?}"),
+            },
+            port_lo: u16::try_from(r.port_lo).unwrap(),
+            port_hi: u16::try_from(r.port_hi).unwrap(),
+            exclude: r
+                .exclude
+                .iter()
+                .map(|p| u16::try_from(*p).unwrap())
+                .collect(),
+            window_secs: r.window_secs,
+        };
+        for (w, knocks) in sequences(c)
+            .get(&(user.to_owned(), r.policy.clone()))
+            .into_iter()
+            .flatten()
+        {
+            assert_eq!(
+                knocks,
+                &derive_sequence(&secret, gw, *w, &params).unwrap(),
+                "{user} {} window {w}",
+                r.policy
+            );
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 5, "windows current-1 ..= current+3 of one policy");
 }

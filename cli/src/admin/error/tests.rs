@@ -85,10 +85,10 @@ fn local_errors_exit_64() {
     }
     let lost = AdminError::ProfileLost {
         user: "alice".into(),
-        source: ProfileError::Write {
+        source: Box::new(ProfileError::Write {
             path,
             source: io::Error::other("disk full"),
-        },
+        }),
     };
     assert_eq!(lost.exit_code(), EXIT_FAILURE);
     assert!(lost.to_string().contains("rotate-keys alice"), "{lost}");

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)] // tests unwrap by design
 
 use super::*;
-use knockgate_proto::api::GatewayAddress;
+use knockgate_proto::api::{GatewayAddress, GatewayRotation};
 
 fn creds() -> UserCredentials {
     UserCredentials {
@@ -23,6 +23,15 @@ fn creds() -> UserCredentials {
         gateways: vec![GatewayAddress {
             name: "gw1".into(),
             address: "203.0.113.7".into(),
+            rotating: vec![GatewayRotation {
+                policy: "ssh".into(),
+                length: 5,
+                protos: "udp".into(),
+                port_lo: 41000,
+                port_hi: 41015,
+                window_secs: 60,
+                exclude: vec![41003],
+            }],
         }],
     }
 }
@@ -36,6 +45,18 @@ fn profile_from_credentials() {
     assert_eq!(p.user.rotating_secret, None, "empty secret left out");
     assert_eq!(p.gateways.len(), 1);
     assert_eq!(p.gateways[0].address, "203.0.113.7");
+    assert_eq!(
+        p.gateways[0].rotating,
+        [ProfileRotation {
+            policy: "ssh".into(),
+            length: 5,
+            protos: "udp".into(),
+            port_lo: 41000,
+            port_hi: 41015,
+            window_secs: 60,
+            exclude: vec![41003],
+        }]
+    );
 }
 
 #[test]
