@@ -26,8 +26,7 @@ use knockgate_proto::Access;
 use knockgate_proto::spa::SpaKey;
 use knockgate_tests::agent::{AgentProc, Workdir, ssh_policy};
 use knockgate_tests::netns::{Lab, sh};
-use knockgate_tests::probe::Listener;
-use socket2::{Domain, Socket, Type};
+use knockgate_tests::probe::{Listener, first_connect, report};
 
 const SEQ: [&str; 4] = ["tcp/7000", "udp/8000", "icmp", "tcp/9000"];
 const SPA_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -194,42 +193,8 @@ fn one_run(lab: &Lab, method: Method, fwknop: Option<Vec<u8>>) -> Option<Duratio
             }
             Method::Fwknop => send_spa(spa_port, &fwknop.expect("packet")).expect("send"),
         }
-        let t0 = Instant::now();
-        let dst: SocketAddr = SocketAddr::new(gw, 22);
-        while t0.elapsed() < RUN_LIMIT {
-            let sock = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-            sock.set_nonblocking(true).expect("nonblocking");
-            let _ = sock.connect(&dst.into());
-            // A SYN sent before the grant landed is dropped; try a fresh one every 50 µs.
-            let attempt = Instant::now();
-            while attempt.elapsed() < Duration::from_micros(50) {
-                if sock.peer_addr().is_ok() {
-                    return Some(t0.elapsed());
-                }
-                std::hint::spin_loop();
-            }
-        }
-        None
+        first_connect(SocketAddr::new(gw, 22), Instant::now(), RUN_LIMIT)
     })
-}
-
-fn report(mode: &str, lat: &[Duration], failed: usize) {
-    let mut v: Vec<f64> = lat.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-    v.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| {
-        v.get(((v.len() as f64 - 1.0) * p).round() as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    println!(
-        "mode {mode}: {} of {} opened; knock-to-open median {:.3} ms, p90 {:.3} ms, min {:.3} ms, max {:.3} ms",
-        v.len(),
-        v.len() + failed,
-        pct(0.5),
-        pct(0.9),
-        v.first().copied().unwrap_or(f64::NAN),
-        v.last().copied().unwrap_or(f64::NAN)
-    );
 }
 
 /// A bounded junk generator: UDP datagrams from 10.240.0.4 to `port`, at a fixed rate,

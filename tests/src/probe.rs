@@ -109,3 +109,48 @@ pub fn closes_within(ns: &Netns, src: IpAddr, dst: SocketAddr, within: Duration)
         false
     })
 }
+
+/// Fire non-blocking connects at `dst` until one completes, a fresh SYN every 50 µs (a
+/// SYN sent before a grant lands is dropped, and its retransmission would come a second
+/// later). Returns the time from `t0` to the first completed handshake, or None after
+/// `limit`. Call on a thread inside the client namespace.
+pub fn first_connect(dst: SocketAddr, t0: Instant, limit: Duration) -> Option<Duration> {
+    let domain = if dst.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    while t0.elapsed() < limit {
+        let sock = Socket::new(domain, Type::STREAM, None).ok()?;
+        sock.set_nonblocking(true).ok()?;
+        let _ = sock.connect(&dst.into());
+        let attempt = Instant::now();
+        while attempt.elapsed() < Duration::from_micros(50) {
+            if sock.peer_addr().is_ok() {
+                return Some(t0.elapsed());
+            }
+            std::hint::spin_loop();
+        }
+    }
+    None
+}
+
+/// Print one benchmark line: how many opened, median, p90, min, max (milliseconds).
+pub fn report(mode: &str, lat: &[Duration], failed: usize) {
+    let mut v: Vec<f64> = lat.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        v.get(((v.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "mode {mode}: {} of {} opened; knock-to-open median {:.3} ms, p90 {:.3} ms, min {:.3} ms, max {:.3} ms",
+        v.len(),
+        v.len() + failed,
+        pct(0.5),
+        pct(0.9),
+        v.first().copied().unwrap_or(f64::NAN),
+        v.last().copied().unwrap_or(f64::NAN)
+    );
+}
