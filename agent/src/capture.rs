@@ -141,7 +141,8 @@ impl Tuning {
         self.generation.load(Ordering::Acquire)
     }
 
-    fn get(&self) -> Option<(String, Option<u16>)> {
+    /// The filter and SPA port the threads are told to use now.
+    pub fn get(&self) -> Option<(String, Option<u16>)> {
         self.state.lock().ok().map(|s| s.clone())
     }
 }

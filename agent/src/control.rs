@@ -5,6 +5,7 @@
 pub mod address;
 pub mod backoff;
 pub mod cache;
+pub mod claim;
 pub mod convert;
 pub mod delta;
 pub mod enroll;
@@ -115,13 +116,17 @@ pub(crate) fn error_chain(e: &dyn Error) -> String {
 }
 
 /// Turn a full config from the controller into everything the engine needs, validated
-/// as a whole against the file's own sections (`base`). Nothing is applied here.
+/// as a whole against the file's own sections (`base`), derived material included.
+/// Nothing is applied here.
 pub fn prepare(base: &Config, full: &AgentConfig) -> Result<Update, String> {
     let set = PolicySet::try_from(full).map_err(|e| e.to_string())?;
     let config = base
         .with_policies(Origin::Controller, set.users, set.policies)
         .map_err(|e| e.to_string())?;
-    Update::build(config).map_err(|e| e.to_string())
+    Update::build(config)
+        .map_err(|e| e.to_string())?
+        .with_material(set.material)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -1,16 +1,19 @@
 //! The engine: the one owner of decision state. It receives knocks from the capture
-//! threads and configs and revocations from the controller task, runs knocks through the
-//! matcher, opens and closes grants through the firewall, notices expiry, and emits every
-//! decision as a structured event (target `knockgate::event`) and, with a controller, as
-//! a report event for it.
+//! threads, configs and revocations from the controller task, and the answers to its
+//! one-time-key claims from the claim task; runs knocks through the fixed-sequence
+//! matcher and the rotating-sequence detector, opens and closes grants through the
+//! firewall, notices expiry, and emits every decision as a structured event (target
+//! `knockgate::event`) and, with a controller, as a report event for it.
 
 mod apply;
+mod otk;
+mod rotating;
 mod spa;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use knockgate_agent_core::config::{Config, Policy};
 use knockgate_agent_core::detect::sequence::{Decision, DoorError, Outcome, SequenceMatcher};
@@ -21,6 +24,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, trace, warn};
 
 pub use self::apply::Update;
+pub use self::otk::{ClaimJob, ClaimLink, ClaimOutcome};
 use crate::capture::{KnockMsg, Tuning};
 use crate::firewall::Firewall;
 use crate::replay_store::ReplayStore;
@@ -40,6 +44,11 @@ pub enum Input {
         grant_refs: Vec<String>,
         users: Vec<String>,
     },
+    /// The controller's answer to the one-time-key claim `id` (see [`ClaimJob`]).
+    Claimed {
+        id: u64,
+        outcome: ClaimOutcome,
+    },
     /// Stop; remove the firewall state unless `keep`.
     Shutdown {
         keep: bool,
@@ -49,8 +58,24 @@ pub enum Input {
 /// How long the engine sleeps at most when nothing is due.
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
+/// The wall clock rotating windows and SPA timestamps are judged by (a fake in tests).
+pub trait Clock: Send {
+    fn wall(&self) -> SystemTime;
+}
+
+/// The system's clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn wall(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
 /// Decision state plus the firewall that enforces it.
 pub struct Engine {
+    /// The config enforced now (to tell a config change from a material push).
+    config: Config,
     policies: Vec<Policy>,
     users: Vec<String>,
     /// Policy index of each sequence door.
@@ -62,6 +87,9 @@ pub struct Engine {
     decisions: Vec<Decision>,
     reporter: Option<Reporter>,
     tuning: Option<Arc<Tuning>>,
+    rotating: rotating::RotatingState,
+    otk: otk::OtkState,
+    clock: Box<dyn Clock>,
 }
 
 impl Engine {
@@ -77,6 +105,7 @@ impl Engine {
         // Refs are `<run>-<n>`: a fresh run id per start keeps them unique across restarts.
         let run_id = format!("{:08x}", rand::random::<u32>());
         Ok(Engine {
+            config: config.clone(),
             policies: config.policies.clone(),
             users: config.users.iter().map(|u| u.name.clone()).collect(),
             door_policy,
@@ -89,7 +118,16 @@ impl Engine {
             decisions: Vec::new(),
             reporter: None,
             tuning: None,
+            rotating: rotating::RotatingState::new(config.agent.max_sources),
+            otk: otk::OtkState::default(),
+            clock: Box::new(SystemClock),
         })
+    }
+
+    /// Judge time windows and packet ages by `clock` instead of the system's.
+    pub fn with_clock(mut self, clock: Box<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Also hand every decision to the controller's reporter.
@@ -140,9 +178,13 @@ impl Engine {
         let keep = loop {
             let now = Instant::now();
             self.expire(now);
-            let wait = self.grants.next_expiry().map_or(IDLE_TICK, |t| {
-                t.saturating_duration_since(now).min(IDLE_TICK)
-            });
+            self.poll_claims(now);
+            self.tick_rotating();
+            let due = [self.grants.next_expiry(), self.otk.next_deadline()];
+            let wait = due
+                .into_iter()
+                .flatten()
+                .fold(IDLE_TICK, |w, t| t.saturating_duration_since(now).min(w));
             self.summarize_spa(now);
             match rx.recv_timeout(wait) {
                 Ok(Input::Knock(k)) => self.handle_input(k),
@@ -153,6 +195,7 @@ impl Engine {
                 Ok(Input::Revoke { grant_refs, users }) => {
                     self.revoke(&grant_refs, &users, Instant::now());
                 }
+                Ok(Input::Claimed { id, outcome }) => self.handle_claimed(id, outcome),
                 Ok(Input::Shutdown { keep }) => break keep,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break false,
@@ -161,8 +204,11 @@ impl Engine {
         (self.firewall, keep)
     }
 
-    /// One packet from capture: a datagram for the SPA port, or a knock.
+    /// One packet from capture: a datagram for the SPA port, or a knock. Every one is
+    /// also a candidate rotating knock (a rotating port may even be the SPA port: the
+    /// controller does not know it).
     pub fn handle_input(&mut self, k: KnockMsg) {
+        self.handle_rotating(&k);
         if let Some(payload) = &k.payload {
             self.handle_spa(k.src, payload, k.at);
         } else {
@@ -327,5 +373,11 @@ impl Engine {
     }
 }
 
+#[cfg(test)]
+mod otk_tests;
+#[cfg(test)]
+mod rotating_tests;
+#[cfg(test)]
+mod test_rig;
 #[cfg(test)]
 mod tests;

@@ -3,13 +3,15 @@
 //! `capture` turns frames into knocks on one thread per interface, `engine` owns all
 //! decision state on one thread, `firewall` applies what the engine decides. With a
 //! controller, `control` keeps the engine's config in sync with it and `report` delivers
-//! the engine's decisions to it. `main.rs` wires them together.
+//! the engine's decisions to it, and `control::claim` claims one-time keys for it.
+//! `main.rs` wires them together.
 
 pub mod capture;
 pub mod control;
 pub mod engine;
 pub mod firewall;
 pub mod logging;
+pub mod otk_store;
 pub mod privilege;
 pub mod replay_store;
 pub mod report;

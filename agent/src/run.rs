@@ -3,23 +3,24 @@
 //! the controller tasks), and tear down on a signal.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use knockgate_agent::capture::{self, Counters, Tuning};
-use knockgate_agent::control::{self, cache, sync::SyncParams};
-use knockgate_agent::engine::{Engine, Input};
+use knockgate_agent::control::{self, cache, claim::ClaimParams, sync::SyncParams};
+use knockgate_agent::engine::{ClaimLink, Engine, Input};
 use knockgate_agent::firewall::command::CommandFirewall;
 use knockgate_agent::firewall::nft::NftFirewall;
 use knockgate_agent::firewall::{Firewall, FirewallError};
 use knockgate_agent::logging::{self, LogFormat};
+use knockgate_agent::otk_store::{BurnedKeys, OfflineClaims};
 use knockgate_agent::privilege;
 use knockgate_agent::replay_store::ReplayStore;
 use knockgate_agent::report;
-use knockgate_agent_core::config::{Backend, Config};
+use knockgate_agent_core::config::{Backend, Config, Material};
 use knockgate_agent_core::detect::spa::SpaDetector;
 use knockgate_agent_core::filter::capture_filter;
 use knockgate_proto::api::AgentConfig;
@@ -29,6 +30,9 @@ use crate::Failure;
 
 /// Bounded queue between the capture threads (and the controller task) and the engine.
 const QUEUE: usize = 8192;
+/// One-time-key claims queued between the engine and the claim task; when full, the
+/// controller counts as out of reach.
+const CLAIM_QUEUE: usize = 256;
 
 /// Read, parse and validate the config, including that its interfaces exist.
 pub fn load(path: &Path) -> Result<Config, Failure> {
@@ -47,32 +51,56 @@ pub fn load(path: &Path) -> Result<Config, Failure> {
     Ok(config)
 }
 
-/// The config to enforce at start: the controller's last one if it is cached and still
-/// valid against this file, else the file's own policies (with why the cache was not used).
-fn effective(file: &Config) -> (Config, Option<AgentConfig>, Option<String>) {
+/// What to enforce at start, and where it came from.
+struct Effective {
+    config: Config,
+    material: Material,
+    /// The controller's config it is, if it is one.
+    cached: Option<AgentConfig>,
+    /// Why the cached controller config was not used.
+    ignored: Option<String>,
+}
+
+/// The config to enforce at start: the controller's last one (with its derived material)
+/// if it is cached and still valid against this file, else the file's own policies (with
+/// why the cache was not used).
+fn effective(file: &Config) -> Effective {
+    let own = |ignored| Effective {
+        config: file.clone(),
+        material: Material::default(),
+        cached: None,
+        ignored,
+    };
     if file.controller.is_none() {
-        return (file.clone(), None, None);
+        return own(None);
     }
     let cached = match cache::load(&file.agent.state_dir) {
         Ok(Some(c)) => c,
-        Ok(None) => return (file.clone(), None, None),
-        Err(e) => return (file.clone(), None, Some(format!("ignoring it: {e}"))),
+        Ok(None) => return own(None),
+        Err(e) => return own(Some(format!("ignoring it: {e}"))),
     };
     match control::prepare(file, &cached) {
-        Ok(update) => (update.config().clone(), Some(cached), None),
-        Err(e) => {
-            let why = format!(
-                "the cached controller config (version {}) does not fit this config file: {e}",
-                cached.version
-            );
-            (file.clone(), None, Some(why))
-        }
+        Ok(update) => Effective {
+            config: update.config().clone(),
+            material: update.material().clone(),
+            cached: Some(cached),
+            ignored: None,
+        },
+        Err(e) => own(Some(format!(
+            "the cached controller config (version {}) does not fit this config file: {e}",
+            cached.version
+        ))),
     }
 }
 
 pub fn check(path: &Path) -> Result<(), Failure> {
     let file = load(path)?;
-    let (config, cached, ignored) = effective(&file);
+    let Effective {
+        config,
+        material,
+        cached,
+        ignored,
+    } = effective(&file);
     let rs = config.ruleset();
     println!(
         "config ok: agent {:?}, {} policies",
@@ -88,8 +116,10 @@ pub fn check(path: &Path) -> Result<(), Failure> {
         );
         match &cached {
             Some(a) => println!(
-                "  policies: from the controller, cached version {}",
-                a.version
+                "  policies: from the controller, cached version {} ({} rotating sequences, {} one-time keys)",
+                a.version,
+                material.rotating.len(),
+                material.otks.len()
             ),
             None => println!("  policies: from this file until the controller sends some"),
         }
@@ -110,6 +140,9 @@ pub fn check(path: &Path) -> Result<(), Failure> {
     let knocks: Vec<String> = rs.knock_ports.iter().map(|s| s.to_string()).collect();
     println!("  protected: {}", protected.join(" "));
     println!("  knock ports (always dropped): {}", knocks.join(" "));
+    if config.policies.iter().any(|p| p.rotating.is_some()) {
+        println!("  rotating knock ports: captured per window, never dropped");
+    }
     println!(
         "  capture filter: {}",
         capture_filter(&config.capture_kinds())
@@ -149,7 +182,12 @@ pub fn run(path: &Path, format: LogFormat, level: &str, keep_on_exit: bool) -> R
         }
         None => None,
     };
-    let (config, current, ignored) = effective(&file);
+    let Effective {
+        config,
+        material,
+        cached: current,
+        ignored,
+    } = effective(&file);
     if let Some(why) = ignored {
         warn!(%why, "enforcing the file's policies until the controller sends a config");
     }
@@ -194,6 +232,41 @@ pub fn run(path: &Path, format: LogFormat, level: &str, keep_on_exit: bool) -> R
     } else {
         None
     };
+    let (tx, rx) = sync_channel(QUEUE);
+    // One-time keys: claimed through the controller, burned keys and offline claims kept
+    // in state_dir. Without a controller no policy can take them.
+    let live = Arc::new(AtomicBool::new(false));
+    let claims = match &channel {
+        Some(_) => {
+            let burned = BurnedKeys::open(&state_dir)
+                .context("failed to load the burned one-time keys from state_dir")
+                .map_err(Failure::runtime)?;
+            let offline = OfflineClaims::open(&state_dir)
+                .context("failed to load the offline one-time key claims from state_dir")
+                .map_err(Failure::runtime)?;
+            let (jobs, jobs_rx) = tokio::sync::mpsc::channel(CLAIM_QUEUE);
+            let params = ClaimParams {
+                engine: tx.clone(),
+                live: live.clone(),
+                offline: Arc::new(Mutex::new(offline)),
+                offline_added: Arc::new(tokio::sync::Notify::new()),
+                reconnect_max: config
+                    .controller
+                    .as_ref()
+                    .map_or(Duration::from_secs(30), |c| c.reconnect_max),
+            };
+            let link = ClaimLink {
+                jobs,
+                live: live.clone(),
+                offline: params.offline.clone(),
+                offline_added: params.offline_added.clone(),
+            };
+            engine = engine.with_claims(Some(link), burned);
+            Some((jobs_rx, params))
+        }
+        None => None,
+    };
+    engine.set_material(material);
     engine.install(&config.ruleset()).map_err(fw_failure)?;
     match engine.adopt_existing(Instant::now()) {
         Ok(n) if n > 0 => info!(adopted = n, "adopted grants left by an earlier run"),
@@ -201,7 +274,6 @@ pub fn run(path: &Path, format: LogFormat, level: &str, keep_on_exit: bool) -> R
         Err(e) => warn!(error = %e, "could not list existing grants"),
     }
 
-    let (tx, rx) = sync_channel(QUEUE);
     let stop = Arc::new(AtomicBool::new(false));
     let counters = Arc::new(Counters::default());
     let mut threads = Vec::new();
@@ -233,8 +305,12 @@ pub fn run(path: &Path, format: LogFormat, level: &str, keep_on_exit: bool) -> R
                 reconnect_max: ctl.reconnect_max,
                 current: current.clone(),
                 url: ctl.url.clone(),
+                live,
             },
         ));
+        if let Some((jobs, params)) = claims {
+            rt.spawn(control::claim::run(channel.clone(), jobs, params));
+        }
         rt.spawn(report::sender::run(
             channel.clone(),
             spooler.spool.clone(),

@@ -1,12 +1,14 @@
 //! The agent's configuration: the file, parsed strictly (unknown keys are errors), and the
 //! policies and users, which come from the file or from the controller. Either way they go
 //! through the same validation as a whole and become the typed values the pipeline uses.
-//! Every error names its key.
+//! Every error names its key. The controller's derived material (rotating sequences,
+//! one-time keys) is checked against a validated config in `material`.
 
+mod material;
 mod raw;
 mod validate;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,10 +17,13 @@ use knockgate_proto::fwknop::FwknopKeys;
 use knockgate_proto::spa::SpaKey;
 use serde::Deserialize;
 
+use crate::detect::rotating::RotatingPolicy;
 use crate::detect::sequence::{Door, FlagFilter};
 use crate::packet::{KnockKind, tcp_flags};
 use crate::ruleset::{Access, Proto, Ruleset};
 use raw::{RawConfig, locate};
+
+pub use material::{Material, MaterialDef, Otk, OtkDef, Sequence, SequenceDef};
 
 /// Default cap on tracked knock sources.
 pub const DEFAULT_MAX_SOURCES: usize = 65_536;
@@ -32,6 +37,8 @@ pub const DEFAULT_REPLAY_CACHE_MAX: usize = 1_000_000;
 pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// Default time a knock sequence must be completed in.
 pub const DEFAULT_SEQUENCE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default rotating window length (`proto/rotation.md`).
+pub const DEFAULT_WINDOW_SECS: u32 = 30;
 /// Knocks on TCP ports must be a bare SYN unless a policy says otherwise: stray ACKs and
 /// RSTs are not knocks.
 pub const DEFAULT_TCP_FLAGS: FlagFilter = FlagFilter {
@@ -132,6 +139,31 @@ pub struct Policy {
     pub spa: bool,
     /// fwknop SPA opens it.
     pub fwknop: bool,
+    /// The users' rotating sequences (pushed by the controller) open it, with these
+    /// timings.
+    pub rotating: Option<RotatingPolicy>,
+    /// One-time SPA keys (pushed by the controller) open it; what to do when the
+    /// controller cannot be asked whether a key is still unused.
+    pub otk: Option<OtkOffline>,
+}
+
+/// What a one-time-key policy does when the controller cannot be reached to claim a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OtkOffline {
+    /// Refuse the packet (the key stays unused fleet-wide, burned here).
+    #[default]
+    Deny,
+    /// Grant, burn the key here, and report the claim when the controller is back.
+    Local,
+}
+
+impl OtkOffline {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OtkOffline::Deny => "deny",
+            OtkOffline::Local => "local",
+        }
+    }
 }
 
 /// A policy as its source states it (the file or the controller), before it is checked
@@ -147,10 +179,16 @@ pub struct PolicyDef {
     pub min_gap: Option<Duration>,
     pub max_gap: Option<Duration>,
     pub tcp_flags: Option<FlagFilter>,
-    /// Names of the users SPA may open it for.
+    /// Names of the users SPA (or rotating sequences, or one-time keys) may open it for.
     pub users: Vec<String>,
     pub spa: bool,
     pub fwknop: bool,
+    /// Rotating sequences open it (only the controller can say so: it holds the secrets).
+    pub rotating: bool,
+    /// Rotating window length; `None` is [`DEFAULT_WINDOW_SECS`].
+    pub window_secs: Option<u32>,
+    /// One-time keys open it, with this rule for an unreachable controller.
+    pub otk: Option<OtkOffline>,
 }
 
 /// Where users and policies come from. The file is held to rules that catch an
@@ -326,9 +364,20 @@ impl Config {
         Ok(())
     }
 
-    /// Whether any policy is opened by SPA (native or fwknop).
+    /// Whether any policy is opened by SPA (native, fwknop or one-time keys).
     pub fn uses_spa(&self) -> bool {
-        self.policies.iter().any(|p| p.spa || p.fwknop)
+        self.policies
+            .iter()
+            .any(|p| p.spa || p.fwknop || p.otk.is_some())
+    }
+
+    /// The timings of each policy rotating sequences open, by policy index.
+    pub fn rotating_policies(&self) -> HashMap<usize, RotatingPolicy> {
+        self.policies
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.rotating.map(|r| (i, r)))
+            .collect()
     }
 
     /// The UDP port SPA datagrams are read from, when any policy uses SPA.
@@ -338,6 +387,12 @@ impl Config {
 
     /// The static firewall state these policies need. The SPA port is a knock port too:
     /// dropped, so the agent never answers a probe.
+    ///
+    /// Rotating knock ports are deliberately not here. They are drawn from a wide range
+    /// (20000-60000 by default) that overlaps the host's own ephemeral ports, and the drop
+    /// rule sits before the established/related accept: dropping a rotating port would
+    /// break the host's own outgoing connections whose local port happens to collide.
+    /// Capture sees the knocks whether or not they are dropped.
     pub fn ruleset(&self) -> Ruleset {
         let mut rs = Ruleset::default();
         for p in &self.policies {
@@ -351,7 +406,9 @@ impl Config {
         rs
     }
 
-    /// Everything the capture filter must let through: every sequence step and the SPA port.
+    /// Everything the capture filter must let through for the static policies: every
+    /// sequence step and the SPA port (rotating knocks are added by whoever holds the
+    /// material, see [`crate::filter`]).
     pub fn capture_kinds(&self) -> Vec<KnockKind> {
         let mut kinds: Vec<KnockKind> = self
             .doors()

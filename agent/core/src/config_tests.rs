@@ -289,6 +289,9 @@ fn def(name: &str) -> PolicyDef {
         users: vec![],
         spa: false,
         fwknop: false,
+        rotating: false,
+        window_secs: None,
+        otk: None,
     }
 }
 

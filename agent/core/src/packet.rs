@@ -21,7 +21,7 @@ pub enum LinkType {
 }
 
 /// What a knock packet was.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum KnockKind {
     Port {
         proto: Proto,

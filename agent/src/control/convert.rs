@@ -3,11 +3,15 @@
 //! compile until it is handled here; errors name the field (`policies["ssh"].open[1].port`)
 //! and never echo key material. What the wire form cannot get wrong by itself (a policy
 //! naming a missing user, a knock port that is also protected) is left to the core's
-//! validation, shared with the config file.
+//! validation, shared with the config file; so is whether the derived material fits the
+//! policies and users it came with.
 
 use std::time::Duration;
 
-use knockgate_agent_core::config::{PolicyDef, User, parse_knock};
+use knockgate_agent_core::config::{
+    MaterialDef, OtkDef, OtkOffline, PolicyDef, SequenceDef, User, parse_knock,
+};
+use knockgate_agent_core::packet::KnockKind;
 use knockgate_agent_core::ruleset::{Access, Proto};
 use knockgate_proto::api;
 use knockgate_proto::fwknop::{FwknopKeyError, FwknopKeys, HmacType};
@@ -21,12 +25,14 @@ pub struct InvalidConfig {
     pub message: String,
 }
 
-/// The users and policies of one full `AgentConfig`, ready for the core's validation.
+/// The users, policies and derived material of one full `AgentConfig`, ready for the
+/// core's validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicySet {
     pub version: u64,
     pub users: Vec<User>,
     pub policies: Vec<PolicyDef>,
+    pub material: MaterialDef,
 }
 
 impl TryFrom<&api::AgentConfig> for PolicySet {
@@ -42,10 +48,9 @@ impl TryFrom<&api::AgentConfig> for PolicySet {
             users,
             removed_policies,
             removed_users,
-            // Material for rotating-sequence and one-time-key policies, which this agent
-            // refuses below; without such a policy it has no use.
-            rotating: _,
-            one_time_keys: _,
+            rotating,
+            one_time_keys,
+            // Merged already: a full config carries the complete lists.
             material_changed: _,
         } = c;
         if !full || !removed_policies.is_empty() || !removed_users.is_empty() {
@@ -61,12 +66,65 @@ impl TryFrom<&api::AgentConfig> for PolicySet {
             .enumerate()
             .map(|(i, p)| policy(&item("policies", i, &p.name), p))
             .collect::<Result<_, _>>()?;
+        let rotating = rotating
+            .iter()
+            .enumerate()
+            .map(|(i, s)| sequence(&format!("rotating[{i}]"), s))
+            .collect::<Result<_, _>>()?;
+        let otks = one_time_keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| one_time_key(&format!("one_time_keys[{i}]"), k))
+            .collect::<Result<_, _>>()?;
         Ok(PolicySet {
             version: *version,
             users,
             policies,
+            material: MaterialDef { rotating, otks },
         })
     }
+}
+
+fn sequence(at: &str, s: &api::RotatingSequence) -> Result<SequenceDef, InvalidConfig> {
+    let api::RotatingSequence {
+        user,
+        policy,
+        window,
+        knocks,
+    } = s;
+    let knocks = knocks
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            access(&format!("{at}.knocks[{i}]"), a)
+                .map(|Access { proto, port }| KnockKind::Port { proto, port })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(SequenceDef {
+        user: user.clone(),
+        policy: policy.clone(),
+        window: *window,
+        knocks,
+    })
+}
+
+fn one_time_key(at: &str, k: &api::OneTimeKey) -> Result<OtkDef, InvalidConfig> {
+    let api::OneTimeKey { user, counter, key } = k;
+    Ok(OtkDef {
+        user: user.clone(),
+        counter: *counter,
+        key: secret_key(&format!("{at}.key"), key)?,
+    })
+}
+
+/// A 32-byte native SPA secret; the error never shows the bytes.
+fn secret_key(at: &str, bytes: &[u8]) -> Result<SpaKey, InvalidConfig> {
+    let mut secret: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| invalid(at, format!("must be 32 bytes, not {}", bytes.len())))?;
+    let key = SpaKey::from_secret(secret);
+    zeroize::Zeroize::zeroize(&mut secret);
+    Ok(key)
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> InvalidConfig {
@@ -101,25 +159,23 @@ fn policy(at: &str, p: &api::Policy) -> Result<PolicyDef, InvalidConfig> {
         sequence,
         sequence_timeout_secs,
         rotating,
-        window_secs: _,
+        window_secs,
         otk,
-        otk_offline: _,
+        otk_offline,
     } = p;
     let field = |f: &str| format!("{at}.{f}");
-    // Dropping a method would be safe but leave users locked out without a word, and a
-    // policy left with no method would be invalid anyway: refuse until it is enforced.
-    if *rotating {
-        return Err(invalid(
-            field("rotating"),
-            "rotating sequences are not enforced by this agent yet",
-        ));
-    }
-    if *otk {
-        return Err(invalid(
-            field("otk"),
-            "one-time keys are not enforced by this agent yet",
-        ));
-    }
+    let otk = match (otk, otk_offline.as_str()) {
+        (false, "") => None,
+        (false, _) => return Err(invalid(field("otk_offline"), "set without otk")),
+        (true, "" | "deny") => Some(OtkOffline::Deny),
+        (true, "local") => Some(OtkOffline::Local),
+        (true, other) => {
+            return Err(invalid(
+                field("otk_offline"),
+                format!("unknown {other:?} (deny or local)"),
+            ));
+        }
+    };
     if *timeout_secs == 0 {
         return Err(invalid(field("timeout_secs"), "must be more than 0"));
     }
@@ -145,8 +201,8 @@ fn policy(at: &str, p: &api::Policy) -> Result<PolicyDef, InvalidConfig> {
         timeout: secs(*timeout_secs),
         // 0: the client may ask for no more than the default.
         max_timeout: (*max_timeout_secs != 0).then(|| secs(*max_timeout_secs)),
-        // 0: the default (10 s); only meaningful with a sequence.
-        sequence_timeout: (*sequence_timeout_secs != 0 && !sequence.is_empty())
+        // 0: the default (10 s); only meaningful with a sequence, fixed or rotating.
+        sequence_timeout: (*sequence_timeout_secs != 0 && (!sequence.is_empty() || *rotating))
             .then(|| secs(*sequence_timeout_secs)),
         sequence,
         min_gap: None,
@@ -155,6 +211,10 @@ fn policy(at: &str, p: &api::Policy) -> Result<PolicyDef, InvalidConfig> {
         users: users.clone(),
         spa: *spa,
         fwknop: *fwknop,
+        rotating: *rotating,
+        // 0: the default (30 s); only meaningful with rotating.
+        window_secs: (*window_secs != 0 && *rotating).then_some(*window_secs),
+        otk,
     })
 }
 
@@ -189,21 +249,10 @@ fn user(at: &str, u: &api::User) -> Result<User, InvalidConfig> {
         fwknop_hmac,
     } = u;
     let field = |f: &str| format!("{at}.{f}");
-    let spa_key = match spa_key.len() {
-        0 => None,
-        32 => {
-            let mut secret = [0u8; 32];
-            secret.copy_from_slice(spa_key);
-            let key = SpaKey::from_secret(secret);
-            zeroize::Zeroize::zeroize(&mut secret);
-            Some(key)
-        }
-        n => {
-            return Err(invalid(
-                field("spa_key"),
-                format!("must be 32 bytes, not {n}"),
-            ));
-        }
+    let spa_key = if spa_key.is_empty() {
+        None
+    } else {
+        Some(secret_key(&field("spa_key"), spa_key)?)
     };
     let fwknop = match (fwknop_key.is_empty(), fwknop_hmac_key.is_empty()) {
         (true, true) => {

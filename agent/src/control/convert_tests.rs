@@ -186,12 +186,15 @@ fn errors_name_the_field_and_never_the_key() {
             "policies[0].sequence[1]: bad knock \"sctp/1\"",
         ),
         (
-            Box::new(|p, _| p.rotating = true),
-            "policies[\"ssh\"].rotating: rotating sequences are not enforced by this agent yet",
+            Box::new(|p, _| p.otk_offline = "local".into()),
+            "policies[\"ssh\"].otk_offline: set without otk",
         ),
         (
-            Box::new(|p, _| p.otk = true),
-            "policies[\"ssh\"].otk: one-time keys are not enforced by this agent yet",
+            Box::new(|p, _| {
+                p.otk = true;
+                p.otk_offline = "maybe".into();
+            }),
+            "policies[\"ssh\"].otk_offline: unknown \"maybe\" (deny or local)",
         ),
         (
             Box::new(|_, u| u.spa_key = vec![9; 31]),
@@ -238,4 +241,79 @@ fn errors_name_the_field_and_never_the_key() {
         convert(&delta).expect_err("delta"),
         "full: expected a full config, not a delta"
     );
+}
+
+pub(crate) fn rotating_policy() -> api::Policy {
+    api::Policy {
+        name: "rot".into(),
+        open: vec![tcp(2222)],
+        timeout_secs: 30,
+        users: vec!["alice".into()],
+        rotating: true,
+        window_secs: 10,
+        sequence_timeout_secs: 4,
+        otk: true,
+        otk_offline: "local".into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn rotating_and_one_time_key_policies_and_their_material_convert() {
+    let mut c = full(3, vec![rotating_policy()], vec![alice()]);
+    c.rotating = vec![api::RotatingSequence {
+        user: "alice".into(),
+        policy: "rot".into(),
+        window: 77,
+        knocks: vec![
+            tcp(31000),
+            api::Access {
+                proto: api::Proto::Udp as i32,
+                port: 41000,
+            },
+        ],
+    }];
+    c.one_time_keys = vec![api::OneTimeKey {
+        user: "alice".into(),
+        counter: 4,
+        key: vec![5; 32],
+    }];
+    let set = convert(&c).expect("valid");
+    let p = &set.policies[0];
+    assert!(p.rotating);
+    assert_eq!(p.window_secs, Some(10));
+    assert_eq!(p.sequence_timeout, Some(Duration::from_secs(4)));
+    assert_eq!(p.otk, Some(OtkOffline::Local));
+    let s = &set.material.rotating[0];
+    assert_eq!(
+        (s.user.as_str(), s.policy.as_str(), s.window),
+        ("alice", "rot", 77)
+    );
+    assert_eq!(
+        s.knocks,
+        [
+            parse_knock("tcp/31000").expect("k"),
+            parse_knock("udp/41000").expect("k")
+        ]
+    );
+    let k = &set.material.otks[0];
+    assert_eq!((k.user.as_str(), k.counter), ("alice", 4));
+    assert_eq!(k.key, SpaKey::from_secret([5; 32]));
+
+    let mut deny = rotating_policy();
+    deny.otk_offline.clear();
+    deny.window_secs = 0;
+    let p = &convert(&full(1, vec![deny], vec![]))
+        .expect("valid")
+        .policies[0];
+    assert_eq!((p.otk, p.window_secs), (Some(OtkOffline::Deny), None));
+
+    let mut bad = c.clone();
+    bad.one_time_keys[0].key = vec![5; 31];
+    let e = convert(&bad).expect_err("short key");
+    assert_eq!(e, "one_time_keys[0].key: must be 32 bytes, not 31");
+    let mut bad = c;
+    bad.rotating[0].knocks[1].port = 0;
+    let e = convert(&bad).expect_err("port 0");
+    assert_eq!(e, "rotating[0].knocks[1].port: 0 is not 1-65535");
 }

@@ -33,6 +33,8 @@ pub struct Session {
 pub struct Seen {
     pub events: Vec<Event>,
     pub batch_sizes: Vec<usize>,
+    /// Every claim, in order of arrival.
+    pub claims: Vec<ClaimRequest>,
 }
 
 struct Fake {
@@ -47,6 +49,7 @@ pub struct FakeController {
     pub addr: SocketAddr,
     pub sessions: mpsc::UnboundedReceiver<Session>,
     pub seen: Arc<Mutex<Seen>>,
+    /// Answer reports and claims with `Unavailable`.
     pub refuse_reports: Arc<AtomicBool>,
     _stop: oneshot::Sender<()>,
 }
@@ -183,12 +186,24 @@ impl AgentControl for Fake {
         Ok(Response::new(ReportResponse { stored_through_seq }))
     }
 
+    /// The first claim of a (user, counter) wins, like the real controller's.
     async fn claim(
         &self,
-        _request: Request<ClaimRequest>,
+        request: Request<ClaimRequest>,
     ) -> Result<Response<ClaimResponse>, Status> {
-        Err(Status::unimplemented(
-            "the agent does not claim one-time keys yet",
-        ))
+        if self.refuse_reports.load(Ordering::Relaxed) {
+            return Err(Status::unavailable("not now"));
+        }
+        let c = request.into_inner();
+        let mut seen = self.seen.lock().map_err(|_| Status::internal("poisoned"))?;
+        let used = seen
+            .claims
+            .iter()
+            .any(|o| o.user == c.user && o.counter == c.counter);
+        seen.claims.push(c);
+        Ok(Response::new(ClaimResponse {
+            granted: !used,
+            reason: if used { "used".into() } else { String::new() },
+        }))
     }
 }

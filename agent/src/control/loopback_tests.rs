@@ -31,21 +31,21 @@ use crate::firewall::fake::FakeFirewall;
 use crate::replay_store::ReplayStore;
 use crate::report::{self, ReportEvent};
 
-fn any_port() -> SocketAddr {
+pub(crate) fn any_port() -> SocketAddr {
     "127.0.0.1:0".parse().expect("addr")
 }
 
-fn pin(pki: &TestPki) -> [u8; 32] {
+pub(crate) fn pin(pki: &TestPki) -> [u8; 32] {
     parse_fingerprint(&super::tls::fingerprint_hex(&pki.ca_der)).expect("pin")
 }
 
 /// A port nothing listens on (bound, then released).
-fn free_port() -> SocketAddr {
+pub(crate) fn free_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr")
 }
 
-fn install_agent_credentials(pki: &TestPki, dir: &Path) {
+pub(crate) fn install_agent_credentials(pki: &TestPki, dir: &Path) {
     let (cert, key) = pki.agent("gw1");
     std::fs::write(dir.join(STATE_CERT), cert).expect("cert");
     std::fs::write(dir.join(STATE_KEY), key).expect("key");
@@ -163,7 +163,7 @@ fn spa_packet(gateway: &str) -> Vec<u8> {
 }
 
 /// Wait until `f` holds (the engine works on its own thread).
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+pub(crate) async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -209,6 +209,7 @@ async fn sync_applies_refuses_resyncs_and_revokes() {
             reconnect_max: Duration::from_secs(1),
             current: None,
             url: fake.url(),
+            live: Default::default(),
         },
     ));
 

@@ -5,6 +5,8 @@
 //! cached on disk before the controller hears `Applied`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
@@ -37,6 +39,8 @@ pub struct SyncParams {
     pub current: Option<AgentConfig>,
     /// For log lines.
     pub url: String,
+    /// Set while a stream is up (the controller counts as reachable for claims).
+    pub live: Arc<AtomicBool>,
 }
 
 /// How a session ended.
@@ -57,6 +61,7 @@ pub async fn run(channel: Channel, params: SyncParams) {
     };
     loop {
         let result = syncer.session(&channel, &mut backoff).await;
+        syncer.p.live.store(false, Ordering::Release);
         let was_up = std::mem::replace(&mut syncer.up, false);
         match result {
             Ok(End::Resync(reason)) => {
@@ -109,6 +114,7 @@ impl Syncer {
         while let Some(msg) = inbound.message().await? {
             if !self.up {
                 self.up = true;
+                self.p.live.store(true, Ordering::Release);
                 self.warned = false;
                 backoff.reset();
                 info!(url = %self.p.url, "connected to the controller");
@@ -168,13 +174,30 @@ impl Syncer {
                 "config enforced but not cached; a restart without the controller would enforce the previous one"),
             Err(e) => warn!(version, error = %e, "config enforced but not cached"),
         }
-        info!(
-            version,
-            full,
-            policies = merged.policies.len(),
-            users = merged.users.len(),
-            "config from the controller enforced"
-        );
+        let material_only = self
+            .p
+            .current
+            .as_ref()
+            .is_some_and(|c| c.policies == merged.policies && c.users == merged.users);
+        if material_only {
+            // Every window boundary brings one: not worth the journal.
+            debug!(
+                version,
+                sequences = merged.rotating.len(),
+                one_time_keys = merged.one_time_keys.len(),
+                "derived material from the controller enforced"
+            );
+        } else {
+            info!(
+                version,
+                full,
+                policies = merged.policies.len(),
+                users = merged.users.len(),
+                sequences = merged.rotating.len(),
+                one_time_keys = merged.one_time_keys.len(),
+                "config from the controller enforced"
+            );
+        }
         self.p.current = Some(merged);
         (applied(version), None)
     }

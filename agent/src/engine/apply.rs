@@ -1,17 +1,21 @@
 //! A new config while running: built and validated off the engine thread into an
 //! [`Update`], then swapped in at once. Grants stay open across the swap, except those of
-//! users the new config no longer has; knocks in progress start over; the SPA replay
-//! cache carries over, so a packet accepted under the old config is still a replay.
+//! users the new config no longer has; fixed-sequence knocks in progress start over; the
+//! SPA replay cache carries over, so a packet accepted under the old config is still a
+//! replay. Rotating-sequence progress and consumption always carry over.
+//!
+//! Most pushes from the controller change only the derived material (new windows, a
+//! fresh stock of one-time keys): then the firewall and the matchers are left alone and
+//! only the material is swapped.
 
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use knockgate_agent_core::config::Config;
+use knockgate_agent_core::config::{Config, ConfigError, Material, MaterialDef};
 use knockgate_agent_core::detect::sequence::{DoorError, SequenceMatcher};
 use knockgate_agent_core::detect::spa::SpaDetector;
-use knockgate_agent_core::filter::capture_filter;
 use knockgate_agent_core::ruleset::Ruleset;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::Engine;
 
@@ -22,6 +26,7 @@ pub struct Update {
     door_policy: Vec<usize>,
     spa: SpaDetector,
     ruleset: Ruleset,
+    material: Material,
 }
 
 impl std::fmt::Debug for Update {
@@ -30,12 +35,15 @@ impl std::fmt::Debug for Update {
             .field("policies", &self.config.policies.len())
             .field("users", &self.config.users.len())
             .field("ruleset", &self.ruleset)
+            .field("sequences", &self.material.rotating.len())
+            .field("one_time_keys", &self.material.otks.len())
             .finish_non_exhaustive()
     }
 }
 
 impl Update {
-    /// Build the matcher, SPA detector and ruleset of a validated config.
+    /// Build the matcher, SPA detector and ruleset of a validated config (with no
+    /// derived material: see [`Update::with_material`]).
     pub fn build(config: Config) -> Result<Update, DoorError> {
         let (door_policy, doors): (Vec<usize>, Vec<_>) = config.doors().into_iter().unzip();
         let matcher = SequenceMatcher::new(doors, config.agent.max_sources)?;
@@ -47,12 +55,24 @@ impl Update {
             door_policy,
             spa,
             ruleset,
+            material: Material::default(),
         })
+    }
+
+    /// Hold `def` too, checked against this update's config.
+    pub fn with_material(mut self, def: MaterialDef) -> Result<Update, ConfigError> {
+        self.material = self.config.material(def)?;
+        Ok(self)
     }
 
     /// The config this update enforces.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The derived material it holds.
+    pub fn material(&self) -> &Material {
+        &self.material
     }
 }
 
@@ -66,7 +86,17 @@ impl Engine {
             door_policy,
             spa,
             ruleset,
+            material,
         } = update;
+        if config == self.config {
+            debug!(
+                sequences = material.rotating.len(),
+                one_time_keys = material.otks.len(),
+                "new derived material"
+            );
+            self.set_material(material);
+            return Ok(());
+        }
         let uses_spa = config.uses_spa();
         if uses_spa && self.spa.is_none() {
             return Err("SPA policies need the replay store, which this agent did not open".into());
@@ -81,9 +111,10 @@ impl Engine {
         if let Some(state) = &mut self.spa {
             state.replace(spa, uses_spa);
         }
-        if let Some(t) = &self.tuning {
-            t.set(capture_filter(&config.capture_kinds()), config.spa_port());
-        }
+        self.config = config;
+        // The static knocks may have changed: retune whatever the rotating ones are.
+        self.rotating.force_retune();
+        self.set_material(material);
         let users: BTreeSet<&str> = self.users.iter().map(String::as_str).collect();
         let gone = self
             .grants

@@ -3,8 +3,9 @@
 //! are DEBUG events plus a periodic INFO summary, so a flood cannot flood the journal.
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
+use knockgate_agent_core::config::Otk;
 use knockgate_agent_core::detect::spa::{Reason, Rejection, SpaDetector};
 use knockgate_proto::unix_secs;
 use tracing::{debug, info, warn};
@@ -45,6 +46,11 @@ impl SpaState {
         std::mem::swap(detector.replay_cache(), self.detector.replay_cache());
         self.detector = detector;
         self.enabled = enabled;
+    }
+
+    /// Stock the detector with these one-time keys.
+    pub(super) fn set_otks(&mut self, otks: Vec<Otk>) {
+        self.detector.set_otks(otks);
     }
 
     /// The refusals counted since the last summary, every `SUMMARY_EVERY`.
@@ -95,7 +101,7 @@ impl Engine {
         let Some(spa) = self.spa.as_mut().filter(|s| s.enabled) else {
             return;
         };
-        let now = unix_secs(SystemTime::now());
+        let now = unix_secs(self.clock.wall());
         let grant = match spa.detector.handle_datagram(src, payload, now) {
             Ok(g) => g,
             Err(r) => {
@@ -122,6 +128,10 @@ impl Engine {
                     .detail("method", grant.method.as_str())
                     .detail("error", e.to_string())
             });
+            return;
+        }
+        if let Some(counter) = grant.otk {
+            self.handle_otk(src, grant, counter, at);
             return;
         }
         let user = self.users.get(grant.user).cloned().unwrap_or_default();

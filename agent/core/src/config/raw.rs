@@ -151,6 +151,10 @@ impl RawPolicy {
             users: self.users,
             spa: self.spa,
             fwknop: self.fwknop,
+            // Both need material only the controller can push.
+            rotating: false,
+            window_secs: None,
+            otk: None,
         }
     }
 }

@@ -6,9 +6,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::{
-    ConfigError, DEFAULT_SEQUENCE_TIMEOUT, DEFAULT_TCP_FLAGS, Origin, Policy, PolicyDef, User,
-    invalid,
+    ConfigError, DEFAULT_SEQUENCE_TIMEOUT, DEFAULT_TCP_FLAGS, DEFAULT_WINDOW_SECS, Origin, Policy,
+    PolicyDef, User, invalid,
 };
+use crate::detect::rotating::RotatingPolicy;
 use crate::detect::sequence::Door;
 
 /// Users are named 1-64 characters, uniquely, and no two share a native SPA key (its
@@ -65,18 +66,41 @@ pub(super) fn policy(
     if max_timeout < p.timeout {
         return Err(invalid(key("max_timeout"), "is shorter than timeout"));
     }
-    if p.sequence.is_empty() && !p.spa && !p.fwknop {
+    if p.sequence.is_empty() && !p.spa && !p.fwknop && !p.rotating && p.otk.is_none() {
         return Err(invalid(
             key("sequence"),
             "give a knock sequence, or set spa = true or fwknop = true",
         ));
     }
+    if p.rotating && p.sequence_timeout.is_some_and(|t| t.is_zero()) {
+        return Err(invalid(key("sequence_timeout"), "must be longer than zero"));
+    }
+    let rotating = if p.rotating {
+        let window_secs = p.window_secs.unwrap_or(DEFAULT_WINDOW_SECS);
+        if window_secs == 0 {
+            return Err(invalid(key("window_secs"), "must be longer than zero"));
+        }
+        Some(RotatingPolicy {
+            window_secs,
+            sequence_timeout: p.sequence_timeout.unwrap_or(DEFAULT_SEQUENCE_TIMEOUT),
+            tcp_flags: p.tcp_flags.unwrap_or(DEFAULT_TCP_FLAGS),
+        })
+    } else {
+        if p.window_secs.is_some() {
+            return Err(invalid(key("window_secs"), "set without rotating"));
+        }
+        None
+    };
     let door = if p.sequence.is_empty() {
+        // A rotating sequence is timed and filtered like a fixed one.
         let set = [
-            ("sequence_timeout", p.sequence_timeout.is_some()),
+            (
+                "sequence_timeout",
+                p.sequence_timeout.is_some() && !p.rotating,
+            ),
             ("min_gap", p.min_gap.is_some()),
             ("max_gap", p.max_gap.is_some()),
-            ("tcp_flags", p.tcp_flags.is_some()),
+            ("tcp_flags", p.tcp_flags.is_some() && !p.rotating),
         ];
         if let Some((k, _)) = set.iter().find(|(_, set)| *set) {
             return Err(invalid(key(k), "set without a sequence"));
@@ -112,7 +136,8 @@ pub(super) fn policy(
             tcp_flags: p.tcp_flags.unwrap_or(DEFAULT_TCP_FLAGS),
         })
     };
-    let uses_spa = p.spa || p.fwknop;
+    // Every method that identifies a user admits only the users named.
+    let uses_spa = p.spa || p.fwknop || p.rotating || p.otk.is_some();
     if origin == Origin::File && !uses_spa && !p.users.is_empty() {
         return Err(invalid(
             key("users"),
@@ -129,7 +154,11 @@ pub(super) fn policy(
             ));
         };
         let u = &users[idx];
-        let usable = (p.spa && u.spa_key.is_some()) || (p.fwknop && u.fwknop.is_some());
+        // Rotating sequences and one-time keys come as material, not as user keys.
+        let usable = (p.spa && u.spa_key.is_some())
+            || (p.fwknop && u.fwknop.is_some())
+            || p.rotating
+            || p.otk.is_some();
         if !usable {
             return Err(invalid(
                 format!("policy[{i}].users[{j}]"),
@@ -155,5 +184,7 @@ pub(super) fn policy(
         users: members,
         spa: p.spa,
         fwknop: p.fwknop,
+        rotating,
+        otk: p.otk,
     })
 }

@@ -6,7 +6,7 @@
 //! Progress is keyed by (user, policy, window), not by position, so replacing the set of
 //! sequences when the controller pushes new windows keeps every knock in flight.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -104,9 +104,29 @@ impl RotatingDetector {
         }
     }
 
-    /// Every knock any accepted sequence uses (for the capture filter and the drop set).
+    /// Every knock any held, unconsumed sequence uses, whether or not its window is
+    /// accepted now.
     pub fn knocks(&self) -> impl Iterator<Item = &KnockKind> {
         self.index.keys()
+    }
+
+    /// Every knock of a sequence accepted at `now_unix`: live window, not consumed (what
+    /// the capture filter must pass).
+    pub fn live_knocks(&self, now_unix: u64) -> BTreeSet<KnockKind> {
+        self.doors
+            .iter()
+            .filter(|(key, _)| self.live(key, now_unix))
+            .flat_map(|(_, steps)| steps.iter().copied())
+            .collect()
+    }
+
+    /// Sequences held (any window, consumed or not).
+    pub fn len(&self) -> usize {
+        self.doors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.doors.is_empty()
     }
 
     fn live(&self, key: &DoorKey, now_unix: u64) -> bool {

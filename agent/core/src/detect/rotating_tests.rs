@@ -173,3 +173,30 @@ fn a_push_keeps_progress_and_consumption() {
     d.prune(T0 + 120);
     assert!(d.consumed.is_empty(), "old windows are forgotten");
 }
+
+#[test]
+fn live_knocks_are_those_of_accepted_unconsumed_windows() {
+    let w = window_index(T0, 30);
+    let mut d = detector(w);
+    let want = |windows: &[u64]| -> BTreeSet<KnockKind> {
+        windows
+            .iter()
+            .flat_map(|&win| {
+                let mut k = kinds(&ALICE, "gw1", win);
+                k.extend(kinds(&BOB, "gw1", win));
+                k
+            })
+            .collect()
+    };
+    assert_eq!(d.live_knocks(T0), want(&[w - 1, w, w + 1]));
+    assert_eq!(d.live_knocks(T0 + 60), want(&[w + 1, w + 2, w + 3]));
+    assert_eq!(d.len(), 10);
+    // Alice's current sequence, once used, is no longer listened for.
+    assert_eq!(
+        knock_all(&mut d, "10.240.0.2", &kinds(&ALICE, "gw1", w), T0).len(),
+        1
+    );
+    let mut left = want(&[w - 1, w + 1]);
+    left.extend(kinds(&BOB, "gw1", w));
+    assert_eq!(d.live_knocks(T0), left);
+}

@@ -6,6 +6,13 @@
 //! at most one AEAD open. fwknop packets carry no key hint, so users are tried in turn
 //! with precomputed HMAC key schedules, starting with the user who last succeeded from the
 //! same source address.
+//!
+//! One-time keys (pushed by the controller, `proto/rotation.md`) are native keys too: a
+//! packet whose key id is in the stock is checked the same way, against policies that
+//! take one-time keys, and its key leaves the stock as soon as it is accepted, so a resend
+//! is refused here without asking the controller.
+
+mod verdict;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -14,120 +21,11 @@ use std::time::Duration;
 use knockgate_proto::fwknop::{self, FwknopError, FwknopPacket, PreparedKeys};
 use knockgate_proto::spa::{self, KeyId, SpaError, SpaKey};
 
-use crate::config::Config;
+use crate::config::{Config, Otk};
 use crate::lru::BoundedLru;
 use crate::replay::{ReplayCache, ReplayError, ReplayKey};
 use crate::ruleset::Access;
-
-/// Which SPA format a packet was.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    Native,
-    Fwknop,
-}
-
-impl Method {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Method::Native => "spa",
-            Method::Fwknop => "fwknop",
-        }
-    }
-}
-
-/// Why a datagram opened nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    /// Not a packet of either format (size, magic, base64, version, body).
-    Malformed,
-    /// Native: no user has this key id.
-    UnknownKey,
-    /// Native: the key id is known but the AEAD tag does not verify.
-    BadTag,
-    /// fwknop: no user's HMAC key verifies the packet.
-    NoMatchingKey,
-    /// fwknop: the HMAC verified but the packet does not decrypt (wrong Rijndael key).
-    BadEncryptionKey,
-    /// Native: sealed for another gateway.
-    WrongGateway,
-    /// Timestamp older than `max_age`.
-    Stale,
-    /// Timestamp further ahead than `max_age`.
-    Future,
-    /// The same packet was accepted before.
-    Replay,
-    /// The replay cache is full of live entries; refused rather than forgetting.
-    ReplayCacheFull,
-    /// fwknop: a command or NAT message, which knockgate does not run.
-    NotAccessRequest,
-    /// No policy admits this user for this access by this method.
-    AccessDenied,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Malformed => "malformed",
-            Reason::UnknownKey => "unknown_key",
-            Reason::BadTag => "bad_tag",
-            Reason::NoMatchingKey => "no_matching_key",
-            Reason::BadEncryptionKey => "bad_encryption_key",
-            Reason::WrongGateway => "wrong_gateway",
-            Reason::Stale => "stale",
-            Reason::Future => "future",
-            Reason::Replay => "replay",
-            Reason::ReplayCacheFull => "replay_cache_full",
-            Reason::NotAccessRequest => "not_access_request",
-            Reason::AccessDenied => "access_denied",
-        }
-    }
-
-    /// Whether the sender proved it holds a user's key (what follows is worth an INFO).
-    pub fn authenticated(self) -> bool {
-        !matches!(
-            self,
-            Reason::Malformed | Reason::UnknownKey | Reason::BadTag | Reason::NoMatchingKey
-        )
-    }
-
-    /// Every reason, for counters.
-    pub const ALL: [Reason; 12] = [
-        Reason::Malformed,
-        Reason::UnknownKey,
-        Reason::BadTag,
-        Reason::NoMatchingKey,
-        Reason::BadEncryptionKey,
-        Reason::WrongGateway,
-        Reason::Stale,
-        Reason::Future,
-        Reason::Replay,
-        Reason::ReplayCacheFull,
-        Reason::NotAccessRequest,
-        Reason::AccessDenied,
-    ];
-}
-
-/// A refused datagram: why, and what is known about who sent it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rejection {
-    pub reason: Reason,
-    pub method: Option<Method>,
-    pub user: Option<usize>,
-}
-
-/// An accepted datagram: what to open, for whom, and the replay entry to persist.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpaGrant {
-    pub method: Method,
-    pub user: usize,
-    pub policy: usize,
-    pub addr: IpAddr,
-    pub access: Vec<Access>,
-    pub timeout: Duration,
-    /// The client asked for more than `max_timeout`.
-    pub capped: bool,
-    pub replay: (ReplayKey, u64),
-}
+pub use verdict::{Method, Reason, Rejection, SpaGrant};
 
 struct SpaPolicy {
     index: usize,
@@ -137,6 +35,17 @@ struct SpaPolicy {
     users: BTreeSet<usize>,
     native: bool,
     fwknop: bool,
+    otk: bool,
+}
+
+impl SpaPolicy {
+    fn takes(&self, method: Method) -> bool {
+        match method {
+            Method::Native => self.native,
+            Method::Fwknop => self.fwknop,
+            Method::Otk => self.otk,
+        }
+    }
 }
 
 /// Keys, policies and replay state for one gateway.
@@ -144,6 +53,8 @@ pub struct SpaDetector {
     gateway: String,
     max_age: u64,
     native: HashMap<KeyId, (usize, SpaKey)>,
+    /// The one-time keys not used yet: user and counter.
+    otks: HashMap<KeyId, (usize, u64, SpaKey)>,
     fwknop: Vec<(usize, PreparedKeys)>,
     hints: BoundedLru<IpAddr, usize>,
     policies: Vec<SpaPolicy>,
@@ -174,7 +85,7 @@ impl SpaDetector {
             .policies
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.spa || p.fwknop)
+            .filter(|(_, p)| p.spa || p.fwknop || p.otk.is_some())
             .map(|(index, p)| SpaPolicy {
                 index,
                 open: p.open.iter().copied().collect(),
@@ -183,17 +94,33 @@ impl SpaDetector {
                 users: p.users.clone(),
                 native: p.spa,
                 fwknop: p.fwknop,
+                otk: p.otk.is_some(),
             })
             .collect();
         SpaDetector {
             gateway: config.agent.name.clone(),
             max_age: config.spa.max_age.as_secs(),
             native,
+            otks: HashMap::new(),
             fwknop,
             hints: BoundedLru::new(4096),
             policies,
             replay: ReplayCache::new(config.spa.replay_cache_max),
         }
+    }
+
+    /// Replace the stock of one-time keys (user indexes are this config's). Keys the
+    /// caller knows are used must be left out.
+    pub fn set_otks(&mut self, otks: impl IntoIterator<Item = Otk>) {
+        self.otks = otks
+            .into_iter()
+            .map(|o| (o.key.id(), (o.user, o.counter, o.key)))
+            .collect();
+    }
+
+    /// One-time keys in stock.
+    pub fn otk_count(&self) -> usize {
+        self.otks.len()
     }
 
     /// The replay cache, to restore it from disk at start.
@@ -222,11 +149,19 @@ impl SpaDetector {
             user,
         };
         let id = spa::peek_key_id(payload).map_err(|e| reject(native_reason(e), None))?;
-        let (user, key) = self
-            .native
-            .get(&id)
-            .ok_or(reject(Reason::UnknownKey, None))?;
-        let user = *user;
+        let (method, user, key, otk) = match self.native.get(&id) {
+            Some((user, key)) => (Method::Native, *user, key, None),
+            None => {
+                let (user, counter, key) =
+                    self.otks.get(&id).ok_or(reject(Reason::UnknownKey, None))?;
+                (Method::Otk, *user, key, Some(*counter))
+            }
+        };
+        let reject = |reason, user| Rejection {
+            reason,
+            method: Some(method),
+            user,
+        };
         let req = spa::open(key, payload).map_err(|e| reject(native_reason(e), Some(user)))?;
         if req.gateway != self.gateway {
             return Err(reject(Reason::WrongGateway, Some(user)));
@@ -237,17 +172,24 @@ impl SpaDetector {
         rkey[..8].copy_from_slice(&id.0);
         rkey[8..24].copy_from_slice(&req.nonce);
         let addr = req.allow_ip.unwrap_or(src);
-        self.decide(
-            Method::Native,
-            user,
-            addr,
-            &req.access,
-            req.duration_secs,
-            rkey,
-            req.timestamp,
-            now,
-        )
-        .map_err(|r| reject(r, Some(user)))
+        let mut grant = self
+            .decide(
+                method,
+                user,
+                addr,
+                &req.access,
+                req.duration_secs,
+                rkey,
+                req.timestamp,
+                now,
+            )
+            .map_err(|r| reject(r, Some(user)))?;
+        if otk.is_some() {
+            // Burned here whatever the controller says: a resend costs no round trip.
+            self.otks.remove(&id);
+            grant.otk = otk;
+        }
+        Ok(grant)
     }
 
     fn fwknop(&mut self, src: IpAddr, payload: &[u8], now: u64) -> Result<SpaGrant, Rejection> {
@@ -345,11 +287,8 @@ impl SpaDetector {
             .policies
             .iter()
             .find(|p| {
-                (if method == Method::Native {
-                    p.native
-                } else {
-                    p.fwknop
-                }) && p.users.contains(&user)
+                p.takes(method)
+                    && p.users.contains(&user)
                     && !access.is_empty()
                     && access.iter().all(|a| p.open.contains(a))
             })
@@ -374,6 +313,7 @@ impl SpaDetector {
             timeout,
             capped,
             replay: (rkey, expires),
+            otk: None,
         })
     }
 }

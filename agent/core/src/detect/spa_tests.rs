@@ -303,3 +303,104 @@ proptest! {
         prop_assert!(d.handle_datagram(src(), &bytes, NOW).is_err());
     }
 }
+
+/// `config()` plus "keys", which one-time keys of alice open (tcp/443), and a stock of
+/// alice's keys 5 and 6.
+fn with_otks() -> (SpaDetector, [SpaKey; 2]) {
+    use crate::config::{Origin, Otk, OtkOffline, PolicyDef};
+    let base = config();
+    let mut defs: Vec<PolicyDef> = Vec::new();
+    defs.push(PolicyDef {
+        name: "keys".into(),
+        open: vec!["tcp/443".parse().unwrap()],
+        timeout: Duration::from_secs(60),
+        max_timeout: None,
+        sequence: vec![],
+        sequence_timeout: None,
+        min_gap: None,
+        max_gap: None,
+        tcp_flags: None,
+        users: vec!["alice".into()],
+        spa: false,
+        fwknop: false,
+        rotating: false,
+        window_secs: None,
+        otk: Some(OtkOffline::Deny),
+    });
+    let mut ssh = defs[0].clone();
+    ssh.name = "ssh-spa".into();
+    ssh.open = vec!["tcp/22".parse().unwrap()];
+    ssh.otk = None;
+    ssh.spa = true;
+    defs.push(ssh);
+    let c = base
+        .with_policies(Origin::Controller, base.users.clone(), defs)
+        .unwrap();
+    let keys = [SpaKey::from_secret([5; 32]), SpaKey::from_secret([6; 32])];
+    let mut d = SpaDetector::new(&c);
+    d.set_otks(keys.iter().enumerate().map(|(i, k)| Otk {
+        user: 1,
+        counter: 5 + i as u64,
+        key: k.clone(),
+    }));
+    (d, keys)
+}
+
+fn sealed(key: &SpaKey, access: &str, nonce: u8) -> Vec<u8> {
+    let req = SpaRequest {
+        timestamp: NOW,
+        nonce: [nonce; 16],
+        gateway: "gw1".into(),
+        allow_ip: None,
+        access: vec![access.parse().unwrap()],
+        duration_secs: 0,
+    };
+    spa::seal(key, &req, [nonce; 24]).unwrap()
+}
+
+#[test]
+fn a_one_time_key_opens_only_otk_policies_and_leaves_the_stock() {
+    let (mut d, keys) = with_otks();
+    assert_eq!(d.otk_count(), 2);
+    // A one-time key cannot open a policy that only takes static keys.
+    let r = d
+        .handle_datagram(src(), &sealed(&keys[1], "tcp/22", 1), NOW)
+        .unwrap_err();
+    assert_eq!(
+        (r.reason, r.method, r.user),
+        (Reason::AccessDenied, Some(Method::Otk), Some(1))
+    );
+    assert_eq!(d.otk_count(), 2, "a refused packet burns nothing");
+    // Nor can alice's static key open the one-time-key policy.
+    let r = d
+        .handle_datagram(src(), &native("gw1", &["tcp/443"], NOW, 2, 0, None), NOW)
+        .unwrap_err();
+    assert_eq!(r.reason, Reason::AccessDenied);
+    // The later key works first (a client that skipped ahead), and is gone after.
+    let g = d
+        .handle_datagram(src(), &sealed(&keys[1], "tcp/443", 3), NOW)
+        .unwrap();
+    assert_eq!(
+        (g.method, g.user, g.otk, g.timeout),
+        (Method::Otk, 1, Some(6), Duration::from_secs(60))
+    );
+    assert_eq!(d.otk_count(), 1);
+    let r = d
+        .handle_datagram(src(), &sealed(&keys[1], "tcp/443", 4), NOW)
+        .unwrap_err();
+    assert_eq!(r.reason, Reason::UnknownKey, "burned");
+    let g = d
+        .handle_datagram(src(), &sealed(&keys[0], "tcp/443", 5), NOW)
+        .unwrap();
+    assert_eq!(g.otk, Some(5));
+    // A stale one-time-key packet is refused like any other.
+    d.set_otks([crate::config::Otk {
+        user: 1,
+        counter: 9,
+        key: keys[0].clone(),
+    }]);
+    let r = d
+        .handle_datagram(src(), &sealed(&keys[0], "tcp/443", 6), NOW + 500)
+        .unwrap_err();
+    assert_eq!((r.reason, r.method), (Reason::Stale, Some(Method::Otk)));
+}
