@@ -29,21 +29,30 @@ pub fn user_keys() -> Result<UserKeys, ServiceError> {
     })
 }
 
-/// A one-time enrolment token: 32 random bytes, base64url without padding.
+/// A one-time enrolment token: `kge_` and 32 random bytes in base64url without padding.
+/// The prefix keeps a token from starting with `-` (which a command line would take for
+/// a flag) and lets secret scanners recognise one.
 pub fn enrolment_token() -> Result<String, ServiceError> {
-    Ok(URL_SAFE_NO_PAD.encode(random::<32>()?))
+    Ok(format!("kge_{}", URL_SAFE_NO_PAD.encode(random::<32>()?)))
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     #[test]
+    fn tokens_never_look_like_flags() {
+        for _ in 0..200 {
+            assert!(super::enrolment_token().unwrap().starts_with("kge_"));
+        }
+    }
+
+    #[test]
     fn tokens_are_long_and_distinct() {
         let (a, b) = (
             super::enrolment_token().unwrap(),
             super::enrolment_token().unwrap(),
         );
-        assert_eq!(a.len(), 43);
+        assert_eq!(a.len(), 4 + 43);
         assert_ne!(a, b);
         assert!(
             a.bytes()

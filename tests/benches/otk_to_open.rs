@@ -20,12 +20,15 @@ use knockgate_tests::netns::sh;
 use knockgate_tests::probe::{Listener, first_connect, report};
 
 fn key_from_profile(path: &std::path::Path, field: &str) -> [u8; 32] {
-    let v: toml::Value = std::fs::read_to_string(path)
+    let user = knockgate_cli::profile::read_profile(path)
         .expect("profile")
-        .parse()
-        .expect("toml");
+        .user;
+    let text = match field {
+        "spa_key" => user.spa_key.clone(),
+        _ => user.rotating_secret.clone(),
+    };
     let b = base64::engine::general_purpose::STANDARD
-        .decode(v["user"][field].as_str().expect(field))
+        .decode(text.expect(field))
         .expect("b64");
     b.try_into().expect("32 bytes")
 }

@@ -27,7 +27,16 @@ pub(super) struct SpaState {
     enabled: bool,
     refused: [u64; Reason::ALL.len()],
     last_summary: Instant,
+    /// Token bucket for reporting unauthenticated refusals one by one.
+    junk_tokens: f64,
+    junk_refilled: Instant,
 }
+
+/// Unauthenticated refusals reported individually: this many per second on average, in
+/// bursts of up to `JUNK_BURST`; beyond that only the periodic summary counts them, so a
+/// flood of junk can neither flood the audit trail nor hide a single stray packet.
+const JUNK_PER_SEC: f64 = 20.0;
+const JUNK_BURST: f64 = 100.0;
 
 impl SpaState {
     pub(super) fn new(detector: SpaDetector, store: ReplayStore, port: u16, enabled: bool) -> Self {
@@ -38,6 +47,8 @@ impl SpaState {
             enabled,
             refused: [0; Reason::ALL.len()],
             last_summary: Instant::now(),
+            junk_tokens: JUNK_BURST,
+            junk_refilled: Instant::now(),
         }
     }
 
@@ -51,6 +62,19 @@ impl SpaState {
     /// Stock the detector with these one-time keys.
     pub(super) fn set_otks(&mut self, otks: Vec<Otk>) {
         self.detector.set_otks(otks);
+    }
+
+    /// Whether one more unauthenticated refusal may be reported on its own now.
+    fn take_junk_token(&mut self, now: Instant) -> bool {
+        let earned = now.duration_since(self.junk_refilled).as_secs_f64() * JUNK_PER_SEC;
+        self.junk_tokens = (self.junk_tokens + earned).min(JUNK_BURST);
+        self.junk_refilled = now;
+        if self.junk_tokens >= 1.0 {
+            self.junk_tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 
     /// The refusals counted since the last summary, every `SUMMARY_EVERY`.
@@ -182,6 +206,18 @@ impl Engine {
         } else {
             debug!(target: "knockgate::event", event = "spa.rejected", src = %src, method,
                 reason = r.reason.as_str(), "SPA packet refused");
+            if self
+                .spa
+                .as_mut()
+                .is_some_and(|s| s.take_junk_token(Instant::now()))
+            {
+                self.report(|| {
+                    ReportEvent::new("spa.rejected")
+                        .src(src)
+                        .reason(r.reason.as_str())
+                        .detail("method", method)
+                });
+            }
         }
     }
 }

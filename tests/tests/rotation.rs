@@ -1,0 +1,406 @@
+//! End to end for rotating sequences and fleet-wide one-time keys: a controller, two
+//! agents (gw1 and gw2, both role=edge) and two clients. What is checked is what a user
+//! and an auditor see: which gateway opens, and what the audit trail says.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine as _;
+use knockgate_cli::spa::build_spa;
+use knockgate_proto::Access;
+use knockgate_proto::rotation::{RotationParams, derive_otk, derive_sequence, window_index};
+use knockgate_tests::agent::{AgentProc, Workdir};
+use knockgate_tests::controller::{Controller, enroll_and_start, wait_applied};
+use knockgate_tests::fleet::Fleet;
+use knockgate_tests::netns::Netns;
+use knockgate_tests::probe::{Listener, can_connect, opens_within};
+use serde_json::Value;
+
+const CTL: usize = 0;
+const GW1: usize = 1;
+const GW2: usize = 2;
+const CLIENT: usize = 3;
+const CLIENT2: usize = 4;
+const WINDOW: u64 = 5;
+
+struct Profile {
+    secret: [u8; 32],
+    params: RotationParams,
+}
+
+fn read_profile(path: &Path) -> Profile {
+    let profile = knockgate_cli::profile::read_profile(path).expect("profile");
+    let b64 = profile
+        .user
+        .rotating_secret
+        .clone()
+        .expect("rotating_secret");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("base64");
+    let secret: [u8; 32] = bytes.try_into().expect("32 bytes");
+    let gw = profile
+        .gateways
+        .iter()
+        .find(|g| g.name == "gw1")
+        .expect("gw1 in profile");
+    let params = gw
+        .rotating
+        .first()
+        .expect("rotating params")
+        .params()
+        .expect("params");
+    Profile { secret, params }
+}
+
+fn unix_now() -> u64 {
+    knockgate_proto::unix_secs(SystemTime::now())
+}
+
+/// `knocker knock` specs for a sequence.
+fn specs(seq: &[Access]) -> Vec<String> {
+    seq.iter().map(|a| a.to_string()).collect()
+}
+
+fn knock_from(ns: &Netns, host: &str, seq: &[Access]) {
+    let out = ns
+        .cmd(knockgate_tests::bin("knocker"))
+        .args(["knock", host, "--delay", "10ms"])
+        .args(specs(seq))
+        .output()
+        .expect("knocker knock");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn send_udp(ns: &Netns, packets: Vec<(SocketAddr, Vec<u8>)>) {
+    ns.run(move || {
+        let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        for (to, p) in packets {
+            sock.send_to(&p, to).expect("send");
+        }
+    });
+}
+
+fn otk_packet(secret: &[u8; 32], counter: u64, gateway: &str) -> Vec<u8> {
+    build_spa(
+        &derive_otk(secret, counter),
+        gateway,
+        vec![Access::tcp(22)],
+        None,
+        0,
+        SystemTime::now(),
+    )
+    .expect("build")
+}
+
+fn events(agent: &AgentProc, name: &str) -> Vec<Value> {
+    agent.events_named(name)
+}
+
+fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn rotating_sequences_and_one_time_keys_across_the_fleet() {
+    let fleet = Fleet::new(&["ctl", "gw1", "gw2", "client", "client2"]);
+    let work = Workdir::new();
+    let mut ctl = Controller::start(
+        &fleet.host(CTL).ns,
+        &work.path.join("ctl"),
+        &fleet.host(CTL).v4.to_string(),
+        None,
+    );
+    let _s1 = Listener::start(&fleet.host(GW1).ns, 22);
+    let _s2 = Listener::start(&fleet.host(GW2).ns, 22);
+    let (gw1, _) = enroll_and_start(&ctl, &fleet.host(GW1).ns, &work, "gw1", "role=edge");
+    let (gw2, _) = enroll_and_start(&ctl, &fleet.host(GW2).ns, &work, "gw2", "role=edge");
+    assert!(
+        wait_applied(&ctl, Duration::from_secs(10)),
+        "agents connected"
+    );
+    let profile_path = work.path.join("alice.toml");
+    let profile_arg = profile_path.to_str().expect("path").to_string();
+    let out = ctl.knockadm(&["user", "add", "alice"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ctl.knockadm_json(&[
+        "policy",
+        "add",
+        "rot",
+        "--open",
+        "tcp/22",
+        "--users",
+        "alice",
+        "--agents",
+        "role=edge",
+        "--rotating",
+        "--window",
+        "5s",
+        "--timeout",
+        "30s",
+    ]);
+    ctl.knockadm_json(&[
+        "policy",
+        "add",
+        "otk",
+        "--open",
+        "tcp/22",
+        "--users",
+        "alice",
+        "--agents",
+        "role=edge",
+        "--otk",
+        "--timeout",
+        "30s",
+    ]);
+    // Keys only go out once: rotate to get a profile now that the policies exist.
+    let out = ctl.knockadm(&[
+        "user",
+        "rotate-keys",
+        "alice",
+        "--profile-out",
+        &profile_arg,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        wait_applied(&ctl, Duration::from_secs(5)),
+        "policies applied"
+    );
+    let p = read_profile(&profile_path);
+    assert_eq!(p.params.window_secs as u64, WINDOW);
+
+    let (c1, c2) = (&fleet.host(CLIENT).ns, &fleet.host(CLIENT2).ns);
+    let (me1, me2): (IpAddr, IpAddr) = (fleet.host(CLIENT).addr(), fleet.host(CLIENT2).addr());
+    let gw1_ip = fleet.host(GW1).addr().to_string();
+    let gw2_ip = fleet.host(GW2).addr().to_string();
+    let ssh1 = SocketAddr::new(fleet.host(GW1).addr(), 22);
+    let ssh2 = SocketAddr::new(fleet.host(GW2).addr(), 22);
+
+    // --- Rotating: knocker opens gw1; the same knocks from another client open nothing. ---
+    // Start early in a window so the replay below lands in the same window.
+    wait_until(
+        "the start of a window",
+        Duration::from_secs(WINDOW + 1),
+        || unix_now().is_multiple_of(WINDOW),
+    );
+    let w = window_index(unix_now(), p.params.window_secs);
+    let out = c1
+        .cmd(knockgate_tests::bin("knocker"))
+        .args([
+            "open",
+            "gw1",
+            "--method",
+            "rotating",
+            "--profile",
+            &profile_arg,
+        ])
+        .output()
+        .expect("knocker");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        opens_within(c1, me1, ssh1, Duration::from_secs(2)),
+        "rotating knock opens gw1:\n{}",
+        gw1.log_text()
+    );
+    let seq = derive_sequence(&p.secret, "gw1", w, &p.params).expect("derive");
+    knock_from(c2, &gw1_ip, &seq);
+    knock_from(c2, &gw2_ip, &seq);
+    assert!(
+        !opens_within(c2, me2, ssh1, Duration::from_millis(600)),
+        "a consumed sequence opens nothing at gw1"
+    );
+    assert!(
+        !can_connect(c2, me2, ssh2),
+        "gw1's sequence opens nothing at gw2"
+    );
+    // Once its window has passed (and the one after, the skew allowance), an unused
+    // sequence opens nothing; the current one still works.
+    let old = derive_sequence(&p.secret, "gw1", w, &p.params).expect("derive");
+    let fresh_gw2 = derive_sequence(&p.secret, "gw2", w + 2, &p.params).expect("derive");
+    wait_until("window w + 2", Duration::from_secs(3 * WINDOW), || {
+        window_index(unix_now(), p.params.window_secs) >= w + 2
+    });
+    knock_from(
+        c2,
+        &gw2_ip,
+        &derive_sequence(&p.secret, "gw2", w, &p.params).expect("derive"),
+    );
+    assert!(
+        !opens_within(c2, me2, ssh2, Duration::from_millis(600)),
+        "last window's sequence opens nothing"
+    );
+    let _ = old;
+    knock_from(c2, &gw2_ip, &fresh_gw2);
+    assert!(
+        opens_within(c2, me2, ssh2, Duration::from_secs(2)),
+        "the current window's sequence opens gw2:\n{}",
+        gw2.log_text()
+    );
+
+    // --- One-time keys: knocker's key 0 opens gw1 once; the same packet or key at gw2 opens nothing. ---
+    let out = c1
+        .cmd(knockgate_tests::bin("knocker"))
+        .args(["open", "gw1", "--method", "otk", "--profile", &profile_arg])
+        .output()
+        .expect("knocker");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("key 0 accepted at gw1", Duration::from_secs(3), || {
+        events(&gw1, "spa.accepted")
+            .iter()
+            .any(|e| e["method"] == "otk")
+    });
+    let again = otk_packet(&p.secret, 0, "gw2");
+    send_udp(
+        c1,
+        vec![(SocketAddr::new(fleet.host(GW2).addr(), 62201), again)],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !events(&gw2, "spa.accepted")
+            .iter()
+            .any(|e| e["method"] == "otk"),
+        "key 0 at gw2 opens nothing"
+    );
+
+    // Fifty rounds: the same key at gw1 and gw2 at the same instant opens exactly one.
+    for counter in 1..=50u64 {
+        let to1 = SocketAddr::new(fleet.host(GW1).addr(), 62201);
+        let to2 = SocketAddr::new(fleet.host(GW2).addr(), 62201);
+        send_udp(
+            c2,
+            vec![
+                (to1, otk_packet(&p.secret, counter, "gw1")),
+                (to2, otk_packet(&p.secret, counter, "gw2")),
+            ],
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    wait_until("every round decided", Duration::from_secs(5), || {
+        let audit = ctl.knockadm_json(&["audit", "--kind", "otk.claimed", "--limit", "1000"]);
+        audit.as_array().map_or(0, |a| a.len()) >= 51
+    });
+    let claimed = ctl.knockadm_json(&["audit", "--kind", "otk.claimed", "--limit", "1000"]);
+    let claimed = claimed.as_array().expect("array");
+    assert_eq!(claimed.len(), 51, "one winner per key: {claimed:?}");
+    let accepted: usize = [&gw1, &gw2]
+        .iter()
+        .map(|a| {
+            events(a, "spa.accepted")
+                .iter()
+                .filter(|e| e["method"] == "otk")
+                .count()
+        })
+        .sum();
+    assert_eq!(accepted, 51, "exactly one gateway opened per key");
+
+    // --- Offline: "deny" refuses. ---
+    ctl.kill();
+    send_udp(
+        c1,
+        vec![(
+            SocketAddr::new(fleet.host(GW1).addr(), 62201),
+            otk_packet(&p.secret, 51, "gw1"),
+        )],
+    );
+    let mut gw1 = gw1;
+    assert!(
+        gw1.wait_event(
+            |e| e["event"] == "spa.rejected" && e["reason"] == "otk_offline_denied",
+            Duration::from_secs(5)
+        )
+        .is_some(),
+        "deny refuses offline:\n{}",
+        gw1.log_text()
+    );
+    ctl.run(&fleet.host(CTL).ns);
+    // --- Offline: "local" grants; a key used twice offline shows up flagged. ---
+    ctl.knockadm(&["policy", "remove", "otk"]);
+    ctl.knockadm_json(&[
+        "policy",
+        "add",
+        "otk",
+        "--open",
+        "tcp/22",
+        "--users",
+        "alice",
+        "--agents",
+        "role=edge",
+        "--otk",
+        "--otk-offline",
+        "local",
+        "--timeout",
+        "30s",
+    ]);
+    assert!(
+        wait_applied(&ctl, Duration::from_secs(10)),
+        "local policy applied"
+    );
+    ctl.kill();
+    let key = 52;
+    send_udp(
+        c1,
+        vec![(
+            SocketAddr::new(fleet.host(GW1).addr(), 62201),
+            otk_packet(&p.secret, key, "gw1"),
+        )],
+    );
+    send_udp(
+        c2,
+        vec![(
+            SocketAddr::new(fleet.host(GW2).addr(), 62201),
+            otk_packet(&p.secret, key, "gw2"),
+        )],
+    );
+    assert!(
+        opens_within(c1, me1, ssh1, Duration::from_secs(2)) || can_connect(c1, me1, ssh1),
+        "local grants offline at gw1"
+    );
+    let mut gw2 = gw2;
+    assert!(
+        gw2.wait_event(
+            |e| e["event"] == "spa.accepted" && e["offline"] == true,
+            Duration::from_secs(5)
+        )
+        .is_some(),
+        "local grants offline at gw2:\n{}",
+        gw2.log_text()
+    );
+    ctl.run(&fleet.host(CTL).ns);
+    wait_until(
+        "the reuse flagged in the audit trail",
+        Duration::from_secs(20),
+        || {
+            ctl.knockadm_json(&["audit", "--kind", "otk.reuse"])
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+        },
+    );
+}
