@@ -222,7 +222,10 @@ pub fn run(path: &Path, format: LogFormat, level: &str, keep_on_exit: bool) -> R
     };
     let mut engine = Engine::new(&config, firewall, spa)
         .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?
-        .with_tuning(tuning.clone());
+        .with_tuning(tuning.clone())
+        .with_rotating_store(&state_dir)
+        .context("failed to load the used rotating sequences from state_dir")
+        .map_err(Failure::runtime)?;
     let spooler = if channel.is_some() {
         let (reporter, spooler) = report::start(&state_dir)
             .context("failed to open the report spool in state_dir")

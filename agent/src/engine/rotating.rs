@@ -19,7 +19,7 @@ use knockgate_agent_core::detect::rotating::{
 use knockgate_agent_core::filter::capture_filter;
 use knockgate_agent_core::packet::KnockKind;
 use knockgate_proto::unix_secs;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::Engine;
 use crate::capture::KnockMsg;
@@ -58,7 +58,28 @@ pub(super) struct RotatingState {
     tuned: Option<BTreeSet<KnockKind>>,
     /// The wall second of the last prune.
     last_tick: u64,
+    /// Used sequences on disk, so a restart does not make them usable again.
+    store: Option<ConsumedFile>,
 }
+
+/// `state_dir/rotating-consumed`: one JSON line per used sequence, appended and synced
+/// before its grant opens, with the unix second after which the sequence could not be
+/// accepted anyway (the end of the window after its own). Rewritten with only live lines
+/// at start.
+struct ConsumedFile {
+    file: std::fs::File,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ConsumedLine {
+    user: String,
+    policy: String,
+    window: u64,
+    until: u64,
+}
+
+/// The used-sequences file in the state directory.
+pub const CONSUMED_FILE: &str = "rotating-consumed";
 
 impl RotatingState {
     pub(super) fn new(max_sources: usize) -> Self {
@@ -69,6 +90,7 @@ impl RotatingState {
             outcomes: Vec::new(),
             tuned: None,
             last_tick: 0,
+            store: None,
         }
     }
 
@@ -157,6 +179,21 @@ impl Engine {
             return;
         };
         let (name, open, timeout) = (p.name.clone(), p.open.clone(), p.timeout);
+        let window_secs = p.rotating.map_or(30, |r| u64::from(r.window_secs.max(1)));
+        if let Some(store) = &mut self.rotating.store {
+            let line = ConsumedLine {
+                user: user.to_string(),
+                policy: name.clone(),
+                window,
+                until: (window + 2) * window_secs,
+            };
+            if let Err(e) = store.append(&line) {
+                warn!(target: "knockgate::event", event = "knock.rejected", src = %k.src, policy = %name,
+                    user, reason = "consumed_store", error = %e,
+                    "cannot record the used rotating sequence; refusing (fail closed)");
+                return;
+            }
+        }
         info!(target: "knockgate::event", event = "knock.completed", src = %k.src,
             policy = %name, user, method = "rotating", window, "rotating knock sequence completed");
         self.report(|| {
@@ -168,6 +205,45 @@ impl Engine {
                 .detail("window", window)
         });
         self.open_grants(&name, Some(user), k.src, &open, timeout, Instant::now());
+    }
+
+    /// Keep used sequences in `state_dir` (see [`CONSUMED_FILE`]) and restore the ones
+    /// still within their acceptance window, so a restarted agent refuses them too.
+    pub fn with_rotating_store(mut self, state_dir: &std::path::Path) -> std::io::Result<Self> {
+        let path = state_dir.join(CONSUMED_FILE);
+        let now = unix_secs(self.clock.wall());
+        let mut live = Vec::new();
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            for line in text.lines() {
+                // A torn last line (a crash mid-append) is skipped.
+                if let Ok(l) = serde_json::from_str::<ConsumedLine>(line)
+                    && l.until > now
+                {
+                    live.push(l);
+                }
+            }
+        }
+        for l in &live {
+            let key = DoorKey {
+                user: self.rotating.users.id(&l.user),
+                policy: self.rotating.policies.id(&l.policy),
+                window: l.window,
+            };
+            self.rotating.detector.mark_consumed(key);
+        }
+        let tmp = path.with_extension("tmp");
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            for l in &live {
+                serde_json::to_writer(&mut f, l).map_err(std::io::Error::other)?;
+                std::io::Write::write_all(&mut f, b"\n")?;
+            }
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &path)?;
+        let file = std::fs::OpenOptions::new().append(true).open(&path)?;
+        self.rotating.store = Some(ConsumedFile { file });
+        Ok(self)
     }
 
     /// Once per wall second: forget consumed marks of windows gone by, and follow the
@@ -199,5 +275,14 @@ impl Engine {
         kinds.extend(live.iter().copied());
         tuning.set(capture_filter(&kinds), self.config.spa_port());
         self.rotating.tuned = Some(live);
+    }
+}
+
+impl ConsumedFile {
+    fn append(&mut self, line: &ConsumedLine) -> std::io::Result<()> {
+        let mut bytes = serde_json::to_vec(line).map_err(std::io::Error::other)?;
+        bytes.push(b'\n');
+        std::io::Write::write_all(&mut self.file, &bytes)?;
+        self.file.sync_data()
     }
 }

@@ -2,7 +2,9 @@ use std::collections::BTreeSet;
 
 use knockgate_agent_core::packet::KnockKind;
 
-use super::test_rig::{ALICE, BOB, T0, material, rig, sequence, update, users_and_policies, w0};
+use super::test_rig::{
+    ALICE, BOB, Rig, T0, material, rig, rig_in, sequence, update, users_and_policies, w0,
+};
 
 #[test]
 fn a_completed_rotating_sequence_opens_for_its_user_and_says_so() {
@@ -46,6 +48,28 @@ fn a_consumed_sequence_opens_nothing_again_from_anywhere() {
         .map(|(_, g)| g.user.as_deref())
         .collect();
     assert_eq!(grants, [Some("alice"), Some("alice")]);
+}
+
+#[test]
+fn a_restarted_agent_still_refuses_a_used_sequence() {
+    let mut r = rig();
+    let seq = sequence(&ALICE, w0());
+    r.knock("10.0.0.2", &seq);
+    assert_eq!(r.open().len(), 1);
+    let Rig { engine, dir, .. } = r;
+    drop(engine);
+    let mut again = rig_in(dir);
+    again.knock("10.0.0.9", &seq);
+    assert!(
+        again.open().is_empty(),
+        "the used sequence stays used after a restart"
+    );
+    again.knock("10.0.0.3", &sequence(&ALICE, w0() + 1));
+    assert_eq!(
+        again.open(),
+        ["10.0.0.3 tcp/2222"],
+        "an unused one still works"
+    );
 }
 
 #[test]

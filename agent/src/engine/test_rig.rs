@@ -158,7 +158,11 @@ pub fn update(
 
 /// The engine at `T0 + 5 s`, holding windows w0-1 ..= w0+3 and keys 0 ..= 3 of both users.
 pub fn rig() -> Rig {
-    let dir = tempfile::tempdir().expect("tmp");
+    rig_in(tempfile::tempdir().expect("tmp"))
+}
+
+/// The same over an existing state directory (a restarted agent).
+pub fn rig_in(dir: tempfile::TempDir) -> Rig {
     let (users, policies) = users_and_policies();
     let u = update(
         dir.path(),
@@ -190,7 +194,9 @@ pub fn rig() -> Rig {
         .with_reporter(reporter)
         .with_clock(Box::new(FakeClock(clock.clone())))
         .with_tuning(tuning.clone())
-        .with_claims(Some(link), BurnedKeys::open(dir.path()).expect("burned"));
+        .with_claims(Some(link), BurnedKeys::open(dir.path()).expect("burned"))
+        .with_rotating_store(dir.path())
+        .expect("rotating store");
     engine.set_material(u.material().clone());
     Rig {
         engine,

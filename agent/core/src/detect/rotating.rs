@@ -137,6 +137,13 @@ impl RotatingDetector {
         key.window + 1 >= current && key.window <= current + 1 && !self.consumed.contains(key)
     }
 
+    /// Mark a sequence used (restored from disk after a restart), whether or not it is
+    /// held right now; a later push of it stays consumed.
+    pub fn mark_consumed(&mut self, key: DoorKey) {
+        self.consumed.insert(key);
+        self.reindex();
+    }
+
     /// Forget consumed marks of windows no longer accepted (keeps the set bounded).
     pub fn prune(&mut self, now_unix: u64) {
         let policies = &self.policies;
