@@ -197,13 +197,7 @@ fn rotations(
         .filter(|p| p.agents.matches(labels))
         .map(|p| (p.name.as_str(), p))
         .collect();
-    // As `material::Deriver` excludes them: every protected port at the gateway.
-    let exclude: Vec<u16> = selected
-        .values()
-        .flat_map(|p| p.open.iter().map(|a| a.port))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let exclude = protected_ports(selected.values().copied());
     selected
         .values()
         .filter(|p| p.admits(user))
@@ -212,6 +206,19 @@ fn rotations(
                 .as_ref()
                 .map(|r| gateway_rotation_to_api(&p.name, r, &exclude))
         })
+        .collect()
+}
+
+/// The ports rotating knocks at a gateway never use: every port protected there by the
+/// policies selecting it, sorted. One function for what agents receive
+/// ([`material`]) and what profiles tell clients ([`gateways`]), so the two always derive
+/// the same sequences.
+pub fn protected_ports<'a>(selected: impl IntoIterator<Item = &'a PolicyDef>) -> Vec<u16> {
+    selected
+        .into_iter()
+        .flat_map(|p| p.open.iter().map(|a| a.port))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
         .collect()
 }
 

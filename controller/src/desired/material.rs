@@ -5,7 +5,7 @@
 //! handed in. A [`Deriver`] caches derivations between refreshes of one
 //! stream, so a window boundary derives one new window, not five.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use knockgate_proto::rotation::{self, Protos};
 use knockgate_proto::{Access, api};
@@ -151,12 +151,7 @@ impl Deriver {
             .filter(|p| p.agents.matches(inputs.labels))
             .collect();
         // The gateway's protected ports: no rotating knock may land on one.
-        let exclude: Vec<u16> = selected
-            .iter()
-            .flat_map(|p| p.open.iter().map(|a| a.port))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let exclude = super::protected_ports(selected.iter().copied());
         let mut material = Material::default();
         let mut boundary: Option<i64> = None;
         let mut sequences = HashMap::new();
