@@ -44,3 +44,15 @@ pub fn require_root() {
         "end-to-end tests need root (network namespaces, nftables, pcap); CI runs them as root"
     );
 }
+
+/// Poll `f` every 100 ms until it holds; panic naming `what` after `within`.
+pub fn wait_until(what: &str, within: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}

@@ -4,52 +4,21 @@
 //! The same story runs on SQLite and on PostgreSQL.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use knockgate_tests::agent::Workdir;
 use knockgate_tests::controller::{Controller, enroll_and_start, wait_applied};
 use knockgate_tests::fleet::Fleet;
-use knockgate_tests::netns::Netns;
+use knockgate_tests::netns::{Netns, sh};
 use knockgate_tests::pg::Postgres;
 use knockgate_tests::probe::{Listener, can_connect, closes_within, opens_within};
+use knockgate_tests::wait_until;
 use serde_json::Value;
 
 const CTL: usize = 0;
 const GW1: usize = 1;
 const GW2: usize = 2;
 const CLIENT: usize = 3;
-
-fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
-}
-
-fn run_ok(mut cmd: std::process::Command, what: &str) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The value of `key = "..."` in the profile's [user] table.
-fn profile_value(profile: &Path, key: &str) -> String {
-    let text = std::fs::read_to_string(profile).expect("profile");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key} = ")))
-        .map(|v| v.trim().trim_matches('"').to_string())
-        .unwrap_or_else(|| panic!("no {key} in profile"))
-}
 
 fn audit(ctl: &Controller, args: &[&str]) -> Vec<Value> {
     let mut all = vec!["audit", "--limit", "1000"];
@@ -61,9 +30,8 @@ fn audit(ctl: &Controller, args: &[&str]) -> Vec<Value> {
 }
 
 fn knocker(ns: &Netns, args: &[&str]) -> String {
-    let mut c = ns.cmd(knockgate_tests::bin("knocker"));
-    c.args(args);
-    run_ok(c, &format!("knocker {args:?}"))
+    let out = sh(ns.cmd(knockgate_tests::bin("knocker")).args(args));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn story(db: Option<String>) {
@@ -191,7 +159,8 @@ fn story(db: Option<String>) {
         agents[0].log_text()
     );
     let key_file = work.path.join("alice.key");
-    std::fs::write(&key_file, profile_value(&profile, "spa_key")).expect("key file");
+    let alice = knockgate_cli::profile::read_profile(&profile).expect("profile");
+    std::fs::write(&key_file, alice.user.spa_key.clone().expect("spa_key")).expect("key file");
     let gw2_addr = fleet.host(GW2).addr().to_string();
     let key = key_file.to_str().expect("path");
     knocker(

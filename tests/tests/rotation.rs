@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use knockgate_cli::spa::build_spa;
@@ -15,6 +15,7 @@ use knockgate_tests::controller::{Controller, enroll_and_start, wait_applied};
 use knockgate_tests::fleet::Fleet;
 use knockgate_tests::netns::Netns;
 use knockgate_tests::probe::{Listener, can_connect, opens_within};
+use knockgate_tests::wait_until;
 use serde_json::Value;
 
 const CTL: usize = 0;
@@ -100,17 +101,6 @@ fn otk_packet(secret: &[u8; 32], counter: u64, gateway: &str) -> Vec<u8> {
 
 fn events(agent: &AgentProc, name: &str) -> Vec<Value> {
     agent.events_named(name)
-}
-
-fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[test]
