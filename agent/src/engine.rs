@@ -6,6 +6,7 @@
 //! `knockgate::event`) and, with a controller, as a report event for it.
 
 mod apply;
+mod guard;
 mod otk;
 mod rotating;
 mod spa;
@@ -49,10 +50,10 @@ pub enum Input {
         id: u64,
         outcome: ClaimOutcome,
     },
-    /// Stop; remove the firewall state unless `keep`.
-    Shutdown {
-        keep: bool,
-    },
+    /// Something other than the agent changed the firewall: check it and repair it.
+    FirewallChanged,
+    /// Stop. The firewall state stays (see [`crate::firewall::Firewall::stop`]).
+    Shutdown,
 }
 
 /// How long the engine sleeps at most when nothing is due.
@@ -89,6 +90,7 @@ pub struct Engine {
     tuning: Option<Arc<Tuning>>,
     rotating: rotating::RotatingState,
     otk: otk::OtkState,
+    guard: guard::Guard,
     clock: Box<dyn Clock>,
 }
 
@@ -120,6 +122,7 @@ impl Engine {
             tuning: None,
             rotating: rotating::RotatingState::new(config.agent.max_sources),
             otk: otk::OtkState::default(),
+            guard: guard::Guard::new(Instant::now()),
             clock: Box::new(SystemClock),
         })
     }
@@ -142,12 +145,11 @@ impl Engine {
         self
     }
 
-    /// Install the static ruleset (protected ports, knock ports, grant sets).
-    pub fn install(
-        &mut self,
-        ruleset: &knockgate_agent_core::ruleset::Ruleset,
-    ) -> Result<(), crate::firewall::FirewallError> {
-        self.firewall.ensure_base(ruleset)
+    /// Install the static ruleset (protected ports, knock ports, grant sets) of the
+    /// config, plus any protected floor.
+    pub fn install(&mut self) -> Result<(), crate::firewall::FirewallError> {
+        let ruleset = self.ruleset();
+        self.install_base(&ruleset)
     }
 
     /// Take over the grants the firewall already holds (left by an earlier run).
@@ -156,7 +158,16 @@ impl Engine {
         now: Instant,
     ) -> Result<usize, crate::firewall::FirewallError> {
         let held = self.firewall.list()?;
+        let mut adopted = 0;
         for h in &held {
+            if now.checked_add(h.remaining).is_none() {
+                // No timeout (added by hand, not by knockgate): nothing would ever close
+                // it, so it is not taken over; the operator who added it removes it.
+                warn!(src = %h.key.addr, proto = %h.key.proto, port = h.key.port,
+                    "a grant without a timeout is in the grant set; leaving it alone");
+                continue;
+            }
+            adopted += 1;
             self.grants.adopt(h.key, h.remaining, now);
             let grant_ref = self.grant_ref(&h.key);
             info!(target: "knockgate::event", event = "grant.adopted", src = %h.key.addr,
@@ -169,18 +180,23 @@ impl Engine {
                     .grant(GrantInfo::new(&grant_ref, &h.key, wall_ms(expires, now)))
             });
         }
-        Ok(held.len())
+        Ok(adopted)
     }
 
     /// Run until told to stop or every sender is gone. Returns the firewall so the caller
-    /// can decide what to leave behind.
-    pub fn run(mut self, rx: Receiver<Input>) -> (Box<dyn Firewall>, bool) {
-        let keep = loop {
+    /// can stop it.
+    pub fn run(mut self, rx: Receiver<Input>) -> Box<dyn Firewall> {
+        loop {
             let now = Instant::now();
             self.expire(now);
             self.poll_claims(now);
             self.tick_rotating();
-            let due = [self.grants.next_expiry(), self.otk.next_deadline()];
+            self.poll_guard(now);
+            let due = [
+                self.grants.next_expiry(),
+                self.otk.next_deadline(),
+                Some(self.guard.next_check()),
+            ];
             let wait = due
                 .into_iter()
                 .flatten()
@@ -196,12 +212,12 @@ impl Engine {
                     self.revoke(&grant_refs, &users, Instant::now());
                 }
                 Ok(Input::Claimed { id, outcome }) => self.handle_claimed(id, outcome),
-                Ok(Input::Shutdown { keep }) => break keep,
+                Ok(Input::FirewallChanged) => self.handle_firewall_changed(Instant::now()),
+                Ok(Input::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break false,
             }
-        };
-        (self.firewall, keep)
+        }
+        self.firewall
     }
 
     /// One packet from capture: a datagram for the SPA port, or a knock. Every one is
@@ -373,6 +389,8 @@ impl Engine {
     }
 }
 
+#[cfg(test)]
+mod guard_tests;
 #[cfg(test)]
 mod otk_tests;
 #[cfg(test)]

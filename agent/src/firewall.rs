@@ -46,8 +46,15 @@ pub trait Firewall: Send {
     fn close(&mut self, key: &GrantKey) -> Result<(), FirewallError>;
     /// The grants the firewall holds now.
     fn list(&mut self) -> Result<Vec<Held>, FirewallError>;
-    /// Remove everything this backend installed (clean exit without `--keep-on-exit`).
-    fn teardown(&mut self) -> Result<(), FirewallError> {
+    /// Whether what [`Firewall::ensure_base`] installed is still whole (something else may
+    /// flush or delete it). A backend with nothing to check says yes.
+    fn intact(&mut self, _ruleset: &Ruleset) -> Result<bool, FirewallError> {
+        Ok(true)
+    }
+    /// What a clean stop leaves behind. By default everything stays: protection outlives
+    /// the agent and the firewall expires grants by itself. A backend that cannot expire
+    /// grants closes them here, so nothing stays open with nobody to close it.
+    fn stop(&mut self) -> Result<(), FirewallError> {
         Ok(())
     }
 }

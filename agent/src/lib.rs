@@ -15,3 +15,4 @@ pub mod otk_store;
 pub mod privilege;
 pub mod replay_store;
 pub mod report;
+pub mod state;

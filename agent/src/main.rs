@@ -41,12 +41,15 @@ enum Command {
         /// Log level or filter directive (RUST_LOG overrides it).
         #[arg(long, default_value = "info")]
         log_level: String,
-        /// Leave the firewall table and its grants in place on a clean exit.
-        #[arg(long)]
-        keep_on_exit: bool,
     },
     /// Check a config file and print what it would enforce; touches nothing.
     Check {
+        #[arg(long, short, default_value = "/etc/knockgate/agent.toml")]
+        config: PathBuf,
+    },
+    /// Remove the firewall table and its grants: the protected ports are open to everyone
+    /// afterwards. A stopped agent leaves them protected; this is the only way to undo it.
+    Uninstall {
         #[arg(long, short, default_value = "/etc/knockgate/agent.toml")]
         config: PathBuf,
     },
@@ -116,9 +119,9 @@ fn main() -> ExitCode {
             config,
             log_format,
             log_level,
-            keep_on_exit,
-        } => run::run(&config, log_format, &log_level, keep_on_exit),
+        } => run::run(&config, log_format, &log_level),
         Command::Check { config } => run::check(&config),
+        Command::Uninstall { config } => run::uninstall(&config),
         Command::Enroll {
             config,
             controller,

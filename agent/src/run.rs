@@ -2,9 +2,10 @@
 //! check the host, install the firewall, start the capture threads and the engine (and
 //! the controller tasks), and tear down on a signal.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -13,16 +14,18 @@ use knockgate_agent::capture::{self, Counters, Tuning};
 use knockgate_agent::control::{self, cache, claim::ClaimParams, sync::SyncParams};
 use knockgate_agent::engine::{ClaimLink, Engine, Input};
 use knockgate_agent::firewall::command::CommandFirewall;
-use knockgate_agent::firewall::nft::NftFirewall;
+use knockgate_agent::firewall::nft::{self, NftFirewall};
 use knockgate_agent::firewall::{Firewall, FirewallError};
 use knockgate_agent::logging::{self, LogFormat};
 use knockgate_agent::otk_store::{BurnedKeys, OfflineClaims};
 use knockgate_agent::privilege;
 use knockgate_agent::replay_store::ReplayStore;
 use knockgate_agent::report;
+use knockgate_agent::state;
 use knockgate_agent_core::config::{Backend, Config, Material};
 use knockgate_agent_core::detect::spa::SpaDetector;
 use knockgate_agent_core::filter::capture_filter;
+use knockgate_agent_core::ruleset::Access;
 use knockgate_proto::api::AgentConfig;
 use tracing::{info, warn};
 
@@ -36,10 +39,7 @@ const CLAIM_QUEUE: usize = 256;
 
 /// Read, parse and validate the config, including that its interfaces exist.
 pub fn load(path: &Path) -> Result<Config, Failure> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Failure::usage(format!("cannot read config {}: {e}", path.display())))?;
-    let config =
-        Config::parse(&text).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+    let config = parse(path)?;
     for (i, iface) in config.agent.interfaces.iter().enumerate() {
         if !Path::new("/sys/class/net").join(iface).exists() {
             return Err(Failure::usage(format!(
@@ -51,6 +51,13 @@ pub fn load(path: &Path) -> Result<Config, Failure> {
     Ok(config)
 }
 
+/// Read and parse the config, without looking at the host.
+fn parse(path: &Path) -> Result<Config, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::usage(format!("cannot read config {}: {e}", path.display())))?;
+    Config::parse(&text).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))
+}
+
 /// What to enforce at start, and where it came from.
 struct Effective {
     config: Config,
@@ -59,17 +66,33 @@ struct Effective {
     cached: Option<AgentConfig>,
     /// Why the cached controller config was not used.
     ignored: Option<String>,
+    /// Protected ports kept from the last run because no controller config is usable.
+    floor: BTreeSet<Access>,
 }
 
 /// The config to enforce at start: the controller's last one (with its derived material)
 /// if it is cached and still valid against this file, else the file's own policies (with
-/// why the cache was not used).
-fn effective(file: &Config) -> Effective {
-    let own = |ignored| Effective {
-        config: file.clone(),
-        material: Material::default(),
-        cached: None,
-        ignored,
+/// why the cache was not used). A managed agent without a usable cache also keeps the
+/// protected ports it installed last: losing the cache is no reason to protect less.
+fn effective(file: &Config) -> Result<Effective, Failure> {
+    let own = |ignored| -> Result<Effective, Failure> {
+        let floor = match state::load_protected(&file.agent.state_dir) {
+            Ok(recorded) if file.controller.is_some() => recorded.unwrap_or_default(),
+            Ok(_) => BTreeSet::new(),
+            Err(e) => {
+                return Err(Failure::runtime(anyhow::anyhow!(
+                    "refusing to start: the record of the protected ports is unreadable, so \
+                     what must stay protected is unknown ({e}); fix or remove it"
+                )));
+            }
+        };
+        Ok(Effective {
+            config: file.clone(),
+            material: Material::default(),
+            cached: None,
+            ignored,
+            floor,
+        })
     };
     if file.controller.is_none() {
         return own(None);
@@ -80,12 +103,13 @@ fn effective(file: &Config) -> Effective {
         Err(e) => return own(Some(format!("ignoring it: {e}"))),
     };
     match control::prepare(file, &cached) {
-        Ok(update) => Effective {
+        Ok(update) => Ok(Effective {
             config: update.config().clone(),
             material: update.material().clone(),
             cached: Some(cached),
             ignored: None,
-        },
+            floor: BTreeSet::new(),
+        }),
         Err(e) => own(Some(format!(
             "the cached controller config (version {}) does not fit this config file: {e}",
             cached.version
@@ -100,8 +124,11 @@ pub fn check(path: &Path) -> Result<(), Failure> {
         material,
         cached,
         ignored,
-    } = effective(&file);
-    let rs = config.ruleset();
+        floor,
+    } = effective(&file)?;
+    let mut rs = config.ruleset();
+    rs.protected
+        .extend(floor.iter().filter(|a| !rs.knock_ports.contains(a)));
     println!(
         "config ok: agent {:?}, {} policies",
         config.agent.name,
@@ -136,6 +163,13 @@ pub fn check(path: &Path) -> Result<(), Failure> {
             p.timeout
         );
     }
+    if !floor.is_empty() {
+        let kept: Vec<String> = floor.iter().map(|a| a.to_string()).collect();
+        println!(
+            "  kept protected from the last run until the controller sends a config: {}",
+            kept.join(" ")
+        );
+    }
     let protected: Vec<String> = rs.protected.iter().map(|s| s.to_string()).collect();
     let knocks: Vec<String> = rs.knock_ports.iter().map(|s| s.to_string()).collect();
     println!("  protected: {}", protected.join(" "));
@@ -150,7 +184,7 @@ pub fn check(path: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
-pub fn run(path: &Path, format: LogFormat, level: &str, keep_on_exit: bool) -> Result<(), Failure> {
+pub fn run(path: &Path, format: LogFormat, level: &str) -> Result<(), Failure> {
     logging::init(format, level).map_err(Failure::usage)?;
     let file = load(path)?;
     let missing = privilege::missing();
@@ -187,9 +221,15 @@ pub fn run(path: &Path, format: LogFormat, level: &str, keep_on_exit: bool) -> R
         material,
         cached: current,
         ignored,
-    } = effective(&file);
+        floor,
+    } = effective(&file)?;
     if let Some(why) = ignored {
         warn!(%why, "enforcing the file's policies until the controller sends a config");
+    }
+    if !floor.is_empty() {
+        let kept: Vec<String> = floor.iter().map(|a| a.to_string()).collect();
+        warn!(ports = %kept.join(" "),
+            "no controller config to enforce: keeping the ports protected last time until one arrives");
     }
 
     // Open every capture before touching the firewall: a bad interface installs nothing.
@@ -212,8 +252,14 @@ pub fn run(path: &Path, format: LogFormat, level: &str, keep_on_exit: bool) -> R
         None
     };
 
+    // The nftables backend's netlink port, so changes by anyone else can be told apart.
+    let mut nft_port = None;
     let firewall: Box<dyn Firewall> = match config.firewall.backend {
-        Backend::Nftables => Box::new(NftFirewall::new().map_err(fw_failure)?),
+        Backend::Nftables => {
+            let nft = NftFirewall::new().map_err(fw_failure)?;
+            nft_port = Some(nft.port_id());
+            Box::new(nft)
+        }
         Backend::Command => Box::new(CommandFirewall::new(
             config.firewall.open_command.clone().unwrap_or_default(),
             config.firewall.close_command.clone(),
@@ -225,7 +271,9 @@ pub fn run(path: &Path, format: LogFormat, level: &str, keep_on_exit: bool) -> R
         .with_tuning(tuning.clone())
         .with_rotating_store(&state_dir)
         .context("failed to load the used rotating sequences from state_dir")
-        .map_err(Failure::runtime)?;
+        .map_err(Failure::runtime)?
+        .with_protected_record(state_dir.clone())
+        .with_protected_floor(floor);
     let spooler = if channel.is_some() {
         let (reporter, spooler) = report::start(&state_dir)
             .context("failed to open the report spool in state_dir")
@@ -270,7 +318,7 @@ pub fn run(path: &Path, format: LogFormat, level: &str, keep_on_exit: bool) -> R
         None => None,
     };
     engine.set_material(material);
-    engine.install(&config.ruleset()).map_err(fw_failure)?;
+    engine.install().map_err(fw_failure)?;
     match engine.adopt_existing(Instant::now()) {
         Ok(n) if n > 0 => info!(adopted = n, "adopted grants left by an earlier run"),
         Ok(_) => {}
@@ -291,6 +339,16 @@ pub fn run(path: &Path, format: LogFormat, level: &str, keep_on_exit: bool) -> R
         .context("failed to start a capture thread")
         .map_err(Failure::runtime)?;
         threads.push(t);
+    }
+    if let Some(port) = nft_port {
+        let tx = tx.clone();
+        nft::watch(port, move || match tx.try_send(Input::FirewallChanged) {
+            // Busy: the engine checks every second anyway.
+            Ok(()) | Err(TrySendError::Full(_)) => true,
+            Err(TrySendError::Disconnected(_)) => false,
+        })
+        .context("failed to watch the nftables table")
+        .map_err(Failure::runtime)?;
     }
     let engine_thread = std::thread::Builder::new()
         .name("engine".into())
@@ -328,9 +386,9 @@ pub fn run(path: &Path, format: LogFormat, level: &str, keep_on_exit: bool) -> R
 
     rt.block_on(wait_for_signal()).map_err(Failure::runtime)?;
     info!("shutting down");
-    let _ = tx.send(Input::Shutdown { keep: keep_on_exit });
+    let _ = tx.send(Input::Shutdown);
     stop.store(true, Ordering::Relaxed);
-    let (mut firewall, keep) = engine_thread
+    let mut firewall = engine_thread
         .join()
         .map_err(|_| Failure::runtime(anyhow::anyhow!("the engine thread panicked")))?;
     rt.shutdown_timeout(Duration::from_secs(2));
@@ -345,13 +403,48 @@ pub fn run(path: &Path, format: LogFormat, level: &str, keep_on_exit: bool) -> R
         knocks = counters.knocks.load(Ordering::Relaxed),
         dropped, "capture totals"
     );
-    if keep {
-        info!("keeping the firewall state (--keep-on-exit)");
-    } else {
-        firewall.teardown().map_err(fw_failure)?;
-        info!("firewall state removed");
-    }
+    firewall.stop().map_err(fw_failure)?;
+    info!(
+        "stopped; protected ports stay closed and grants expire on their own (`knockgate-agent uninstall` removes the table)"
+    );
     Ok(())
+}
+
+/// Remove what the agent installed: the nftables table and its grants (or, with the
+/// command backend, close the grants it holds), and the record of the protected ports.
+/// The protected ports are open to everyone afterwards.
+pub fn uninstall(path: &Path) -> Result<(), Failure> {
+    let config = parse(path)?;
+    let missing = privilege::missing();
+    if missing.iter().any(|m| m.contains("NET_ADMIN")) {
+        return Err(Failure::noperm(
+            "missing privilege CAP_NET_ADMIN: run as root to remove the firewall table",
+        ));
+    }
+    match config.firewall.backend {
+        Backend::Nftables => {
+            NftFirewall::new()
+                .and_then(|mut fw| fw.remove_table())
+                .map_err(fw_failure)?;
+            println!("removed nftables table inet knockgate: its ports are no longer protected");
+        }
+        Backend::Command => {
+            CommandFirewall::new(
+                config.firewall.open_command.clone().unwrap_or_default(),
+                config.firewall.close_command.clone(),
+                &config.agent.state_dir,
+            )
+            .stop()
+            .map_err(fw_failure)?;
+            println!("closed the command backend's grants");
+        }
+    }
+    match state::forget_protected(&config.agent.state_dir) {
+        Ok(()) => Ok(()),
+        Err(e) => Err(Failure::runtime(
+            anyhow::Error::new(e).context("failed to remove the protected-ports record"),
+        )),
+    }
 }
 
 fn fw_failure(e: FirewallError) -> Failure {

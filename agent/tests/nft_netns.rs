@@ -407,19 +407,83 @@ fn list_reads_a_dump_spanning_many_datagrams() {
 }
 
 #[test]
-fn teardown_removes_the_table() {
+fn remove_table_removes_the_table() {
     in_netns(|| {
         let mut fw = firewall_with(&standard());
-        fw.teardown().expect("teardown");
+        fw.remove_table().expect("remove");
         let out = Command::new("nft")
             .args(["list", "tables"])
             .output()
             .expect("nft");
         assert!(!String::from_utf8_lossy(&out.stdout).contains("knockgate"));
-        fw.teardown().expect("teardown without a table");
+        fw.remove_table().expect("remove without a table");
         assert!(fw.list().expect("list without a table").is_empty());
         fw.close(&grant("192.0.2.1", Proto::Tcp, 22))
             .expect("close without a table");
+    });
+}
+
+#[test]
+fn intact_notices_every_way_the_table_can_be_damaged() {
+    in_netns(|| {
+        let rs = standard();
+        let mut fw = firewall_with(&rs);
+        fw.open(&grant("192.0.2.7", Proto::Tcp, 22), Duration::from_secs(60))
+            .expect("open");
+        assert!(fw.intact(&rs).expect("check"), "freshly installed");
+        let damage: [&[&str]; 6] = [
+            &["nft", "flush", "ruleset"],
+            &["nft", "delete", "table", "inet", "knockgate"],
+            &["nft", "flush", "chain", "inet", "knockgate", "input"],
+            &["nft", "flush", "set", "inet", "knockgate", "protected"],
+            &["nft", "flush", "set", "inet", "knockgate", "knocks"],
+            &["nft", "add", "rule", "inet", "knockgate", "input", "accept"],
+        ];
+        for cmd in damage {
+            run(cmd);
+            assert!(!fw.intact(&rs).expect("check"), "after {cmd:?}");
+            fw.ensure_base(&rs).expect("repair");
+            assert!(fw.intact(&rs).expect("check"), "repaired after {cmd:?}");
+        }
+        // A grant set losing its elements leaves the base whole: the engine restores
+        // the grants it knows from its own bookkeeping.
+        run(&["nft", "flush", "set", "inet", "knockgate", "grants4"]);
+        assert!(fw.intact(&rs).expect("check"));
+        assert!(fw.list().expect("list").is_empty());
+        // A different ruleset is not what is installed.
+        let other = ruleset(&[port(Proto::Tcp, 22), port(Proto::Tcp, 443)], &[]);
+        assert!(!fw.intact(&other).expect("check"));
+    });
+}
+
+#[test]
+fn watch_reports_changes_by_others_and_not_our_own() {
+    use std::sync::mpsc;
+    in_netns(|| {
+        let rs = standard();
+        let mut fw = firewall_with(&rs);
+        let (tx, rx) = mpsc::channel();
+        knockgate_agent::firewall::nft::watch(fw.port_id(), move || tx.send(()).is_ok())
+            .expect("watch");
+        fw.open(&grant("192.0.2.8", Proto::Tcp, 22), Duration::from_secs(60))
+            .expect("open");
+        fw.ensure_base(&rs).expect("again");
+        assert!(
+            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "our own changes are not reported"
+        );
+        run(&["nft", "add", "table", "inet", "other"]);
+        assert!(
+            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "other tables are not ours"
+        );
+        run(&["nft", "flush", "set", "inet", "knockgate", "grants4"]);
+        rx.recv_timeout(Duration::from_secs(2))
+            .expect("a flushed grant set is reported");
+        while rx.try_recv().is_ok() {}
+        run(&["nft", "flush", "ruleset"]);
+        rx.recv_timeout(Duration::from_secs(2))
+            .expect("a flushed ruleset is reported");
     });
 }
 

@@ -27,6 +27,9 @@ pub use material::{Material, MaterialDef, Otk, OtkDef, Sequence, SequenceDef};
 
 /// Default cap on tracked knock sources.
 pub const DEFAULT_MAX_SOURCES: usize = 65_536;
+/// No duration of a config (a grant, a window, a gap) may be longer: a typo such as
+/// `3000000h`, or a controller bug, is refused instead of opening a port for centuries.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// fwknop's port, and ours.
 pub const DEFAULT_SPA_PORT: u16 = 62201;
 /// Default oldest (or most future-dated) SPA packet accepted.

@@ -69,6 +69,16 @@ fn unknown_keys_are_named_with_their_line() {
 }
 
 #[test]
+fn absurd_durations_are_refused() {
+    let e = err(&ISSUE_EXAMPLE.replace("\"30s\"", "\"3000000h\""));
+    assert!(
+        e.contains("longer than the limit of 30 days") && e.contains("line 13"),
+        "{e}"
+    );
+    assert!(Config::parse(&ISSUE_EXAMPLE.replace("\"30s\"", "\"30days\"")).is_ok());
+}
+
+#[test]
 fn bad_values_are_named() {
     let e = err(&ISSUE_EXAMPLE.replace("\"30s\"", "\"30 parsecs\""));
     assert!(

@@ -77,7 +77,10 @@ impl Grants {
         timeout: Duration,
         now: Instant,
     ) -> Opened {
-        let expires_at = now + timeout;
+        // The config caps every timeout far below this; an adopted grant may not be.
+        let expires_at = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(u64::from(u32::MAX)));
         let opened = match self.by_key.get_mut(&key) {
             Some(g) => {
                 self.by_expiry.remove(&(g.expires_at, key));

@@ -173,6 +173,6 @@ async fn the_agent_follows_the_real_controller() {
     assert_eq!(reasons, ["revoked", "user_removed"]);
 
     agent.stop();
-    let _ = tx.send(Input::Shutdown { keep: false });
+    let _ = tx.send(Input::Shutdown);
     lab.stop().await;
 }

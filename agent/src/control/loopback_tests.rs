@@ -376,7 +376,7 @@ async fn sync_applies_refuses_resyncs_and_revokes() {
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
 
-    tx.send(Input::Shutdown { keep: false }).expect("stop");
+    tx.send(Input::Shutdown).expect("stop");
     engine_thread.join().expect("engine");
 }
 

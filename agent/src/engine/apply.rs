@@ -88,7 +88,7 @@ impl Engine {
             ruleset,
             material,
         } = update;
-        if config == self.config {
+        if config == self.config && !self.has_floor() {
             debug!(
                 sequences = material.rotating.len(),
                 one_time_keys = material.otks.len(),
@@ -101,9 +101,10 @@ impl Engine {
         if uses_spa && self.spa.is_none() {
             return Err("SPA policies need the replay store, which this agent did not open".into());
         }
-        self.firewall
-            .ensure_base(&ruleset)
+        // An explicit config from the controller: what it protects is what is protected.
+        self.install_base(&ruleset)
             .map_err(|e| format!("firewall: {e}"))?;
+        self.clear_floor();
         self.policies = config.policies.clone();
         self.users = config.users.iter().map(|u| u.name.clone()).collect();
         self.door_policy = door_policy;

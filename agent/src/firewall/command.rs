@@ -139,7 +139,7 @@ impl Firewall for CommandFirewall {
             .collect())
     }
 
-    fn teardown(&mut self) -> Result<(), FirewallError> {
+    fn stop(&mut self) -> Result<(), FirewallError> {
         let keys: Vec<GrantKey> = self.open.keys().copied().collect();
         let mut first_err = None;
         for k in keys {

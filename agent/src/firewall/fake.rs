@@ -58,6 +58,14 @@ impl Firewall for FakeFirewall {
         Ok(())
     }
 
+    fn intact(&mut self, ruleset: &Ruleset) -> Result<bool, FirewallError> {
+        let s = self
+            .state
+            .lock()
+            .map_err(|_| FirewallError::Netlink("poisoned".into()))?;
+        Ok(s.ruleset.as_ref() == Some(ruleset))
+    }
+
     fn list(&mut self) -> Result<Vec<Held>, FirewallError> {
         let s = self
             .state

@@ -7,6 +7,7 @@ mod grants;
 mod layout;
 mod rules;
 mod socket;
+mod watch;
 
 use std::error::Error;
 use std::time::Duration;
@@ -15,10 +16,13 @@ use knockgate_agent_core::ruleset::{GrantKey, Ruleset};
 use netlink_packet_core::NLM_F_EXCL;
 
 use self::socket::{NfSocket, NlError};
+pub use self::watch::watch;
 use crate::firewall::{Firewall, FirewallError, Held};
 
 /// How often `open` and `list` start over when the kernel's state changes under them.
 const ATTEMPTS: usize = 3;
+/// `NFT_MSG_NEWRULE`, the type of a dumped rule message.
+const NFT_MSG_NEWRULE: u8 = 6;
 /// `NFT_MSG_NEWSETELEM`, the type of a dumped element message.
 const NFT_MSG_NEWSETELEM: u8 = 12;
 
@@ -37,6 +41,76 @@ impl NftFirewall {
     pub fn new() -> Result<Self, FirewallError> {
         let sock = NfSocket::open().map_err(|e| to_firewall_error("open socket", e))?;
         Ok(NftFirewall { sock })
+    }
+
+    /// The netlink port id of this backend's socket: the kernel names it as the origin of
+    /// the changes this backend makes, so [`watch`] can tell them from anyone else's.
+    pub fn port_id(&self) -> u32 {
+        self.sock.port_id()
+    }
+
+    /// Delete `table inet knockgate` and every grant in it: `knockgate-agent uninstall`.
+    /// A table that is not there is not an error.
+    pub fn remove_table(&mut self) -> Result<(), FirewallError> {
+        match self.sock.transact([layout::delete_table()]) {
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
+            other => other.map_err(|e| to_firewall_error("remove table", e)),
+        }
+    }
+
+    /// How many rules the input chain holds (0 without the table or the chain).
+    fn count_rules(&mut self) -> Result<usize, NlError> {
+        let mut n = 0;
+        let result = self
+            .sock
+            .dump("dump rules", layout::dump_rules(), |kind, _| {
+                n += usize::from(kind == NFT_MSG_NEWRULE);
+                Ok(())
+            });
+        match result {
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(0),
+            other => other.map(|()| n),
+        }
+    }
+
+    /// How many elements the set holds; `None` if the set (or the table) is missing.
+    fn count_elements(&mut self, set: &'static str) -> Result<Option<usize>, NlError> {
+        let mut n = 0;
+        let result = self
+            .sock
+            .dump("dump set", grants::dump(set), |kind, payload| {
+                if kind == NFT_MSG_NEWSETELEM {
+                    n += grants::count_elements(payload)
+                        .map_err(|e| NlError::Decode(e.to_string()))?;
+                }
+                Ok(())
+            });
+        match result {
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
+            other => other.map(|()| Some(n)),
+        }
+    }
+
+    /// Whether the kernel holds knockgate's table as `ruleset` wants it: every rule of the
+    /// chain, both port sets with their elements, both grant sets.
+    fn check(&mut self, ruleset: &Ruleset) -> Result<bool, NlError> {
+        if self.count_rules()? != layout::rule_count() {
+            return Ok(false);
+        }
+        let sets = [
+            (layout::PROTECTED, Some(ruleset.protected.len())),
+            (layout::KNOCKS, Some(ruleset.knock_ports.len())),
+            (layout::GRANTS4, None),
+            (layout::GRANTS6, None),
+        ];
+        for (set, want) in sets {
+            match (self.count_elements(set)?, want) {
+                (None, _) => return Ok(false),
+                (Some(n), Some(want)) if n != want => return Ok(false),
+                _ => {}
+            }
+        }
+        Ok(true)
     }
 
     /// Whether the kernel holds `key` now (an expired grant is not held).
@@ -164,10 +238,13 @@ impl Firewall for NftFirewall {
         Ok(held)
     }
 
-    fn teardown(&mut self) -> Result<(), FirewallError> {
-        match self.sock.transact([layout::delete_table()]) {
-            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
-            other => other.map_err(|e| to_firewall_error("teardown", e)),
+    fn intact(&mut self, ruleset: &Ruleset) -> Result<bool, FirewallError> {
+        let mut attempt = 1;
+        loop {
+            match self.check(ruleset) {
+                Err(NlError::DumpInterrupted) if attempt < ATTEMPTS => attempt += 1,
+                other => return other.map_err(|e| to_firewall_error("check", e)),
+            }
         }
     }
 }

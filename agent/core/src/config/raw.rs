@@ -159,18 +159,24 @@ impl RawPolicy {
     }
 }
 
-/// A duration written as humantime (`30s`, `5m`).
+/// A duration written as humantime (`30s`, `5m`), at most [`MAX_DURATION`].
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Human(pub Duration);
 
 impl<'de> Deserialize<'de> for Human {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map(Human).map_err(|e| {
+        let d = humantime::parse_duration(&s).map_err(|e| {
             serde::de::Error::custom(format!(
                 "bad duration {s:?}: {e} (use e.g. \"30s\", \"5m\")"
             ))
-        })
+        })?;
+        if d > super::MAX_DURATION {
+            return Err(serde::de::Error::custom(format!(
+                "duration {s:?} is longer than the limit of 30 days"
+            )));
+        }
+        Ok(Human(d))
     }
 }
 

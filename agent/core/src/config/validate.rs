@@ -63,6 +63,12 @@ pub(super) fn policy(
         return Err(invalid(key("timeout"), "must be longer than zero"));
     }
     let max_timeout = p.max_timeout.unwrap_or(p.timeout);
+    if max_timeout > super::MAX_DURATION {
+        return Err(invalid(
+            key("max_timeout"),
+            "is longer than the limit of 30 days",
+        ));
+    }
     if max_timeout < p.timeout {
         return Err(invalid(key("max_timeout"), "is shorter than timeout"));
     }

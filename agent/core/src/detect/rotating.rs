@@ -195,13 +195,19 @@ impl RotatingDetector {
             let outcome = match pos {
                 Some(i) => {
                     let p = &mut list[i];
-                    let expected = steps[usize::from(p.stage)];
-                    let last = steps[usize::from(p.stage) - 1];
-                    if now.saturating_duration_since(p.started) > policy.sequence_timeout
-                        || (kind != expected && kind != last)
+                    let stage = usize::from(p.stage);
+                    // A sequence pushed again shorter than this source's progress: the
+                    // progress means nothing now and starts over.
+                    let (expected, last) = match (steps.get(stage), stage.checked_sub(1)) {
+                        (Some(&e), Some(l)) => (Some(e), steps.get(l).copied()),
+                        _ => (None, None),
+                    };
+                    if expected.is_none()
+                        || now.saturating_duration_since(p.started) > policy.sequence_timeout
+                        || (Some(kind) != expected && Some(kind) != last)
                     {
                         list.swap_remove(i);
-                        if steps[0] == kind {
+                        if steps.first() == Some(&kind) {
                             list.push(Progress {
                                 key,
                                 stage: 1,
@@ -209,7 +215,7 @@ impl RotatingDetector {
                             });
                         }
                         Some(RotatingOutcome::Reset)
-                    } else if kind == expected {
+                    } else if Some(kind) == expected {
                         p.stage += 1;
                         if usize::from(p.stage) == steps.len() {
                             list.swap_remove(i);
@@ -224,7 +230,7 @@ impl RotatingDetector {
                         None // a retransmission of the knock just accepted
                     }
                 }
-                None if steps[0] == kind => {
+                None if steps.first() == Some(&kind) => {
                     if steps.len() == 1 {
                         Some(RotatingOutcome::Completed)
                     } else {

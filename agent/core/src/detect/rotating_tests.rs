@@ -200,3 +200,105 @@ fn live_knocks_are_those_of_accepted_unconsumed_windows() {
     left.extend(kinds(&BOB, "gw1", w));
     assert_eq!(d.live_knocks(T0), left);
 }
+
+mod changing_policies {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn port(p: u16) -> KnockKind {
+        KnockKind::Port {
+            proto: Proto::Udp,
+            port: 40_000 + p,
+        }
+    }
+
+    /// Between two knocks the controller may push anything: longer, shorter or empty
+    /// sequences for the same key, another timeout, no policy at all.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Knock {
+            src: u8,
+            port: u16,
+            after_ms: u16,
+        },
+        /// The first `upto` knocks of the sequence in order, as a real client sends them.
+        Run {
+            src: u8,
+            upto: u16,
+        },
+        Push {
+            lens: Vec<usize>,
+            policy: bool,
+            timeout_ms: u16,
+        },
+        Prune {
+            after_s: u8,
+        },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            2 => (0u8..4, 0u16..6, 0u16..3000)
+                .prop_map(|(src, port, after_ms)| Step::Knock { src, port, after_ms }),
+            2 => (0u8..2, 1u16..6).prop_map(|(src, upto)| Step::Run { src, upto }),
+            1 => (proptest::collection::vec(0usize..6, 0..4), any::<bool>(), 1u16..5000)
+                .prop_map(|(lens, policy, timeout_ms)| Step::Push { lens, policy, timeout_ms }),
+            1 => (0u8..90).prop_map(|after_s| Step::Prune { after_s }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn no_push_between_knocks_makes_the_detector_panic(
+            steps in proptest::collection::vec(step(), 1..80)
+        ) {
+            let mut d = RotatingDetector::new(4);
+            let mut now = Instant::now();
+            let mut unix = T0;
+            let mut out = Vec::new();
+            for s in steps {
+                match s {
+                    Step::Knock { src, port: p, after_ms } => {
+                        now += Duration::from_millis(u64::from(after_ms));
+                        let src = IpAddr::from([10, 240, 0, src]);
+                        d.handle_knock(src, port(p), 0, now, unix, &mut out);
+                    }
+                    Step::Run { src, upto } => {
+                        let src = IpAddr::from([10, 240, 0, src]);
+                        for p in 0..upto {
+                            d.handle_knock(src, port(p), 0, now, unix, &mut out);
+                        }
+                    }
+                    Step::Push { lens, policy: with_policy, timeout_ms } => {
+                        let w = window_index(unix, 30);
+                        let doors = lens
+                            .iter()
+                            .enumerate()
+                            .map(|(user, len)| RotatingDoor {
+                                key: DoorKey { user: user % 2, policy: 0, window: w },
+                                steps: (0..*len as u16).map(port).collect(),
+                            })
+                            .collect();
+                        let mut policies = policy();
+                        if let Some(p) = policies.get_mut(&0) {
+                            p.sequence_timeout = Duration::from_millis(u64::from(timeout_ms));
+                        }
+                        if !with_policy {
+                            policies.clear();
+                        }
+                        d.set(policies, doors);
+                    }
+                    Step::Prune { after_s } => {
+                        unix += u64::from(after_s);
+                        d.prune(unix);
+                    }
+                }
+            }
+            // Whatever happened, completions only name doors that exist.
+            for (key, _) in &out {
+                prop_assert_eq!(key.policy, 0);
+            }
+        }
+    }
+}

@@ -326,7 +326,7 @@ impl Agent {
 
     /// Stop the engine.
     pub fn stop(&mut self) {
-        let _ = self.tx.send(Input::Shutdown { keep: false });
+        let _ = self.tx.send(Input::Shutdown);
         if let Some(e) = self.engine.take() {
             e.join().expect("engine");
         }

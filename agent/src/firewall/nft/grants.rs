@@ -209,6 +209,35 @@ pub(super) fn read_dump(set: &str, payload: &[u8], held: &mut Vec<Held>) -> Resu
     Ok(())
 }
 
+/// How many elements one dumped `NEWSETELEM` message (`payload` starts at its `nfgenmsg`)
+/// holds, whatever their keys.
+pub(super) fn count_elements(payload: &[u8]) -> Result<usize, Malformed> {
+    let attrs = payload
+        .get(NFGENMSG_LEN..)
+        .ok_or(Malformed("message shorter than nfgenmsg"))?;
+    let mut n = 0;
+    for list in Attrs(attrs) {
+        let (kind, elements) = list?;
+        if kind != NFTA_SET_ELEM_LIST_ELEMENTS {
+            continue;
+        }
+        for elem in Attrs(elements) {
+            if elem?.0 == NFTA_LIST_ELEM {
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// The value of the first attribute of type `kind` in a message (`payload` starts at its
+/// `nfgenmsg`), if there is one.
+pub(super) fn attribute(payload: &[u8], kind: u16) -> Option<&[u8]> {
+    Attrs(payload.get(NFGENMSG_LEN..)?)
+        .map_while(Result::ok)
+        .find_map(|(k, v)| (k == kind).then_some(v))
+}
+
 /// The netlink attributes of a buffer as `(type, value)`, flags masked off.
 struct Attrs<'a>(&'a [u8]);
 

@@ -13,7 +13,7 @@ use super::socket::Request;
 use super::{grants, rules};
 
 pub(super) const TABLE: &str = "knockgate";
-const CHAIN: &str = "input";
+pub(super) const CHAIN: &str = "input";
 pub(super) const PROTECTED: &str = "protected";
 pub(super) const KNOCKS: &str = "knocks";
 pub(super) const GRANTS4: &str = "grants4";
@@ -121,6 +121,21 @@ pub(super) fn rebuild(ruleset: &Ruleset, carried: &[(GrantKey, u64)]) -> Vec<Req
     reqs.extend(grants::add_all(carried));
     reqs.extend(ports_and_rules(ruleset));
     reqs
+}
+
+/// Every rule of the input chain, as a dump request.
+pub(super) fn dump_rules() -> NfTablesMessage {
+    NfTablesMessage::GetRule(RuleMessage {
+        attributes: vec![
+            RuleAttribute::Table(TABLE.into()),
+            RuleAttribute::Chain(CHAIN.into()),
+        ],
+    })
+}
+
+/// How many rules the input chain holds when it is whole.
+pub(super) fn rule_count() -> usize {
+    rules::all().len()
 }
 
 pub(super) fn delete_table() -> Request {

@@ -17,7 +17,7 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
 /// nf_tables' nfnetlink subsystem: the high byte of its message types, and what
 /// BatchBegin/End carry in `res_id` to say whose batch it is.
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
+pub(super) const NFNL_SUBSYS_NFTABLES: u16 = 10;
 /// The kernel never builds a datagram larger than 32 KiB for a dump; leave room.
 const RX_BUF: usize = 64 * 1024;
 
@@ -66,6 +66,7 @@ impl NlError {
 /// A NETLINK_NETFILTER socket bound in the network namespace of the thread that opened it.
 pub(super) struct NfSocket {
     sock: Socket,
+    port_id: u32,
     seq: u32,
     tx: Vec<u8>,
     rx: Vec<u8>,
@@ -78,13 +79,21 @@ impl NfSocket {
         sock.bind_auto().map_err(NlError::Open)?;
         sock.connect(&SocketAddr::new(0, 0))
             .map_err(NlError::Open)?;
+        let mut local = SocketAddr::new(0, 0);
+        sock.get_address(&mut local).map_err(NlError::Open)?;
         Ok(NfSocket {
             sock,
+            port_id: local.port_number(),
             seq: 0,
             tx: Vec::with_capacity(4096),
             rx: Vec::with_capacity(RX_BUF),
             labels: Vec::with_capacity(16),
         })
+    }
+
+    /// The port id the kernel gave this socket.
+    pub(super) fn port_id(&self) -> u32 {
+        self.port_id
     }
 
     /// Apply `reqs` as one atomic transaction: all of them or none.
@@ -272,7 +281,7 @@ impl NfSocket {
 }
 
 /// Split the first netlink message (checked: its length fits) off a datagram.
-fn split_first(buf: &[u8]) -> Result<(&[u8], &[u8]), NlError> {
+pub(super) fn split_first(buf: &[u8]) -> Result<(&[u8], &[u8]), NlError> {
     let msg = NetlinkBuffer::new_checked(buf).map_err(|e| NlError::Decode(e.to_string()))?;
     let len = msg.length() as usize;
     let aligned = len.next_multiple_of(4).min(buf.len());
