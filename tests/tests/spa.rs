@@ -218,8 +218,22 @@ fn the_fwknop_client_opens_it_and_a_replay_is_refused_even_after_restart() {
     send_raw(&s.lab, vec![saved_packet(&saved)]);
     let replay = s.wait("spa.rejected", Some("replay"));
     assert_eq!(replay["src"], "10.240.0.2");
-    // A clean restart removes the table; the replay cache is on disk.
+    // A clean stop keeps the grant; take it out while the agent is down (as if it had
+    // expired), so only the replay could open the port again. The replay cache is on disk.
     assert!(s.agent.stop().success());
+    let out = s
+        .lab
+        .gw
+        .cmd("nft")
+        .args(["delete", "element", "inet", "knockgate", "grants4"])
+        .arg("{ 10.240.0.2 . tcp . 22 }")
+        .output()
+        .expect("nft");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let cfg = s.work.path.join("agent.toml");
     s.agent = AgentProc::start(&s.lab, &cfg, &[]);
     send_raw(&s.lab, vec![saved_packet(&saved)]);
@@ -228,6 +242,7 @@ fn the_fwknop_client_opens_it_and_a_replay_is_refused_even_after_restart() {
         !can_connect(&s.lab.client, Lab::CLIENT4.into(), ssh4()),
         "the replay opened nothing"
     );
+    assert!(s.agent.events_named("grant.opened").is_empty());
 }
 
 #[test]

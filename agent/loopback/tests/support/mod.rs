@@ -232,7 +232,7 @@ pub struct Agent {
     /// The enrolment token used (single-use) and the CA pin.
     pub token: String,
     pub pin: [u8; 32],
-    engine: Option<std::thread::JoinHandle<(Box<dyn Firewall>, bool)>>,
+    engine: Option<std::thread::JoinHandle<Box<dyn Firewall>>>,
 }
 
 impl Agent {

@@ -1,0 +1,286 @@
+//! End to end: protection is never removed by accident. A stopped agent leaves the port
+//! closed, something else flushing or deleting the table is undone within a second, only
+//! `knockgate-agent uninstall` removes the table, a managed agent that lost its
+//! controller config keeps the ports it protected, and grants nobody can expire do not
+//! stop the agent from starting.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use knockgate_cli::{KnockSpec, send_knock};
+use knockgate_tests::agent::{AgentProc, Workdir, ssh_policy};
+use knockgate_tests::controller::{Controller, enroll_and_start, wait_applied};
+use knockgate_tests::fleet::Fleet;
+use knockgate_tests::netns::{Lab, Netns, sh};
+use knockgate_tests::probe::{Listener, can_connect, closes_within, opens_within};
+use knockgate_tests::wait_until;
+
+const SEQ: [&str; 3] = ["tcp/7000", "udp/8000", "tcp/9000"];
+
+fn knock(lab: &Lab, target: IpAddr) {
+    lab.client.run(move || {
+        for k in [
+            KnockSpec::Tcp(7000),
+            KnockSpec::Udp(8000),
+            KnockSpec::Tcp(9000),
+        ] {
+            send_knock(target, &k).expect("knock");
+        }
+    });
+}
+
+fn ssh4() -> SocketAddr {
+    SocketAddr::new(Lab::GW4.into(), 22)
+}
+
+fn ssh6() -> SocketAddr {
+    SocketAddr::new(Lab::GW6.into(), 22)
+}
+
+fn nft(ns: &Netns, args: &[&str]) {
+    sh(ns.cmd("nft").args(args));
+}
+
+#[test]
+fn a_stopped_agent_keeps_the_port_closed_and_a_restarted_one_opens_it() {
+    let lab = Lab::new();
+    let _sshd = Listener::start(&lab.gw, 22);
+    let work = Workdir::new();
+    let config = work.config(&ssh_policy("4s", &SEQ));
+    let mut agent = AgentProc::start(&lab, &config, &[]);
+    knock(&lab, Lab::GW4.into());
+    assert!(opens_within(
+        &lab.client,
+        Lab::CLIENT4.into(),
+        ssh4(),
+        Duration::from_secs(1)
+    ));
+    let stopped = Instant::now();
+    assert!(agent.stop().success(), "{}", agent.log_text());
+
+    // While the agent is down: never open to anyone else; the grant runs out by itself.
+    let table = lab.nft_table().expect("the table outlives the agent");
+    assert!(table.contains("10.240.0.2 . tcp . 22"), "{table}");
+    while stopped.elapsed() < Duration::from_secs(2) {
+        assert!(
+            !can_connect(&lab.client, Lab::OTHER4.into(), ssh4()),
+            "a stopped agent must leave the port closed to others"
+        );
+    }
+    assert!(
+        closes_within(
+            &lab.client,
+            Lab::CLIENT4.into(),
+            ssh4(),
+            Duration::from_secs(4)
+        ),
+        "the grant expires in the kernel with nobody to close it"
+    );
+    assert!(!can_connect(&lab.client, Lab::OTHER4.into(), ssh4()));
+
+    let mut agent = AgentProc::start(&lab, &config, &[]);
+    knock(&lab, Lab::GW4.into());
+    assert!(
+        opens_within(
+            &lab.client,
+            Lab::CLIENT4.into(),
+            ssh4(),
+            Duration::from_secs(1)
+        ),
+        "{}",
+        agent.log_text()
+    );
+    assert!(agent.stop().success());
+}
+
+#[test]
+fn the_table_repairs_itself_within_a_second_and_keeps_grants() {
+    let lab = Lab::new();
+    let _sshd = Listener::start(&lab.gw, 22);
+    let work = Workdir::new();
+    let config = work.config(&ssh_policy("60s", &SEQ));
+    let mut agent = AgentProc::start(&lab, &config, &[]);
+    knock(&lab, Lab::GW4.into());
+    assert!(opens_within(
+        &lab.client,
+        Lab::CLIENT4.into(),
+        ssh4(),
+        Duration::from_secs(1)
+    ));
+
+    let damage: [&[&str]; 4] = [
+        &["flush", "ruleset"],
+        &["delete", "table", "inet", "knockgate"],
+        &["flush", "chain", "inet", "knockgate", "input"],
+        &["flush", "set", "inet", "knockgate", "grants4"],
+    ];
+    for (i, cmd) in damage.into_iter().enumerate() {
+        let t0 = Instant::now();
+        nft(&lab.gw, cmd);
+        let mut repairs = 0;
+        while repairs <= i && t0.elapsed() < Duration::from_secs(1) {
+            std::thread::sleep(Duration::from_millis(10));
+            repairs = agent.events_named("firewall.repaired").len();
+        }
+        assert_eq!(
+            repairs,
+            i + 1,
+            "no repair within 1 s after nft {cmd:?}:\n{}",
+            agent.log_text()
+        );
+        let table = lab.nft_table().expect("table back");
+        assert!(
+            table.contains("10.240.0.2 . tcp . 22") && table.contains("chain input"),
+            "after nft {cmd:?}: {table}"
+        );
+        let took = t0.elapsed();
+        assert!(took < Duration::from_secs(1), "repair took {took:?}");
+        assert!(
+            !can_connect(&lab.client, Lab::OTHER4.into(), ssh4()),
+            "after nft {cmd:?} the port is closed to others again"
+        );
+        assert!(
+            can_connect(&lab.client, Lab::CLIENT4.into(), ssh4()),
+            "after nft {cmd:?} the granted source is still inside"
+        );
+    }
+    // The next knock still opens (a new grant, over IPv6).
+    assert!(!can_connect(&lab.client, Lab::CLIENT6.into(), ssh6()));
+    knock(&lab, Lab::GW6.into());
+    assert!(
+        opens_within(
+            &lab.client,
+            Lab::CLIENT6.into(),
+            ssh6(),
+            Duration::from_secs(1)
+        ),
+        "{}",
+        agent.log_text()
+    );
+    assert!(agent.stop().success());
+}
+
+#[test]
+fn only_uninstall_removes_the_table() {
+    let lab = Lab::new();
+    let _sshd = Listener::start(&lab.gw, 22);
+    let work = Workdir::new();
+    let config = work.config(&ssh_policy("60s", &SEQ));
+    let mut agent = AgentProc::start(&lab, &config, &[]);
+    assert!(agent.stop().success());
+    assert!(lab.nft_table().is_some());
+    assert!(!can_connect(&lab.client, Lab::OTHER4.into(), ssh4()));
+    let out = sh(lab
+        .gw
+        .cmd(knockgate_tests::bin("knockgate-agent"))
+        .args(["uninstall", "--config"])
+        .arg(&config));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("no longer protected"), "{said}");
+    assert_eq!(lab.nft_table(), None);
+    assert!(can_connect(&lab.client, Lab::OTHER4.into(), ssh4()));
+}
+
+#[test]
+fn a_grant_nobody_can_expire_does_not_stop_the_agent() {
+    let lab = Lab::new();
+    let _sshd = Listener::start(&lab.gw, 22);
+    let work = Workdir::new();
+    let config = work.config(&ssh_policy("60s", &SEQ));
+    let mut agent = AgentProc::start(&lab, &config, &[]);
+    assert!(agent.stop().success());
+    // By hand, without a timeout: knockgate never adds one like it.
+    nft(
+        &lab.gw,
+        &[
+            "add",
+            "element",
+            "inet",
+            "knockgate",
+            "grants4",
+            "{ 10.240.0.3 . tcp . 22 }",
+        ],
+    );
+    let mut agent = AgentProc::start(&lab, &config, &[]);
+    assert!(
+        agent
+            .log_text()
+            .contains("a grant without a timeout is in the grant set")
+    );
+    assert!(agent.events_named("grant.adopted").is_empty());
+    knock(&lab, Lab::GW4.into());
+    assert!(opens_within(
+        &lab.client,
+        Lab::CLIENT4.into(),
+        ssh4(),
+        Duration::from_secs(1)
+    ));
+    assert!(agent.stop().success());
+}
+
+#[test]
+fn a_managed_agent_without_its_controller_config_keeps_its_protected_ports() {
+    let fleet = Fleet::new(&["ctl", "gw1", "client"]);
+    let work = Workdir::new();
+    let ctl_addr = fleet.host(0).v4.to_string();
+    let gw = &fleet.host(1).ns;
+    let client = &fleet.host(2).ns;
+    let me = fleet.host(2).addr();
+    let ssh = SocketAddr::new(fleet.host(1).addr(), 22);
+    let mut ctl = Controller::start(&fleet.host(0).ns, &work.path.join("ctl"), &ctl_addr, None);
+    let _sshd = Listener::start(gw, 22);
+    let (mut agent, _) = enroll_and_start(&ctl, gw, &work, "gw1", "role=edge");
+    assert!(ctl.knockadm(&["user", "add", "alice"]).status.success());
+    ctl.knockadm_json(&[
+        "policy",
+        "add",
+        "ssh",
+        "--open",
+        "tcp/22",
+        "--users",
+        "alice",
+        "--agents",
+        "role=edge",
+        "--spa",
+    ]);
+    assert!(
+        wait_applied(&ctl, Duration::from_secs(10)),
+        "policy applied"
+    );
+    wait_until("tcp/22 protected", Duration::from_secs(2), || {
+        !can_connect(client, me, ssh)
+    });
+
+    // The controller goes away, the host reboots (the kernel's table is gone) and the
+    // cached controller config is lost.
+    assert!(agent.stop().success());
+    ctl.kill();
+    nft(gw, &["delete", "table", "inet", "knockgate"]);
+    assert!(can_connect(client, me, ssh), "open with no table at all");
+    let state = work.path.join("state");
+    std::fs::remove_file(state.join("controller-config.pb")).expect("cache removed");
+
+    let config = work.path.join("agent.toml");
+    let agent = AgentProc::start_in(gw, &config, &[]);
+    assert!(
+        !can_connect(client, me, ssh),
+        "the recorded protected port must stay closed:\n{}",
+        agent.log_text()
+    );
+    assert!(
+        agent
+            .log_text()
+            .contains("keeping the ports protected last time"),
+        "{}",
+        agent.log_text()
+    );
+    let check = sh(gw
+        .cmd(knockgate_tests::bin("knockgate-agent"))
+        .args(["check", "--config"])
+        .arg(&config));
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        said.contains("kept protected from the last run") && said.contains("tcp/22"),
+        "{said}"
+    );
+}
