@@ -20,6 +20,7 @@ use crate::pki::Ca;
 use crate::service::{AdminService, AgentService, EnrollService};
 use crate::store::{Store, StoreError};
 use crate::tls::{self, TlsError};
+use crate::trail::Throttle;
 
 /// Errors starting or running the server.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,8 @@ pub struct Controller {
     pub ca: Ca,
     /// Live streams and the config version they follow.
     pub hub: Arc<Hub>,
+    /// Aggregates refusals of unauthenticated peers (handshakes, enrolment tokens).
+    pub refusals: Arc<Throttle>,
     tls: Arc<ServerConfig>,
 }
 
@@ -61,6 +64,7 @@ impl Controller {
             store,
             ca,
             hub,
+            refusals: Arc::default(),
             tls,
         }))
     }
@@ -77,7 +81,12 @@ pub async fn serve(
         state.store.clone(),
         Arc::clone(&state.hub),
     ));
-    let incoming = tls::incoming(listener, Arc::clone(&state.tls), state.store.clone());
+    let incoming = tls::incoming(
+        listener,
+        Arc::clone(&state.tls),
+        state.store.clone(),
+        Arc::clone(&state.refusals),
+    );
     let hub = Arc::clone(&state.hub);
     let signal = async move {
         shutdown.await;

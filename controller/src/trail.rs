@@ -2,7 +2,10 @@
 //! admin writes, refused configs, one-time key claims). Writing one never fails the request it
 //! describes: a store error is logged instead.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -72,5 +75,81 @@ impl Entry {
         if let Err(e) = store.append_audit(&self.0).await {
             tracing::error!(kind = %self.0.kind, error = %ErrorChain(&e), "failed to write an audit event");
         }
+    }
+}
+
+/// Aggregates refusals nobody authenticated: the first of a kind, source and reason is
+/// written, then at most one per [`Throttle::WINDOW`], carrying how many were left out.
+/// A flood of bad handshakes or tokens costs a bounded number of rows.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    seen: Mutex<HashMap<(&'static str, IpAddr, String), (Instant, u64)>>,
+}
+
+impl Throttle {
+    /// How often the same refusal is written at most.
+    pub const WINDOW: Duration = Duration::from_secs(60);
+    /// Keys remembered; past this, stale ones are forgotten (and, in a flood of many
+    /// sources, everything: then a row per source per window is the bound).
+    const MAX_KEYS: usize = 4096;
+
+    /// `Some(left out since the last row)` if this refusal should be written now.
+    pub fn admit(&self, kind: &'static str, source: IpAddr, reason: &str) -> Option<u64> {
+        self.admit_at(kind, source, reason, Instant::now())
+    }
+
+    fn admit_at(
+        &self,
+        kind: &'static str,
+        source: IpAddr,
+        reason: &str,
+        now: Instant,
+    ) -> Option<u64> {
+        let Ok(mut seen) = self.seen.lock() else {
+            return Some(0);
+        };
+        if seen.len() >= Self::MAX_KEYS {
+            seen.retain(|_, (at, _)| now.saturating_duration_since(*at) < Self::WINDOW);
+            if seen.len() >= Self::MAX_KEYS {
+                seen.clear();
+            }
+        }
+        let key = (kind, source, reason.to_owned());
+        let Some((start, left_out)) = seen.get_mut(&key) else {
+            seen.insert(key, (now, 0));
+            return Some(0);
+        };
+        if now.saturating_duration_since(*start) < Self::WINDOW {
+            *left_out += 1;
+            return None;
+        }
+        let n = std::mem::take(left_out);
+        *start = now;
+        Some(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_refusal_is_written_once_a_window_with_a_count() {
+        let t = Throttle::default();
+        let a: IpAddr = [10, 240, 0, 9].into();
+        let t0 = Instant::now();
+        assert_eq!(t.admit_at(AUTH_REFUSED, a, "bad cert", t0), Some(0));
+        for i in 1..=5 {
+            let at = t0 + Duration::from_secs(i);
+            assert_eq!(t.admit_at(AUTH_REFUSED, a, "bad cert", at), None);
+        }
+        assert_eq!(
+            t.admit_at(AUTH_REFUSED, a, "other reason", t0),
+            Some(0),
+            "another reason is another row"
+        );
+        let later = t0 + Throttle::WINDOW + Duration::from_secs(1);
+        assert_eq!(t.admit_at(AUTH_REFUSED, a, "bad cert", later), Some(5));
+        assert_eq!(t.admit_at(AUTH_REFUSED, a, "bad cert", later), None);
     }
 }

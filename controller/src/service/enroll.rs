@@ -54,12 +54,25 @@ async fn refuse(
     agent: Option<&AgentName>,
     reason: &str,
 ) {
-    tracing::warn!(peer = ?peer, agent = ?agent, reason, "enrolment refused");
-    Entry::new(ENROL_REFUSED, json!({ "reason": reason }))
-        .agent(agent)
-        .peer(peer)
-        .write(&state.store)
-        .await;
+    let suppressed = match peer {
+        Some(p) => match state.refusals.admit(ENROL_REFUSED, p.ip(), reason) {
+            Some(n) => n,
+            None => {
+                tracing::debug!(peer = ?peer, reason, "enrolment refused (aggregated)");
+                return;
+            }
+        },
+        None => 0,
+    };
+    tracing::warn!(peer = ?peer, agent = ?agent, reason, suppressed, "enrolment refused");
+    Entry::new(
+        ENROL_REFUSED,
+        json!({ "reason": reason, "suppressed": suppressed }),
+    )
+    .agent(agent)
+    .peer(peer)
+    .write(&state.store)
+    .await;
 }
 
 async fn enroll(

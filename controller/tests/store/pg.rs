@@ -1,5 +1,5 @@
-//! A throwaway PostgreSQL cluster for the store tests, made as STACK.md §6
-//! says: a temp dir, `initdb`/`pg_ctl` as the `postgres` user (initdb refuses
+//! A throwaway PostgreSQL cluster for the store tests (docs/DEVELOP.md, "Suites that
+//! need PostgreSQL"): a temp dir, `initdb`/`pg_ctl` as the `postgres` user (initdb refuses
 //! root), Unix socket only (`listen_addresses=''`), fsync off.
 //!
 //! One cluster per test binary, one fresh database per test. The cluster
