@@ -2,7 +2,9 @@
 # System packages knockgate needs to build, run and test on Debian 12 (run as root).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(libpcap-dev pkg-config nftables iproute2 knockd fwknop-client ca-certificates curl)
+# postgresql: the throwaway PostgreSQL of the controller's and the fleet's tests (initdb and
+# pg_ctl under /usr/lib/postgresql/15/bin); its cluster service is never started.
+pkgs=(libpcap-dev pkg-config nftables iproute2 knockd fwknop-client postgresql ca-certificates curl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,5 +1,6 @@
-//! A throwaway PostgreSQL cluster (STACK.md §6): a temp dir, `initdb`/`pg_ctl` run as the
-//! `postgres` user (initdb refuses root), Unix socket only, fsync off. Stopped and removed
+//! A throwaway PostgreSQL cluster (docs/DEVELOP.md, "Suites that need PostgreSQL"): a
+//! temp dir, `initdb`/`pg_ctl` run as the `postgres` user (initdb refuses root), Unix
+//! socket only, fsync off. Stopped and removed
 //! on drop. A machine without PostgreSQL fails the test; it never skips.
 
 use std::path::PathBuf;

@@ -1,5 +1,5 @@
-//! The nftables backend: owns the `inet knockgate` table (DESIGN.md, "nftables layout the
-//! agent owns") and talks to the kernel over netlink, never through `nft`. Every change is
+//! The nftables backend: owns the `inet knockgate` table (docs/ARCHITECTURE.md, "nftables
+//! layout") and talks to the kernel over netlink, never through `nft`. Every change is
 //! one atomic nf_tables transaction; the kernel expires grants by itself, so they close on
 //! time even if the agent dies.
 
