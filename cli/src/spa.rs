@@ -52,6 +52,51 @@ pub enum SendSpaError {
         #[source]
         source: io::Error,
     },
+    /// No local address routes to the gateway, so there is none to bind the packet to.
+    #[error(
+        "cannot tell which address a packet to {target} leaves from (use --allow-ip or --source-any)"
+    )]
+    Source {
+        /// Where the packet was going.
+        target: SocketAddr,
+        /// The routing error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The address a packet should ask to open. `allow_ip` when given; else, unless
+/// `source_any`, the address a packet to `target` leaves from, so a copy taken off the
+/// wire and resent from another address opens nothing. `None` (only with `source_any`)
+/// asks for whatever source address the packet arrives from.
+///
+/// Behind a NAT the gateway sees another address than this one: name the public one with
+/// `allow_ip`.
+///
+/// # Errors
+/// [`SendSpaError::Source`] when no route leads to `target`.
+pub fn bind_to_sender(
+    target: SocketAddr,
+    allow_ip: Option<IpAddr>,
+    source_any: bool,
+) -> Result<Option<IpAddr>, SendSpaError> {
+    if allow_ip.is_some() || source_any {
+        return Ok(allow_ip);
+    }
+    source_for(target)
+        .map(Some)
+        .map_err(|source| SendSpaError::Source { target, source })
+}
+
+/// The local address the kernel picks for a packet to `target` (nothing is sent).
+fn source_for(target: SocketAddr) -> io::Result<IpAddr> {
+    let any: SocketAddr = match target {
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = std::net::UdpSocket::bind(any)?;
+    socket.connect(target)?;
+    Ok(socket.local_addr()?.ip())
 }
 
 /// Seals a native SPA request for `gateway` under `key`, stamped with `now`.

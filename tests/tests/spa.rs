@@ -172,12 +172,67 @@ impl Setup {
 
 /// Send raw bytes to the SPA port from the client namespace.
 fn send_raw(lab: &Lab, payload: Vec<Vec<u8>>) {
+    send_raw_from(lab, Lab::CLIENT4, payload);
+}
+
+/// Send raw bytes to the SPA port from `src`, one of the client's addresses.
+fn send_raw_from(lab: &Lab, src: std::net::Ipv4Addr, payload: Vec<Vec<u8>>) {
     lab.client.run(move || {
-        let sock = UdpSocket::bind((Lab::CLIENT4, 0)).expect("bind");
+        let sock = UdpSocket::bind((src, 0)).expect("bind");
         for p in payload {
             sock.send_to(&p, (Lab::GW4, 62201)).expect("send");
         }
     });
+}
+
+/// What `knocker spa` sends, taken off the wire: it is sent to a listener on another
+/// port of the gateway instead of the SPA port, so the agent never sees the original.
+fn intercepted_knocker_spa(s: &Setup, extra: &[&str]) -> Vec<u8> {
+    let listener = s
+        .lab
+        .gw
+        .run(|| UdpSocket::bind((Lab::GW4, 62299)).expect("bind"));
+    listener
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut args = vec!["--gateway", "gw1", "--access", "tcp/22", "--port", "62299"];
+    args.extend_from_slice(extra);
+    s.knocker_spa("10.240.0.1", &args);
+    let mut buf = vec![0u8; 2048];
+    let (n, from) = listener.recv_from(&mut buf).expect("the packet");
+    assert_eq!(from.ip(), IpAddr::from(Lab::CLIENT4));
+    buf.truncate(n);
+    buf
+}
+
+#[test]
+fn a_packet_resent_from_another_address_opens_nothing_for_it() {
+    let mut s = setup();
+    // By default knocker seals the address it sends from.
+    let copy = intercepted_knocker_spa(&s, &[]);
+    send_raw_from(&s.lab, Lab::OTHER4, vec![copy]);
+    let accepted = s.wait("grant.opened", None);
+    assert_eq!(
+        accepted["src"], "10.240.0.2",
+        "the sealed address, not the sender"
+    );
+    assert!(
+        !can_connect(&s.lab.client, Lab::OTHER4.into(), ssh4()),
+        "the resender gets nothing"
+    );
+
+    // --source-any seals nothing: the same theft opens the gateway for the thief.
+    let copy = intercepted_knocker_spa(&s, &["--source-any"]);
+    send_raw_from(&s.lab, Lab::OTHER4, vec![copy]);
+    assert!(
+        opens_within(
+            &s.lab.client,
+            Lab::OTHER4.into(),
+            ssh4(),
+            Duration::from_secs(1)
+        ),
+        "why --source-any is weaker"
+    );
 }
 
 fn saved_packet(path: &Path) -> Vec<u8> {

@@ -6,7 +6,7 @@
 mod rotating;
 
 use std::io::{self, Write};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -25,7 +25,9 @@ use crate::knock::KnockError;
 use crate::otk::{self, CounterError};
 use crate::profile::{Profile, ProfileError, ProfileGateway, read_profile, split_address};
 use crate::resolve::{Family, ResolveError, resolve_host};
-use crate::spa::{BuildSpaError, DEFAULT_SPA_PORT, SendSpaError, build_spa, send_spa};
+use crate::spa::{
+    BuildSpaError, DEFAULT_SPA_PORT, SendSpaError, bind_to_sender, build_spa, send_spa,
+};
 
 /// fwknop's protocol version, as Debian's fwknop 2.6.10 sends it.
 const FWKNOP_VERSION: &str = "3.0.0";
@@ -121,6 +123,18 @@ pub struct OpenArgs {
     #[arg(short, long, value_name = "DURATION", value_parser = parse_delay)]
     pub delay: Option<Duration>,
 
+    /// Address to open access for. Default: the address this host sends
+    /// from, sealed into the packet. Behind a NAT, give your public address.
+    /// Not with rotating
+    #[arg(short = 'a', long, value_name = "IP", conflicts_with = "source_any")]
+    pub allow_ip: Option<IpAddr>,
+
+    /// Seal no address: open whatever address the packet arrives from. Weaker:
+    /// a copy taken off the wire and resent from elsewhere before yours arrives
+    /// opens the gateway for the sender of the copy. Not with rotating
+    #[arg(long)]
+    pub source_any: bool,
+
     /// Send over IPv4 only
     #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
     pub ipv4: bool,
@@ -175,6 +189,11 @@ pub enum OpenCmdError {
     /// The fwknop packet could not be built (exit 64).
     #[error("cannot build the fwknop packet")]
     Fwknop(#[source] FwknopEncodeError),
+    /// fwknop can only seal an IPv4 address (exit 64).
+    #[error(
+        "fwknop packets seal IPv4 addresses only: use -4, --allow-ip with an IPv4 address, or --source-any"
+    )]
+    FwknopIpv6,
     /// The operating system's random source failed (exit 1).
     #[error("failed to read randomness from the operating system")]
     Random(#[source] SysError),
@@ -195,6 +214,7 @@ impl CommandError for OpenCmdError {
             | OpenCmdError::TooManyAccess(_)
             | OpenCmdError::FwknopTimeout
             | OpenCmdError::FwknopUser(_)
+            | OpenCmdError::FwknopIpv6
             | OpenCmdError::Resolve(_)
             | OpenCmdError::Fwknop(_)
             | OpenCmdError::Build(BuildSpaError::Seal(SealError::Invalid(_))) => EXIT_USAGE,
@@ -249,6 +269,8 @@ impl OpenArgs {
             ("--access", rotating && !self.access.is_empty()),
             ("--timeout", rotating && self.timeout.is_some()),
             ("--port", rotating && self.port.is_some()),
+            ("--allow-ip", rotating && self.allow_ip.is_some()),
+            ("--source-any", rotating && self.source_any),
             ("--policy", !rotating && self.policy.is_some()),
             ("--delay", !rotating && self.delay.is_some()),
         ];
@@ -285,46 +307,63 @@ impl OpenArgs {
         out: &mut dyn Write,
     ) -> Result<(), OpenCmdError> {
         let access = self.access()?;
-        let native = |key: &_| {
+        let native = |key: &_, allow_ip| {
             build_spa(
                 key,
                 &gateway.name,
                 access.clone(),
-                None,
+                allow_ip,
                 self.timeout.unwrap_or(0),
                 SystemTime::now(),
             )
         };
+        let target = |family| -> Result<_, OpenCmdError> {
+            let target = SocketAddr::new(resolve_host(host, family)?, port);
+            let allow = bind_to_sender(target, self.allow_ip, self.source_any)?;
+            Ok((target, allow))
+        };
         // Keys are checked before DNS so a broken profile fails fast.
-        let (packet, target, what) = match self.method {
+        let (packet, target, allow, what) = match self.method {
             Method::Fwknop => {
                 let keys = profile.fwknop_keys(&self.profile)?;
-                let target = SocketAddr::new(resolve_host(host, self.family())?, port);
-                let wire = self.fwknop_packet(&profile.user.name, &keys, &access)?;
-                (wire.into_bytes(), target, "fwknop SPA".to_owned())
+                // fwknop's allow-IP field is IPv4 only.
+                let family = match self.family() {
+                    Family::Any if self.allow_ip.is_some_and(|ip| ip.is_ipv4()) => Family::V4,
+                    f => f,
+                };
+                let (target, allow) = target(family)?;
+                let allow_v4 = match allow {
+                    None => None,
+                    Some(IpAddr::V4(ip)) => Some(ip),
+                    Some(IpAddr::V6(_)) => return Err(OpenCmdError::FwknopIpv6),
+                };
+                let wire = self.fwknop_packet(&profile.user.name, &keys, &access, allow_v4)?;
+                (wire.into_bytes(), target, allow, "fwknop SPA".to_owned())
             }
             Method::Otk => {
                 let secret = profile.rotating_secret("--method otk", &self.profile)?;
-                let target = SocketAddr::new(resolve_host(host, self.family())?, port);
+                let (target, allow) = target(self.family())?;
                 // Moved on before anything is sent: this key is never used again.
                 let counter = otk::reserve(&self.profile)?;
                 let key = derive_otk(&secret, counter);
                 let what = format!("one-time SPA (key {counter}, key id {})", key.id());
-                (native(&key)?, target, what)
+                (native(&key, allow)?, target, allow, what)
             }
             // `run` sends rotating sequences elsewhere; only Spa gets here.
             Method::Spa | Method::Rotating => {
                 let key = profile.spa_key(&self.profile)?;
-                let target = SocketAddr::new(resolve_host(host, self.family())?, port);
-                (native(&key)?, target, format!("SPA (key id {})", key.id()))
+                let (target, allow) = target(self.family())?;
+                let what = format!("SPA (key id {})", key.id());
+                (native(&key, allow)?, target, allow, what)
             }
         };
         send_spa(target, &packet)?;
         if self.verbose {
             let access: Vec<String> = access.iter().map(Access::to_string).collect();
+            let allow = allow.map_or_else(|| "<source>".to_owned(), |ip| ip.to_string());
             writeln!(
                 out,
-                "sent {what} for {} to {} ({target}): access {}, {} bytes",
+                "sent {what} for {} to {} ({target}): access {}, allow {allow}, {} bytes",
                 profile.user.name,
                 gateway.name,
                 access.join(","),
@@ -336,12 +375,14 @@ impl OpenArgs {
         Ok(())
     }
 
-    /// An fwknop access request for the packet's source address, stamped now.
+    /// An fwknop access request for `allow_ip` (`None`: the packet's source address),
+    /// stamped now.
     fn fwknop_packet(
         &self,
         user: &str,
         keys: &fwknop::FwknopKeys,
         access: &[Access],
+        allow_ip: Option<Ipv4Addr>,
     ) -> Result<String, OpenCmdError> {
         let timeout = self.timeout.filter(|&t| t > 0);
         if timeout.is_some_and(|t| t > FWKNOP_MAX_TIMEOUT) {
@@ -372,7 +413,7 @@ impl OpenArgs {
             } else {
                 msg_type::ACCESS
             },
-            allow_ip: Ipv4Addr::UNSPECIFIED,
+            allow_ip: allow_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
             access: access.to_vec(),
             command: None,
             nat_access: None,

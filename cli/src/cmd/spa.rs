@@ -13,7 +13,9 @@ use knockgate_proto::{Access, ParseAccessError};
 use super::{CommandError, EXIT_FAILURE, EXIT_USAGE};
 use crate::keyfile::{KeyFileError, read_key_file};
 use crate::resolve::{Family, ResolveError, resolve_host};
-use crate::spa::{BuildSpaError, DEFAULT_SPA_PORT, SendSpaError, build_spa, send_spa};
+use crate::spa::{
+    BuildSpaError, DEFAULT_SPA_PORT, SendSpaError, bind_to_sender, build_spa, send_spa,
+};
 
 /// Arguments of `knocker spa`.
 #[derive(Debug, Clone, Args)]
@@ -56,10 +58,16 @@ pub struct SpaArgs {
     )]
     pub access: Vec<Access>,
 
-    /// Address to open access for, instead of the address the packet comes
-    /// from (e.g. your public address behind a NAT)
-    #[arg(short = 'a', long, value_name = "IP")]
+    /// Address to open access for. Default: the address this host sends from,
+    /// sealed into the packet. Behind a NAT, give your public address
+    #[arg(short = 'a', long, value_name = "IP", conflicts_with = "source_any")]
     pub allow_ip: Option<IpAddr>,
+
+    /// Seal no address: open whatever address the packet arrives from. Weaker:
+    /// a copy taken off the wire and resent from elsewhere before yours arrives
+    /// opens the gateway for the sender of the copy
+    #[arg(long)]
+    pub source_any: bool,
 
     /// How long to keep access open: 30s, 10m, 1h, … (a bare number is
     /// seconds). Default: the gateway policy's duration
@@ -146,18 +154,19 @@ impl SpaArgs {
         let access = self.access_set()?;
         let key = read_key_file(&self.key_file)?;
         let target = SocketAddr::new(resolve_host(&self.host, self.family())?, self.port);
+        let allow_ip = bind_to_sender(target, self.allow_ip, self.source_any)?;
         // Stamped after DNS so resolver latency does not age the packet.
         let packet = build_spa(
             &key,
             &self.gateway,
             access.clone(),
-            self.allow_ip,
+            allow_ip,
             self.timeout.unwrap_or(0),
             SystemTime::now(),
         )?;
         send_spa(target, &packet)?;
         if self.verbose {
-            self.report(out, target, &access, packet.len(), &key)
+            self.report(out, target, &access, allow_ip, packet.len(), &key)
                 .map_err(SpaCmdError::Output)?;
         }
         Ok(())
@@ -168,13 +177,12 @@ impl SpaArgs {
         out: &mut dyn Write,
         target: SocketAddr,
         access: &[Access],
+        allow_ip: Option<IpAddr>,
         len: usize,
         key: &SpaKey,
     ) -> io::Result<()> {
         let access: Vec<String> = access.iter().map(Access::to_string).collect();
-        let allow = self
-            .allow_ip
-            .map_or_else(|| "<source>".to_owned(), |ip| ip.to_string());
+        let allow = allow_ip.map_or_else(|| "<source>".to_owned(), |ip| ip.to_string());
         writeln!(
             out,
             "sent SPA for {} to {} ({target}): access {}, allow {allow}, {len} bytes, key id {}",
