@@ -80,7 +80,15 @@ fn native_spa_opens_at_the_gateway() {
     let req = spa::open(&key, &receive(&socket)).expect("opens with the profile's key");
     assert_eq!(req.gateway, "gw1");
     assert_eq!(req.access, vec![Access::tcp(22)], "tcp/22 by default");
-    assert_eq!((req.allow_ip, req.duration_secs), (None, 0));
+    assert_eq!(
+        (req.allow_ip, req.duration_secs),
+        (Some(IpAddr::V4(Ipv4Addr::LOCALHOST)), 0),
+        "the sender's own address is sealed by default"
+    );
+    let out = knocker(&["open", "gw1", "--profile", p(&path), "--source-any"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let req = spa::open(&key, &receive(&socket)).expect("opens");
+    assert_eq!(req.allow_ip, None, "--source-any seals no address");
 
     let before = unix_secs(SystemTime::now());
     let out = knocker(&[
@@ -108,7 +116,7 @@ fn native_spa_opens_at_the_gateway() {
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         format!(
-            "sent SPA (key id {}) for alice to gw1 (127.0.0.1:{port}): access tcp/22,tcp/443,udp/53, {} bytes\n",
+            "sent SPA (key id {}) for alice to gw1 (127.0.0.1:{port}): access tcp/22,tcp/443,udp/53, allow 127.0.0.1, {} bytes\n",
             key.id(),
             packet.len()
         )
@@ -155,8 +163,8 @@ fn fwknop_packet_decodes_at_the_gateway() {
     assert_eq!(req.msg_type, msg_type::ACCESS);
     assert_eq!(
         req.allow_ip,
-        Ipv4Addr::UNSPECIFIED,
-        "0.0.0.0: the packet's source"
+        Ipv4Addr::LOCALHOST,
+        "the sender's own address is sealed by default"
     );
     assert_eq!(req.access, vec![Access::tcp(22)]);
     assert_eq!(req.client_timeout, None);
