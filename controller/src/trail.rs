@@ -83,8 +83,11 @@ impl Entry {
 /// A flood of bad handshakes or tokens costs a bounded number of rows.
 #[derive(Debug, Default)]
 pub struct Throttle {
-    seen: Mutex<HashMap<(&'static str, IpAddr, String), (Instant, u64)>>,
+    seen: Mutex<HashMap<RefusalKey, (Instant, u64)>>,
 }
+
+/// What makes two refusals the same: kind, source address, reason.
+type RefusalKey = (&'static str, IpAddr, String);
 
 impl Throttle {
     /// How often the same refusal is written at most.
