@@ -168,16 +168,24 @@ impl Engine {
                 continue;
             }
             adopted += 1;
-            self.grants.adopt(h.key, h.remaining, now);
-            let grant_ref = self.grant_ref(&h.key);
+            self.grants.adopt(h.key, h.remaining, h.label.as_ref(), now);
+            let label = self.grants.label(&h.key);
+            let user = label.user.as_deref();
             info!(target: "knockgate::event", event = "grant.adopted", src = %h.key.addr,
-                proto = %h.key.proto, port = h.key.port, grant_ref = %grant_ref,
+                proto = %h.key.proto, port = h.key.port, grant_ref = %label.grant_ref,
+                policy = %label.policy, user = user.unwrap_or_default(),
                 remaining_ms = h.remaining.as_millis() as u64, "grant adopted from the firewall");
             let expires = now.checked_add(h.remaining).unwrap_or(now);
             self.report(|| {
                 ReportEvent::new("grant.adopted")
                     .src(h.key.addr)
-                    .grant(GrantInfo::new(&grant_ref, &h.key, wall_ms(expires, now)))
+                    .user(user)
+                    .policy(&label.policy)
+                    .grant(GrantInfo::new(
+                        &label.grant_ref,
+                        &h.key,
+                        wall_ms(expires, now),
+                    ))
             });
         }
         Ok(adopted)
@@ -217,7 +225,24 @@ impl Engine {
                 Err(RecvTimeoutError::Timeout) => {}
             }
         }
+        self.stop(Instant::now());
         self.firewall
+    }
+
+    /// A clean stop: grants stay open and protection stays in place where the firewall
+    /// expires grants by itself; where it cannot, the grants close now. Either way the
+    /// controller hears of it, so its grant table stays true.
+    fn stop(&mut self, now: Instant) {
+        let kept = if self.firewall.expires_grants() {
+            self.grants.len()
+        } else {
+            let all = self.grants.select(|_| true);
+            self.close_now(all, "agent_stopped", now);
+            0
+        };
+        info!(target: "knockgate::event", event = "agent.stopped", grants_kept = kept,
+            "agent stopping; the firewall keeps protecting");
+        self.report(|| ReportEvent::new("agent.stopped").detail("grants_kept", kept as u64));
     }
 
     /// One packet from capture: a datagram for the SPA port, or a knock. Every one is
@@ -287,7 +312,8 @@ impl Engine {
                 proto: spec.proto,
                 port: spec.port,
             };
-            match self.firewall.open(&key, timeout) {
+            let label = self.grants.label_for_open(&key, policy, user);
+            match self.firewall.open(&key, timeout, &label) {
                 Ok(()) => {
                     opened += 1;
                     let kind = self.grants.handle_open(key, policy, user, timeout, now);

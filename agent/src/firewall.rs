@@ -8,6 +8,7 @@ pub mod nft;
 
 use std::time::Duration;
 
+use knockgate_agent_core::grants::GrantLabel;
 use knockgate_agent_core::ruleset::{GrantKey, Ruleset};
 
 /// What went wrong talking to the firewall.
@@ -26,11 +27,13 @@ pub enum FirewallError {
     Command { command: String, reason: String },
 }
 
-/// A grant the firewall currently holds, with the time it has left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A grant the firewall currently holds, with the time it has left and the label stored
+/// with it (`None` if it has none knockgate can read).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {
     pub key: GrantKey,
     pub remaining: Duration,
+    pub label: Option<GrantLabel>,
 }
 
 /// The one seam between the agent and the packet filter.
@@ -38,10 +41,15 @@ pub trait Firewall: Send {
     /// Install (or replace) the static ruleset: protected ports, knock ports, grant sets.
     /// Grants already held are kept so a restarted agent can adopt them.
     fn ensure_base(&mut self, ruleset: &Ruleset) -> Result<(), FirewallError>;
-    /// Let `key` open new connections for `timeout`; if it is already open, its timeout
-    /// restarts from now. The firewall itself expires the grant, so it closes on time even
-    /// if the agent dies.
-    fn open(&mut self, key: &GrantKey, timeout: Duration) -> Result<(), FirewallError>;
+    /// Let `key` open new connections for `timeout`, stored with `label`; if it is already
+    /// open, its timeout restarts from now. The firewall itself expires the grant, so it
+    /// closes on time even if the agent dies.
+    fn open(
+        &mut self,
+        key: &GrantKey,
+        timeout: Duration,
+        label: &GrantLabel,
+    ) -> Result<(), FirewallError>;
     /// Withdraw a grant now. Closing a grant that is not held is not an error.
     fn close(&mut self, key: &GrantKey) -> Result<(), FirewallError>;
     /// The grants the firewall holds now.
@@ -51,10 +59,10 @@ pub trait Firewall: Send {
     fn intact(&mut self, _ruleset: &Ruleset) -> Result<bool, FirewallError> {
         Ok(true)
     }
-    /// What a clean stop leaves behind. By default everything stays: protection outlives
-    /// the agent and the firewall expires grants by itself. A backend that cannot expire
-    /// grants closes them here, so nothing stays open with nobody to close it.
-    fn stop(&mut self) -> Result<(), FirewallError> {
-        Ok(())
+    /// Whether the firewall expires grants by itself (nftables: the kernel does). A
+    /// backend that cannot has its grants closed when the agent stops, so nothing stays
+    /// open with nobody to close it; the others keep them, and protection, in place.
+    fn expires_grants(&self) -> bool {
+        true
     }
 }

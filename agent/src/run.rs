@@ -388,7 +388,8 @@ pub fn run(path: &Path, format: LogFormat, level: &str) -> Result<(), Failure> {
     info!("shutting down");
     let _ = tx.send(Input::Shutdown);
     stop.store(true, Ordering::Relaxed);
-    let mut firewall = engine_thread
+    // The firewall stays as the engine left it (see Engine::run).
+    let _firewall = engine_thread
         .join()
         .map_err(|_| Failure::runtime(anyhow::anyhow!("the engine thread panicked")))?;
     rt.shutdown_timeout(Duration::from_secs(2));
@@ -403,7 +404,6 @@ pub fn run(path: &Path, format: LogFormat, level: &str) -> Result<(), Failure> {
         knocks = counters.knocks.load(Ordering::Relaxed),
         dropped, "capture totals"
     );
-    firewall.stop().map_err(fw_failure)?;
     info!(
         "stopped; protected ports stay closed and grants expire on their own (`knockgate-agent uninstall` removes the table)"
     );
@@ -434,7 +434,7 @@ pub fn uninstall(path: &Path) -> Result<(), Failure> {
                 config.firewall.close_command.clone(),
                 &config.agent.state_dir,
             )
-            .stop()
+            .close_all()
             .map_err(fw_failure)?;
             println!("closed the command backend's grants");
         }

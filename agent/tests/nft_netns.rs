@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use knockgate_agent::firewall::nft::NftFirewall;
 use knockgate_agent::firewall::{Firewall, FirewallError, Held};
+use knockgate_agent_core::grants::GrantLabel;
 use knockgate_agent_core::ruleset::{Access, GrantKey, Proto, Ruleset};
 
 /// Run `f` on a new thread inside a new, empty network namespace with `lo` up.
@@ -192,7 +193,8 @@ fn ensure_base_again_keeps_grants_and_replaces_ports() {
     in_netns(|| {
         let mut fw = firewall_with(&standard());
         let key = grant("10.0.0.1", Proto::Tcp, 22);
-        fw.open(&key, Duration::from_secs(60)).expect("open");
+        fw.open(&key, Duration::from_secs(60), &GrantLabel::default())
+            .expect("open");
 
         let second = ruleset(
             &[port(Proto::Tcp, 2222), port(Proto::Udp, 53)],
@@ -274,8 +276,10 @@ fn open_v4_and_v6_then_list() {
         let mut fw = firewall_with(&standard());
         let v4 = grant("192.0.2.7", Proto::Tcp, 22);
         let v6 = grant("2001:db8::7", Proto::Udp, 53);
-        fw.open(&v4, Duration::from_secs(30)).expect("open v4");
-        fw.open(&v6, Duration::from_secs(45)).expect("open v6");
+        fw.open(&v4, Duration::from_secs(30), &GrantLabel::default())
+            .expect("open v4");
+        fw.open(&v6, Duration::from_secs(45), &GrantLabel::default())
+            .expect("open v6");
 
         let all = fw.list().expect("list");
         assert_eq!(all.len(), 2, "{all:?}");
@@ -310,6 +314,7 @@ fn open_stores_v4_mapped_addresses_as_v4() {
         fw.open(
             &grant("::ffff:192.0.2.8", Proto::Tcp, 22),
             Duration::from_secs(30),
+            &GrantLabel::default(),
         )
         .expect("open");
         let key = grant("192.0.2.8", Proto::Tcp, 22);
@@ -322,9 +327,10 @@ fn reopen_restarts_the_timeout() {
     in_netns(|| {
         let mut fw = firewall_with(&standard());
         let key = grant("192.0.2.9", Proto::Tcp, 22);
-        fw.open(&key, Duration::from_secs(3)).expect("open");
+        fw.open(&key, Duration::from_secs(3), &GrantLabel::default())
+            .expect("open");
         thread::sleep(Duration::from_millis(1500));
-        fw.open(&key, Duration::from_secs(3))
+        fw.open(&key, Duration::from_secs(3), &GrantLabel::default())
             .expect("reopen, same timeout");
         assert_remaining(
             held(&mut fw, &key),
@@ -332,14 +338,14 @@ fn reopen_restarts_the_timeout() {
             Duration::from_millis(500),
         );
 
-        fw.open(&key, Duration::from_secs(120))
+        fw.open(&key, Duration::from_secs(120), &GrantLabel::default())
             .expect("reopen, longer");
         assert_remaining(
             held(&mut fw, &key),
             Duration::from_secs(120),
             Duration::from_secs(1),
         );
-        fw.open(&key, Duration::from_secs(10))
+        fw.open(&key, Duration::from_secs(10), &GrantLabel::default())
             .expect("reopen, shorter");
         assert_remaining(
             held(&mut fw, &key),
@@ -355,7 +361,8 @@ fn close_removes_and_tolerates_absence() {
     in_netns(|| {
         let mut fw = firewall_with(&standard());
         let key = grant("2001:db8::9", Proto::Tcp, 22);
-        fw.open(&key, Duration::from_secs(30)).expect("open");
+        fw.open(&key, Duration::from_secs(30), &GrantLabel::default())
+            .expect("open");
         fw.close(&key).expect("close");
         assert!(fw.list().expect("list").is_empty());
         fw.close(&key).expect("closing an absent grant is fine");
@@ -367,12 +374,14 @@ fn grant_expires_by_itself() {
     in_netns(|| {
         let mut fw = firewall_with(&standard());
         let key = grant("192.0.2.10", Proto::Udp, 8000);
-        fw.open(&key, Duration::from_secs(1)).expect("open");
+        fw.open(&key, Duration::from_secs(1), &GrantLabel::default())
+            .expect("open");
         assert!(held(&mut fw, &key).is_some());
         thread::sleep(Duration::from_millis(1500));
         assert!(fw.list().expect("list").is_empty());
         // The expired element may linger until garbage collection; it must not get in the way.
-        fw.open(&key, Duration::from_secs(30)).expect("open again");
+        fw.open(&key, Duration::from_secs(30), &GrantLabel::default())
+            .expect("open again");
         assert_remaining(
             held(&mut fw, &key),
             Duration::from_secs(30),
@@ -393,7 +402,8 @@ fn list_reads_a_dump_spanning_many_datagrams() {
             })
             .collect();
         for key in &keys {
-            fw.open(key, Duration::from_secs(60)).expect("open");
+            fw.open(key, Duration::from_secs(60), &GrantLabel::default())
+                .expect("open");
         }
         let mut listed: Vec<GrantKey> = fw
             .list()
@@ -424,12 +434,60 @@ fn remove_table_removes_the_table() {
 }
 
 #[test]
+fn a_grant_keeps_its_label_in_the_kernel_and_nft_shows_it() {
+    in_netns(|| {
+        let mut fw = firewall_with(&standard());
+        let key = grant("192.0.2.30", Proto::Tcp, 22);
+        let label = GrantLabel {
+            grant_ref: "5eed-1".into(),
+            policy: "ssh".into(),
+            user: Some("alice".into()),
+        };
+        fw.open(&key, Duration::from_secs(60), &label)
+            .expect("open");
+        let listed = fw.list().expect("list");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].label.as_ref(), Some(&label));
+        let set = list_set("grants4");
+        assert!(
+            set.contains("comment \"ref=5eed-1 user=alice policy=ssh\""),
+            "{set}"
+        );
+        // A refresh keeps it; a rebuild of a foreign layout carries it over.
+        fw.open(&key, Duration::from_secs(90), &label)
+            .expect("refresh");
+        assert_eq!(fw.list().expect("list")[0].label.as_ref(), Some(&label));
+        // An operator's own comment is not a label.
+        run(&[
+            "nft",
+            "add",
+            "element",
+            "inet",
+            "knockgate",
+            "grants4",
+            "{ 192.0.2.31 . tcp . 22 timeout 60s comment \"by hand\" }",
+        ]);
+        let by_hand = fw
+            .list()
+            .expect("list")
+            .into_iter()
+            .find(|h| h.key == grant("192.0.2.31", Proto::Tcp, 22))
+            .expect("listed");
+        assert_eq!(by_hand.label, None);
+    });
+}
+
+#[test]
 fn intact_notices_every_way_the_table_can_be_damaged() {
     in_netns(|| {
         let rs = standard();
         let mut fw = firewall_with(&rs);
-        fw.open(&grant("192.0.2.7", Proto::Tcp, 22), Duration::from_secs(60))
-            .expect("open");
+        fw.open(
+            &grant("192.0.2.7", Proto::Tcp, 22),
+            Duration::from_secs(60),
+            &GrantLabel::default(),
+        )
+        .expect("open");
         assert!(fw.intact(&rs).expect("check"), "freshly installed");
         let damage: [&[&str]; 6] = [
             &["nft", "flush", "ruleset"],
@@ -465,8 +523,12 @@ fn watch_reports_changes_by_others_and_not_our_own() {
         let (tx, rx) = mpsc::channel();
         knockgate_agent::firewall::nft::watch(fw.port_id(), move || tx.send(()).is_ok())
             .expect("watch");
-        fw.open(&grant("192.0.2.8", Proto::Tcp, 22), Duration::from_secs(60))
-            .expect("open");
+        fw.open(
+            &grant("192.0.2.8", Proto::Tcp, 22),
+            Duration::from_secs(60),
+            &GrantLabel::default(),
+        )
+        .expect("open");
         fw.ensure_base(&rs).expect("again");
         assert!(
             rx.recv_timeout(Duration::from_millis(300)).is_err(),
@@ -495,7 +557,11 @@ fn without_cap_net_admin_errors_are_permission_errors() {
         let err = fw.ensure_base(&standard()).expect_err("refused");
         assert!(matches!(err, FirewallError::Permission(_)), "{err:?}");
         let err = fw
-            .open(&grant("192.0.2.1", Proto::Tcp, 22), Duration::from_secs(5))
+            .open(
+                &grant("192.0.2.1", Proto::Tcp, 22),
+                Duration::from_secs(5),
+                &GrantLabel::default(),
+            )
             .expect_err("refused");
         assert!(matches!(err, FirewallError::Permission(_)), "{err:?}");
         assert!(matches!(fw.list(), Err(FirewallError::Permission(_))));
@@ -536,7 +602,8 @@ fn grants_open_and_close_a_protected_port() {
             proto: Proto::Tcp,
             port: addr.port(),
         };
-        fw.open(&key, Duration::from_secs(10)).expect("open");
+        fw.open(&key, Duration::from_secs(10), &GrantLabel::default())
+            .expect("open");
         let mut session = connects(client, addr).expect("connect with a grant");
         let (mut served, _) = listener.accept().expect("accept");
 
@@ -562,7 +629,8 @@ fn grants_open_and_close_a_protected_port() {
             proto: Proto::Tcp,
             port: knock_addr.port(),
         };
-        fw.open(&knock_key, Duration::from_secs(10)).expect("open");
+        fw.open(&knock_key, Duration::from_secs(10), &GrantLabel::default())
+            .expect("open");
         assert!(
             connects(client, knock_addr).is_none(),
             "knock port reachable"
@@ -587,7 +655,8 @@ fn grants_work_over_ipv6() {
             proto: Proto::Tcp,
             port: addr.port(),
         };
-        fw.open(&key, Duration::from_secs(10)).expect("open");
+        fw.open(&key, Duration::from_secs(10), &GrantLabel::default())
+            .expect("open");
         assert!(connects(client, addr).is_some(), "connect with a grant");
     });
 }

@@ -284,3 +284,62 @@ fn a_managed_agent_without_its_controller_config_keeps_its_protected_ports() {
         "{said}"
     );
 }
+
+#[test]
+fn a_restarted_agent_still_closes_a_disabled_users_grant() {
+    let fleet = Fleet::new(&["ctl", "gw1", "client"]);
+    let work = Workdir::new();
+    let ctl_addr = fleet.host(0).v4.to_string();
+    let gw = &fleet.host(1).ns;
+    let client = &fleet.host(2).ns;
+    let me = fleet.host(2).addr();
+    let ssh = SocketAddr::new(fleet.host(1).addr(), 22);
+    let ctl = Controller::start(&fleet.host(0).ns, &work.path.join("ctl"), &ctl_addr, None);
+    let _sshd = Listener::start(gw, 22);
+    let (mut agent, _) = enroll_and_start(&ctl, gw, &work, "gw1", "role=edge");
+    let profile = work.path.join("alice.toml");
+    let profile_arg = profile.to_str().expect("path");
+    assert!(
+        ctl.knockadm(&["user", "add", "alice", "--profile-out", profile_arg])
+            .status
+            .success()
+    );
+    ctl.knockadm_json(&[
+        "policy",
+        "add",
+        "ssh",
+        "--open",
+        "tcp/22",
+        "--users",
+        "alice",
+        "--agents",
+        "role=edge",
+        "--spa",
+        "--timeout",
+        "60s",
+    ]);
+    assert!(
+        wait_applied(&ctl, Duration::from_secs(10)),
+        "policy applied"
+    );
+    sh(client
+        .cmd(knockgate_tests::bin("knocker"))
+        .args(["open", "gw1", "--profile", profile_arg]));
+    assert!(opens_within(client, me, ssh, Duration::from_secs(2)));
+
+    // Restarted: the grant is adopted with its user, so disabling her still closes it.
+    assert!(agent.stop().success());
+    let mut agent = AgentProc::start_in(gw, &work.path.join("agent.toml"), &[]);
+    let adopted = agent
+        .wait_event(|v| v["event"] == "grant.adopted", Duration::from_secs(2))
+        .expect("adopted");
+    assert_eq!(adopted["user"], "alice", "{adopted}");
+    assert!(wait_applied(&ctl, Duration::from_secs(10)), "reconnected");
+    assert!(can_connect(client, me, ssh), "still open after the restart");
+    assert!(ctl.knockadm(&["user", "disable", "alice"]).status.success());
+    assert!(
+        closes_within(client, me, ssh, Duration::from_millis(1500)),
+        "the adopted grant of a disabled user closes:\n{}",
+        agent.log_text()
+    );
+}

@@ -313,12 +313,16 @@ fn a_restarted_agent_adopts_grants_without_duplicates() {
         ssh4(),
         Duration::from_secs(1)
     ));
+    let opened = s.agent.events_named("grant.opened");
     s.agent.kill9();
     let config = s._work.path.join("agent.toml");
     let mut agent = AgentProc::start(&s.lab, &config, &[]);
     let adopted = agent.events_named("grant.adopted");
     assert_eq!(adopted.len(), 1, "{adopted:?}");
     assert_eq!(adopted[0]["src"], "10.240.0.2");
+    // The grant keeps its ref and policy: they are stored with the element.
+    assert_eq!(adopted[0]["grant_ref"], opened[0]["grant_ref"]);
+    assert_eq!(adopted[0]["policy"], "ssh");
     // Knocking again refreshes the same element rather than adding another.
     knock_from(&s.lab, Lab::GW4.into(), specs(), Duration::ZERO);
     assert!(

@@ -20,6 +20,89 @@ pub struct Grant {
     pub expires_at: Instant,
 }
 
+/// Who a grant belongs to, stored with it in the firewall (as the element's comment), so a
+/// restarted agent adopts it with its ref, policy and user: the controller's grant table
+/// and revocations by ref or by user keep working across restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GrantLabel {
+    pub grant_ref: String,
+    pub policy: String,
+    pub user: Option<String>,
+}
+
+impl GrantLabel {
+    /// Longest comment nft shows (`NFTNL_UDATA_COMMENT_MAXLEN`, without its NUL).
+    pub const MAX_COMMENT: usize = 127;
+
+    /// `ref=R policy=P user=U`, each value escaped to `[A-Za-z0-9._:@-]` and `%XX`; the
+    /// policy is left out if the whole would be longer than [`Self::MAX_COMMENT`], and
+    /// `None` if even the ref and the user do not fit (or there is no ref).
+    pub fn to_comment(&self) -> Option<String> {
+        if self.grant_ref.is_empty() {
+            return None;
+        }
+        let mut head = format!("ref={}", escape(&self.grant_ref));
+        if let Some(u) = &self.user {
+            head.push_str(" user=");
+            head.push_str(&escape(u));
+        }
+        let full = format!("{head} policy={}", escape(&self.policy));
+        [full, head]
+            .into_iter()
+            .find(|c| c.len() <= Self::MAX_COMMENT)
+    }
+
+    /// The label a comment written by [`GrantLabel::to_comment`] holds; `None` for any
+    /// other comment.
+    pub fn from_comment(comment: &str) -> Option<GrantLabel> {
+        let mut label = GrantLabel::default();
+        for field in comment.split(' ') {
+            let (k, v) = field.split_once('=')?;
+            let v = unescape(v)?;
+            match k {
+                "ref" => label.grant_ref = v,
+                "policy" => label.policy = v,
+                "user" => label.user = Some(v),
+                _ => return None,
+            }
+        }
+        (!label.grant_ref.is_empty()).then_some(label)
+    }
+}
+
+/// `now + d`, saturating far in the future: the config caps every timeout far below, a
+/// grant found in the firewall may not be.
+fn expiry(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(u64::from(u32::MAX)))
+}
+
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b".:_@-".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn unescape(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Whether an open created a grant or extended one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Opened {
@@ -77,10 +160,7 @@ impl Grants {
         timeout: Duration,
         now: Instant,
     ) -> Opened {
-        // The config caps every timeout far below this; an adopted grant may not be.
-        let expires_at = now
-            .checked_add(timeout)
-            .unwrap_or_else(|| now + Duration::from_secs(u64::from(u32::MAX)));
+        let expires_at = expiry(now, timeout);
         let opened = match self.by_key.get_mut(&key) {
             Some(g) => {
                 self.by_expiry.remove(&(g.expires_at, key));
@@ -108,9 +188,58 @@ impl Grants {
         opened
     }
 
-    /// Take over a grant found in the firewall at start, with the time it has left.
-    pub fn adopt(&mut self, key: GrantKey, remaining: Duration, now: Instant) {
-        self.handle_open(key, "", None, remaining, now);
+    /// Take over a grant found in the firewall at start, with the time it has left and,
+    /// if the firewall kept it, its label (its ref, policy and user).
+    pub fn adopt(
+        &mut self,
+        key: GrantKey,
+        remaining: Duration,
+        label: Option<&GrantLabel>,
+        now: Instant,
+    ) {
+        let Some(label) = label else {
+            self.handle_open(key, "", None, remaining, now);
+            return;
+        };
+        self.handle_close(&key);
+        let expires_at = expiry(now, remaining);
+        self.by_key.insert(
+            key,
+            Grant {
+                policy: label.policy.clone(),
+                user: label.user.clone(),
+                grant_ref: label.grant_ref.clone(),
+                opened_at: now,
+                expires_at,
+            },
+        );
+        self.by_expiry.insert((expires_at, key));
+    }
+
+    /// The label an open of `key` now would store: its ref if it is open (an extension
+    /// keeps it), else the ref the next new grant gets.
+    pub fn label_for_open(&self, key: &GrantKey, policy: &str, user: Option<&str>) -> GrantLabel {
+        let grant_ref = match self.by_key.get(key) {
+            Some(g) => g.grant_ref.clone(),
+            None => format!("{}-{}", self.ref_prefix, self.next_ref + 1),
+        };
+        GrantLabel {
+            grant_ref,
+            policy: policy.to_string(),
+            user: user.map(str::to_string),
+        }
+    }
+
+    /// The label to store with the grant at `key`.
+    pub fn label(&self, key: &GrantKey) -> GrantLabel {
+        self.by_key
+            .get(key)
+            .map(|g| GrantLabel {
+                grant_ref: g.grant_ref.clone(),
+                policy: g.policy.clone(),
+                user: g.user.clone(),
+            })
+            .unwrap_or_default()
     }
 
     /// The keys of the grants selected by `pick`, for closing them.
@@ -154,6 +283,57 @@ impl Grants {
 mod tests {
     use super::*;
     use crate::ruleset::Proto;
+
+    #[test]
+    fn labels_round_trip_through_comments_and_fit() {
+        let label = GrantLabel {
+            grant_ref: "1a2b3c4d-7".into(),
+            policy: "ssh admins".into(),
+            user: Some("alice".into()),
+        };
+        let c = label.to_comment().expect("fits");
+        assert_eq!(c, "ref=1a2b3c4d-7 user=alice policy=ssh%20admins");
+        assert_eq!(GrantLabel::from_comment(&c), Some(label.clone()));
+        let long = GrantLabel {
+            policy: "p".repeat(200),
+            ..label.clone()
+        };
+        let c = long.to_comment().expect("policy dropped");
+        assert_eq!(
+            GrantLabel::from_comment(&c).map(|l| l.user),
+            Some(Some("alice".into()))
+        );
+        let huge = GrantLabel {
+            user: Some("u".repeat(200)),
+            ..label
+        };
+        assert_eq!(huge.to_comment(), None);
+        for other in ["", "an operator's note", "ref=", "ref=a%zz", "ref=a x=1"] {
+            assert_eq!(GrantLabel::from_comment(other), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn adopted_grants_keep_their_label() {
+        let t0 = Instant::now();
+        let mut g = Grants::with_ref_prefix("new");
+        let label = GrantLabel {
+            grant_ref: "old-3".into(),
+            policy: "ssh".into(),
+            user: Some("bob".into()),
+        };
+        g.adopt(key(4), Duration::from_secs(5), Some(&label), t0);
+        assert_eq!(g.label(&key(4)), label);
+        let next = g.label_for_open(&key(5), "ssh", None);
+        g.handle_open(key(5), "ssh", None, Duration::from_secs(5), t0);
+        assert_eq!(g.get(&key(5)).expect("open").grant_ref, "new-1");
+        assert_eq!(next, g.label(&key(5)), "the label stored is the grant's");
+        assert_eq!(
+            g.label_for_open(&key(4), "web", None).grant_ref,
+            "old-3",
+            "an extension keeps the ref"
+        );
+    }
 
     fn key(last: u8) -> GrantKey {
         GrantKey {
@@ -215,7 +395,7 @@ mod tests {
     fn adopted_grants_expire_after_their_remaining_time() {
         let t0 = Instant::now();
         let mut g = Grants::new();
-        g.adopt(key(9), Duration::from_secs(3), t0);
+        g.adopt(key(9), Duration::from_secs(3), None, t0);
         assert_eq!(g.poll_expired(t0 + Duration::from_secs(3)).len(), 1);
     }
 }

@@ -158,7 +158,8 @@ impl Engine {
             .collect();
         let mut grants = 0usize;
         for (key, left) in &missing {
-            match self.firewall.open(key, *left) {
+            let label = self.grants.label(key);
+            match self.firewall.open(key, *left, &label) {
                 Ok(()) => grants += 1,
                 Err(e) => warn!(error = %e, %key, "could not restore a grant"),
             }

@@ -5,10 +5,12 @@
 //! state directory: a restarted agent adopts them and still runs their close commands.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use knockgate_agent_core::grants::GrantLabel;
 use knockgate_agent_core::ruleset::{GrantKey, Proto, Ruleset};
 
 use super::{Firewall, FirewallError, Held};
@@ -18,8 +20,8 @@ pub struct CommandFirewall {
     open_command: String,
     close_command: Option<String>,
     state_file: PathBuf,
-    /// Open grants and their wall-clock expiry (unix seconds).
-    open: BTreeMap<GrantKey, u64>,
+    /// Open grants: wall-clock expiry (unix seconds) and label.
+    open: BTreeMap<GrantKey, (u64, Option<GrantLabel>)>,
 }
 
 impl CommandFirewall {
@@ -60,18 +62,35 @@ impl CommandFirewall {
         }
     }
 
+    /// One line a grant: `ADDR PROTO PORT EXPIRY [LABEL]` (the label has no newline).
     fn save(&self) -> Result<(), FirewallError> {
-        let mut text = String::new();
-        for (k, exp) in &self.open {
-            text.push_str(&format!("{} {} {} {}\n", k.addr, k.proto, k.port, exp));
+        crate::state::write_atomic(&self.state_file, |f| {
+            for (k, (exp, label)) in &self.open {
+                write!(f, "{} {} {} {}", k.addr, k.proto, k.port, exp)?;
+                if let Some(c) = label.as_ref().and_then(GrantLabel::to_comment) {
+                    write!(f, " {c}")?;
+                }
+                writeln!(f)?;
+            }
+            Ok(())
+        })
+        .map_err(|e| FirewallError::Command {
+            command: format!("write {}", self.state_file.display()),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Close every grant (`knockgate-agent uninstall`); the first failure is returned
+    /// after trying them all.
+    pub fn close_all(&mut self) -> Result<(), FirewallError> {
+        let keys: Vec<GrantKey> = self.open.keys().copied().collect();
+        let mut first_err = None;
+        for k in keys {
+            if let Err(e) = self.close(&k) {
+                first_err.get_or_insert(e);
+            }
         }
-        let tmp = self.state_file.with_extension("tmp");
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, &self.state_file))
-            .map_err(|e| FirewallError::Command {
-                command: format!("write {}", self.state_file.display()),
-                reason: e.to_string(),
-            })
+        first_err.map_or(Ok(()), Err)
     }
 }
 
@@ -82,11 +101,11 @@ fn unix_now() -> u64 {
 }
 
 /// Read the state file; lines that do not parse are skipped (the file is ours).
-fn load(path: &Path) -> BTreeMap<GrantKey, u64> {
+fn load(path: &Path) -> BTreeMap<GrantKey, (u64, Option<GrantLabel>)> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
         .filter_map(|line| {
-            let mut f = line.split_whitespace();
+            let mut f = line.splitn(5, ' ');
             let addr = f.next()?.parse().ok()?;
             let proto = match f.next()? {
                 "tcp" => Proto::Tcp,
@@ -95,7 +114,8 @@ fn load(path: &Path) -> BTreeMap<GrantKey, u64> {
             };
             let port = f.next()?.parse().ok()?;
             let exp = f.next()?.parse().ok()?;
-            Some((GrantKey { addr, proto, port }, exp))
+            let label = f.next().and_then(GrantLabel::from_comment);
+            Some((GrantKey { addr, proto, port }, (exp, label)))
         })
         .collect()
 }
@@ -105,13 +125,19 @@ impl Firewall for CommandFirewall {
         Ok(())
     }
 
-    fn open(&mut self, key: &GrantKey, timeout: Duration) -> Result<(), FirewallError> {
+    fn open(
+        &mut self,
+        key: &GrantKey,
+        timeout: Duration,
+        label: &GrantLabel,
+    ) -> Result<(), FirewallError> {
         // A grant already open only gets a later expiry; running open_command twice would
         // add a duplicate rule for most commands.
         if !self.open.contains_key(key) {
             self.run(&self.open_command, key, timeout)?;
         }
-        self.open.insert(*key, unix_now() + timeout.as_secs());
+        let expiry = unix_now().saturating_add(timeout.as_secs());
+        self.open.insert(*key, (expiry, Some(label.clone())));
         self.save()
     }
 
@@ -132,22 +158,16 @@ impl Firewall for CommandFirewall {
         Ok(self
             .open
             .iter()
-            .map(|(k, exp)| Held {
+            .map(|(k, (exp, label))| Held {
                 key: *k,
                 remaining: Duration::from_secs(exp.saturating_sub(now)),
+                label: label.clone(),
             })
             .collect())
     }
 
-    fn stop(&mut self) -> Result<(), FirewallError> {
-        let keys: Vec<GrantKey> = self.open.keys().copied().collect();
-        let mut first_err = None;
-        for k in keys {
-            if let Err(e) = self.close(&k) {
-                first_err.get_or_insert(e);
-            }
-        }
-        first_err.map_or(Ok(()), Err)
+    fn expires_grants(&self) -> bool {
+        false
     }
 }
 
@@ -171,13 +191,21 @@ mod tests {
             port: 22,
         };
         let mut fw = CommandFirewall::new(open.clone(), Some(close.clone()), &dir);
-        fw.open(&key, Duration::from_secs(30)).expect("open");
-        fw.open(&key, Duration::from_secs(30)).expect("reopen");
+        let label = GrantLabel {
+            grant_ref: "r-1".into(),
+            policy: "ssh".into(),
+            user: Some("alice".into()),
+        };
+        fw.open(&key, Duration::from_secs(30), &label)
+            .expect("open");
+        fw.open(&key, Duration::from_secs(30), &label)
+            .expect("reopen");
         // A new instance (a restarted agent) sees the grant and can close it.
         let mut fw = CommandFirewall::new(open, Some(close), &dir);
         let held = fw.list().expect("list");
         assert_eq!(held.len(), 1);
         assert!(held[0].remaining > Duration::from_secs(28));
+        assert_eq!(held[0].label.as_ref(), Some(&label), "the label survives");
         fw.close(&key).expect("close");
         fw.close(&key).expect("closing twice is fine");
         let text = std::fs::read_to_string(&log).expect("log");
@@ -199,7 +227,10 @@ mod tests {
             proto: Proto::Udp,
             port: 53,
         };
-        assert!(fw.open(&key, Duration::from_secs(1)).is_err());
+        assert!(
+            fw.open(&key, Duration::from_secs(1), &GrantLabel::default())
+                .is_err()
+        );
         assert!(
             fw.list().expect("list").is_empty(),
             "a failed open is not a grant"

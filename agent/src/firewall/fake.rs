@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use knockgate_agent_core::grants::GrantLabel;
 use knockgate_agent_core::ruleset::{GrantKey, Ruleset};
 
 use super::{Firewall, FirewallError, Held};
@@ -13,6 +14,8 @@ use super::{Firewall, FirewallError, Held};
 pub struct FakeState {
     pub ruleset: Option<Ruleset>,
     pub open: BTreeMap<GrantKey, Duration>,
+    /// The label each open grant was stored with.
+    pub labels: BTreeMap<GrantKey, GrantLabel>,
     /// Refuse every open, as a kernel error would.
     pub fail: bool,
     /// Refuse `ensure_base`.
@@ -37,7 +40,12 @@ impl Firewall for FakeFirewall {
         Ok(())
     }
 
-    fn open(&mut self, key: &GrantKey, timeout: Duration) -> Result<(), FirewallError> {
+    fn open(
+        &mut self,
+        key: &GrantKey,
+        timeout: Duration,
+        label: &GrantLabel,
+    ) -> Result<(), FirewallError> {
         let mut s = self
             .state
             .lock()
@@ -46,6 +54,7 @@ impl Firewall for FakeFirewall {
             return Err(FirewallError::Netlink("fake failure".into()));
         }
         s.open.insert(*key, timeout);
+        s.labels.insert(*key, label.clone());
         Ok(())
     }
 
@@ -76,6 +85,7 @@ impl Firewall for FakeFirewall {
             .map(|(k, t)| Held {
                 key: *k,
                 remaining: *t,
+                label: s.labels.get(k).cloned(),
             })
             .collect())
     }

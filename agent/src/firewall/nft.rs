@@ -12,6 +12,7 @@ mod watch;
 use std::error::Error;
 use std::time::Duration;
 
+use knockgate_agent_core::grants::GrantLabel;
 use knockgate_agent_core::ruleset::{GrantKey, Ruleset};
 use netlink_packet_core::NLM_F_EXCL;
 
@@ -172,12 +173,12 @@ impl Firewall for NftFirewall {
             error = %chain(&err),
             "cannot adopt the existing nftables table inet knockgate, rebuilding it"
         );
-        let carried: Vec<(GrantKey, u64)> = match self.list() {
+        let carried: Vec<_> = match self.list() {
             Ok(held) => held
                 .into_iter()
                 // Never re-add a grant without a timeout: knockgate did not make it.
                 .filter(|h| h.remaining != Duration::MAX)
-                .map(|h| (h.key, timeout_ms(h.remaining)))
+                .map(|h| (h.key, timeout_ms(h.remaining), h.label))
                 .collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the grants to carry over, dropping them");
@@ -189,7 +190,12 @@ impl Firewall for NftFirewall {
             .map_err(|e| to_firewall_error("ensure_base", e))
     }
 
-    fn open(&mut self, key: &GrantKey, timeout: Duration) -> Result<(), FirewallError> {
+    fn open(
+        &mut self,
+        key: &GrantKey,
+        timeout: Duration,
+        label: &GrantLabel,
+    ) -> Result<(), FirewallError> {
         let ms = timeout_ms(timeout);
         // Before 6.10 the kernel keeps an element's expiry when it is added again, so a
         // refresh is delete + add in one transaction. The lookup decides which transaction
@@ -199,9 +205,10 @@ impl Firewall for NftFirewall {
             let held = self.holds(key).map_err(|e| to_firewall_error("open", e))?;
             let result = if held {
                 self.sock
-                    .transact([grants::delete(key), grants::add(key, ms, NLM_F_EXCL)])
+                    .transact([grants::delete(key), grants::add(key, ms, label, NLM_F_EXCL)])
             } else {
-                self.sock.transact([grants::add(key, ms, NLM_F_EXCL)])
+                self.sock
+                    .transact([grants::add(key, ms, label, NLM_F_EXCL)])
             };
             let raced = match result.as_ref().err().and_then(NlError::errno) {
                 Some(libc::ENOENT) => held, // it expired between lookup and transaction

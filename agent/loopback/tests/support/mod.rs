@@ -26,6 +26,7 @@ use knockgate_agent::replay_store::ReplayStore;
 use knockgate_agent::report::{self, spool::Spool};
 use knockgate_agent_core::config::Config;
 use knockgate_agent_core::detect::spa::SpaDetector;
+use knockgate_agent_core::grants::GrantLabel;
 use knockgate_agent_core::packet::{KnockKind, tcp_flags};
 use knockgate_agent_core::ruleset::{Access, GrantKey, Proto, Ruleset};
 use knockgate_controller::datadir::{self, ADMIN_IDENTITY};
@@ -50,7 +51,12 @@ impl Firewall for RecordingFirewall {
         self.0.lock().expect("lock").ruleset = ruleset.clone();
         Ok(())
     }
-    fn open(&mut self, key: &GrantKey, timeout: Duration) -> Result<(), FirewallError> {
+    fn open(
+        &mut self,
+        key: &GrantKey,
+        timeout: Duration,
+        _label: &GrantLabel,
+    ) -> Result<(), FirewallError> {
         self.0.lock().expect("lock").open.insert(*key, timeout);
         Ok(())
     }
@@ -59,7 +65,16 @@ impl Firewall for RecordingFirewall {
         Ok(())
     }
     fn list(&mut self) -> Result<Vec<Held>, FirewallError> {
-        Ok(Vec::new())
+        let held = self.0.lock().expect("lock");
+        Ok(held
+            .open
+            .iter()
+            .map(|(key, remaining)| Held {
+                key: *key,
+                remaining: *remaining,
+                label: None,
+            })
+            .collect())
     }
 }
 

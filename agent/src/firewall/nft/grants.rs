@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use knockgate_agent_core::grants::GrantLabel;
 use knockgate_agent_core::ruleset::{GrantKey, Proto};
 use netlink_packet_core::{NLA_TYPE_MASK, NLM_F_CREATE};
 use netlink_packet_netfilter::nftables::{
@@ -21,6 +22,9 @@ const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_EXPIRATION: u16 = 5;
+const NFTA_SET_ELEM_USERDATA: u16 = 6;
+/// nft's user-data record holding an element's comment (`NFTNL_UDATA_SET_ELEM_COMMENT`).
+const UDATA_COMMENT: u8 = 0;
 const NFTA_DATA_VALUE: u16 = 1;
 /// `struct nfgenmsg` in front of a message's attributes.
 const NFGENMSG_LEN: usize = 4;
@@ -30,31 +34,39 @@ const NFGENMSG_LEN: usize = 4;
 #[error("malformed set element dump: {0}")]
 pub(super) struct Malformed(&'static str);
 
-/// Add `key` to its grant set, expiring `timeout_ms` from now.
-pub(super) fn add(key: &GrantKey, timeout_ms: u64, flags: u16) -> Request {
+/// Add `key` to its grant set, expiring `timeout_ms` from now, with `label` as the
+/// element's comment.
+pub(super) fn add(key: &GrantKey, timeout_ms: u64, label: &GrantLabel, flags: u16) -> Request {
     let (set, bytes) = encode(key);
+    let mut attrs = vec![
+        SetElementAttribute::Key(DataAttribute::Value(bytes)),
+        SetElementAttribute::Timeout(timeout_ms),
+    ];
+    attrs.extend(comment(label));
     Request {
         what: if set == GRANTS4 {
             "add element grants4"
         } else {
             "add element grants6"
         },
-        msg: NfTablesMessage::NewSetElement(element(set, bytes, Some(timeout_ms))),
+        msg: NfTablesMessage::NewSetElement(element(set, attrs)),
         flags: NLM_F_CREATE | flags,
     }
 }
 
-/// Add many grants (key, timeout in ms), one message per set: one message per grant
-/// would mean one ACK per grant, which can overflow the socket's receive buffer.
-pub(super) fn add_all(grants: &[(GrantKey, u64)]) -> Vec<Request> {
+/// Add many grants (key, timeout in ms, label), one message per set: one message per
+/// grant would mean one ACK per grant, which can overflow the socket's receive buffer.
+pub(super) fn add_all(grants: &[(GrantKey, u64, Option<GrantLabel>)]) -> Vec<Request> {
     let (mut v4, mut v6) = (Vec::new(), Vec::new());
-    for (key, ms) in grants {
+    for (key, ms, label) in grants {
         let (set, bytes) = encode(key);
         let elements = if set == GRANTS4 { &mut v4 } else { &mut v6 };
-        elements.push(ListAttribute::Element(vec![
+        let mut attrs = vec![
             SetElementAttribute::Key(DataAttribute::Value(bytes)),
             SetElementAttribute::Timeout(*ms),
-        ]));
+        ];
+        attrs.extend(label.as_ref().and_then(comment));
+        elements.push(ListAttribute::Element(attrs));
     }
     [
         ((GRANTS4, "add element grants4"), v4),
@@ -84,7 +96,7 @@ pub(super) fn delete(key: &GrantKey) -> Request {
         } else {
             "delete element grants6"
         },
-        msg: NfTablesMessage::DeleteSetElement(element(set, bytes, None)),
+        msg: NfTablesMessage::DeleteSetElement(element(set, key_only(bytes))),
         flags: 0,
     }
 }
@@ -92,7 +104,7 @@ pub(super) fn delete(key: &GrantKey) -> Request {
 /// Look one grant up; the kernel answers ENOENT when it is not held (or has expired).
 pub(super) fn get(key: &GrantKey) -> NfTablesMessage {
     let (set, bytes) = encode(key);
-    NfTablesMessage::GetSetElement(element(set, bytes, None))
+    NfTablesMessage::GetSetElement(element(set, key_only(bytes)))
 }
 
 /// Every element of one grant set, as a dump request.
@@ -105,9 +117,8 @@ pub(super) fn dump(set: &'static str) -> NfTablesMessage {
     })
 }
 
-fn element(set: &'static str, key: Vec<u8>, timeout_ms: Option<u64>) -> SetElementMessage {
-    let mut attrs = vec![SetElementAttribute::Key(DataAttribute::Value(key))];
-    attrs.extend(timeout_ms.map(SetElementAttribute::Timeout));
+/// One element of `set` with `attrs`.
+fn element(set: &'static str, attrs: Vec<SetElementAttribute>) -> SetElementMessage {
     SetElementMessage {
         attributes: vec![
             SetElementList::Table(TABLE.into()),
@@ -115,6 +126,36 @@ fn element(set: &'static str, key: Vec<u8>, timeout_ms: Option<u64>) -> SetEleme
             SetElementList::Elements(vec![ListAttribute::Element(attrs)]),
         ],
     }
+}
+
+fn key_only(key: Vec<u8>) -> Vec<SetElementAttribute> {
+    vec![SetElementAttribute::Key(DataAttribute::Value(key))]
+}
+
+/// The element's user data: nft's comment record holding the label, so `nft list` shows
+/// it too. None when there is no label to store.
+fn comment(label: &GrantLabel) -> Option<SetElementAttribute> {
+    let text = label.to_comment()?;
+    let len = u8::try_from(text.len() + 1).ok()?;
+    let mut udata = Vec::with_capacity(text.len() + 3);
+    udata.extend_from_slice(&[UDATA_COMMENT, len]);
+    udata.extend_from_slice(text.as_bytes());
+    udata.push(0);
+    Some(SetElementAttribute::UserData(udata))
+}
+
+/// The label in an element's user data, if it holds one knockgate wrote.
+fn label_of(udata: &[u8]) -> Option<GrantLabel> {
+    let mut rest = udata;
+    while let [kind, len, tail @ ..] = rest {
+        let (value, next) = tail.split_at_checked(usize::from(*len))?;
+        if *kind == UDATA_COMMENT {
+            let text = std::str::from_utf8(value.strip_suffix(&[0]).unwrap_or(value)).ok()?;
+            return GrantLabel::from_comment(text);
+        }
+        rest = next;
+    }
+    None
 }
 
 /// The set a grant belongs in and its key. IPv4-mapped IPv6 addresses are stored as
@@ -178,6 +219,7 @@ pub(super) fn read_dump(set: &str, payload: &[u8], held: &mut Vec<Held>) -> Resu
             }
             let mut key = None;
             let mut remaining = Duration::MAX;
+            let mut label = None;
             for attr in Attrs(elem) {
                 match attr? {
                     (NFTA_SET_ELEM_KEY, data) => {
@@ -198,11 +240,16 @@ pub(super) fn read_dump(set: &str, payload: &[u8], held: &mut Vec<Held>) -> Resu
                         let ms = ms.first_chunk::<8>().ok_or(Malformed("short expiration"))?;
                         remaining = Duration::from_millis(u64::from_be_bytes(*ms));
                     }
+                    (NFTA_SET_ELEM_USERDATA, udata) => label = label_of(udata),
                     _ => {}
                 }
             }
             if let Some(key) = key {
-                held.push(Held { key, remaining });
+                held.push(Held {
+                    key,
+                    remaining,
+                    label,
+                });
             }
         }
     }

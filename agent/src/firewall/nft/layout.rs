@@ -1,6 +1,7 @@
 //! The `inet knockgate` table as nf_tables transactions: its four sets, the input chain,
 //! and the batches that create it, adopt an existing one, or rebuild it.
 
+use knockgate_agent_core::grants::GrantLabel;
 use knockgate_agent_core::ruleset::{Access, GrantKey, Ruleset};
 use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE};
 use netlink_packet_netfilter::nftables::{
@@ -114,7 +115,10 @@ pub(super) fn adopt(ruleset: &Ruleset) -> Vec<Request> {
 
 /// Delete any knockgate table and build it anew, carrying `grants` (key, timeout in ms)
 /// over. For a table whose sets or chain cannot be adopted in place.
-pub(super) fn rebuild(ruleset: &Ruleset, carried: &[(GrantKey, u64)]) -> Vec<Request> {
+pub(super) fn rebuild(
+    ruleset: &Ruleset,
+    carried: &[(GrantKey, u64, Option<GrantLabel>)],
+) -> Vec<Request> {
     // Adding the table first makes the delete succeed whether or not it existed.
     let mut reqs = vec![new_table(), delete_table()];
     reqs.extend(skeleton());
