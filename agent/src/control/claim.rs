@@ -114,6 +114,13 @@ pub async fn claim(mut client: AgentControlClient<Channel>, c: &Claim) -> ClaimO
                 ClaimOutcome::Refused(r.reason)
             }
         }
+        // The controller answered and said no: a refusal, never a reason to fall back
+        // to the offline rule.
+        Ok(Err(status)) if refusal(status.code()) => {
+            warn!(code = ?status.code(), error = %status.message(), user = %c.user,
+                counter = c.counter, "the controller refused a one-time key claim");
+            ClaimOutcome::Refused(format!("refused by the controller: {:?}", status.code()))
+        }
         Ok(Err(status)) => {
             warn!(code = ?status.code(), error = %status.message(), user = %c.user,
                 counter = c.counter, "one-time key claim failed");
@@ -126,11 +133,17 @@ pub async fn claim(mut client: AgentControlClient<Channel>, c: &Claim) -> ClaimO
     }
 }
 
-/// Errors that delivering again would only repeat: the claim is dropped.
-fn permanent(code: Code) -> bool {
+/// Answers that are the controller's decision, not a failure to reach it: a claim with
+/// one of these is refused, and an offline claim is not delivered again (it would only
+/// be refused again).
+fn refusal(code: Code) -> bool {
     matches!(
         code,
-        Code::InvalidArgument | Code::PermissionDenied | Code::NotFound | Code::FailedPrecondition
+        Code::InvalidArgument
+            | Code::PermissionDenied
+            | Code::NotFound
+            | Code::FailedPrecondition
+            | Code::Unauthenticated
     )
 }
 
@@ -163,7 +176,7 @@ async fn deliver(
                     }
                     done.push(c);
                 }
-                Ok(Err(status)) if permanent(status.code()) => {
+                Ok(Err(status)) if refusal(status.code()) => {
                     warn!(user = %c.user, counter = c.counter, code = ?status.code(),
                         error = %status.message(), "the controller refuses an offline claim; dropping it");
                     done.push(c);

@@ -76,8 +76,20 @@ async fn claims_are_answered_and_reach_the_engine() {
     assert!(matches!(third, ClaimOutcome::Unreachable(_)), "{third:?}");
     assert_eq!(fake.seen.lock().expect("lock").claims.len(), 2);
 
-    // A controller that fails the call: unreachable.
+    // A controller that says no with an error status: a refusal, not "unreachable", so
+    // no offline rule applies.
     live.store(true, Ordering::Relaxed);
+    ask(
+        5,
+        Claim {
+            user: "mallory".into(),
+            ..claim_of(7, false)
+        },
+    );
+    let fifth = answer(5);
+    assert!(matches!(fifth, ClaimOutcome::Refused(_)), "{fifth:?}");
+
+    // A controller that fails the call: unreachable.
     fake.refuse_reports.store(true, Ordering::Relaxed);
     ask(4, claim_of(6, false));
     let fourth = answer(4);

@@ -195,6 +195,9 @@ impl AgentControl for Fake {
             return Err(Status::unavailable("not now"));
         }
         let c = request.into_inner();
+        if c.user == "mallory" {
+            return Err(Status::permission_denied("no policy admits mallory"));
+        }
         let mut seen = self.seen.lock().map_err(|_| Status::internal("poisoned"))?;
         let used = seen
             .claims

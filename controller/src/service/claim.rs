@@ -19,6 +19,7 @@ use crate::trail::{Entry, OTK_CLAIMED, OTK_REFUSED, OTK_REUSE};
 /// Why a claim was not granted, as the agent is told.
 const USED: &str = "used";
 const UNKNOWN: &str = "unknown";
+const NOT_ADMITTED: &str = "not_admitted";
 
 fn granted() -> api::ClaimResponse {
     api::ClaimResponse {
@@ -82,19 +83,27 @@ pub(super) async fn claim(
         })
         .collect();
     if rules.is_empty() {
+        // An answer, not an error: the agent must refuse, never fall back to its offline
+        // rule as if the controller were out of reach.
         tracing::warn!(%agent, user = %claim.user, counter = claim.counter,
+            offline = claim.offline,
             "one-time key claim for a user no one-time-key policy of the agent admits");
+        if claim.offline && user.is_some() {
+            // Granted while the controller was away: burn the key fleet-wide all the same.
+            if let ClaimOutcome::Won(version) =
+                store.claim_otk(&claim, OTK_STOCK, Timestamp::now()).await?
+            {
+                state.hub.bump(version);
+            }
+        }
         audit(
             state,
             OTK_REFUSED,
             &claim,
-            json!({ "reason": "not admitted" }),
+            json!({ "reason": "not admitted", "flagged": claim.offline }),
         )
         .await;
-        return Err(ServiceError::PermissionDenied(format!(
-            "no one-time-key policy of agent {agent} admits user {}",
-            claim.user
-        )));
+        return Ok(refused(NOT_ADMITTED));
     }
     let offline_allowed = rules.contains(&OtkOffline::Local);
     match store.claim_otk(&claim, OTK_STOCK, Timestamp::now()).await? {

@@ -113,7 +113,10 @@ pub async fn one_time_keys(server: &Server) {
         .client(server)
         .claim(claim("bob", 0, "198.51.100.1", false))
         .await;
-    assert_code(bob, Code::PermissionDenied);
+    assert_eq!(
+        bob.expect("an answer, not an error").into_inner().reason,
+        "not_admitted"
+    );
     audit_until(server, "otk.refused", |e| {
         e.user == "bob" && detail(e)["reason"] == "not admitted"
     })
@@ -122,7 +125,9 @@ pub async fn one_time_keys(server: &Server) {
         .client(server)
         .claim(claim("alice", 4, "198.51.100.3", false))
         .await;
-    assert_code(elsewhere, Code::PermissionDenied);
+    let elsewhere = elsewhere.expect("an answer").into_inner();
+    assert!(!elsewhere.granted);
+    assert_eq!(elsewhere.reason, "not_admitted");
     let bad = gw1
         .client(server)
         .claim(claim("alice", 4, "not-an-ip", false))
@@ -164,6 +169,31 @@ pub async fn one_time_keys(server: &Server) {
     for sync in [&mut s1, &mut s2] {
         assert_stock(&sync.next_material(PROPAGATION).await, &secret, 6..=21);
     }
+
+    // An agent whose policies do not admit the user reports a key it burned offline:
+    // refused, flagged, and the key is withdrawn fleet-wide all the same.
+    let stray = gw3
+        .client(server)
+        .claim(claim("alice", 6, "198.51.100.3", true))
+        .await
+        .expect("an answer")
+        .into_inner();
+    assert_eq!(
+        (stray.granted, stray.reason.as_str()),
+        (false, "not_admitted")
+    );
+    let flagged = audit_until(server, "otk.refused", |e| {
+        e.agent == "gw3" && detail(e)["flagged"] == true
+    })
+    .await;
+    assert_eq!(detail(&flagged)["counter"], 6);
+    let after = gw1
+        .client(server)
+        .claim(claim("alice", 6, "198.51.100.1", false))
+        .await
+        .expect("an answer")
+        .into_inner();
+    assert_eq!((after.granted, after.reason.as_str()), (false, "used"));
 }
 
 /// 50 rounds of gw1 (on `a`) and gw2 (on `b`) claiming the same key at once:
