@@ -95,19 +95,19 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let mut cache = ReplayCache::new(100);
         let mut store = ReplayStore::open(&dir, &mut cache, 1000).unwrap();
-        cache.handle_seen([7; 32], 2000, 1000).unwrap();
+        cache.handle_seen([7; 32], 2000, 1000, 1).unwrap();
         store.append(&[7; 32], 2000, &cache).unwrap();
-        cache.handle_seen([8; 32], 1500, 1000).unwrap();
+        cache.handle_seen([8; 32], 1500, 1000, 1).unwrap();
         store.append(&[8; 32], 1500, &cache).unwrap();
         drop(store);
         let mut fresh = ReplayCache::new(100);
         let _store = ReplayStore::open(&dir, &mut fresh, 1600).unwrap();
         assert_eq!(
-            fresh.handle_seen([7; 32], 2000, 1600),
+            fresh.handle_seen([7; 32], 2000, 1600, 1),
             Err(ReplayError::Replay)
         );
         assert_eq!(
-            fresh.handle_seen([8; 32], 2100, 1600),
+            fresh.handle_seen([8; 32], 2100, 1600, 1),
             Ok(()),
             "expired entries are forgotten"
         );

@@ -23,7 +23,7 @@ use knockgate_proto::spa::{self, KeyId, SpaError, SpaKey};
 
 use crate::config::{Config, Otk};
 use crate::lru::BoundedLru;
-use crate::replay::{ReplayCache, ReplayError, ReplayKey};
+use crate::replay::{Owner, ReplayCache, ReplayError, ReplayKey, owner_of};
 use crate::ruleset::Access;
 pub use verdict::{Method, Reason, Rejection, SpaGrant};
 
@@ -59,6 +59,8 @@ pub struct SpaDetector {
     hints: BoundedLru<IpAddr, usize>,
     policies: Vec<SpaPolicy>,
     replay: ReplayCache,
+    /// Each user's replay-cache owner number, by user index.
+    owners: Vec<Owner>,
 }
 
 impl SpaDetector {
@@ -106,6 +108,7 @@ impl SpaDetector {
             hints: BoundedLru::new(4096),
             policies,
             replay: ReplayCache::new(config.spa.replay_cache_max),
+            owners: config.users.iter().map(|u| owner_of(&u.name)).collect(),
         }
     }
 
@@ -277,8 +280,9 @@ impl SpaDetector {
     ) -> Result<SpaGrant, Reason> {
         // Expires when the packet could no longer pass the age check anyway.
         let expires = timestamp.max(now) + self.max_age + 1;
+        let owner = self.owners.get(user).copied().unwrap_or(Owner::MAX);
         self.replay
-            .handle_seen(rkey, expires, now)
+            .handle_seen(rkey, expires, now, owner)
             .map_err(|e| match e {
                 ReplayError::Replay => Reason::Replay,
                 ReplayError::Full => Reason::ReplayCacheFull,
