@@ -270,9 +270,38 @@ fn the_fwknop_client_opens_it_and_a_replay_is_refused_even_after_restart() {
         (accepted["method"].as_str(), accepted["user"].as_str()),
         (Some("fwknop"), Some("alice"))
     );
-    send_raw(&s.lab, vec![saved_packet(&saved)]);
+    // Replayed a thousand times: a few lines, the rest counted in the summary.
+    send_raw(&s.lab, vec![saved_packet(&saved); 1000]);
     let replay = s.wait("spa.rejected", Some("replay"));
     assert_eq!(replay["src"], "10.240.0.2");
+    let replays_summarized = |agent: &AgentProc| -> u64 {
+        agent
+            .events_named("spa.refused_summary")
+            .iter()
+            .filter_map(|v| v["counts"].as_str().map(str::to_owned))
+            .flat_map(|c| {
+                c.split(' ')
+                    .filter_map(|kv| kv.strip_prefix("replay=")?.parse::<u64>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(12);
+    while replays_summarized(&s.agent) < 1000 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(replays_summarized(&s.agent), 1000, "{}", s.agent.log_text());
+    let told: Vec<Value> = s
+        .agent
+        .events_named("spa.rejected")
+        .into_iter()
+        .filter(|v| v["reason"] == "replay" && v["level"] == "INFO")
+        .collect();
+    assert!(
+        told.len() <= 3,
+        "{} replay lines told: {told:?}",
+        told.len()
+    );
     // A clean stop keeps the grant; take it out while the agent is down (as if it had
     // expired), so only the replay could open the port again. The replay cache is on disk.
     assert!(s.agent.stop().success());

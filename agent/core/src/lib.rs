@@ -9,6 +9,7 @@ pub mod config;
 pub mod detect;
 pub mod filter;
 pub mod grants;
+pub mod limit;
 pub mod lru;
 pub mod packet;
 pub mod replay;

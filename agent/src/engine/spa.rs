@@ -1,12 +1,16 @@
 //! The engine's SPA path: verify a datagram, persist its replay entry, open what it asks,
-//! and report every refusal with its reason and source. Refusals of unauthenticated junk
-//! are DEBUG events plus a periodic INFO summary, so a flood cannot flood the journal.
+//! and report refusals with their reason and source. Refusals of unauthenticated junk are
+//! DEBUG events plus a periodic INFO summary; authenticated refusals are told one by one
+//! only a few times per reason and source per interval, the rest counted in the summary.
+//! So neither a flood of junk nor a sniffed packet replayed forever floods the journal,
+//! the spool or the audit trail.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use knockgate_agent_core::config::Otk;
 use knockgate_agent_core::detect::spa::{Reason, Rejection, SpaDetector};
+use knockgate_agent_core::limit::PerKey;
 use knockgate_proto::unix_secs;
 use tracing::{debug, info, warn};
 
@@ -30,7 +34,15 @@ pub(super) struct SpaState {
     /// Token bucket for reporting unauthenticated refusals one by one.
     junk_tokens: f64,
     junk_refilled: Instant,
+    /// Authenticated refusals told one by one, per reason and source, per interval: a
+    /// sniffed packet replayed forever costs a few lines and the summary's count.
+    told: PerKey<(Reason, IpAddr)>,
 }
+
+/// Authenticated refusals of one reason from one source told on their own per
+/// `SUMMARY_EVERY`; sources tracked per interval.
+const TOLD_PER_SOURCE: u32 = 3;
+const TOLD_SOURCES: usize = 1024;
 
 /// Unauthenticated refusals reported individually: this many per second on average, in
 /// bursts of up to `JUNK_BURST`; beyond that only the periodic summary counts them, so a
@@ -49,6 +61,7 @@ impl SpaState {
             last_summary: Instant::now(),
             junk_tokens: JUNK_BURST,
             junk_refilled: Instant::now(),
+            told: PerKey::new(TOLD_PER_SOURCE, TOLD_SOURCES),
         }
     }
 
@@ -83,6 +96,7 @@ impl SpaState {
             return None;
         }
         self.last_summary = now;
+        self.told.reset();
         let counts: Vec<(Reason, u64)> = Reason::ALL
             .iter()
             .copied()
@@ -192,7 +206,12 @@ impl Engine {
             .and_then(|u| self.users.get(u))
             .map_or("", String::as_str);
         let method = r.method.map_or("unknown", |m| m.as_str());
-        if r.reason.authenticated() {
+        let told = r.reason.authenticated()
+            && self
+                .spa
+                .as_mut()
+                .is_some_and(|s| s.told.admit((r.reason, src)));
+        if told {
             info!(target: "knockgate::event", event = "spa.rejected", src = %src, user, method,
                 reason = r.reason.as_str(), "SPA packet refused");
             let user = user.to_string();
@@ -203,6 +222,9 @@ impl Engine {
                     .reason(r.reason.as_str())
                     .detail("method", method)
             });
+        } else if r.reason.authenticated() {
+            debug!(target: "knockgate::event", event = "spa.rejected", src = %src, user, method,
+                reason = r.reason.as_str(), "SPA packet refused (counted in the next summary)");
         } else {
             debug!(target: "knockgate::event", event = "spa.rejected", src = %src, method,
                 reason = r.reason.as_str(), "SPA packet refused");

@@ -27,7 +27,7 @@ impl Method {
 }
 
 /// Why a datagram opened nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
     /// Not a packet of either format (size, magic, base64, version, body).
     Malformed,
