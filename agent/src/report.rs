@@ -214,9 +214,23 @@ pub fn start(state_dir: &Path) -> std::io::Result<(Reporter, Spooler)> {
     ))
 }
 
+/// Events waiting for the controller at most; beyond, the oldest are dropped (and the
+/// drop is reported), so a controller away for long cannot fill the agent's disk.
+pub const SPOOL_MAX: usize = 100_000;
+
 /// Append what arrives, in batches, until the engine drops its [`Reporter`].
 fn write_loop(rx: &Receiver<ReportEvent>, spool: &Mutex<Spool>, appended: &Notify) {
+    write_loop_capped(rx, spool, appended, SPOOL_MAX);
+}
+
+fn write_loop_capped(
+    rx: &Receiver<ReportEvent>,
+    spool: &Mutex<Spool>,
+    appended: &Notify,
+    max: usize,
+) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut dropped_total = 0u64;
     while let Ok(first) = rx.recv() {
         batch.push(first);
         while batch.len() < WRITE_BATCH {
@@ -226,7 +240,23 @@ fn write_loop(rx: &Receiver<ReportEvent>, spool: &Mutex<Spool>, appended: &Notif
             }
         }
         let result = match spool.lock() {
-            Ok(mut s) => s.append(&mut batch),
+            Ok(mut s) => s.append(&mut batch).and_then(|()| {
+                let dropped = s.shed(max)?;
+                if dropped > 0 {
+                    dropped_total += dropped;
+                    tracing::warn!(
+                        dropped,
+                        dropped_total,
+                        max,
+                        "report spool full: the oldest events were dropped"
+                    );
+                    let mut note = [ReportEvent::new("spool.dropped")
+                        .detail("dropped", dropped)
+                        .detail("dropped_total", dropped_total)];
+                    s.append(&mut note)?;
+                }
+                Ok(())
+            }),
             Err(_) => return,
         };
         match result {
@@ -241,6 +271,32 @@ fn write_loop(rx: &Receiver<ReportEvent>, spool: &Mutex<Spool>, appended: &Notif
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_spool_drops_the_oldest_and_says_so() {
+        let dir = tempfile::tempdir().expect("dir");
+        let spool = Mutex::new(Spool::open(dir.path()).expect("spool"));
+        let (tx, rx) = sync_channel(64);
+        for i in 0..12u64 {
+            tx.send(ReportEvent::new("knock.completed").detail("i", i))
+                .expect("send");
+        }
+        drop(tx);
+        write_loop_capped(&rx, &spool, &Notify::new(), 5);
+        let mut s = spool.lock().expect("lock");
+        let left = s.peek(100).expect("peek");
+        assert!(left.len() <= 6, "{} left", left.len());
+        let note = left.last().expect("the note");
+        assert_eq!(note.kind, "spool.dropped");
+        let kinds: Vec<&str> = left.iter().map(|e| e.kind.as_str()).collect();
+        assert!(
+            kinds[..kinds.len() - 1]
+                .iter()
+                .all(|k| *k == "knock.completed")
+        );
+        let first_kept = left[0].detail["i"].as_u64().expect("i");
+        assert!(first_kept >= 7, "the oldest went: {first_kept}");
+    }
 
     #[test]
     fn events_round_trip_as_json_lines_without_empty_fields() {

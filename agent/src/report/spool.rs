@@ -179,6 +179,54 @@ impl Spool {
         Ok(())
     }
 
+    /// Drop the oldest waiting events beyond `max` (the controller will never see them),
+    /// so a controller away for long cannot fill the disk; returns how many went.
+    pub fn shed(&mut self, max: usize) -> io::Result<u64> {
+        if self.pending <= max {
+            return Ok(0);
+        }
+        let excess = (self.pending - max) as u64;
+        let mut f = File::open(self.dir.join("events.jsonl"))?;
+        f.seek(SeekFrom::Start(self.read_offset))?;
+        let mut reader = BufReader::new(f.take(self.len - self.read_offset));
+        let (mut offset, mut dropped, mut last) = (self.read_offset, 0u64, self.acked);
+        let mut line = Vec::new();
+        while dropped < excess {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line)?;
+            if n == 0 {
+                break;
+            }
+            offset += n as u64;
+            if let Ok(e) = serde_json::from_slice::<ReportEvent>(&line)
+                && e.seq > self.acked
+            {
+                dropped += 1;
+                last = e.seq;
+            }
+        }
+        if last > self.acked {
+            // Recorded as if acknowledged: a restart forgets them too, numbers stay unique.
+            write_atomically(
+                &self.dir,
+                &self.dir.join("acked"),
+                format!("{last}\n").as_bytes(),
+            )?;
+            self.acked = last;
+        }
+        self.read_offset = offset;
+        self.pending = self.pending.saturating_sub(dropped as usize);
+        // What a peek in flight read past the dropped lines still counts.
+        self.peeked.retain(|&(_, end)| end > offset);
+        if self.read_offset == self.len
+            || (self.read_offset >= COMPACT_MIN && self.read_offset * 2 > self.len)
+        {
+            self.compact()?;
+            self.peeked.clear();
+        }
+        Ok(dropped)
+    }
+
     /// Rewrite the file with only the lines not acknowledged.
     fn compact(&mut self) -> io::Result<()> {
         let path = self.dir.join("events.jsonl");
@@ -210,6 +258,26 @@ pub(crate) fn write_atomically(dir: &Path, path: &Path, data: &[u8]) -> io::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shedding_drops_the_oldest_and_survives_a_restart() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut s = Spool::open(dir.path()).expect("open");
+        s.append(&mut events(10)).expect("append");
+        assert_eq!(s.shed(20).expect("shed"), 0);
+        assert_eq!(s.shed(4).expect("shed"), 6);
+        assert_eq!(s.pending(), 4);
+        let left: Vec<u64> = s.peek(100).expect("peek").iter().map(|e| e.seq).collect();
+        assert_eq!(left, [7, 8, 9, 10], "the newest are kept");
+        s.ack(8).expect("ack");
+        assert_eq!(s.pending(), 2);
+        drop(s);
+        let mut s = Spool::open(dir.path()).expect("reopen");
+        assert_eq!(s.pending(), 2);
+        assert_eq!(s.next_seq(), 11, "numbers are never reused");
+        let left: Vec<u64> = s.peek(100).expect("peek").iter().map(|e| e.seq).collect();
+        assert_eq!(left, [9, 10]);
+    }
 
     fn events(n: usize) -> Vec<ReportEvent> {
         (0..n)
