@@ -12,12 +12,14 @@
 //! costs the grant, never a second use), rewritten atomically when entries go.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::state;
 
 /// The burned-keys file in the state directory.
 pub const BURNED_FILE: &str = "otk-burned";
@@ -62,28 +64,20 @@ fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<Vec<T>> {
 
 /// Replace `path` with `lines`, atomically.
 fn rewrite<T: Serialize>(path: &Path, lines: impl Iterator<Item = T>) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = io::BufWriter::new(File::create(&tmp)?);
+    state::write_atomic(path, |f| {
         for l in lines {
-            serde_json::to_writer(&mut f, &l).map_err(io::Error::other)?;
+            serde_json::to_writer(&mut *f, &l).map_err(io::Error::other)?;
             f.write_all(b"\n")?;
         }
-        f.flush()?;
-        f.get_ref().sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Append one line to `path`, synced.
 fn append<T: Serialize>(path: &Path, line: &T) -> io::Result<()> {
     let mut buf = serde_json::to_vec(line).map_err(io::Error::other)?;
     buf.push(b'\n');
-    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    let mut f = state::open_append(path)?;
     f.write_all(&buf)?;
     f.sync_data()
 }
@@ -257,10 +251,7 @@ mod tests {
         b.insert("alice", 4).expect("burn");
         b.insert("bob", 9).expect("burn");
         // A crash mid-append leaves a torn line.
-        let mut f = OpenOptions::new()
-            .append(true)
-            .open(dir.path().join(BURNED_FILE))
-            .expect("file");
+        let mut f = state::open_append(&dir.path().join(BURNED_FILE)).expect("file");
         f.write_all(b"{\"user\":\"al").expect("torn");
         drop(b);
         let mut b = BurnedKeys::open(dir.path()).expect("reopen");

@@ -2,7 +2,7 @@
 //! before. An append-only file of `hex(key) expires` lines under the state directory,
 //! rewritten with only live entries at start and whenever dead lines dominate.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
@@ -45,6 +45,8 @@ impl ReplayStore {
     /// costs a grant, never a replay.
     pub fn append(&mut self, key: &ReplayKey, expires: u64, cache: &ReplayCache) -> io::Result<()> {
         writeln!(self.file, "{} {expires}", encode_hex(key))?;
+        // Durable before the grant opens: a power cut must not make the packet new again.
+        self.file.sync_data()?;
         self.lines += 1;
         if self.lines > 2 * cache.len() + 1024 {
             self.file = rewrite(&self.path, cache)?;
@@ -54,19 +56,15 @@ impl ReplayStore {
     }
 }
 
-/// Write the live entries to a temporary file and move it into place atomically.
+/// Write the live entries atomically, then open the file for appending.
 fn rewrite(path: &Path, cache: &ReplayCache) -> io::Result<File> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = io::BufWriter::new(File::create(&tmp)?);
+    crate::state::write_atomic(path, |f| {
         for (key, exp) in cache.iter() {
             writeln!(f, "{} {exp}", encode_hex(key))?;
         }
-        f.flush()?;
-        f.get_ref().sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    OpenOptions::new().append(true).open(path)
+        Ok(())
+    })?;
+    crate::state::open_append(path)
 }
 
 fn encode_hex(key: &ReplayKey) -> String {

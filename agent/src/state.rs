@@ -37,6 +37,16 @@ pub fn write_atomic(
     sync_dir(path)
 }
 
+/// Open `path` for appending, creating it 0600. Callers sync what they append before
+/// acting on it.
+pub fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
 /// Sync the directory holding `path`, so a rename or a new file in it survives a crash.
 pub fn sync_dir(path: &Path) -> io::Result<()> {
     match path.parent() {

@@ -5,6 +5,7 @@
 //! stop the agent from starting.
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use knockgate_cli::{KnockSpec, send_knock};
@@ -274,6 +275,22 @@ fn a_managed_agent_without_its_controller_config_keeps_its_protected_ports() {
         "{}",
         agent.log_text()
     );
+    // Every state file (keys, cached config, replay history, spool, records) is 0600.
+    let mut files = Vec::new();
+    let mut dirs = vec![state.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).expect("state dir").flatten() {
+            let meta = e.metadata().expect("meta");
+            if meta.is_dir() {
+                dirs.push(e.path());
+            } else {
+                files.push((e.path(), meta.permissions().mode() & 0o777));
+            }
+        }
+    }
+    assert!(files.len() >= 6, "{files:?}");
+    let open: Vec<_> = files.iter().filter(|(_, m)| m & 0o077 != 0).collect();
+    assert!(open.is_empty(), "state files readable by others: {open:?}");
     let check = sh(gw
         .cmd(knockgate_tests::bin("knockgate-agent"))
         .args(["check", "--config"])

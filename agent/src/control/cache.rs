@@ -3,9 +3,8 @@
 //! restarted agent enforces it before it has reached the controller, or if it never does.
 //! It holds user keys: the file is written 0600, atomically.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use knockgate_proto::api::AgentConfig;
@@ -41,20 +40,9 @@ pub fn load(state_dir: &Path) -> Result<Option<AgentConfig>, CacheError> {
 
 /// Replace the cached config with `config`.
 pub fn save(state_dir: &Path, config: &AgentConfig) -> io::Result<()> {
-    let path = state_dir.join(FILE);
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&config.encode_to_vec())?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, &path)?;
-    File::open(state_dir)?.sync_all()
+    crate::state::write_atomic(&state_dir.join(FILE), |f| {
+        f.write_all(&config.encode_to_vec())
+    })
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -159,30 +159,16 @@ pub fn write_credentials(state_dir: &Path, e: &Enrolled) -> Result<(), EnrollErr
         .mode(0o700)
         .create(state_dir)
         .map_err(write_err(state_dir))?;
-    for (name, text, mode) in [
-        (STATE_KEY, &e.key_pem, 0o600),
-        (STATE_CERT, &e.cert_pem, 0o644),
-        (STATE_CA, &e.ca_pem, 0o644),
+    for (name, text) in [
+        (STATE_KEY, &e.key_pem),
+        (STATE_CERT, &e.cert_pem),
+        (STATE_CA, &e.ca_pem),
     ] {
         let path = state_dir.join(name);
-        write_file(&path, text.as_bytes(), mode).map_err(write_err(&path))?;
+        crate::state::write_atomic(&path, |f| f.write_all(text.as_bytes()))
+            .map_err(write_err(&path))?;
     }
     Ok(())
-}
-
-fn write_file(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)
 }
 
 /// Append `[controller] url = …` to the config file at `path` (which has no such section).

@@ -231,17 +231,14 @@ impl Engine {
             };
             self.rotating.detector.mark_consumed(key);
         }
-        let tmp = path.with_extension("tmp");
-        {
-            let mut f = std::fs::File::create(&tmp)?;
+        crate::state::write_atomic(&path, |f| {
             for l in &live {
-                serde_json::to_writer(&mut f, l).map_err(std::io::Error::other)?;
-                std::io::Write::write_all(&mut f, b"\n")?;
+                serde_json::to_writer(&mut *f, l).map_err(std::io::Error::other)?;
+                std::io::Write::write_all(f, b"\n")?;
             }
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &path)?;
-        let file = std::fs::OpenOptions::new().append(true).open(&path)?;
+            Ok(())
+        })?;
+        let file = crate::state::open_append(&path)?;
         self.rotating.store = Some(ConsumedFile { file });
         Ok(self)
     }

@@ -8,11 +8,12 @@
 //! lines are removed by rewriting the file once they make up most of it (and whenever
 //! everything is acknowledged), so a long backlog costs linear work, not quadratic.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::ReportEvent;
+use crate::state;
 
 /// Rewrite the file once acknowledged lines take more than half of it and at least this.
 const COMPACT_MIN: u64 = 1 << 20;
@@ -74,7 +75,7 @@ impl Spool {
             }
         }
         write_atomically(dir, &path, &kept)?;
-        let file = OpenOptions::new().append(true).open(&path)?;
+        let file = state::open_append(&path)?;
         Ok(Spool {
             dir: dir.to_path_buf(),
             file,
@@ -235,24 +236,17 @@ impl Spool {
         f.seek(SeekFrom::Start(self.read_offset))?;
         f.take(self.len - self.read_offset).read_to_end(&mut rest)?;
         write_atomically(&self.dir, &path, &rest)?;
-        self.file = OpenOptions::new().append(true).open(&path)?;
+        self.file = state::open_append(&path)?;
         self.len = rest.len() as u64;
         self.read_offset = 0;
         Ok(())
     }
 }
 
-/// Replace `path` with `data`: a synced temporary file renamed over it, then the
-/// directory synced, so a crash leaves the old file or the new one, never a mix.
-pub(crate) fn write_atomically(dir: &Path, path: &Path, data: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
+/// Replace `path` (in `dir`) with `data`, durably and atomically.
+fn write_atomically(dir: &Path, path: &Path, data: &[u8]) -> io::Result<()> {
+    debug_assert_eq!(path.parent(), Some(dir));
+    state::write_atomic(path, |f| f.write_all(data))
 }
 
 #[cfg(test)]
@@ -329,7 +323,7 @@ mod tests {
         drop(s);
         // A crash mid-append leaves half a line; one mid-compaction a stray temp file.
         let path = dir.path().join("events.jsonl");
-        let mut f = OpenOptions::new().append(true).open(&path).expect("file");
+        let mut f = state::open_append(&path).expect("file");
         f.write_all(br#"{"seq":3,"at_ms":1,"ki"#).expect("tear");
         fs::write(dir.path().join("events.tmp"), b"garbage").expect("tmp");
 
