@@ -340,7 +340,7 @@ fn otk_uses_key_0_then_1_and_moves_the_counter_first() {
         String::from_utf8_lossy(&out.stdout),
         format!(
             "sent one-time SPA (key 0, key id {}) for alice to gw1 (127.0.0.1:{port}): \
-             access tcp/22, {} bytes\n",
+             access tcp/22, allow 127.0.0.1, {} bytes\n",
             key0.id(),
             first.len()
         )

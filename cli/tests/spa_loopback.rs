@@ -135,7 +135,7 @@ fn binary_spa_arrives_and_opens_v6() {
 }
 
 #[test]
-fn binary_defaults_ask_for_source_and_policy_duration() {
+fn binary_defaults_seal_the_sender_and_ask_for_the_policy_duration() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (key_path, key) = keygen(dir.path(), "k");
     let (socket, port) = receiver(V4);
@@ -158,11 +158,36 @@ fn binary_defaults_ask_for_source_and_policy_duration() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
     let packet = receive_one(&socket, V4);
-    assert_eq!(packet.len(), 88, "one port, short gateway");
     let req = spa::open(&key, &packet).expect("opens");
-    assert_eq!(req.allow_ip, None);
+    assert_eq!(
+        req.allow_ip,
+        Some(std::net::Ipv4Addr::LOCALHOST.into()),
+        "the address it sends from is sealed"
+    );
     assert_eq!(req.duration_secs, 0);
     assert_eq!(req.access, vec![Access::tcp(22)]);
+
+    let out = knocker(&[
+        "spa",
+        "localhost",
+        "-4",
+        "-u",
+        "alice",
+        "-k",
+        path_str(&key_path),
+        "-g",
+        "gw1",
+        "-A",
+        "tcp/22",
+        "-p",
+        &port_arg,
+        "--source-any",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let packet = receive_one(&socket, V4);
+    assert_eq!(packet.len(), 88, "one port, short gateway, no address");
+    let req = spa::open(&key, &packet).expect("opens");
+    assert_eq!(req.allow_ip, None, "--source-any seals none");
 }
 
 #[test]
