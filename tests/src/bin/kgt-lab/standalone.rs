@@ -1,6 +1,7 @@
 //! Part one of the lab: one gateway on its own. A client and a gateway namespace, the
 //! agent with a sample policy from its file, the protected port shown closed, a knock
-//! with `knocker`, the port open, an SPA packet over IPv6, then cleanup.
+//! with `knocker`, the port open, an SPA packet over IPv6, the table surviving
+//! `nft flush ruleset` and a stopped agent, then cleanup.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -135,8 +136,42 @@ pub fn run() -> bool {
         println!("    | {}", line.trim());
     }
 
+    step("the gateway runs: nft flush ruleset (what every `systemctl reload nftables` does)");
+    let _ = lab.gw.cmd("nft").args(["flush", "ruleset"]).status();
+    let mut agent = agent;
+    let repaired = agent
+        .wait_event(
+            |v| v["event"] == "firewall.repaired",
+            Duration::from_secs(2),
+        )
+        .is_some();
+    println!(
+        "    {} the agent restored its table and its grants (event firewall.repaired)",
+        if repaired { "OK    " } else { "FAILED" }
+    );
+    let still_closed = !show(
+        can_connect(&lab.client, Lab::OTHER4.into(), ssh),
+        "tcp/22 for 10.240.0.3 (did not knock)",
+    );
+
+    step("the agent is stopped (SIGTERM): protection stays, grants run out in the kernel");
+    let stopped = agent.stop().success();
+    let closed_while_down = !show(
+        can_connect(&lab.client, Lab::OTHER4.into(), ssh),
+        "tcp/22 for 10.240.0.3 while the agent is down",
+    );
+    println!("    (knockgate-agent uninstall is the only way to remove the table)");
+
     drop(agent);
     drop(lab);
     step("cleaned up: namespaces, veth and the nftables table are gone");
-    closed_before && open_after && other_closed && v6_closed && v6_open
+    closed_before
+        && open_after
+        && other_closed
+        && v6_closed
+        && v6_open
+        && repaired
+        && still_closed
+        && stopped
+        && closed_while_down
 }
