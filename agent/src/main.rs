@@ -10,12 +10,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use knockgate_agent::logging::LogFormat;
 
-/// Exit code for usage and config errors (sysexits EX_USAGE).
-const EXIT_USAGE: u8 = 64;
-/// Exit code for missing privileges (sysexits EX_NOPERM).
-const EXIT_NOPERM: u8 = 77;
-/// Exit code for an unreachable controller (sysexits EX_UNAVAILABLE).
-const EXIT_UNAVAILABLE: u8 = 69;
+use knockgate_proto::exit::{
+    NOPERM as EXIT_NOPERM, UNAVAILABLE as EXIT_UNAVAILABLE, USAGE as EXIT_USAGE,
+};
 
 #[derive(Parser)]
 #[command(
@@ -97,7 +94,7 @@ impl Failure {
     }
     fn runtime(err: anyhow::Error) -> Self {
         Failure {
-            code: 1,
+            code: knockgate_proto::exit::FAILURE,
             message: format!("{err:#}"),
         }
     }

@@ -7,15 +7,9 @@ pub mod knock;
 pub mod open;
 pub mod spa;
 
-/// Exit code for a failure that is not the user's input (a send failed, …).
-pub const EXIT_FAILURE: u8 = 1;
-
-/// Exit code for a bad flag, argument or config (`EX_USAGE` from sysexits.h).
-pub const EXIT_USAGE: u8 = 64;
-
-/// Exit code for a service that cannot be reached, such as the controller
-/// (`EX_UNAVAILABLE` from sysexits.h).
-pub const EXIT_UNAVAILABLE: u8 = 69;
+pub use knockgate_proto::exit::{
+    FAILURE as EXIT_FAILURE, UNAVAILABLE as EXIT_UNAVAILABLE, USAGE as EXIT_USAGE,
+};
 
 /// An error a subcommand returns, which knows the exit code it deserves.
 pub trait CommandError: std::error::Error + Send + Sync + 'static {

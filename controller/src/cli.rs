@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-/// Exit status for a bad flag or config (sysexits `EX_USAGE`).
-pub const EXIT_USAGE: i32 = 64;
+/// Exit status for a bad flag or config (sysexits `EX_USAGE`), as `exit` takes it.
+pub const EXIT_USAGE: i32 = knockgate_proto::exit::USAGE as i32;
 
 /// knockgate controller: internal CA, store and the gRPC API for agents and knockadm.
 #[derive(Debug, Parser)]

@@ -14,8 +14,10 @@
 pub mod access;
 #[cfg(feature = "grpc")]
 pub mod api;
+pub mod exit;
 pub mod fwknop;
 pub mod rotation;
+pub mod scope;
 pub mod spa;
 
 pub use access::{Access, ParseAccessError, Proto};
