@@ -15,7 +15,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 /// UDP port knockgate agents listen on for SPA unless told otherwise (the
 /// port fwknop uses).
-pub const DEFAULT_SPA_PORT: u16 = 62201;
+pub use knockgate_proto::policy::DEFAULT_SPA_PORT;
 
 /// Length of the replay nonce sealed inside the body.
 const REPLAY_NONCE_LEN: usize = 16;

@@ -30,8 +30,7 @@ pub const DEFAULT_MAX_SOURCES: usize = 65_536;
 /// No duration of a config (a grant, a window, a gap) may be longer: a typo such as
 /// `3000000h`, or a controller bug, is refused instead of opening a port for centuries.
 pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
-/// fwknop's port, and ours.
-pub const DEFAULT_SPA_PORT: u16 = 62201;
+pub use knockgate_proto::policy::DEFAULT_SPA_PORT;
 /// Default oldest (or most future-dated) SPA packet accepted.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(120);
 /// Default cap on remembered SPA packets (valid ones only; junk never enters).
@@ -40,8 +39,7 @@ pub const DEFAULT_REPLAY_CACHE_MAX: usize = 1_000_000;
 pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// Default time a knock sequence must be completed in.
 pub const DEFAULT_SEQUENCE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default rotating window length (`proto/rotation.md`).
-pub const DEFAULT_WINDOW_SECS: u32 = 30;
+pub use knockgate_proto::policy::DEFAULT_WINDOW_SECS;
 /// Knocks on TCP ports must be a bare SYN unless a policy says otherwise: stray ACKs and
 /// RSTs are not knocks.
 pub const DEFAULT_TCP_FLAGS: FlagFilter = FlagFilter {
@@ -150,24 +148,7 @@ pub struct Policy {
     pub otk: Option<OtkOffline>,
 }
 
-/// What a one-time-key policy does when the controller cannot be reached to claim a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OtkOffline {
-    /// Refuse the packet (the key stays unused fleet-wide, burned here).
-    #[default]
-    Deny,
-    /// Grant, burn the key here, and report the claim when the controller is back.
-    Local,
-}
-
-impl OtkOffline {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OtkOffline::Deny => "deny",
-            OtkOffline::Local => "local",
-        }
-    }
-}
+pub use knockgate_proto::policy::OtkOffline;
 
 /// A policy as its source states it (the file or the controller), before it is checked
 /// against the users and the other policies. `None` means "the default".

@@ -167,14 +167,11 @@ fn policy(at: &str, p: &api::Policy) -> Result<PolicyDef, InvalidConfig> {
     let otk = match (otk, otk_offline.as_str()) {
         (false, "") => None,
         (false, _) => return Err(invalid(field("otk_offline"), "set without otk")),
-        (true, "" | "deny") => Some(OtkOffline::Deny),
-        (true, "local") => Some(OtkOffline::Local),
-        (true, other) => {
-            return Err(invalid(
-                field("otk_offline"),
-                format!("unknown {other:?} (deny or local)"),
-            ));
-        }
+        (true, "") => Some(OtkOffline::default()),
+        (true, rule) => Some(
+            rule.parse::<OtkOffline>()
+                .map_err(|e| invalid(field("otk_offline"), e.to_string()))?,
+        ),
     };
     if *timeout_secs == 0 {
         return Err(invalid(field("timeout_secs"), "must be more than 0"));

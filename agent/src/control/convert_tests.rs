@@ -194,7 +194,7 @@ fn errors_name_the_field_and_never_the_key() {
                 p.otk = true;
                 p.otk_offline = "maybe".into();
             }),
-            "policies[\"ssh\"].otk_offline: unknown \"maybe\" (deny or local)",
+            "policies[\"ssh\"].otk_offline: \"maybe\" is not an offline rule: use \"deny\" or \"local\"",
         ),
         (
             Box::new(|_, u| u.spa_key = vec![9; 31]),

@@ -18,7 +18,7 @@ pub const DEFAULT_PORT_LO: u16 = 20_000;
 /// Highest rotating knock port when the policy leaves it at 0.
 pub const DEFAULT_PORT_HI: u16 = 60_000;
 /// Rotating window length when the policy leaves it at 0.
-pub const DEFAULT_WINDOW_SECS: u32 = 30;
+pub use knockgate_proto::policy::DEFAULT_WINDOW_SECS;
 /// Shortest window accepted: shorter ones leave a user no time to knock.
 pub const MIN_WINDOW_SECS: u32 = 5;
 
@@ -81,24 +81,7 @@ impl Rotation {
     }
 }
 
-/// What an agent does with a one-time key while the controller is unreachable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OtkOffline {
-    /// Refuse: no claim, no grant (the default).
-    Deny,
-    /// Grant, burn the key locally and report the claim later.
-    Local,
-}
-
-impl OtkOffline {
-    /// The wire and stored spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Deny => "deny",
-            Self::Local => "local",
-        }
-    }
-}
+pub use knockgate_proto::policy::OtkOffline;
 
 fn or_default<T: Copy + PartialEq + Default>(v: T, default: T) -> T {
     if v == T::default() { default } else { v }
@@ -194,12 +177,14 @@ pub(super) fn otk(raw: &RawPolicy) -> Result<Option<OtkOffline>, InvalidPolicy> 
         return Ok(None);
     }
     match raw.otk_offline.as_str() {
-        "" | "deny" => Ok(Some(OtkOffline::Deny)),
-        "local" => Ok(Some(OtkOffline::Local)),
-        other => Err(invalid(
-            "otk_offline",
-            format!("{other:?}: expected \"deny\" or \"local\""),
-        )),
+        "" => Ok(Some(OtkOffline::default())),
+        rule => {
+            rule.parse()
+                .map(Some)
+                .map_err(|e: knockgate_proto::policy::ParseOtkOfflineError| {
+                    invalid("otk_offline", e.to_string())
+                })
+        }
     }
 }
 

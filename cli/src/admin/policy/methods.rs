@@ -21,14 +21,7 @@ pub enum RotatingProtos {
     Udp,
 }
 
-/// What a one-time-key policy does while the controller is unreachable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OtkOffline {
-    /// Refuse one-time keys (a key could otherwise be used twice)
-    Deny,
-    /// Accept them on this agent alone, reporting them when back online
-    Local,
-}
+pub use knockgate_proto::policy::OtkOffline;
 
 /// The method flags of `knockadm policy add`.
 #[derive(Debug, Clone, Args)]
@@ -76,9 +69,11 @@ pub struct MethodArgs {
     #[arg(long)]
     pub otk: bool,
 
-    /// What to do with one-time keys while the controller is unreachable.
-    /// Default: deny
-    #[arg(long, value_name = "RULE", value_enum, requires = "otk")]
+    /// What to do with one-time keys while the controller is unreachable:
+    /// deny (refuse them: a key could otherwise be used twice) or local (accept
+    /// them on this agent alone, reporting them when back online). Default: deny
+    #[arg(long, value_name = "RULE", requires = "otk",
+          value_parser = |s: &str| s.parse::<OtkOffline>())]
     pub otk_offline: Option<OtkOffline>,
 }
 
@@ -116,8 +111,7 @@ impl MethodArgs {
         spec.otk = self.otk;
         spec.otk_offline = match self.otk_offline {
             None => String::new(),
-            Some(OtkOffline::Deny) => "deny".to_owned(),
-            Some(OtkOffline::Local) => "local".to_owned(),
+            Some(o) => o.as_str().to_owned(),
         };
         Ok(())
     }
@@ -167,7 +161,10 @@ pub fn method_fields(p: &PolicySpec) -> Vec<(&'static str, String)> {
             or(p.rotating_length, 4),
             or(p.rotating_port_lo, 20_000),
             or(p.rotating_port_hi, 60_000),
-            secs_cell(or(p.window_secs, 30)),
+            secs_cell(or(
+                p.window_secs,
+                knockgate_proto::policy::DEFAULT_WINDOW_SECS
+            )),
         )
     } else {
         String::new()
