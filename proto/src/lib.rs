@@ -16,6 +16,7 @@ pub mod access;
 pub mod api;
 pub mod exit;
 pub mod fwknop;
+pub mod policy;
 pub mod rotation;
 pub mod scope;
 pub mod spa;

@@ -79,7 +79,9 @@ pub fn window_index(unix_secs: u64, window_secs: u32) -> u64 {
     unix_secs / u64::from(window_secs.max(1))
 }
 
-fn prk(secret: &[u8; 32]) -> Hkdf<Sha256> {
+/// The HKDF-SHA256 PRK of `secret` under [`SALT`]; also used by
+/// [`crate::scope::gateway_otk`].
+pub(crate) fn prk(secret: &[u8; 32]) -> Hkdf<Sha256> {
     Hkdf::<Sha256>::new(Some(SALT), secret)
 }
 
@@ -159,7 +161,15 @@ pub fn derive_sequence(
     Err(RotationError::NoPorts)
 }
 
-/// The one-time SPA key number `counter` of the user with `secret`.
+/// The one-time SPA key number `counter` of the user with `secret`, the same at every
+/// gateway (`info = "otk" ‖ u64be(counter)`).
+///
+/// Fleet code should use [`crate::scope::gateway_otk`] instead: a key from this function
+/// opens at every gateway that holds it, so an agent's stock of these keys, if stolen, is
+/// good at every other gateway until each counter is claimed. The scoped key differs per
+/// gateway and is claimed under the same (user, counter), so it is just as single-use.
+/// This one stays for callers that predate scoping; its vectors are in
+/// `proto/rotation.md`.
 #[must_use]
 pub fn derive_otk(secret: &[u8; 32], counter: u64) -> SpaKey {
     let mut info = [0u8; 11];
