@@ -36,6 +36,18 @@ pub const STATE_KEY: &str = "agent-key.pem";
 pub const STATE_CERT: &str = "agent.pem";
 /// The controller's CA in the state directory: the only trust anchor for the controller.
 pub const STATE_CA: &str = "ca.pem";
+/// The name the controller enrolled this agent as (its certificate's identity): SPA
+/// packets must be sealed for it, and the config's `agent.name` must match it.
+pub const STATE_NAME: &str = "agent-name";
+
+/// The enrolled name recorded in `state_dir`, if there is one.
+pub fn enrolled_name(state_dir: &std::path::Path) -> std::io::Result<Option<String>> {
+    match std::fs::read_to_string(state_dir.join(STATE_NAME)) {
+        Ok(text) => Ok(Some(text.trim().to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
 
 /// Why the controller channel cannot be set up.
 #[derive(Debug, thiserror::Error)]

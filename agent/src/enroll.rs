@@ -54,6 +54,15 @@ pub fn enroll(config_path: &Path, url: &str, token: &str, ca_sha256: &str) -> Re
         ),
         Some(_) => {}
     }
+    if enrolled.agent_name != config.agent.name {
+        println!(
+            "note: the controller enrolled this agent as {:?}: set agent.name = {:?} in {} \
+             (the agent refuses to run until it matches)",
+            enrolled.agent_name,
+            enrolled.agent_name,
+            config_path.display()
+        );
+    }
     println!(
         "enrolled as agent {:?} with {url}; key and certificates in {}",
         enrolled.agent_name,

@@ -37,9 +37,24 @@ const QUEUE: usize = 8192;
 /// controller counts as out of reach.
 const CLAIM_QUEUE: usize = 256;
 
-/// Read, parse and validate the config, including that its interfaces exist.
+/// Read, parse and validate the config, including that its interfaces exist and, for an
+/// enrolled agent, that its name is the one the controller enrolled (SPA packets are
+/// sealed for that name).
 pub fn load(path: &Path) -> Result<Config, Failure> {
     let config = parse(path)?;
+    if config.controller.is_some() {
+        let enrolled = control::enrolled_name(&config.agent.state_dir).map_err(|e| {
+            Failure::runtime(anyhow::Error::new(e).context("failed to read the enrolled name"))
+        })?;
+        if let Some(name) = enrolled.filter(|n| *n != config.agent.name) {
+            return Err(Failure::usage(format!(
+                "{}: agent.name: {:?} is not the name this agent is enrolled as ({name:?}); \
+                 set agent.name = {name:?}",
+                path.display(),
+                config.agent.name
+            )));
+        }
+    }
     for (i, iface) in config.agent.interfaces.iter().enumerate() {
         if !Path::new("/sys/class/net").join(iface).exists() {
             return Err(Failure::usage(format!(

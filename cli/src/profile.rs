@@ -42,6 +42,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use knockgate_proto::fwknop::{DigestType, FwknopKeys};
+use knockgate_proto::scope;
 use knockgate_proto::spa::SpaKey;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
@@ -269,7 +270,43 @@ impl Profile {
         })
     }
 
-    /// The fwknop key pair and HMAC type (SHA-256 when unset).
+    /// The native SPA key for `gateway` alone, derived from the profile's root key
+    /// (`knockgate_proto::scope`): what that gateway's agent holds.
+    ///
+    /// # Errors
+    /// As [`Profile::spa_key`], or [`ProfileError::BadKey`] for a gateway name no
+    /// agent can have.
+    pub fn gateway_spa_key(&self, gateway: &str, path: &Path) -> Result<SpaKey, ProfileError> {
+        let root = self.spa_key(path)?;
+        scope::gateway_spa_key(root.secret(), gateway).map_err(|err| ProfileError::BadKey {
+            field: "spa_key",
+            reason: format!("gateway {gateway:?}: {err}"),
+            path: path.to_owned(),
+        })
+    }
+
+    /// The fwknop key pair for `gateway` alone, derived from the profile's root keys:
+    /// what that gateway's agent holds, and what the `.fwknoprc` stanza carries.
+    ///
+    /// # Errors
+    /// As [`Profile::fwknop_keys`], or [`ProfileError::BadKey`] for a gateway name no
+    /// agent can have.
+    pub fn gateway_fwknop_keys(
+        &self,
+        gateway: &str,
+        path: &Path,
+    ) -> Result<FwknopKeys, ProfileError> {
+        let roots = self.fwknop_keys(path)?;
+        scope::gateway_fwknop_keys(&roots.enc_key, &roots.hmac_key, roots.hmac, gateway).map_err(
+            |err| ProfileError::BadKey {
+                field: "fwknop_key/fwknop_hmac_key",
+                reason: format!("gateway {gateway:?}: {err}"),
+                path: path.to_owned(),
+            },
+        )
+    }
+
+    /// The fwknop root key pair and HMAC type (SHA-256 when unset).
     ///
     /// # Errors
     /// [`ProfileError::MissingKey`] or [`ProfileError::BadKey`].

@@ -199,15 +199,32 @@ fn user_add_writes_a_profile_knocker_opens_with() {
         let (len, _) = receiver.recv_from(&mut buf).expect("packet");
         buf[..len].to_vec()
     };
-    let req = spa::open(&SpaKey::from_secret(SPA_KEY), &knocker("spa")).expect("native opens");
+    // Every packet is sealed with the key derived for gw1, which is what gw1's agent
+    // holds; the root keys open none of them.
+    let native = knocker("spa");
+    let gw1_key = knockgate_proto::scope::gateway_spa_key(&SPA_KEY, "gw1").expect("derive");
+    let req = spa::open(&gw1_key, &native).expect("native opens");
     assert_eq!((req.gateway.as_str(), req.duration_secs), ("gw1", 60));
-    let keys = FwknopKeys::new(
+    assert!(spa::open(&SpaKey::from_secret(SPA_KEY), &native).is_err());
+    let keys = knockgate_proto::scope::gateway_fwknop_keys(
+        &FWKNOP_KEY,
+        &FWKNOP_HMAC_KEY,
+        DigestType::Sha256,
+        "gw1",
+    )
+    .expect("keys");
+    let wire = knocker("fwknop");
+    let roots = FwknopKeys::new(
         FWKNOP_KEY.to_vec(),
         FWKNOP_HMAC_KEY.to_vec(),
         DigestType::Sha256,
     )
     .expect("keys");
-    let req = fwknop::decode(&keys, &knocker("fwknop")).expect("fwknop decodes");
+    assert!(
+        fwknop::decode(&roots, &wire).is_err(),
+        "root keys do not open it"
+    );
+    let req = fwknop::decode(&keys, &wire).expect("fwknop decodes");
     assert_eq!((req.user.as_str(), req.client_timeout), ("alice", Some(60)));
     // The rotating parameters the controller sent are in the profile, and the
     // rotating secret makes one-time keys.
@@ -219,7 +236,7 @@ fn user_add_writes_a_profile_knocker_opens_with() {
         ),
         "{text}"
     );
-    let otk0 = knockgate_proto::rotation::derive_otk(&[3; 32], 0);
+    let otk0 = knockgate_proto::scope::gateway_otk(&[3; 32], "gw1", 0).expect("derive");
     let req = spa::open(&otk0, &knocker("otk")).expect("one-time key 0 opens");
     assert_eq!((req.gateway.as_str(), req.duration_secs), ("gw1", 60));
 

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use knockgate_proto::fwknop::{self, DigestType, FwknopKeys, msg_type};
-use knockgate_proto::spa::{self, SpaKey};
+use knockgate_proto::fwknop::{self, DigestType, msg_type};
+use knockgate_proto::spa;
 use knockgate_proto::{Access, unix_secs};
 
 const SPA_KEY: [u8; 32] = [42; 32];
@@ -76,7 +76,8 @@ fn native_spa_opens_at_the_gateway() {
     let out = knocker(&["open", "gw1", "--profile", p(&path)]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
-    let key = SpaKey::from_secret(SPA_KEY);
+    // Sealed with alice's key for gw1 alone, never with her root key.
+    let key = knockgate_proto::scope::gateway_spa_key(&SPA_KEY, "gw1").expect("derive");
     let req = spa::open(&key, &receive(&socket)).expect("opens with the profile's key");
     assert_eq!(req.gateway, "gw1");
     assert_eq!(req.access, vec![Access::tcp(22)], "tcp/22 by default");
@@ -132,7 +133,8 @@ fn native_spa_over_ipv6_and_port_override() {
     let port_arg = port.to_string();
     let out = knocker(&["open", "gw6", "--profile", p(&path), "--port", &port_arg]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let req = spa::open(&SpaKey::from_secret(SPA_KEY), &receive(&socket)).expect("opens");
+    let key = knockgate_proto::scope::gateway_spa_key(&SPA_KEY, "gw6").expect("derive");
+    let req = spa::open(&key, &receive(&socket)).expect("opens");
     assert_eq!(req.gateway, "gw6");
 }
 
@@ -142,7 +144,8 @@ fn fwknop_packet_decodes_at_the_gateway() {
     let (socket, port) = receiver(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let path = profile(dir.path(), &[("gw1", "127.0.0.1")]);
     let keys =
-        FwknopKeys::new(ENC_KEY.to_vec(), HMAC_KEY.to_vec(), DigestType::Sha256).expect("keys");
+        knockgate_proto::scope::gateway_fwknop_keys(&ENC_KEY, &HMAC_KEY, DigestType::Sha256, "gw1")
+            .expect("keys");
     let port_arg = port.to_string();
     let before = unix_secs(SystemTime::now());
 

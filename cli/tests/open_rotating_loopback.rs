@@ -2,7 +2,7 @@
 //! hand-written profile. Rotating knocks are captured with raw sockets (root,
 //! like the ICMP knock tests; a run that cannot open them fails) and must be
 //! exactly the sequence `derive_sequence` gives for the window knocker names,
-//! in order; one-time-key packets must open with `derive_otk(secret, 0)`, then
+//! in order; one-time-key packets must open with gw1's one-time key 0, then
 //! 1, and leave the counter file at 2.
 
 use std::io::{ErrorKind, Read as _};
@@ -14,9 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use knockgate_proto::rotation::{
-    Protos, RotationParams, derive_otk, derive_sequence, window_index,
-};
+use knockgate_proto::rotation::{Protos, RotationParams, derive_sequence, window_index};
 use knockgate_proto::spa;
 use knockgate_proto::{Access, Proto, unix_secs};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -320,7 +318,8 @@ fn otk_uses_key_0_then_1_and_moves_the_counter_first() {
     let (socket, port) = receiver();
     let path = profile(dir.path(), &format!("127.0.0.1:{port}"), 41060);
     let counter = dir.path().join("alice.toml.otk");
-    let (key0, key1) = (derive_otk(&SECRET, 0), derive_otk(&SECRET, 1));
+    let otk = |c| knockgate_proto::scope::gateway_otk(&SECRET, "gw1", c).expect("derive");
+    let (key0, key1) = (otk(0), otk(1));
 
     let out = knocker(&[
         "open",

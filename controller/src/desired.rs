@@ -8,8 +8,11 @@ pub mod material;
 use std::collections::{BTreeMap, BTreeSet};
 
 use knockgate_proto::api;
+use knockgate_proto::fwknop::HmacType;
+use knockgate_proto::scope;
 
 use crate::convert::{access_to_api, gateway_rotation_to_api};
+use crate::name::AgentName;
 use crate::policy::PolicyDef;
 use crate::store::{Agent, User};
 pub use material::Material;
@@ -33,8 +36,11 @@ struct Needs {
     fwknop: bool,
 }
 
-/// The view of an agent with `labels`.
+/// The view of agent `gateway` with `labels`. Each user's keys are derived for this
+/// gateway alone (`knockgate_proto::scope`): what one agent holds opens nothing at
+/// another.
 pub fn compute(
+    gateway: &AgentName,
     labels: &BTreeMap<String, String>,
     policies: &[PolicyDef],
     users: &[User],
@@ -71,29 +77,42 @@ pub fn compute(
     }
     for (name, (n, u)) in needs {
         let k = &u.keys;
-        let user = api::User {
+        let mut user = api::User {
             name: name.to_owned(),
-            spa_key: if n.spa {
-                k.spa_key.to_vec()
-            } else {
-                Vec::new()
-            },
-            fwknop_key: if n.fwknop {
-                k.fwknop_key.to_vec()
-            } else {
-                Vec::new()
-            },
-            fwknop_hmac_key: if n.fwknop {
-                k.fwknop_hmac_key.to_vec()
-            } else {
-                Vec::new()
-            },
-            fwknop_hmac: if n.fwknop {
-                k.fwknop_hmac.clone()
-            } else {
-                String::new()
-            },
+            ..api::User::default()
         };
+        // A derivation that fails leaves the method closed to this user here.
+        if n.spa {
+            match scope::gateway_spa_key(&k.spa_key, gateway.as_str()) {
+                Ok(key) => user.spa_key = key.secret().to_vec(),
+                Err(e) => tracing::error!(%gateway, user = name, error = %e,
+                    "cannot derive the gateway's SPA key; SPA stays closed to this user"),
+            }
+        }
+        if n.fwknop {
+            let keys = k
+                .fwknop_hmac
+                .parse::<HmacType>()
+                .map_err(|e| e.to_string())
+                .and_then(|hmac| {
+                    scope::gateway_fwknop_keys(
+                        &k.fwknop_key,
+                        &k.fwknop_hmac_key,
+                        hmac,
+                        gateway.as_str(),
+                    )
+                    .map_err(|e| e.to_string())
+                });
+            match keys {
+                Ok(keys) => {
+                    user.fwknop_key = keys.enc_key.clone();
+                    user.fwknop_hmac_key = keys.hmac_key.clone();
+                    user.fwknop_hmac = k.fwknop_hmac.clone();
+                }
+                Err(e) => tracing::error!(%gateway, user = name, error = %e,
+                    "cannot derive the gateway's fwknop keys; fwknop stays closed to this user"),
+            }
+        }
         view.users.insert(name.to_owned(), user);
     }
     view
@@ -293,26 +312,39 @@ mod tests {
             policy("vpn", &["alice"], &[], "role=core", false, true),
             policy("web", &["bob"], &[], "", false, false),
         ];
-        let view = compute(&labels(&[("role", "edge")]), &policies, &users);
+        let gw1 = AgentName::new("gw1").unwrap();
+        let view = compute(&gw1, &labels(&[("role", "edge")]), &policies, &users);
         assert_eq!(view.policies.keys().collect::<Vec<_>>(), ["ssh", "web"]);
         assert_eq!(view.policies["ssh"].users, ["alice", "bob"]);
         assert_eq!(view.users.keys().collect::<Vec<_>>(), ["alice", "bob"]);
-        // alice is reached by SPA only here: no fwknop keys.
-        assert_eq!(view.users["alice"].spa_key, vec![1; 32]);
+        // alice is reached by SPA only here: no fwknop keys, and her SPA key is the one
+        // derived for gw1, not her root.
+        let gw1_key = scope::gateway_spa_key(&[1; 32], "gw1").unwrap();
+        assert_eq!(view.users["alice"].spa_key, gw1_key.secret().to_vec());
+        assert_ne!(view.users["alice"].spa_key, vec![1; 32]);
         assert!(view.users["alice"].fwknop_key.is_empty());
         assert_eq!(view.users["bob"].spa_key.len(), 32);
+        let gw2 = AgentName::new("gw2").unwrap();
+        let other = compute(&gw2, &labels(&[("role", "edge")]), &policies, &users);
+        assert_ne!(
+            other.users["alice"].spa_key, view.users["alice"].spa_key,
+            "another gateway holds another key"
+        );
     }
 
     #[test]
     fn deltas_upsert_and_remove() {
         let users = [user("alice", &[], false), user("bob", &[], false)];
+        let gw = AgentName::new("gw1").unwrap();
         let before = compute(
+            &gw,
             &labels(&[]),
             &[policy("ssh", &["alice", "bob"], &[], "", true, false)],
             &users,
         );
         let users2 = [user("alice", &[], true), user("bob", &[], false)];
         let after = compute(
+            &gw,
             &labels(&[]),
             &[
                 policy("ssh", &["alice", "bob"], &[], "", true, false),

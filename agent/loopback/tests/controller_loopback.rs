@@ -14,7 +14,7 @@ use knockgate_agent::engine::Input;
 use knockgate_agent_core::packet::KnockKind;
 use knockgate_agent_core::ruleset::Proto;
 use knockgate_proto::api;
-use knockgate_proto::spa::{SpaKey, SpaRequest, seal};
+use knockgate_proto::spa::{SpaRequest, seal};
 use support::{Lab, access, api_access, audit, eventually, knock};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,8 +94,9 @@ async fn the_agent_follows_the_real_controller() {
     tx.send(knock("10.0.0.2", port(Proto::Udp, 8000), None))
         .expect("knock");
     let key: [u8; 32] = alice.spa_key.as_slice().try_into().expect("32-byte key");
+    // alice's key for gw1, as knocker derives it from her root key.
     let packet = seal(
-        &SpaKey::from_secret(key),
+        &knockgate_proto::scope::gateway_spa_key(&key, "gw1").expect("derive"),
         &SpaRequest {
             timestamp: knockgate_proto::unix_secs(SystemTime::now()),
             nonce: [3; 16],

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use knockgate_agent_core::packet::KnockKind;
 use knockgate_agent_core::ruleset::Proto;
 use knockgate_proto::api;
-use knockgate_proto::rotation::{RotationParams, derive_otk, derive_sequence, window_index};
+use knockgate_proto::rotation::{RotationParams, derive_sequence, window_index};
 use knockgate_proto::spa::{SpaRequest, seal};
 use support::{Agent, Lab, access, api_access, audit, detail, eventually, knock};
 
@@ -24,7 +24,9 @@ fn otk_packet(secret: &[u8; 32], counter: u64, to: &str) -> Vec<u8> {
         access: vec![access(to)],
         duration_secs: 0,
     };
-    seal(&derive_otk(secret, counter), &req, [counter as u8; 24]).expect("seal")
+    // The key the controller stocks gw1 with: derived for gw1 alone.
+    let key = knockgate_proto::scope::gateway_otk(secret, "gw1", counter).expect("derive");
+    seal(&key, &req, [counter as u8; 24]).expect("seal")
 }
 
 fn rand_bytes(seed: u64) -> [u8; 16] {

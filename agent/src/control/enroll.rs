@@ -18,7 +18,7 @@ use tonic::Code;
 use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use super::tls::{Fingerprint, PinFailure, PinVerifier, fingerprint_hex, provider};
-use super::{STATE_CA, STATE_CERT, STATE_KEY, host_of};
+use super::{STATE_CA, STATE_CERT, STATE_KEY, STATE_NAME, host_of};
 
 /// How long to try to reach the controller.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -163,6 +163,7 @@ pub fn write_credentials(state_dir: &Path, e: &Enrolled) -> Result<(), EnrollErr
         (STATE_KEY, &e.key_pem),
         (STATE_CERT, &e.cert_pem),
         (STATE_CA, &e.ca_pem),
+        (STATE_NAME, &format!("{}\n", e.agent_name)),
     ] {
         let path = state_dir.join(name);
         crate::state::write_atomic(&path, |f| f.write_all(text.as_bytes()))

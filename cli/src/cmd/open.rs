@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Args, ValueEnum, value_parser};
 use knockgate_proto::fwknop::{self, DigestType, FwknopEncodeError, FwknopRequest, msg_type};
-use knockgate_proto::rotation::derive_otk;
+use knockgate_proto::scope::gateway_otk;
 use knockgate_proto::spa::{MAX_ACCESS, SealError};
 use knockgate_proto::{Access, unix_secs};
 use rand::TryRng as _;
@@ -325,7 +325,7 @@ impl OpenArgs {
         // Keys are checked before DNS so a broken profile fails fast.
         let (packet, target, allow, what) = match self.method {
             Method::Fwknop => {
-                let keys = profile.fwknop_keys(&self.profile)?;
+                let keys = profile.gateway_fwknop_keys(&gateway.name, &self.profile)?;
                 // fwknop's allow-IP field is IPv4 only.
                 let family = match self.family() {
                     Family::Any if self.allow_ip.is_some_and(|ip| ip.is_ipv4()) => Family::V4,
@@ -345,13 +345,19 @@ impl OpenArgs {
                 let (target, allow) = target(self.family())?;
                 // Moved on before anything is sent: this key is never used again.
                 let counter = otk::reserve(&self.profile)?;
-                let key = derive_otk(&secret, counter);
+                let key = gateway_otk(&secret, &gateway.name, counter).map_err(|err| {
+                    ProfileError::BadKey {
+                        field: "rotating_secret",
+                        reason: format!("gateway {:?}: {err}", gateway.name),
+                        path: self.profile.clone(),
+                    }
+                })?;
                 let what = format!("one-time SPA (key {counter}, key id {})", key.id());
                 (native(&key, allow)?, target, allow, what)
             }
             // `run` sends rotating sequences elsewhere; only Spa gets here.
             Method::Spa | Method::Rotating => {
-                let key = profile.spa_key(&self.profile)?;
+                let key = profile.gateway_spa_key(&gateway.name, &self.profile)?;
                 let (target, allow) = target(self.family())?;
                 let what = format!("SPA (key id {})", key.id());
                 (native(&key, allow)?, target, allow, what)

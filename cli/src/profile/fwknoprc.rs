@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use knockgate_proto::scope::fwknop_rc_base64;
 use zeroize::Zeroizing;
 
 use super::Profile;
@@ -43,13 +44,19 @@ pub fn fwknoprc_path(profile: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// The fwknop rc stanzas, one per gateway, for `fwknop --rc-file FILE -n GATEWAY`.
+/// The fwknop rc stanzas, one per gateway, for `fwknop --rc-file FILE -n GATEWAY -a
+/// YOUR_ADDRESS`. Each stanza carries the keys derived for that gateway alone, so a
+/// packet sniffed on its way to one gateway is refused at every other. No stanza names
+/// the address to open: `ALLOW_IP source` would let anyone who copies the packet resend
+/// it from their own address, so the user names theirs with `-a` (or `-R`, or `-s`
+/// knowingly).
 #[must_use]
 pub fn render_fwknoprc(profile: &Profile) -> Zeroizing<String> {
     let user = &profile.user;
     let mut text = Zeroizing::new(format!(
         "# fwknop client stanzas for knockgate user {}: keep this file secret.\n\
-         # Use: fwknop --rc-file THIS_FILE -n GATEWAY (edit ACCESS to the ports you need)\n",
+         # Use: fwknop --rc-file THIS_FILE -n GATEWAY -a YOUR_ADDRESS (edit ACCESS to the\n\
+         # ports you need). Each gateway has keys of its own.\n",
         user.name
     ));
     if profile.gateways.is_empty() {
@@ -62,6 +69,14 @@ pub fn render_fwknoprc(profile: &Profile) -> Zeroizing<String> {
         .unwrap_or("sha256")
         .to_ascii_uppercase();
     for gw in &profile.gateways {
+        let keys = match profile.gateway_fwknop_keys(&gw.name, Path::new("profile")) {
+            Ok(keys) => keys,
+            Err(err) => {
+                let _ = write!(text, "\n# [{}]: no fwknop keys ({err})\n", gw.name);
+                continue;
+            }
+        };
+        let (key, hmac_key) = fwknop_rc_base64(&keys);
         let (host, port) = split_address(&gw.address);
         let _ = write!(text, "\n[{}]\nSPA_SERVER {host}\n", gw.name);
         if let Some(port) = port {
@@ -70,10 +85,10 @@ pub fn render_fwknoprc(profile: &Profile) -> Zeroizing<String> {
         let _ = write!(
             text,
             "SPOOF_USER {}\nKEY_BASE64 {}\nHMAC_KEY_BASE64 {}\nUSE_HMAC Y\n\
-             HMAC_DIGEST_TYPE {digest}\nALLOW_IP source\nACCESS tcp/22\n",
+             HMAC_DIGEST_TYPE {digest}\nACCESS tcp/22\n",
             user.name,
-            user.fwknop_key.as_deref().unwrap_or_default(),
-            user.fwknop_hmac_key.as_deref().unwrap_or_default(),
+            key.as_str(),
+            hmac_key.as_str(),
         );
     }
     text

@@ -206,13 +206,32 @@ fn rotating_secret_errors_never_show_it() {
 #[test]
 fn fwknoprc_has_one_stanza_per_gateway() {
     let rc = render_fwknoprc(&profile());
+    // Each stanza carries the keys derived for its gateway, never the roots, and names no
+    // address to open (no `ALLOW_IP source`).
+    let derived = |gw: &str| {
+        knockgate_proto::scope::gateway_fwknop_keys(
+            &[1; 32],
+            &[2; 64],
+            knockgate_proto::fwknop::DigestType::Sha256,
+            gw,
+        )
+        .unwrap()
+    };
+    let (k1, h1) = knockgate_proto::scope::fwknop_rc_base64(&derived("gw1"));
     let gw1 = format!(
         "\n[gw1]\nSPA_SERVER 203.0.113.7\nSPOOF_USER alice\nKEY_BASE64 {}\n\
-         HMAC_KEY_BASE64 {}\nUSE_HMAC Y\nHMAC_DIGEST_TYPE SHA256\nALLOW_IP source\nACCESS tcp/22\n",
-        encode_key(&[1; 32]),
-        encode_key(&[2; 64])
+         HMAC_KEY_BASE64 {}\nUSE_HMAC Y\nHMAC_DIGEST_TYPE SHA256\nACCESS tcp/22\n",
+        k1.as_str(),
+        h1.as_str()
     );
     assert!(rc.contains(&gw1), "{}", rc.as_str());
+    let (k2, _) = knockgate_proto::scope::fwknop_rc_base64(&derived("gw2"));
+    assert!(rc.contains(&format!("KEY_BASE64 {}\n", k2.as_str())));
+    assert!(
+        !rc.contains(&encode_key(&[1; 32])),
+        "no root key in the file"
+    );
+    assert!(!rc.contains("ALLOW_IP"), "{}", rc.as_str());
     assert!(
         rc.contains("\n[gw2]\nSPA_SERVER 2001:db8::2\nSPA_SERVER_PORT 4000\n"),
         "{}",

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use knockgate_proto::rotation::{self, Protos};
+use knockgate_proto::scope;
 use knockgate_proto::{Access, api};
 
 use crate::convert::access_to_api;
@@ -193,10 +194,19 @@ impl Deriver {
                 .get(&u.name)
                 .map_or(0, |h| h.saturating_add(1));
             for c in first..first.saturating_add(OTK_STOCK) {
-                let key = self
-                    .otks
-                    .remove(&(secret, c))
-                    .unwrap_or_else(|| *rotation::derive_otk(&secret, c).secret());
+                // This gateway's key number `c` (the claim stays keyed by user and
+                // counter, so the key is still single-use fleet-wide).
+                let key = match self.otks.remove(&(secret, c)) {
+                    Some(k) => k,
+                    None => match scope::gateway_otk(&secret, inputs.gateway.as_str(), c) {
+                        Ok(k) => *k.secret(),
+                        Err(e) => {
+                            tracing::error!(gateway = %inputs.gateway, user = name, error = %e,
+                                "cannot derive one-time keys for this gateway");
+                            break;
+                        }
+                    },
+                };
                 otks.insert((secret, c), key);
                 material.otks.insert((name.to_owned(), c), key);
             }
@@ -307,7 +317,8 @@ mod tests {
         assert!(m.otks.keys().all(|(u, _)| u == "bob"));
         assert_eq!(
             &m.otks[&("bob".into(), 4)],
-            rotation::derive_otk(&[7; 32], 4).secret()
+            scope::gateway_otk(&[7; 32], "gw1", 4).unwrap().secret(),
+            "one-time keys are derived for this gateway"
         );
         // The cache gives the same answers and keeps only what was used.
         let later = Timestamp::from_unix_millis(1_800_000_010_000);

@@ -253,7 +253,8 @@ impl Session {
         let Some(inputs) = &self.inputs else {
             return Err(internal(ServiceError::Internal("sync inputs missing")));
         };
-        let mut view = desired::compute(&inputs.labels, &inputs.policies, &inputs.users);
+        let mut view =
+            desired::compute(&self.agent, &inputs.labels, &inputs.policies, &inputs.users);
         let now = Timestamp::now();
         let (material, boundary) = self.deriver.derive(
             &material::Inputs {

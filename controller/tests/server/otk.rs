@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use knockgate_controller::convert::access_to_api;
-use knockgate_proto::rotation::derive_otk;
+use knockgate_proto::scope::gateway_otk;
 use knockgate_proto::{Access, api};
 use tonic::Code;
 
@@ -42,13 +42,22 @@ fn claim(user: &str, counter: u64, src: &str, offline: bool) -> api::ClaimReques
     }
 }
 
-/// Asserts `c` stocks exactly alice's keys `counters`, derived from `secret`.
-fn assert_stock(c: &api::AgentConfig, secret: &[u8; 32], counters: std::ops::RangeInclusive<u64>) {
+/// Asserts `c` stocks exactly alice's keys `counters` for gateway `gw`, derived from
+/// `secret` for that gateway alone.
+fn assert_stock(
+    c: &api::AgentConfig,
+    gw: &str,
+    secret: &[u8; 32],
+    counters: std::ops::RangeInclusive<u64>,
+) {
     let got: Vec<u64> = c.one_time_keys.iter().map(|k| k.counter).collect();
     assert_eq!(got, counters.collect::<Vec<_>>());
     for k in &c.one_time_keys {
         assert_eq!(k.user, "alice");
-        assert_eq!(&k.key[..], &derive_otk(secret, k.counter).secret()[..]);
+        let mine = gateway_otk(secret, gw, k.counter).unwrap();
+        assert_eq!(&k.key[..], &mine.secret()[..]);
+        let elsewhere = gateway_otk(secret, "elsewhere", k.counter).unwrap();
+        assert_ne!(&k.key[..], &elsewhere.secret()[..]);
     }
 }
 
@@ -68,12 +77,13 @@ pub async fn one_time_keys(server: &Server) {
     let mut s1 = SyncStream::open(&gw1, server, "").await;
     let mut s2 = SyncStream::open(&gw2, server, "").await;
     let (full, _) = s1.next_config(Duration::from_secs(5)).await;
-    assert_stock(&full, &secret, 0..=15);
+    assert_stock(&full, "gw1", &secret, 0..=15);
     let keys = &full.policies[0];
     assert!(keys.otk && !keys.rotating);
     assert_eq!(keys.otk_offline, "local");
     assert_stock(
         &s2.next_config(Duration::from_secs(5)).await.0,
+        "gw2",
         &secret,
         0..=15,
     );
@@ -92,10 +102,10 @@ pub async fn one_time_keys(server: &Server) {
         .unwrap()
         .into_inner();
     assert_eq!((lost.granted, lost.reason.as_str()), (false, "used"));
-    for sync in [&mut s1, &mut s2] {
+    for (sync, gw) in [(&mut s1, "gw1"), (&mut s2, "gw2")] {
         let delta = sync.next_material(PROPAGATION).await;
         assert!(!delta.full);
-        assert_stock(&delta, &secret, 4..=19);
+        assert_stock(&delta, gw, &secret, 4..=19);
     }
     eprintln!("withdrawal reached both agents in {:?}", started.elapsed());
     let claimed = audit_until(server, "otk.claimed", |e| e.user == "alice").await;
@@ -166,8 +176,8 @@ pub async fn one_time_keys(server: &Server) {
         (d["second"]["agent"].as_str(), d["second"]["src"].as_str()),
         (Some("gw2"), Some("198.51.100.2"))
     );
-    for sync in [&mut s1, &mut s2] {
-        assert_stock(&sync.next_material(PROPAGATION).await, &secret, 6..=21);
+    for (sync, gw) in [(&mut s1, "gw1"), (&mut s2, "gw2")] {
+        assert_stock(&sync.next_material(PROPAGATION).await, gw, &secret, 6..=21);
     }
 
     // An agent whose policies do not admit the user reports a key it burned offline:

@@ -101,7 +101,11 @@ pub async fn sync_story(server: &Server) {
     assert_eq!(names(&delta.policies, |p| &p.name), ["ssh"]);
     assert_eq!(delta.policies[0].users, ["alice", "bob"]);
     assert_eq!(names(&delta.users, |u| &u.name), ["alice", "bob"]);
-    assert_eq!(delta.users[0].spa_key, alice.spa_key);
+    // The agent holds alice's key for gw1 only, never her root key.
+    let root: [u8; 32] = alice.spa_key.clone().try_into().unwrap();
+    let for_gw1 = knockgate_proto::scope::gateway_spa_key(&root, "gw1").unwrap();
+    assert_eq!(delta.users[0].spa_key, for_gw1.secret().to_vec());
+    assert_ne!(delta.users[0].spa_key, alice.spa_key);
     assert!(
         delta.users[0].fwknop_key.is_empty(),
         "no fwknop policy: no fwknop key"

@@ -1,0 +1,148 @@
+//! End to end: a user's secrets are scoped to one gateway. Two enrolled gateways admit
+//! alice; the stock fwknop client, using the stanza knockadm wrote for gw1, opens gw1;
+//! the very packet, resent to gw2 from the same source, is refused there. And knocker's
+//! native packets for gw1 open nothing at gw2.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use knockgate_tests::agent::Workdir;
+use knockgate_tests::controller::{Controller, enroll_and_start, wait_applied};
+use knockgate_tests::fleet::Fleet;
+use knockgate_tests::netns::sh;
+use knockgate_tests::probe::{Listener, can_connect, opens_within};
+use knockgate_tests::wait_until;
+
+#[test]
+fn a_sniffed_fwknop_packet_opens_one_gateway_at_most() {
+    let fleet = Fleet::new(&["ctl", "gw1", "gw2", "client"]);
+    let work = Workdir::new();
+    let ctl_addr = fleet.host(0).v4.to_string();
+    let ctl = Controller::start(&fleet.host(0).ns, &work.path.join("ctl"), &ctl_addr, None);
+    let client = &fleet.host(3).ns;
+    let me = fleet.host(3).addr();
+    let ssh1 = SocketAddr::new(fleet.host(1).addr(), 22);
+    let ssh2 = SocketAddr::new(fleet.host(2).addr(), 22);
+    let _sshd1 = Listener::start(&fleet.host(1).ns, 22);
+    let _sshd2 = Listener::start(&fleet.host(2).ns, 22);
+    let (mut gw1, _) = enroll_and_start(&ctl, &fleet.host(1).ns, &work, "gw1", "role=edge");
+    let (mut gw2, _) = enroll_and_start(&ctl, &fleet.host(2).ns, &work, "gw2", "role=edge");
+    assert!(wait_applied(&ctl, Duration::from_secs(10)), "both enrolled");
+    let profile = work.path.join("alice.toml");
+    let profile_arg = profile.to_str().expect("path");
+    assert!(
+        ctl.knockadm(&["user", "add", "alice", "--profile-out", profile_arg])
+            .status
+            .success()
+    );
+    ctl.knockadm_json(&[
+        "policy",
+        "add",
+        "ssh",
+        "--open",
+        "tcp/22",
+        "--users",
+        "alice",
+        "--agents",
+        "role=edge",
+        "--spa",
+        "--fwknop",
+    ]);
+    assert!(
+        wait_applied(&ctl, Duration::from_secs(10)),
+        "policy applied"
+    );
+    let rc = work.path.join("alice.toml.fwknoprc");
+    let rc_text = std::fs::read_to_string(&rc).expect("rc file");
+    assert!(
+        rc_text.contains("[gw1]") && rc_text.contains("[gw2]"),
+        "{rc_text}"
+    );
+
+    // The stock client with gw1's stanza; the packet is saved as it went on the wire.
+    let saved = work.path.join("gw1.pkt");
+    let out = client
+        .cmd("fwknop")
+        .env("HOME", &work.path)
+        .args(["--rc-file"])
+        .arg(&rc)
+        .args(["-n", "gw1", "--no-save-args", "-a", &me.to_string(), "-B"])
+        .arg(&saved)
+        .output()
+        .expect("run fwknop");
+    assert!(
+        out.status.success(),
+        "fwknop: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        opens_within(client, me, ssh1, Duration::from_secs(2)),
+        "gw1 opens:\n{}",
+        gw1.log_text()
+    );
+
+    // The same bytes to gw2, from the same source: refused, the port stays closed.
+    let packet = std::fs::read_to_string(&saved).expect("saved packet");
+    let gw2_spa = SocketAddr::new(fleet.host(2).addr(), 62201);
+    client.run(move || {
+        let sock = UdpSocket::bind((me, 0)).expect("bind");
+        sock.send_to(packet.trim().as_bytes(), gw2_spa)
+            .expect("send");
+    });
+    let refused = gw2.wait_event(|v| v["event"] == "spa.rejected", Duration::from_secs(3));
+    assert!(refused.is_some(), "gw2 saw the packet:\n{}", gw2.log_text());
+    assert!(gw2.events_named("spa.accepted").is_empty());
+    assert!(!can_connect(client, me, ssh2), "gw2 stays closed");
+
+    // knocker's native packet for gw1, sent to gw2 (a profile whose gw1 entry points at
+    // gw2's address): refused there too, since gw2 holds another key for alice.
+    let misdirected = work.path.join("misdirected.toml");
+    let text = std::fs::read_to_string(&profile).expect("profile");
+    let gw1_addr = format!("\"{}\"", fleet.host(1).addr());
+    let gw2_addr = format!("\"{}\"", fleet.host(2).addr());
+    assert!(text.contains(&gw1_addr), "{text}");
+    std::fs::write(&misdirected, text.replace(&gw1_addr, &gw2_addr)).expect("write");
+    let rejected_before = gw2.events_named("spa.rejected").len();
+    sh(client
+        .cmd(knockgate_tests::bin("knocker"))
+        .args(["open", "gw1", "--profile"])
+        .arg(&misdirected));
+    wait_until(
+        "gw2 refused the packet sealed for gw1",
+        Duration::from_secs(3),
+        || gw2.events_named("spa.rejected").len() > rejected_before,
+    );
+    assert!(gw2.events_named("spa.accepted").is_empty());
+    assert!(!can_connect(client, me, ssh2), "gw2 still closed");
+    // The same profile, unchanged, opens gw2 with gw2's own key.
+    sh(client
+        .cmd(knockgate_tests::bin("knocker"))
+        .args(["open", "gw2", "--profile", profile_arg]));
+    assert!(
+        opens_within(client, me, ssh2, Duration::from_secs(2)),
+        "gw2 opens for its own packet:\n{}",
+        gw2.log_text()
+    );
+    let _ = gw1.stop();
+
+    // The gateway name packets are checked against is the enrolled one: a config that
+    // names the agent otherwise is refused at start.
+    assert!(gw2.stop().success());
+    let config = work.path.join("gw2.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, text.replace("name = \"gw2\"", "name = \"gw9\"")).expect("write");
+    let out = fleet
+        .host(2)
+        .ns
+        .cmd(knockgate_tests::bin("knockgate-agent"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("is not the name this agent is enrolled as (\"gw2\")"),
+        "{err}"
+    );
+}
