@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 use knockgate_cli::spa::build_spa;
 use knockgate_proto::Access;
-use knockgate_proto::rotation::{RotationParams, derive_otk, derive_sequence, window_index};
+use knockgate_proto::rotation::{RotationParams, derive_sequence, window_index};
 use knockgate_tests::agent::{AgentProc, Workdir};
 use knockgate_tests::controller::{Controller, enroll_and_start, wait_applied};
 use knockgate_tests::fleet::Fleet;
@@ -89,7 +89,7 @@ fn send_udp(ns: &Netns, packets: Vec<(SocketAddr, Vec<u8>)>) {
 
 fn otk_packet(secret: &[u8; 32], counter: u64, gateway: &str) -> Vec<u8> {
     build_spa(
-        &derive_otk(secret, counter),
+        &knockgate_proto::scope::gateway_otk(secret, gateway, counter).expect("derive"),
         gateway,
         vec![Access::tcp(22)],
         None,
