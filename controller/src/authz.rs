@@ -115,7 +115,21 @@ impl Authz {
             agent: agent.cloned(),
         };
         match (api, identity, leaf) {
-            (Api::Enrollment, Some(Some(Identity::Admin(a))), _) => Ok(Principal::Admin(a)),
+            (Api::Enrollment | Api::Admin, Some(Some(Identity::Admin(a))), Some(der)) => {
+                let fingerprint = cert_fingerprint(der);
+                let denied = |msg: String| refuse(Status::permission_denied(msg), None);
+                match self.store.get_admin(&a).await {
+                    Ok(r) if r.revoked_at.is_some() => Err(denied(format!("admin {a} is revoked"))),
+                    Ok(r) if r.cert_fingerprint != fingerprint => Err(denied(format!(
+                        "this is not the certificate issued to admin {a}"
+                    ))),
+                    Ok(_) => Ok(Principal::Admin(a)),
+                    Err(StoreError::NotFound { .. }) => {
+                        Err(denied(format!("admin {a} is not known")))
+                    }
+                    Err(e) => Err(refuse(Status::from(ServiceError::from(e)), None)),
+                }
+            }
             (Api::Enrollment, _, _) => Ok(Principal::Anonymous),
             (_, None, _) | (_, _, None) => Err(refuse(
                 Status::unauthenticated("a client certificate is required"),
@@ -125,7 +139,6 @@ impl Authz {
                 Status::permission_denied("the certificate carries no knockgate identity"),
                 None,
             )),
-            (Api::Admin, Some(Some(Identity::Admin(a))), _) => Ok(Principal::Admin(a)),
             (Api::Admin, Some(Some(Identity::Agent(a))), _) => Err(refuse(
                 Status::permission_denied("agent certificates may not call the admin service"),
                 Some(&a),

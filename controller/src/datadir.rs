@@ -107,6 +107,9 @@ pub struct Loaded {
     pub server_chain: Vec<CertificateDer<'static>>,
     /// The server's private key.
     pub server_key: PrivateKeyDer<'static>,
+    /// The initial admin identity in the data dir (`admin.pem`), as (name, certificate
+    /// fingerprint): pinned when the store has no admin yet.
+    pub initial_admin: Option<(AdminName, String)>,
 }
 
 impl std::fmt::Debug for Loaded {
@@ -215,9 +218,23 @@ pub fn load(dir: &Path) -> Result<Loaded, DataDirError> {
             what: "private key",
         }
     })?;
+    let initial_admin = fs::read_to_string(dir.join(ADMIN_IDENTITY))
+        .ok()
+        .and_then(|pem| {
+            let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+                .next()?
+                .ok()?;
+            match crate::pki::identity_from_cert_der(&der)? {
+                crate::pki::Identity::Admin(name) => {
+                    Some((name, crate::pki::cert_fingerprint(&der)))
+                }
+                crate::pki::Identity::Agent(_) => None,
+            }
+        });
     Ok(Loaded {
         ca,
         server_chain,
         server_key,
+        initial_admin,
     })
 }

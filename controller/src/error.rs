@@ -57,6 +57,7 @@ impl From<StoreError> for ServiceError {
                 Self::AlreadyExists(format!("{entity} {name} already exists"))
             }
             StoreError::OutOfRange { what } => Self::Invalid(format!("{what} is out of range")),
+            StoreError::Conflict(msg) => Self::Invalid(msg),
             other => Self::Store(other),
         }
     }

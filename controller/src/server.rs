@@ -57,7 +57,23 @@ impl Controller {
             ca,
             server_chain,
             server_key,
+            initial_admin,
         } = certs;
+        // The first run pins the data dir's admin identity; later admins are added with
+        // `knockadm admin add`.
+        if let Some((name, fingerprint)) = initial_admin
+            && store
+                .list_admins()
+                .await
+                .map_err(ServerError::Store)?
+                .is_empty()
+        {
+            store
+                .add_admin(&name, &fingerprint, crate::store::Timestamp::now())
+                .await
+                .map_err(ServerError::Store)?;
+            tracing::info!(admin = %name, "pinned the initial admin identity");
+        }
         let tls = tls::server_config(&ca, server_chain, server_key).map_err(ServerError::Tls)?;
         let hub = Hub::new(store.current_version().await.map_err(ServerError::Store)?);
         Ok(Arc::new(Self {

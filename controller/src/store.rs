@@ -7,6 +7,7 @@
 //! once per backend, so queries are written once yet typed natively. Every
 //! change that affects agents bumps the config version in its transaction.
 
+mod admins;
 mod agents;
 mod audit;
 mod grants;
@@ -26,6 +27,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Postgres, Sqlite, Transaction};
 
+pub use admins::Admin;
 pub use agents::TokenError;
 pub use model::*;
 pub use otk::{ClaimOutcome, NewOtkClaim, OtkClaim};
@@ -81,6 +83,9 @@ pub enum StoreError {
         /// Which column or record.
         what: &'static str,
     },
+    /// The change would break an invariant (such as leaving no admin).
+    #[error("{0}")]
+    Conflict(String),
     /// Any other database failure.
     #[error("database operation failed")]
     Database(#[source] sqlx::Error),
