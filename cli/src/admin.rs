@@ -9,6 +9,7 @@
 //! - [`output`]: tables for people, JSON for scripts.
 //! - [`agent`], [`user`], [`policy`], [`grant`], [`audit`]: one module per noun.
 
+pub mod admins;
 pub mod agent;
 pub mod args;
 pub mod audit;
@@ -67,6 +68,9 @@ pub enum Command {
     Grant(grant::GrantCmd),
     /// Show the audit trail (knocks, grants, rejections, admin changes)
     Audit(audit::AuditArgs),
+    /// Add, list and revoke admin identities (pinned like agents)
+    #[command(subcommand)]
+    Admin(admins::AdminCmd),
 }
 
 /// What a command runs with: the (lazily connected) controller, the output
@@ -115,5 +119,6 @@ pub async fn run(
         Command::Policy(cmd) => cmd.run(&mut ctx).await,
         Command::Grant(cmd) => cmd.run(&mut ctx).await,
         Command::Audit(args) => args.run(&mut ctx).await,
+        Command::Admin(cmd) => cmd.run(&mut ctx).await,
     }
 }

@@ -233,6 +233,35 @@ async fn run_serves_admin_over_mutual_tls_and_stops_on_sigterm() {
         d.join("knockgate.db").exists(),
         "SQLite in the data dir by default"
     );
+    // Another certificate the CA signed for the same admin name is not the pinned one.
+    let ca = Ca::load(
+        &std::fs::read_to_string(d.join("ca.pem")).unwrap(),
+        &std::fs::read_to_string(d.join("ca-key.pem")).unwrap(),
+    )
+    .unwrap();
+    let twin = ca
+        .issue_admin(&knockgate_controller::name::AdminName::new("admin").unwrap())
+        .unwrap();
+    let twin_identity = format!("{}{}", twin.cert_pem, twin.key_pem);
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&admin))
+        .identity(Identity::from_pem(&twin_identity, &twin_identity))
+        .domain_name("localhost");
+    let twin_endpoint = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap();
+    let refused = AdminClient::new(twin_endpoint.connect().await.unwrap())
+        .list_agents(api::ListAgentsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("not the certificate issued to admin admin"),
+        "{refused:?}"
+    );
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -220,6 +220,20 @@ impl Admin for Fake {
         events.reverse();
         Ok(Response::new(AuditPage { events }))
     }
+    // The admin-identity commands are tested against the real controller
+    // (controller/tests/cli.rs); this stand-in does not hold admins.
+    async fn add_admin(&self, r: Request<AddAdminRequest>) -> Reply<AddAdminResponse> {
+        admin_only(&r)?;
+        Err(Status::unimplemented("not in the stand-in controller"))
+    }
+    async fn list_admins(&self, r: Request<ListAdminsRequest>) -> Reply<ListAdminsResponse> {
+        admin_only(&r)?;
+        Err(Status::unimplemented("not in the stand-in controller"))
+    }
+    async fn revoke_admin(&self, r: Request<RevokeAdminRequest>) -> Reply<RevokeAdminResponse> {
+        admin_only(&r)?;
+        Err(Status::unimplemented("not in the stand-in controller"))
+    }
 }
 
 /// A running stand-in controller and an identity file it accepts.

@@ -2,6 +2,7 @@
 //! this file maps RPCs to them and writes the audit event every change
 //! leaves (`admin.<noun>.<verb>`, with the admin's identity).
 
+mod admins;
 mod agents;
 mod grants;
 mod policies;
@@ -166,5 +167,20 @@ impl Admin for AdminService {
     }
     async fn query_audit(&self, req: Request<api::AuditQuery>) -> Reply<api::AuditPage> {
         handle!(self, req, grants::query_audit)
+    }
+    async fn add_admin(&self, req: Request<api::AddAdminRequest>) -> Reply<api::AddAdminResponse> {
+        handle!(self, req, admins::add)
+    }
+    async fn list_admins(
+        &self,
+        req: Request<api::ListAdminsRequest>,
+    ) -> Reply<api::ListAdminsResponse> {
+        handle!(self, req, admins::list)
+    }
+    async fn revoke_admin(
+        &self,
+        req: Request<api::RevokeAdminRequest>,
+    ) -> Reply<api::RevokeAdminResponse> {
+        handle!(self, req, admins::revoke)
     }
 }
