@@ -9,6 +9,7 @@ pub mod claim;
 pub mod convert;
 pub mod delta;
 pub mod enroll;
+pub mod renew;
 pub mod sync;
 pub mod tls;
 
@@ -39,6 +40,8 @@ pub const STATE_CA: &str = "ca.pem";
 /// The name the controller enrolled this agent as (its certificate's identity): SPA
 /// packets must be sealed for it, and the config's `agent.name` must match it.
 pub const STATE_NAME: &str = "agent-name";
+/// When to renew the agent certificate (unix ms), as the controller said.
+pub const STATE_RENEW_AFTER: &str = "agent-renew-after";
 
 /// The enrolled name recorded in `state_dir`, if there is one.
 pub fn enrolled_name(state_dir: &std::path::Path) -> std::io::Result<Option<String>> {

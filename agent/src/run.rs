@@ -341,6 +341,8 @@ pub fn run(path: &Path, format: LogFormat, level: &str) -> Result<(), Failure> {
     }
 
     let stop = Arc::new(AtomicBool::new(false));
+    // Notified when the agent must restart itself (a renewed certificate).
+    let restart = Arc::new(tokio::sync::Notify::new());
     let counters = Arc::new(Counters::default());
     let mut threads = Vec::new();
     for cap in opened {
@@ -393,14 +395,22 @@ pub fn run(path: &Path, format: LogFormat, level: &str) -> Result<(), Failure> {
             spooler.appended.clone(),
             ctl.reconnect_max,
         ));
+        rt.spawn(control::renew::run(
+            channel.clone(),
+            state_dir.clone(),
+            config.agent.name.clone(),
+            restart.clone(),
+        ));
     }
     info!(agent = %config.agent.name, interfaces = ?config.agent.interfaces,
         policies = config.policies.len(), backend = ?config.firewall.backend, %filter,
         controller = config.controller.as_ref().map_or("", |c| c.url.as_str()),
         controller_version = current.as_ref().map_or(0, |c| c.version), "agent started");
 
-    rt.block_on(wait_for_signal()).map_err(Failure::runtime)?;
-    info!("shutting down");
+    let restarting = rt
+        .block_on(wait_for_signal(&restart))
+        .map_err(Failure::runtime)?;
+    info!(restarting, "shutting down");
     let _ = tx.send(Input::Shutdown);
     stop.store(true, Ordering::Relaxed);
     // The firewall stays as the engine left it (see Engine::run).
@@ -422,7 +432,25 @@ pub fn run(path: &Path, format: LogFormat, level: &str) -> Result<(), Failure> {
     info!(
         "stopped; protected ports stay closed and grants expire on their own (`knockgate-agent uninstall` removes the table)"
     );
+    if restarting {
+        return Err(reexec());
+    }
     Ok(())
+}
+
+/// Replace this process with a fresh run of the same command line (same PID, so a
+/// service manager sees no exit): it adopts the table and grants left in place and
+/// connects with the renewed certificate. Returns only if the exec failed.
+fn reexec() -> Failure {
+    use std::os::unix::process::CommandExt;
+    let mut args = std::env::args_os();
+    let _argv0 = args.next();
+    let err = std::process::Command::new("/proc/self/exe")
+        .args(args)
+        .exec();
+    Failure::runtime(
+        anyhow::Error::new(err).context("failed to restart with the renewed certificate"),
+    )
 }
 
 /// Remove what the agent installed: the nftables table and its grants (or, with the
@@ -469,12 +497,13 @@ fn fw_failure(e: FirewallError) -> Failure {
     }
 }
 
-/// Wait for SIGINT or SIGTERM.
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Wait for SIGINT or SIGTERM (false), or for `restart` (true).
+async fn wait_for_signal(restart: &tokio::sync::Notify) -> anyhow::Result<bool> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("failed to listen for SIGTERM")?;
     tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("failed to listen for SIGINT"),
-        _ = term.recv() => Ok(()),
+        r = tokio::signal::ctrl_c() => r.context("failed to listen for SIGINT").map(|()| false),
+        _ = term.recv() => Ok(false),
+        () = restart.notified() => Ok(true),
     }
 }

@@ -58,6 +58,19 @@ pub struct RunArgs {
         env = "KNOCKGATE_DATABASE_URL"
     )]
     pub database_url: Option<String>,
+    /// How long an agent certificate is valid; agents renew theirs when two thirds of
+    /// it has passed.
+    #[arg(long, value_name = "DURATION", default_value = "90d", value_parser = parse_lifetime)]
+    pub agent_cert_lifetime: std::time::Duration,
+}
+
+/// A certificate lifetime: humantime, 10 s to 10 years.
+fn parse_lifetime(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 90d, 12h)"))?;
+    if d < std::time::Duration::from_secs(10) || d > std::time::Duration::from_secs(3650 * 86_400) {
+        return Err("must be between 10s and 10 years".into());
+    }
+    Ok(d)
 }
 
 /// Log line format.

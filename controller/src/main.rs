@@ -92,7 +92,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("failed to open the store")?;
     let backend = store.backend();
-    let state = Controller::new(store, certs)
+    let state = Controller::with_agent_cert_lifetime(store, certs, args.agent_cert_lifetime)
         .await
         .context("failed to start")?;
     let listener = tokio::net::TcpListener::bind(args.listen)

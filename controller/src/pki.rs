@@ -191,14 +191,25 @@ impl Ca {
     /// subject, SANs and extensions it asks for are ignored, and the
     /// certificate names exactly `spiffe://knockgate/agent/<agent>`.
     pub fn sign_agent_csr(&self, csr_pem: &str, agent: &AgentName) -> Result<String, PkiError> {
+        self.sign_agent_csr_for(csr_pem, agent, LEAF_VALIDITY)
+    }
+
+    /// [`Ca::sign_agent_csr`] with a certificate valid for `lifetime` from now.
+    pub fn sign_agent_csr_for(
+        &self,
+        csr_pem: &str,
+        agent: &AgentName,
+        lifetime: Duration,
+    ) -> Result<String, PkiError> {
         let csr =
             CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::InvalidCsr)?;
         let uri = identity_uri(AGENT_URI_PREFIX, agent.as_str())?;
-        let params = self.leaf_params(
+        let mut params = self.leaf_params(
             agent.as_str(),
             vec![uri],
             ExtendedKeyUsagePurpose::ClientAuth,
         )?;
+        params.not_after = OffsetDateTime::now_utc() + lifetime;
         let cert = params
             .signed_by(&csr.public_key, &self.issuer)
             .map_err(PkiError::Generate)?;

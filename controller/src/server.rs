@@ -22,6 +22,9 @@ use crate::store::{Store, StoreError};
 use crate::tls::{self, TlsError};
 use crate::trail::Throttle;
 
+/// How long agent certificates are valid unless `--agent-cert-lifetime` says otherwise.
+pub const DEFAULT_AGENT_CERT_LIFETIME: Duration = Duration::from_secs(90 * 86_400);
+
 /// Errors starting or running the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -47,12 +50,24 @@ pub struct Controller {
     pub hub: Arc<Hub>,
     /// Aggregates refusals of unauthenticated peers (handshakes, enrolment tokens).
     pub refusals: Arc<Throttle>,
+    /// How long the agent certificates it signs are valid.
+    pub agent_cert_lifetime: Duration,
     tls: Arc<ServerConfig>,
 }
 
 impl Controller {
-    /// State for a controller with `store` and the data dir's certificates.
+    /// State for a controller with `store` and the data dir's certificates, signing agent
+    /// certificates for [`DEFAULT_AGENT_CERT_LIFETIME`].
     pub async fn new(store: Store, certs: Loaded) -> Result<Arc<Self>, ServerError> {
+        Self::with_agent_cert_lifetime(store, certs, DEFAULT_AGENT_CERT_LIFETIME).await
+    }
+
+    /// The same, signing agent certificates valid for `lifetime`.
+    pub async fn with_agent_cert_lifetime(
+        store: Store,
+        certs: Loaded,
+        lifetime: Duration,
+    ) -> Result<Arc<Self>, ServerError> {
         let Loaded {
             ca,
             server_chain,
@@ -81,6 +96,7 @@ impl Controller {
             ca,
             hub,
             refusals: Arc::default(),
+            agent_cert_lifetime: lifetime,
             tls,
         }))
     }

@@ -17,6 +17,8 @@ use crate::store::{NewAuditEvent, Store, Timestamp};
 pub const AUTH_REFUSED: &str = "auth.refused";
 /// An enrolment that succeeded.
 pub const ENROL_OK: &str = "enrol.ok";
+/// An agent certificate renewed (the new one is pinned, the old one refused).
+pub const AGENT_RENEWED: &str = "agent.renewed";
 /// An enrolment that was refused.
 pub const ENROL_REFUSED: &str = "enrol.refused";
 /// A config an agent could not apply.

@@ -15,6 +15,8 @@ pub struct Controller {
     pub url: String,
     ns_path: String,
     db: Option<String>,
+    /// More `run` flags.
+    extra: Vec<String>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -22,6 +24,17 @@ pub struct Controller {
 impl Controller {
     /// `init` in `data` with `addr` as an extra SAN, then `run` listening on `addr:7443`.
     pub fn start(ns: &Netns, data: &Path, addr: &str, db: Option<String>) -> Controller {
+        Self::start_with(ns, data, addr, db, &[])
+    }
+
+    /// [`Controller::start`] with more `run` flags.
+    pub fn start_with(
+        ns: &Netns,
+        data: &Path,
+        addr: &str,
+        db: Option<String>,
+        extra: &[&str],
+    ) -> Controller {
         std::fs::create_dir_all(data.parent().unwrap_or(data)).expect("parent dir");
         let out = sh(Command::new(crate::bin("knockgate-controller"))
             .arg("init")
@@ -41,6 +54,7 @@ impl Controller {
             url: format!("https://{addr}:7443"),
             ns_path: ns.name.clone(),
             db,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             child: None,
             log: data.with_extension("log"),
         };
@@ -65,6 +79,7 @@ impl Controller {
         if let Some(db) = &self.db {
             cmd.args(["--database-url", db]);
         }
+        cmd.args(&self.extra);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())

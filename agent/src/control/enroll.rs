@@ -18,7 +18,7 @@ use tonic::Code;
 use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use super::tls::{Fingerprint, PinFailure, PinVerifier, fingerprint_hex, provider};
-use super::{STATE_CA, STATE_CERT, STATE_KEY, STATE_NAME, host_of};
+use super::{STATE_CA, STATE_CERT, STATE_KEY, STATE_NAME, STATE_RENEW_AFTER, host_of};
 
 /// How long to try to reach the controller.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,6 +52,18 @@ pub struct Enrolled {
     pub ca_pem: String,
     /// The key made here, PKCS#8 PEM. Secret.
     pub key_pem: String,
+    /// When to renew the certificate (unix ms; 0 = the controller did not say).
+    pub renew_after_unix_ms: i64,
+}
+
+/// A fresh agent key and a CSR for it (the controller decides the identity; `name` is
+/// informational).
+pub fn key_and_csr(name: &str) -> Result<(KeyPair, String), rcgen::Error> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    let csr_pem = params.serialize_request(&key).and_then(|csr| csr.pem())?;
+    Ok((key, csr_pem))
 }
 
 /// Enrol with the controller at `url` using `token`, trusting only a CA whose SHA-256 is
@@ -62,13 +74,7 @@ pub async fn enroll(
     pin: Fingerprint,
     name: &str,
 ) -> Result<Enrolled, EnrollError> {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(EnrollError::Key)?;
-    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(EnrollError::Key)?;
-    params.distinguished_name.push(DnType::CommonName, name);
-    let csr_pem = params
-        .serialize_request(&key)
-        .and_then(|csr| csr.pem())
-        .map_err(EnrollError::Key)?;
+    let (key, csr_pem) = key_and_csr(name).map_err(EnrollError::Key)?;
 
     let bad_url = |reason: String| EnrollError::BadUrl {
         url: url.to_string(),
@@ -141,6 +147,7 @@ pub async fn enroll(
         cert_pem: resp.cert_pem,
         ca_pem: resp.ca_pem,
         key_pem: key.serialize_pem(),
+        renew_after_unix_ms: resp.renew_after_unix_ms,
     })
 }
 
@@ -164,6 +171,7 @@ pub fn write_credentials(state_dir: &Path, e: &Enrolled) -> Result<(), EnrollErr
         (STATE_CERT, &e.cert_pem),
         (STATE_CA, &e.ca_pem),
         (STATE_NAME, &format!("{}\n", e.agent_name)),
+        (STATE_RENEW_AFTER, &format!("{}\n", e.renew_after_unix_ms)),
     ] {
         let path = state_dir.join(name);
         crate::state::write_atomic(&path, |f| f.write_all(text.as_bytes()))

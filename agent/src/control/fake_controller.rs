@@ -123,6 +123,7 @@ impl Enrollment for Fake {
             agent_name: "gw1".into(),
             cert_pem: self.pki.sign_agent_csr(&csr_pem, "gw1"),
             ca_pem: self.pki.ca_pem.clone(),
+            renew_after_unix_ms: 0,
         }))
     }
 }
@@ -187,6 +188,13 @@ impl AgentControl for Fake {
     }
 
     /// The first claim of a (user, counter) wins, like the real controller's.
+    async fn renew(
+        &self,
+        _request: Request<knockgate_proto::api::RenewRequest>,
+    ) -> Result<Response<knockgate_proto::api::RenewResponse>, Status> {
+        Err(Status::unimplemented("not in the stand-in controller"))
+    }
+
     async fn claim(
         &self,
         request: Request<ClaimRequest>,

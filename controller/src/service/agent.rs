@@ -17,6 +17,8 @@ use crate::event::{GrantChange, ReportedEvent};
 use crate::name::AgentName;
 use crate::server::Controller;
 use crate::store::{StoreError, Timestamp};
+use crate::trail::{AGENT_RENEWED, Entry};
+use serde_json::json;
 
 /// Messages queued towards one agent before the stream task waits.
 const OUTBOUND_QUEUE: usize = 16;
@@ -85,6 +87,28 @@ impl AgentControl for AgentService {
         let claim = claim_from_api(req.into_inner(), &agent, Timestamp::now())?;
         let resp = super::claim::claim(&self.state, &agent, claim).await?;
         Ok(Response::new(resp))
+    }
+
+    async fn renew(
+        &self,
+        req: Request<api::RenewRequest>,
+    ) -> Result<Response<api::RenewResponse>, Status> {
+        let (agent, old) = agent_of(&req)?;
+        let api::RenewRequest { csr_pem } = req.into_inner();
+        let now = Timestamp::now();
+        let issued = super::enroll::issue_agent_cert(&self.state, &agent, &csr_pem, now).await?;
+        tracing::info!(%agent, "agent certificate renewed");
+        Entry::new(
+            AGENT_RENEWED,
+            json!({ "old_fingerprint": old, "fingerprint": issued.fingerprint }),
+        )
+        .agent(Some(&agent))
+        .write(&self.state.store)
+        .await;
+        Ok(Response::new(api::RenewResponse {
+            cert_pem: issued.cert_pem,
+            renew_after_unix_ms: issued.renew_after_unix_ms,
+        }))
     }
 }
 

@@ -106,14 +106,8 @@ async fn enroll(
             return Err(ServiceError::Unauthenticated(e.to_string()));
         }
     };
-    let cert_pem = state.ca.sign_agent_csr(csr_pem, &agent)?;
-    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
-        .map_err(|_| ServiceError::Internal("signed certificate does not parse"))?;
-    let fingerprint = cert_fingerprint(&der);
-    state
-        .store
-        .set_agent_enrolled(&agent, &fingerprint, now)
-        .await?;
+    let issued = issue_agent_cert(state, &agent, csr_pem, now).await?;
+    let (cert_pem, fingerprint) = (issued.cert_pem, issued.fingerprint);
     tracing::info!(%agent, peer = ?peer, "agent enrolled");
     Entry::new(ENROL_OK, json!({ "fingerprint": fingerprint }))
         .agent(Some(&agent))
@@ -122,7 +116,43 @@ async fn enroll(
         .await;
     Ok(api::EnrollResponse {
         agent_name: agent.to_string(),
+        renew_after_unix_ms: issued.renew_after_unix_ms,
         cert_pem,
         ca_pem: state.ca.cert_pem().to_owned(),
+    })
+}
+
+/// An agent certificate just signed and pinned.
+pub(super) struct IssuedAgentCert {
+    pub(super) cert_pem: String,
+    pub(super) fingerprint: String,
+    /// Two thirds into its lifetime: when the agent should renew it.
+    pub(super) renew_after_unix_ms: i64,
+}
+
+/// Sign `csr_pem` as `agent` for the controller's agent certificate lifetime and pin the
+/// result: from now on only this certificate is accepted for `agent`.
+pub(super) async fn issue_agent_cert(
+    state: &Controller,
+    agent: &AgentName,
+    csr_pem: &str,
+    now: Timestamp,
+) -> Result<IssuedAgentCert, ServiceError> {
+    let lifetime = state.agent_cert_lifetime;
+    let validity = time::Duration::try_from(lifetime)
+        .map_err(|_| ServiceError::Internal("agent certificate lifetime out of range"))?;
+    let cert_pem = state.ca.sign_agent_csr_for(csr_pem, agent, validity)?;
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|_| ServiceError::Internal("signed certificate does not parse"))?;
+    let fingerprint = cert_fingerprint(&der);
+    state
+        .store
+        .set_agent_enrolled(agent, &fingerprint, now)
+        .await?;
+    let renew_in = i64::try_from((lifetime * 2 / 3).as_millis()).unwrap_or(i64::MAX);
+    Ok(IssuedAgentCert {
+        cert_pem,
+        fingerprint,
+        renew_after_unix_ms: now.unix_millis().saturating_add(renew_in),
     })
 }
