@@ -63,6 +63,7 @@ both!(
     security::foreign_ca_certificate,
     security::wrong_service_for_identity,
     security::revoked_agent,
+    security::renewed_and_expired_certificates,
     security::reused_and_expired_tokens,
     story::sync_story,
     story::report_is_deduplicated,

@@ -128,6 +128,38 @@ impl Controller {
         c.output().expect("run knockadm")
     }
 
+    /// `knockadm user add NAME --profile-out DIR/NAME.toml`; returns the profile's path.
+    pub fn add_user(&self, name: &str, dir: &Path) -> PathBuf {
+        let profile = dir.join(format!("{name}.toml"));
+        let out = self.knockadm(
+            &["user", "add", name, "--profile-out"]
+                .into_iter()
+                .chain([profile.to_str().expect("utf-8 path")])
+                .collect::<Vec<_>>(),
+        );
+        assert!(
+            out.status.success(),
+            "user add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        profile
+    }
+
+    /// `knockadm policy add NAME --open tcp/22 --users USERS --agents SELECTOR` and
+    /// `extra`, then wait until every agent has applied it.
+    pub fn add_ssh_policy(&self, name: &str, users: &str, agents: &str, extra: &[&str]) {
+        let mut args = vec![
+            "policy", "add", name, "--open", "tcp/22", "--users", users, "--agents", agents,
+        ];
+        args.extend_from_slice(extra);
+        self.knockadm_json(&args);
+        assert!(
+            wait_applied(self, Duration::from_secs(10)),
+            "policy {name} applied:\n{}",
+            self.log_text()
+        );
+    }
+
     /// knockadm with `--output json`, parsed; panics with stderr on failure.
     pub fn knockadm_json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = vec!["--output", "json"];

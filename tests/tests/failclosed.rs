@@ -42,19 +42,43 @@ fn nft(ns: &Netns, args: &[&str]) {
     sh(ns.cmd("nft").args(args));
 }
 
-#[test]
-fn a_stopped_agent_keeps_the_port_closed_and_a_restarted_one_opens_it() {
+/// A gateway namespace with tcp/22 listening, and an agent config for `SEQ` whose grants
+/// last `timeout`.
+struct Bench {
+    lab: Lab,
+    _sshd: Listener,
+    _work: Workdir,
+    config: std::path::PathBuf,
+}
+
+fn bench(timeout: &str) -> Bench {
     let lab = Lab::new();
     let _sshd = Listener::start(&lab.gw, 22);
     let work = Workdir::new();
-    let config = work.config(&ssh_policy("4s", &SEQ));
-    let mut agent = AgentProc::start(&lab, &config, &[]);
-    knock(&lab, Lab::GW4.into());
-    assert!(opens_within(
-        &lab.client,
+    let config = work.config(&ssh_policy(timeout, &SEQ));
+    Bench {
+        lab,
+        _sshd,
+        _work: work,
+        config,
+    }
+}
+
+/// Knock `target` from the client, then: does `src` reach `dst` within a second?
+fn knock_opens(lab: &Lab, target: IpAddr, src: IpAddr, dst: SocketAddr) -> bool {
+    knock(lab, target);
+    opens_within(&lab.client, src, dst, Duration::from_secs(1))
+}
+
+#[test]
+fn a_stopped_agent_keeps_the_port_closed_and_a_restarted_one_opens_it() {
+    let Bench { lab, config, .. } = &bench("4s");
+    let mut agent = AgentProc::start(lab, config, &[]);
+    assert!(knock_opens(
+        lab,
+        Lab::GW4.into(),
         Lab::CLIENT4.into(),
-        ssh4(),
-        Duration::from_secs(1)
+        ssh4()
     ));
     let stopped = Instant::now();
     assert!(agent.stop().success(), "{}", agent.log_text());
@@ -79,15 +103,9 @@ fn a_stopped_agent_keeps_the_port_closed_and_a_restarted_one_opens_it() {
     );
     assert!(!can_connect(&lab.client, Lab::OTHER4.into(), ssh4()));
 
-    let mut agent = AgentProc::start(&lab, &config, &[]);
-    knock(&lab, Lab::GW4.into());
+    let mut agent = AgentProc::start(lab, config, &[]);
     assert!(
-        opens_within(
-            &lab.client,
-            Lab::CLIENT4.into(),
-            ssh4(),
-            Duration::from_secs(1)
-        ),
+        knock_opens(lab, Lab::GW4.into(), Lab::CLIENT4.into(), ssh4()),
         "{}",
         agent.log_text()
     );
@@ -96,17 +114,13 @@ fn a_stopped_agent_keeps_the_port_closed_and_a_restarted_one_opens_it() {
 
 #[test]
 fn the_table_repairs_itself_within_a_second_and_keeps_grants() {
-    let lab = Lab::new();
-    let _sshd = Listener::start(&lab.gw, 22);
-    let work = Workdir::new();
-    let config = work.config(&ssh_policy("60s", &SEQ));
-    let mut agent = AgentProc::start(&lab, &config, &[]);
-    knock(&lab, Lab::GW4.into());
-    assert!(opens_within(
-        &lab.client,
+    let Bench { lab, config, .. } = &bench("60s");
+    let mut agent = AgentProc::start(lab, config, &[]);
+    assert!(knock_opens(
+        lab,
+        Lab::GW4.into(),
         Lab::CLIENT4.into(),
-        ssh4(),
-        Duration::from_secs(1)
+        ssh4()
     ));
 
     let damage: [&[&str]; 4] = [
@@ -147,14 +161,8 @@ fn the_table_repairs_itself_within_a_second_and_keeps_grants() {
     }
     // The next knock still opens (a new grant, over IPv6).
     assert!(!can_connect(&lab.client, Lab::CLIENT6.into(), ssh6()));
-    knock(&lab, Lab::GW6.into());
     assert!(
-        opens_within(
-            &lab.client,
-            Lab::CLIENT6.into(),
-            ssh6(),
-            Duration::from_secs(1)
-        ),
+        knock_opens(lab, Lab::GW6.into(), Lab::CLIENT6.into(), ssh6()),
         "{}",
         agent.log_text()
     );
@@ -163,11 +171,8 @@ fn the_table_repairs_itself_within_a_second_and_keeps_grants() {
 
 #[test]
 fn only_uninstall_removes_the_table() {
-    let lab = Lab::new();
-    let _sshd = Listener::start(&lab.gw, 22);
-    let work = Workdir::new();
-    let config = work.config(&ssh_policy("60s", &SEQ));
-    let mut agent = AgentProc::start(&lab, &config, &[]);
+    let Bench { lab, config, .. } = &bench("60s");
+    let mut agent = AgentProc::start(lab, config, &[]);
     assert!(agent.stop().success());
     assert!(lab.nft_table().is_some());
     assert!(!can_connect(&lab.client, Lab::OTHER4.into(), ssh4()));
@@ -175,7 +180,7 @@ fn only_uninstall_removes_the_table() {
         .gw
         .cmd(knockgate_tests::bin("knockgate-agent"))
         .args(["uninstall", "--config"])
-        .arg(&config));
+        .arg(config));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("no longer protected"), "{said}");
     assert_eq!(lab.nft_table(), None);
@@ -184,11 +189,8 @@ fn only_uninstall_removes_the_table() {
 
 #[test]
 fn a_grant_nobody_can_expire_does_not_stop_the_agent() {
-    let lab = Lab::new();
-    let _sshd = Listener::start(&lab.gw, 22);
-    let work = Workdir::new();
-    let config = work.config(&ssh_policy("60s", &SEQ));
-    let mut agent = AgentProc::start(&lab, &config, &[]);
+    let Bench { lab, config, .. } = &bench("60s");
+    let mut agent = AgentProc::start(lab, config, &[]);
     assert!(agent.stop().success());
     // By hand, without a timeout: knockgate never adds one like it.
     nft(
@@ -202,19 +204,18 @@ fn a_grant_nobody_can_expire_does_not_stop_the_agent() {
             "{ 10.240.0.3 . tcp . 22 }",
         ],
     );
-    let mut agent = AgentProc::start(&lab, &config, &[]);
+    let mut agent = AgentProc::start(lab, config, &[]);
     assert!(
         agent
             .log_text()
             .contains("a grant without a timeout is in the grant set")
     );
     assert!(agent.events_named("grant.adopted").is_empty());
-    knock(&lab, Lab::GW4.into());
-    assert!(opens_within(
-        &lab.client,
+    assert!(knock_opens(
+        lab,
+        Lab::GW4.into(),
         Lab::CLIENT4.into(),
-        ssh4(),
-        Duration::from_secs(1)
+        ssh4()
     ));
     assert!(agent.stop().success());
 }
@@ -231,23 +232,8 @@ fn a_managed_agent_without_its_controller_config_keeps_its_protected_ports() {
     let mut ctl = Controller::start(&fleet.host(0).ns, &work.path.join("ctl"), &ctl_addr, None);
     let _sshd = Listener::start(gw, 22);
     let (mut agent, _) = enroll_and_start(&ctl, gw, &work, "gw1", "role=edge");
-    assert!(ctl.knockadm(&["user", "add", "alice"]).status.success());
-    ctl.knockadm_json(&[
-        "policy",
-        "add",
-        "ssh",
-        "--open",
-        "tcp/22",
-        "--users",
-        "alice",
-        "--agents",
-        "role=edge",
-        "--spa",
-    ]);
-    assert!(
-        wait_applied(&ctl, Duration::from_secs(10)),
-        "policy applied"
-    );
+    ctl.add_user("alice", &work.path);
+    ctl.add_ssh_policy("ssh", "alice", "role=edge", &["--spa"]);
     wait_until("tcp/22 protected", Duration::from_secs(2), || {
         !can_connect(client, me, ssh)
     });
@@ -314,31 +300,9 @@ fn a_restarted_agent_still_closes_a_disabled_users_grant() {
     let ctl = Controller::start(&fleet.host(0).ns, &work.path.join("ctl"), &ctl_addr, None);
     let _sshd = Listener::start(gw, 22);
     let (mut agent, _) = enroll_and_start(&ctl, gw, &work, "gw1", "role=edge");
-    let profile = work.path.join("alice.toml");
+    let profile = ctl.add_user("alice", &work.path);
     let profile_arg = profile.to_str().expect("path");
-    assert!(
-        ctl.knockadm(&["user", "add", "alice", "--profile-out", profile_arg])
-            .status
-            .success()
-    );
-    ctl.knockadm_json(&[
-        "policy",
-        "add",
-        "ssh",
-        "--open",
-        "tcp/22",
-        "--users",
-        "alice",
-        "--agents",
-        "role=edge",
-        "--spa",
-        "--timeout",
-        "60s",
-    ]);
-    assert!(
-        wait_applied(&ctl, Duration::from_secs(10)),
-        "policy applied"
-    );
+    ctl.add_ssh_policy("ssh", "alice", "role=edge", &["--spa", "--timeout", "60s"]);
     sh(client
         .cmd(knockgate_tests::bin("knocker"))
         .args(["open", "gw1", "--profile", profile_arg]));

@@ -31,26 +31,9 @@ fn an_agent_renews_its_certificate_and_keeps_working_after_the_old_one_expired()
     let enrolled = Instant::now();
     let (mut agent, _) = enroll_and_start(&ctl, gw, &work, "gw1", "role=edge");
     let first_pid = agent.pid();
-    let profile = work.path.join("alice.toml");
+    let profile = ctl.add_user("alice", &work.path);
     let profile_arg = profile.to_str().expect("path");
-    assert!(
-        ctl.knockadm(&["user", "add", "alice", "--profile-out", profile_arg])
-            .status
-            .success()
-    );
-    ctl.knockadm_json(&[
-        "policy",
-        "add",
-        "ssh",
-        "--open",
-        "tcp/22",
-        "--users",
-        "alice",
-        "--agents",
-        "role=edge",
-        "--spa",
-    ]);
-    assert!(wait_applied(&ctl, Duration::from_secs(10)));
+    ctl.add_ssh_policy("ssh", "alice", "role=edge", &["--spa"]);
 
     let renewed = agent.wait_event(|v| v["event"] == "agent.renewed", Duration::from_secs(20));
     assert!(renewed.is_some(), "no renewal:\n{}", agent.log_text());

@@ -28,30 +28,9 @@ fn a_sniffed_fwknop_packet_opens_one_gateway_at_most() {
     let (mut gw1, _) = enroll_and_start(&ctl, &fleet.host(1).ns, &work, "gw1", "role=edge");
     let (mut gw2, _) = enroll_and_start(&ctl, &fleet.host(2).ns, &work, "gw2", "role=edge");
     assert!(wait_applied(&ctl, Duration::from_secs(10)), "both enrolled");
-    let profile = work.path.join("alice.toml");
+    let profile = ctl.add_user("alice", &work.path);
     let profile_arg = profile.to_str().expect("path");
-    assert!(
-        ctl.knockadm(&["user", "add", "alice", "--profile-out", profile_arg])
-            .status
-            .success()
-    );
-    ctl.knockadm_json(&[
-        "policy",
-        "add",
-        "ssh",
-        "--open",
-        "tcp/22",
-        "--users",
-        "alice",
-        "--agents",
-        "role=edge",
-        "--spa",
-        "--fwknop",
-    ]);
-    assert!(
-        wait_applied(&ctl, Duration::from_secs(10)),
-        "policy applied"
-    );
+    ctl.add_ssh_policy("ssh", "alice", "role=edge", &["--spa", "--fwknop"]);
     let rc = work.path.join("alice.toml.fwknoprc");
     let rc_text = std::fs::read_to_string(&rc).expect("rc file");
     assert!(

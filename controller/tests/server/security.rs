@@ -238,3 +238,68 @@ pub async fn reused_and_expired_tokens(server: &Server) {
     let ok = audit_until(server, "enrol.ok", |e| e.agent == "gw1").await;
     assert_eq!(detail(&ok)["fingerprint"].as_str().unwrap().len(), 64);
 }
+
+/// An agent renews its certificate: the new one works, the old one is refused from then
+/// on; a certificate past its end is refused even though it is the pinned one.
+pub async fn renewed_and_expired_certificates(server: &Server) {
+    let gw = enrolled_agent(server, "gw1", &[]).await;
+    let (csr_pem, key) = csr();
+    let renewed = gw
+        .client(server)
+        .renew(api::RenewRequest { csr_pem })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(renewed.renew_after_unix_ms > Timestamp::now().unix_millis());
+    let fresh = AgentCreds {
+        cert_pem: renewed.cert_pem,
+        key_pem: key.serialize_pem(),
+    };
+    fresh
+        .client(server)
+        .report(api::ReportRequest { events: vec![] })
+        .await
+        .unwrap();
+    let status = assert_code(
+        gw.client(server)
+            .report(api::ReportRequest { events: vec![] })
+            .await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(
+        status.message(),
+        "this is not the certificate issued to agent gw1"
+    );
+    audit_until(server, "agent.renewed", |e| e.agent == "gw1").await;
+
+    // A pinned certificate that has run out is refused at the handshake.
+    let data = server.dir.path().join("data");
+    let ca = knockgate_controller::pki::Ca::load(
+        &std::fs::read_to_string(data.join("ca.pem")).unwrap(),
+        &std::fs::read_to_string(data.join("ca-key.pem")).unwrap(),
+    )
+    .unwrap();
+    let (csr_pem, key) = csr();
+    let name = AgentName::new("gw1").unwrap();
+    let short = ca
+        .sign_agent_csr_for(&csr_pem, &name, time::Duration::seconds(1))
+        .unwrap();
+    let der: rustls::pki_types::CertificateDer<'static> =
+        rustls::pki_types::pem::PemObject::from_pem_slice(short.as_bytes()).unwrap();
+    let fingerprint = knockgate_controller::pki::cert_fingerprint(&der);
+    server
+        .store
+        .set_agent_enrolled(&name, &fingerprint, Timestamp::now())
+        .await
+        .unwrap();
+    let expired = AgentCreds {
+        cert_pem: short,
+        key_pem: key.serialize_pem(),
+    };
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let refused = expired
+        .client(server)
+        .report(api::ReportRequest { events: vec![] })
+        .await;
+    assert!(refused.is_err(), "an expired certificate must be refused");
+}
