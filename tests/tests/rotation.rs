@@ -216,6 +216,14 @@ fn rotating_sequences_and_one_time_keys_across_the_fleet() {
         "rotating knock opens gw1:\n{}",
         gw1.log_text()
     );
+    // The window knocker actually used (it may have waited for the next one).
+    let used = events(&gw1, "knock.completed")
+        .iter()
+        .find(|e| e["method"] == "rotating")
+        .and_then(|e| e["window"].as_u64())
+        .expect("the completed rotating sequence names its window");
+    assert!(used == w || used == w + 1, "window {used}, expected {w}");
+    let w = used;
     let seq = derive_sequence(&p.secret, "gw1", w, &p.params).expect("derive");
     knock_from(c2, &gw1_ip, &seq);
     knock_from(c2, &gw2_ip, &seq);
