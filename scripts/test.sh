@@ -10,4 +10,5 @@ export PATH="$HOME/.cargo/bin:$PATH"
 cargo fmt --all -- --check
 cargo build --workspace --bins --locked
 cargo clippy --workspace --all-targets --locked -- -D warnings
+bash scripts/fuzz-smoke.sh
 cargo test --workspace --locked
