@@ -15,7 +15,7 @@ if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   exit 1
 fi
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --quiet
-cargo +nightly fuzz build --quiet
+cargo +nightly fuzz build
 for target in $(cargo +nightly fuzz list); do
   echo "fuzz-smoke: $target"
   cargo +nightly fuzz run "$target" -- -runs=200000 -max_len=512 -max_total_time=120 \
