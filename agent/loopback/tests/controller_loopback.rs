@@ -171,7 +171,12 @@ async fn the_agent_follows_the_real_controller() {
         })
         .collect();
     reasons.sort();
-    assert_eq!(reasons, ["revoked", "user_removed"]);
+    // Disabling a user sends both a revocation of her grants and a config without her;
+    // whichever reaches the agent first closes the grant.
+    assert!(
+        reasons == ["revoked", "revoked"] || reasons == ["revoked", "user_removed"],
+        "{reasons:?}"
+    );
 
     agent.stop();
     let _ = tx.send(Input::Shutdown);
