@@ -142,8 +142,7 @@ pub fn check(path: &Path) -> Result<(), Failure> {
         floor,
     } = effective(&file)?;
     let mut rs = config.ruleset();
-    rs.protected
-        .extend(floor.iter().filter(|a| !rs.knock_ports.contains(a)));
+    rs.keep_protected(&floor);
     println!(
         "config ok: agent {:?}, {} policies",
         config.agent.name,

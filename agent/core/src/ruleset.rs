@@ -30,3 +30,16 @@ pub struct Ruleset {
     pub protected: BTreeSet<Access>,
     pub knock_ports: BTreeSet<Access>,
 }
+
+impl Ruleset {
+    /// Protect `ports` too (ports kept from an earlier run). One that is a knock port
+    /// here stays a knock port, which drops everything anyway.
+    pub fn keep_protected<'a>(&mut self, ports: impl IntoIterator<Item = &'a Access>) {
+        let extra: Vec<Access> = ports
+            .into_iter()
+            .filter(|a| !self.knock_ports.contains(a))
+            .copied()
+            .collect();
+        self.protected.extend(extra);
+    }
+}

@@ -67,18 +67,10 @@ impl Engine {
         self
     }
 
-    /// The ruleset to enforce: the config's, plus the floor (a floor port that became a
-    /// knock port stays a knock port, which drops everything anyway).
+    /// The ruleset to enforce: the config's, plus the floor.
     pub(super) fn ruleset(&self) -> Ruleset {
         let mut rs = self.config.ruleset();
-        let extra: Vec<Access> = self
-            .guard
-            .floor
-            .iter()
-            .filter(|a| !rs.knock_ports.contains(a))
-            .copied()
-            .collect();
-        rs.protected.extend(extra);
+        rs.keep_protected(&self.guard.floor);
         rs
     }
 
@@ -140,6 +132,10 @@ impl Engine {
             warn!(target: "knockgate::event", event = "firewall.repair_failed", error = %e,
                 "could not restore the firewall; retrying");
             self.guard.next_check = now + SETTLE.max(Duration::from_millis(200));
+            return;
+        }
+        // No live grant to lose: the check costs no dump of the grant sets.
+        if self.grants.is_empty() && !base {
             return;
         }
         let held: HashSet<GrantKey> = match self.firewall.list() {
