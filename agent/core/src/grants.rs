@@ -171,21 +171,24 @@ impl Grants {
             }
             None => {
                 self.next_ref += 1;
-                self.by_key.insert(
-                    key,
-                    Grant {
-                        policy: policy.to_string(),
-                        user: user.map(str::to_string),
-                        grant_ref: format!("{}-{}", self.ref_prefix, self.next_ref),
-                        opened_at: now,
-                        expires_at,
-                    },
-                );
+                let grant = Grant {
+                    policy: policy.to_string(),
+                    user: user.map(str::to_string),
+                    grant_ref: self.nth_ref(self.next_ref),
+                    opened_at: now,
+                    expires_at,
+                };
+                self.by_key.insert(key, grant);
                 Opened::New
             }
         };
         self.by_expiry.insert((expires_at, key));
         opened
+    }
+
+    /// The ref of this run's `n`th grant.
+    fn nth_ref(&self, n: u64) -> String {
+        format!("{}-{n}", self.ref_prefix)
     }
 
     /// Take over a grant found in the firewall at start, with the time it has left and,
@@ -201,18 +204,17 @@ impl Grants {
             self.handle_open(key, "", None, remaining, now);
             return;
         };
+        // Its own ref, not one of this run's: insert it as it was.
         self.handle_close(&key);
         let expires_at = expiry(now, remaining);
-        self.by_key.insert(
-            key,
-            Grant {
-                policy: label.policy.clone(),
-                user: label.user.clone(),
-                grant_ref: label.grant_ref.clone(),
-                opened_at: now,
-                expires_at,
-            },
-        );
+        let grant = Grant {
+            policy: label.policy.clone(),
+            user: label.user.clone(),
+            grant_ref: label.grant_ref.clone(),
+            opened_at: now,
+            expires_at,
+        };
+        self.by_key.insert(key, grant);
         self.by_expiry.insert((expires_at, key));
     }
 
@@ -221,7 +223,7 @@ impl Grants {
     pub fn label_for_open(&self, key: &GrantKey, policy: &str, user: Option<&str>) -> GrantLabel {
         let grant_ref = match self.by_key.get(key) {
             Some(g) => g.grant_ref.clone(),
-            None => format!("{}-{}", self.ref_prefix, self.next_ref + 1),
+            None => self.nth_ref(self.next_ref + 1),
         };
         GrantLabel {
             grant_ref,

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use knockgate_proto::api::RenewRequest;
 use knockgate_proto::api::agent_control_client::AgentControlClient;
@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use super::{STATE_CERT, STATE_KEY, STATE_RENEW_AFTER, enroll};
+use crate::report::unix_ms;
 use crate::state::write_atomic;
 
 /// How often the renewal time is looked at.
@@ -25,7 +26,7 @@ const RETRY: Duration = Duration::from_secs(60);
 /// Renew when due, forever; `restart` is notified once a new certificate is stored.
 pub async fn run(channel: Channel, state_dir: PathBuf, name: String, restart: Arc<Notify>) {
     loop {
-        let due = renew_after(&state_dir).is_none_or(|at| unix_ms_now() >= at);
+        let due = renew_after(&state_dir).is_none_or(|at| unix_ms(SystemTime::now()) >= at);
         if due {
             match renew(channel.clone(), &state_dir, &name).await {
                 Ok(()) => {
@@ -49,12 +50,6 @@ pub async fn run(channel: Channel, state_dir: PathBuf, name: String, restart: Ar
 fn renew_after(state_dir: &Path) -> Option<i64> {
     let text = std::fs::read_to_string(state_dir.join(STATE_RENEW_AFTER)).ok()?;
     text.trim().parse::<i64>().ok().filter(|at| *at > 0)
-}
-
-fn unix_ms_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 async fn renew(channel: Channel, state_dir: &Path, name: &str) -> Result<(), String> {

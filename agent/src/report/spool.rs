@@ -74,7 +74,7 @@ impl Spool {
                 }
             }
         }
-        write_atomically(dir, &path, &kept)?;
+        write_atomically(&path, &kept)?;
         let file = state::open_append(&path)?;
         Ok(Spool {
             dir: dir.to_path_buf(),
@@ -156,12 +156,7 @@ impl Spool {
         if through <= self.acked {
             return Ok(());
         }
-        write_atomically(
-            &self.dir,
-            &self.dir.join("acked"),
-            format!("{through}\n").as_bytes(),
-        )?;
-        self.acked = through;
+        self.record_acked(through)?;
         for &(seq, end) in &self.peeked {
             if seq.is_some_and(|s| s > through) {
                 break;
@@ -172,11 +167,14 @@ impl Spool {
             }
         }
         self.peeked.clear();
-        if self.read_offset == self.len
-            || (self.read_offset >= COMPACT_MIN && self.read_offset * 2 > self.len)
-        {
-            self.compact()?;
-        }
+        self.compact_if_worth_it().map(|_| ())
+    }
+
+    /// Remember (durably, before anything is forgotten) that events through `through`
+    /// need not be sent.
+    fn record_acked(&mut self, through: u64) -> io::Result<()> {
+        write_atomically(&self.dir.join("acked"), format!("{through}\n").as_bytes())?;
+        self.acked = through;
         Ok(())
     }
 
@@ -208,24 +206,27 @@ impl Spool {
         }
         if last > self.acked {
             // Recorded as if acknowledged: a restart forgets them too, numbers stay unique.
-            write_atomically(
-                &self.dir,
-                &self.dir.join("acked"),
-                format!("{last}\n").as_bytes(),
-            )?;
-            self.acked = last;
+            self.record_acked(last)?;
         }
         self.read_offset = offset;
         self.pending = self.pending.saturating_sub(dropped as usize);
         // What a peek in flight read past the dropped lines still counts.
         self.peeked.retain(|&(_, end)| end > offset);
-        if self.read_offset == self.len
-            || (self.read_offset >= COMPACT_MIN && self.read_offset * 2 > self.len)
-        {
-            self.compact()?;
+        if self.compact_if_worth_it()? {
             self.peeked.clear();
         }
         Ok(dropped)
+    }
+
+    /// Compact once everything is acknowledged, or once acknowledged lines make up most
+    /// of a large file; returns whether it did.
+    fn compact_if_worth_it(&mut self) -> io::Result<bool> {
+        let worth = self.read_offset == self.len
+            || (self.read_offset >= COMPACT_MIN && self.read_offset * 2 > self.len);
+        if worth {
+            self.compact()?;
+        }
+        Ok(worth)
     }
 
     /// Rewrite the file with only the lines not acknowledged.
@@ -235,7 +236,7 @@ impl Spool {
         let mut f = File::open(&path)?;
         f.seek(SeekFrom::Start(self.read_offset))?;
         f.take(self.len - self.read_offset).read_to_end(&mut rest)?;
-        write_atomically(&self.dir, &path, &rest)?;
+        write_atomically(&path, &rest)?;
         self.file = state::open_append(&path)?;
         self.len = rest.len() as u64;
         self.read_offset = 0;
@@ -243,9 +244,8 @@ impl Spool {
     }
 }
 
-/// Replace `path` (in `dir`) with `data`, durably and atomically.
-fn write_atomically(dir: &Path, path: &Path, data: &[u8]) -> io::Result<()> {
-    debug_assert_eq!(path.parent(), Some(dir));
+/// Replace `path` with `data`, durably and atomically.
+fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
     state::write_atomic(path, |f| f.write_all(data))
 }
 
