@@ -116,18 +116,13 @@ impl Authz {
         };
         match (api, identity, leaf) {
             (Api::Enrollment | Api::Admin, Some(Some(Identity::Admin(a))), Some(der)) => {
-                let fingerprint = cert_fingerprint(der);
-                let denied = |msg: String| refuse(Status::permission_denied(msg), None);
-                match self.store.get_admin(&a).await {
-                    Ok(r) if r.revoked_at.is_some() => Err(denied(format!("admin {a} is revoked"))),
-                    Ok(r) if r.cert_fingerprint != fingerprint => Err(denied(format!(
-                        "this is not the certificate issued to admin {a}"
-                    ))),
-                    Ok(_) => Ok(Principal::Admin(a)),
-                    Err(StoreError::NotFound { .. }) => {
-                        Err(denied(format!("admin {a} is not known")))
-                    }
-                    Err(e) => Err(refuse(Status::from(ServiceError::from(e)), None)),
+                let pinned = self.store.get_admin(&a).await.map(|r| Pinned {
+                    revoked: r.revoked_at.is_some(),
+                    fingerprint: Some(r.cert_fingerprint),
+                });
+                match check_pin("admin", a.as_str(), pinned, &cert_fingerprint(der)) {
+                    Ok(()) => Ok(Principal::Admin(a)),
+                    Err(status) => Err(refuse(status, None)),
                 }
             }
             (Api::Enrollment, _, _) => Ok(Principal::Anonymous),
@@ -149,21 +144,13 @@ impl Authz {
             )),
             (Api::AgentControl, Some(Some(Identity::Agent(name))), Some(der)) => {
                 let fingerprint = cert_fingerprint(der);
-                let denied = |msg: String| refuse(Status::permission_denied(msg), Some(&name));
-                match self.store.get_agent(&name).await {
-                    Ok(a) if a.revoked_at.is_some() => {
-                        Err(denied(format!("agent {name} is revoked")))
-                    }
-                    Ok(a) if a.cert_fingerprint.as_deref() != Some(fingerprint.as_str()) => {
-                        Err(denied(format!(
-                            "this is not the certificate issued to agent {name}"
-                        )))
-                    }
-                    Ok(_) => Ok(Principal::Agent { name, fingerprint }),
-                    Err(StoreError::NotFound { .. }) => {
-                        Err(denied(format!("agent {name} is not known")))
-                    }
-                    Err(e) => Err(refuse(Status::from(ServiceError::from(e)), Some(&name))),
+                let pinned = self.store.get_agent(&name).await.map(|a| Pinned {
+                    revoked: a.revoked_at.is_some(),
+                    fingerprint: a.cert_fingerprint,
+                });
+                match check_pin("agent", name.as_str(), pinned, &fingerprint) {
+                    Ok(()) => Ok(Principal::Agent { name, fingerprint }),
+                    Err(status) => Err(refuse(status, Some(&name))),
                 }
             }
         }
@@ -199,6 +186,32 @@ impl Authz {
                 Err(r.status)
             }
         }
+    }
+}
+
+/// What the store pins for an agent or an admin.
+struct Pinned {
+    revoked: bool,
+    fingerprint: Option<String>,
+}
+
+/// The one pin check agents and admins share: the identity must be known, not revoked,
+/// and presenting the very certificate issued to it.
+fn check_pin(
+    kind: &str,
+    name: &str,
+    pinned: Result<Pinned, StoreError>,
+    presented: &str,
+) -> Result<(), Status> {
+    let denied = |why: String| Err(Status::permission_denied(why));
+    match pinned {
+        Ok(p) if p.revoked => denied(format!("{kind} {name} is revoked")),
+        Ok(p) if p.fingerprint.as_deref() != Some(presented) => denied(format!(
+            "this is not the certificate issued to {kind} {name}"
+        )),
+        Ok(_) => Ok(()),
+        Err(StoreError::NotFound { .. }) => denied(format!("{kind} {name} is not known")),
+        Err(e) => Err(Status::from(ServiceError::from(e))),
     }
 }
 

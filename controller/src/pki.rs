@@ -253,6 +253,13 @@ impl Ca {
     }
 }
 
+/// [`cert_fingerprint`] of the first certificate in `pem`, if it holds one.
+pub fn pem_fingerprint(pem: &str) -> Option<String> {
+    use rustls::pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
+    Some(cert_fingerprint(&der))
+}
+
 /// Lowercase hex SHA-256 over a certificate's DER (64 characters).
 pub fn cert_fingerprint(der: &[u8]) -> String {
     Sha256::digest(der)

@@ -6,14 +6,12 @@ use std::sync::Arc;
 
 use knockgate_proto::api::{self, enrollment_server::Enrollment};
 use rcgen::CertificateSigningRequestParams;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use serde_json::json;
 use tonic::{Request, Response, Status};
 
 use crate::error::ServiceError;
 use crate::name::AgentName;
-use crate::pki::cert_fingerprint;
+use crate::pki::pem_fingerprint;
 use crate::server::Controller;
 use crate::store::{Timestamp, TokenError, TokenHash};
 use crate::trail::{ENROL_OK, ENROL_REFUSED, Entry};
@@ -142,9 +140,8 @@ pub(super) async fn issue_agent_cert(
     let validity = time::Duration::try_from(lifetime)
         .map_err(|_| ServiceError::Internal("agent certificate lifetime out of range"))?;
     let cert_pem = state.ca.sign_agent_csr_for(csr_pem, agent, validity)?;
-    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
-        .map_err(|_| ServiceError::Internal("signed certificate does not parse"))?;
-    let fingerprint = cert_fingerprint(&der);
+    let fingerprint = pem_fingerprint(&cert_pem)
+        .ok_or(ServiceError::Internal("signed certificate does not parse"))?;
     state
         .store
         .set_agent_enrolled(agent, &fingerprint, now)

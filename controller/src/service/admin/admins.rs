@@ -2,14 +2,12 @@
 //! by its certificate's fingerprint, as agents are.
 
 use knockgate_proto::api;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use serde_json::json;
 
 use super::Ctx;
 use crate::error::ServiceError;
 use crate::name::AdminName;
-use crate::pki::cert_fingerprint;
+use crate::pki::pem_fingerprint;
 use crate::store::Timestamp;
 
 pub(super) async fn add(
@@ -18,9 +16,9 @@ pub(super) async fn add(
 ) -> Result<api::AddAdminResponse, ServiceError> {
     let name = AdminName::new(r.name)?;
     let issued = ctx.state.ca.issue_admin(&name)?;
-    let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes())
-        .map_err(|_| ServiceError::Internal("issued admin certificate is not PEM"))?;
-    let fingerprint = cert_fingerprint(&der);
+    let fingerprint = pem_fingerprint(&issued.cert_pem).ok_or(ServiceError::Internal(
+        "issued admin certificate is not PEM",
+    ))?;
     ctx.state
         .store
         .add_admin(&name, &fingerprint, Timestamp::now())
