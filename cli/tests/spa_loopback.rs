@@ -140,25 +140,29 @@ fn binary_defaults_seal_the_sender_and_ask_for_the_policy_duration() {
     let (key_path, key) = keygen(dir.path(), "k");
     let (socket, port) = receiver(V4);
     let port_arg = port.to_string();
-    let out = knocker(&[
-        "spa",
-        "localhost",
-        "-4",
-        "-u",
-        "alice",
-        "-k",
-        path_str(&key_path),
-        "-g",
-        "gw1",
-        "-A",
-        "tcp/22",
-        "-p",
-        &port_arg,
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
-    let packet = receive_one(&socket, V4);
-    let req = spa::open(&key, &packet).expect("opens");
+    let send = |extra: &[&str]| {
+        let mut args = vec![
+            "spa",
+            "localhost",
+            "-4",
+            "-u",
+            "alice",
+            "-k",
+            path_str(&key_path),
+            "-g",
+            "gw1",
+            "-A",
+            "tcp/22",
+            "-p",
+            &port_arg,
+        ];
+        args.extend_from_slice(extra);
+        let out = knocker(&args);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+        receive_one(&socket, V4)
+    };
+    let req = spa::open(&key, &send(&[])).expect("opens");
     assert_eq!(
         req.allow_ip,
         Some(std::net::Ipv4Addr::LOCALHOST.into()),
@@ -167,24 +171,7 @@ fn binary_defaults_seal_the_sender_and_ask_for_the_policy_duration() {
     assert_eq!(req.duration_secs, 0);
     assert_eq!(req.access, vec![Access::tcp(22)]);
 
-    let out = knocker(&[
-        "spa",
-        "localhost",
-        "-4",
-        "-u",
-        "alice",
-        "-k",
-        path_str(&key_path),
-        "-g",
-        "gw1",
-        "-A",
-        "tcp/22",
-        "-p",
-        &port_arg,
-        "--source-any",
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let packet = receive_one(&socket, V4);
+    let packet = send(&["--source-any"]);
     assert_eq!(packet.len(), 88, "one port, short gateway, no address");
     let req = spa::open(&key, &packet).expect("opens");
     assert_eq!(req.allow_ip, None, "--source-any seals none");

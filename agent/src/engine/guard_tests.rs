@@ -2,6 +2,7 @@
 //! the protected floor, and adoption of grants knockgate did not make.
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use knockgate_agent_core::config::Config;
@@ -11,7 +12,7 @@ use knockgate_agent_core::ruleset::{Access, GrantKey, Proto};
 use super::guard::CHECK_EVERY;
 use super::{Engine, Update};
 use crate::capture::KnockMsg;
-use crate::firewall::fake::FakeFirewall;
+use crate::firewall::fake::{FakeFirewall, FakeState};
 
 fn config(open: &str) -> Config {
     Config::parse(&format!(
@@ -38,14 +39,20 @@ fn open_by_knocking(e: &mut Engine, at: Instant) {
     }
 }
 
-#[test]
-fn a_lost_table_and_its_grants_come_back_at_the_next_check() {
+/// An engine over the fake firewall, installed, with one 30 s grant opened at `t0`.
+fn granted() -> (Engine, Arc<Mutex<FakeState>>, Instant) {
     let fw = FakeFirewall::default();
     let state = fw.state.clone();
     let mut e = Engine::new(&config("tcp/22"), Box::new(fw), None).expect("engine");
     e.install().expect("install");
     let t0 = Instant::now();
     open_by_knocking(&mut e, t0);
+    (e, state, t0)
+}
+
+#[test]
+fn a_lost_table_and_its_grants_come_back_at_the_next_check() {
+    let (mut e, state, t0) = granted();
     assert_eq!(state.lock().expect("lock").open.len(), 1);
 
     // Nothing wrong: a check changes nothing.
@@ -78,12 +85,7 @@ fn a_lost_table_and_its_grants_come_back_at_the_next_check() {
 
 #[test]
 fn a_grant_about_to_expire_is_not_put_back() {
-    let fw = FakeFirewall::default();
-    let state = fw.state.clone();
-    let mut e = Engine::new(&config("tcp/22"), Box::new(fw), None).expect("engine");
-    e.install().expect("install");
-    let t0 = Instant::now();
-    open_by_knocking(&mut e, t0);
+    let (mut e, state, t0) = granted();
     state.lock().expect("lock").open.clear();
     e.poll_guard(t0 + Duration::from_millis(29_950));
     assert!(state.lock().expect("lock").open.is_empty());
