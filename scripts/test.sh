@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: system packages, a build of every binary, lint,
-# and every test including the network-namespace end-to-end tests (root required; they
-# fail, never skip, without it).
+# The whole test suite, as CI runs it: system packages, a build of every binary, lint, the
+# dependency policy (cargo deny), and every test including the network-namespace end-to-end
+# tests (root required; they fail, never skip, without it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "test.sh: run as root: the end-to-end tests need network namespaces, nftables and pcap" >&2; exit 77; }
@@ -10,5 +10,14 @@ export PATH="$HOME/.cargo/bin:$PATH"
 cargo fmt --all -- --check
 cargo build --workspace --bins --locked
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Licences, bans and sources of every dependency, per deny.toml, for the main workspace and
+# the fuzz workspace (its own Cargo.lock). Advisories are NOT checked: the RustSec advisory
+# database is fetched from GitHub, which CI cannot reach; on a machine that can, run
+# `cargo deny --locked check advisories` (and with --manifest-path fuzz/Cargo.toml).
+cargo deny --version >/dev/null 2>&1 || cargo install cargo-deny --locked --version 0.20.2
+for manifest in Cargo.toml fuzz/Cargo.toml; do
+  cargo deny --manifest-path "$manifest" --locked check licenses bans sources ||
+    { echo "test.sh: FAILED: cargo deny found a licence, ban or source violation in $manifest (see deny.toml)" >&2; exit 1; }
+done
 bash scripts/fuzz-smoke.sh
 cargo test --workspace --locked
