@@ -4,7 +4,6 @@
 //! knocks are dropped and counted rather than queued without bound. When a new config
 //! changes what to listen for, [`Tuning`] carries the new filter to every thread.
 
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -18,15 +17,7 @@ use pcap::{Active, BreakLoop, Capture, Direction, Linktype};
 use crate::engine::Input;
 
 /// One knock, owned, as it travels from a capture thread to the engine.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KnockMsg {
-    pub at: Instant,
-    pub src: IpAddr,
-    pub kind: KnockKind,
-    pub tcp_flags: u8,
-    /// The datagram body, kept only for the SPA port.
-    pub payload: Option<Box<[u8]>>,
-}
+pub use knockgate_agent_core::gateway::KnockMsg;
 
 /// Why capture could not start on an interface.
 #[derive(Debug, thiserror::Error)]

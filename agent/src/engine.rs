@@ -1,35 +1,37 @@
-//! The engine: the one owner of decision state. It receives knocks from the capture
-//! threads, configs and revocations from the controller task, and the answers to its
-//! one-time-key claims from the claim task; runs knocks through the fixed-sequence
-//! matcher and the rotating-sequence detector, opens and closes grants through the
-//! firewall, notices expiry, and emits every decision as a structured event (target
-//! `knockgate::event`) and, with a controller, as a report event for it.
+//! The engine: the IO shell around the [`Gateway`] on one thread. It receives knocks
+//! from the capture threads, configs and revocations from the controller task, and the
+//! answers to one-time-key claims from the claim task; hands each to the gateway with the
+//! time; and carries out what the gateway asks ([`Action`]): firewall calls, durable
+//! writes, claims, capture retuning, and telling each decision (a log line with target
+//! `knockgate::event` and, with a controller, a report).
 
-mod apply;
-mod guard;
-mod otk;
-mod rotating;
-mod spa;
+mod stores;
+mod tell;
 
-use std::net::IpAddr;
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime};
 
-use knockgate_agent_core::config::{Config, Policy};
-use knockgate_agent_core::detect::sequence::{Decision, DoorError, Outcome, SequenceMatcher};
+use knockgate_agent_core::config::{Config, Material};
+use knockgate_agent_core::detect::sequence::DoorError;
 use knockgate_agent_core::detect::spa::SpaDetector;
-use knockgate_agent_core::grants::{Grant, Grants, Opened};
-use knockgate_agent_core::ruleset::{Access, GrantKey};
-use tokio::sync::oneshot;
-use tracing::{debug, info, trace, warn};
+use knockgate_agent_core::gateway::{Action, Apply, Gateway, KnockMsg, Opening, Time};
+pub use knockgate_agent_core::gateway::{ClaimJob, ClaimOutcome, Update};
+use knockgate_agent_core::ruleset::Access;
+use tokio::sync::{Notify, mpsc};
+use tracing::{info, warn};
 
-pub use self::apply::Update;
-pub use self::otk::{ClaimJob, ClaimLink, ClaimOutcome};
-use crate::capture::{KnockMsg, Tuning};
-use crate::firewall::Firewall;
+use self::stores::Stores;
+use crate::firewall::{Firewall, FirewallError};
+use crate::otk_store::{BurnedKeys, OfflineClaims};
 use crate::replay_store::ReplayStore;
-use crate::report::{GrantInfo, ReportEvent, Reporter, wall_ms};
+use crate::report::{Reporter, unix_ms};
+
+pub use self::stores::CONSUMED_FILE;
 
 /// What the engine is told.
 #[derive(Debug)]
@@ -38,7 +40,7 @@ pub enum Input {
     /// Enforce a new config (from the controller); whether it took goes to `done`.
     Apply {
         update: Box<Update>,
-        done: oneshot::Sender<Result<(), String>>,
+        done: tokio::sync::oneshot::Sender<Result<(), String>>,
     },
     /// Close these grants now: by ref, and every grant of these users.
     Revoke {
@@ -52,7 +54,7 @@ pub enum Input {
     },
     /// Something other than the agent changed the firewall: check it and repair it.
     FirewallChanged,
-    /// Stop. The firewall state stays (see [`crate::firewall::Firewall::stop`]).
+    /// Stop. The firewall state stays (see [`crate::firewall::Firewall::expires_grants`]).
     Shutdown,
 }
 
@@ -73,24 +75,24 @@ impl Clock for SystemClock {
     }
 }
 
-/// Decision state plus the firewall that enforces it.
+/// The engine's line to the controller's `Claim` RPC.
+pub struct ClaimLink {
+    pub jobs: mpsc::Sender<ClaimJob>,
+    /// A sync stream is up: without one the controller counts as out of reach at once.
+    pub live: Arc<AtomicBool>,
+    /// Offline claims waiting for delivery, and the delivery task's wake-up.
+    pub offline: Arc<Mutex<OfflineClaims>>,
+    pub offline_added: Arc<Notify>,
+}
+
+/// The gateway plus everything it acts through.
 pub struct Engine {
-    /// The config enforced now (to tell a config change from a material push).
-    config: Config,
-    policies: Vec<Policy>,
-    users: Vec<String>,
-    /// Policy index of each sequence door.
-    door_policy: Vec<usize>,
-    matcher: SequenceMatcher,
-    spa: Option<spa::SpaState>,
-    grants: Grants,
+    gateway: Gateway,
     firewall: Box<dyn Firewall>,
-    decisions: Vec<Decision>,
+    stores: Stores,
     reporter: Option<Reporter>,
-    tuning: Option<Arc<Tuning>>,
-    rotating: rotating::RotatingState,
-    otk: otk::OtkState,
-    guard: guard::Guard,
+    tuning: Option<Arc<crate::capture::Tuning>>,
+    claims: Option<ClaimLink>,
     clock: Box<dyn Clock>,
 }
 
@@ -102,28 +104,19 @@ impl Engine {
         firewall: Box<dyn Firewall>,
         spa: Option<(SpaDetector, ReplayStore)>,
     ) -> Result<Self, DoorError> {
-        let (door_policy, doors): (Vec<usize>, Vec<_>) = config.doors().into_iter().unzip();
-        let matcher = SequenceMatcher::new(doors, config.agent.max_sources)?;
         // Refs are `<run>-<n>`: a fresh run id per start keeps them unique across restarts.
         let run_id = format!("{:08x}", rand::random::<u32>());
+        let (detector, replay) = spa.unzip();
+        let clock: Box<dyn Clock> = Box::new(SystemClock);
+        let gateway = Gateway::new(config, detector, &run_id, time(&*clock))?;
         Ok(Engine {
-            config: config.clone(),
-            policies: config.policies.clone(),
-            users: config.users.iter().map(|u| u.name.clone()).collect(),
-            door_policy,
-            matcher,
-            spa: spa.map(|(detector, store)| {
-                spa::SpaState::new(detector, store, config.spa.port, config.uses_spa())
-            }),
-            grants: Grants::with_ref_prefix(&run_id),
+            gateway,
             firewall,
-            decisions: Vec::new(),
+            stores: Stores::new(replay),
             reporter: None,
             tuning: None,
-            rotating: rotating::RotatingState::new(config.agent.max_sources),
-            otk: otk::OtkState::default(),
-            guard: guard::Guard::new(Instant::now()),
-            clock: Box::new(SystemClock),
+            claims: None,
+            clock,
         })
     }
 
@@ -140,283 +133,257 @@ impl Engine {
     }
 
     /// Retune the capture threads when a new config changes what they listen for.
-    pub fn with_tuning(mut self, tuning: Arc<Tuning>) -> Self {
+    pub fn with_tuning(mut self, tuning: Arc<crate::capture::Tuning>) -> Self {
+        self.gateway.enable_tuning();
         self.tuning = Some(tuning);
         self
     }
 
+    /// Claim one-time keys through `link`, and remember burned keys in `burned`.
+    pub fn with_claims(mut self, link: Option<ClaimLink>, burned: BurnedKeys) -> Self {
+        self.gateway.restore_burned(burned.keys().clone());
+        self.stores.burned = Some(burned);
+        self.claims = link;
+        self
+    }
+
+    /// Keep used sequences in `state_dir` (see [`CONSUMED_FILE`]) and restore the ones
+    /// still within their acceptance window, so a restarted agent refuses them too.
+    pub fn with_rotating_store(mut self, state_dir: &Path) -> std::io::Result<Self> {
+        let now = self.now().unix_secs();
+        let live = self.stores.open_consumed(state_dir, now)?;
+        self.gateway.restore_consumed(&live);
+        Ok(self)
+    }
+
+    /// Record every protected set installed in `state_dir`.
+    pub fn with_protected_record(mut self, state_dir: std::path::PathBuf) -> Self {
+        self.stores.state_dir = Some(state_dir);
+        self
+    }
+
+    /// Keep `floor` protected too, until a config from the controller replaces it.
+    pub fn with_protected_floor(mut self, floor: BTreeSet<Access>) -> Self {
+        self.gateway.keep_floor(floor);
+        self
+    }
+
+    /// Hold `material` (checked against the config enforced now).
+    pub fn set_material(&mut self, material: Material) {
+        let now = self.now();
+        self.gateway.set_material(material, now);
+        self.drain(now);
+    }
+
     /// Install the static ruleset (protected ports, knock ports, grant sets) of the
     /// config, plus any protected floor.
-    pub fn install(&mut self) -> Result<(), crate::firewall::FirewallError> {
-        let ruleset = self.ruleset();
-        self.install_base(&ruleset)
+    pub fn install(&mut self) -> Result<(), FirewallError> {
+        let ruleset = self.gateway.ruleset();
+        self.firewall.ensure_base(&ruleset)?;
+        self.gateway.installed(&ruleset);
+        self.drain(self.now());
+        Ok(())
     }
 
     /// Take over the grants the firewall already holds (left by an earlier run).
-    pub fn adopt_existing(
-        &mut self,
-        now: Instant,
-    ) -> Result<usize, crate::firewall::FirewallError> {
+    pub fn adopt_existing(&mut self) -> Result<usize, FirewallError> {
         let held = self.firewall.list()?;
-        let mut adopted = 0;
-        for h in &held {
-            if now.checked_add(h.remaining).is_none() {
-                // No timeout (added by hand, not by knockgate): nothing would ever close
-                // it, so it is not taken over; the operator who added it removes it.
-                warn!(src = %h.key.addr, proto = %h.key.proto, port = h.key.port,
-                    "a grant without a timeout is in the grant set; leaving it alone");
-                continue;
-            }
-            adopted += 1;
-            self.grants.adopt(h.key, h.remaining, h.label.as_ref(), now);
-            let label = self.grants.label(&h.key);
-            let user = label.user.as_deref();
-            info!(target: "knockgate::event", event = "grant.adopted", src = %h.key.addr,
-                proto = %h.key.proto, port = h.key.port, grant_ref = %label.grant_ref,
-                policy = %label.policy, user = user.unwrap_or_default(),
-                remaining_ms = h.remaining.as_millis() as u64, "grant adopted from the firewall");
-            let expires = now.checked_add(h.remaining).unwrap_or(now);
-            self.report(|| {
-                ReportEvent::new("grant.adopted")
-                    .src(h.key.addr)
-                    .user(user)
-                    .policy(&label.policy)
-                    .grant(GrantInfo::new(
-                        &label.grant_ref,
-                        &h.key,
-                        wall_ms(expires, now),
-                    ))
-            });
-        }
-        Ok(adopted)
+        let now = self.now();
+        let n = self.gateway.handle_adopt(held, now);
+        self.drain(now);
+        Ok(n)
     }
 
     /// Run until told to stop or every sender is gone. Returns the firewall so the caller
     /// can stop it.
     pub fn run(mut self, rx: Receiver<Input>) -> Box<dyn Firewall> {
         loop {
-            let now = Instant::now();
-            self.expire(now);
-            self.poll_claims(now);
-            self.tick_rotating();
-            self.poll_guard(now);
-            let due = [
-                self.grants.next_expiry(),
-                self.otk.next_deadline(),
-                Some(self.guard.next_check()),
-            ];
-            let wait = due
-                .into_iter()
-                .flatten()
-                .fold(IDLE_TICK, |w, t| t.saturating_duration_since(now).min(w));
-            self.summarize_spa(now);
+            let now = self.now();
+            self.gateway.handle_timeout(now);
+            self.drain(now);
+            let wait = self
+                .gateway
+                .poll_timeout()
+                .saturating_duration_since(now.mono)
+                .min(IDLE_TICK);
             match rx.recv_timeout(wait) {
-                Ok(Input::Knock(k)) => self.handle_input(k),
-                Ok(Input::Apply { update, done }) => {
-                    let result = self.apply(*update, Instant::now());
-                    let _ = done.send(result);
-                }
-                Ok(Input::Revoke { grant_refs, users }) => {
-                    self.revoke(&grant_refs, &users, Instant::now());
-                }
-                Ok(Input::Claimed { id, outcome }) => self.handle_claimed(id, outcome),
-                Ok(Input::FirewallChanged) => self.handle_firewall_changed(Instant::now()),
                 Ok(Input::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok(input) => self.handle_input(input),
                 Err(RecvTimeoutError::Timeout) => {}
             }
         }
-        self.stop(Instant::now());
+        let now = self.now();
+        self.gateway
+            .handle_stop(self.firewall.expires_grants(), now);
+        self.drain(now);
         self.firewall
     }
 
-    /// A clean stop: grants stay open and protection stays in place where the firewall
-    /// expires grants by itself; where it cannot, the grants close now. Either way the
-    /// controller hears of it, so its grant table stays true.
-    fn stop(&mut self, now: Instant) {
-        let kept = if self.firewall.expires_grants() {
-            self.grants.len()
-        } else {
-            let all = self.grants.select(|_| true);
-            self.close_now(all, "agent_stopped", now);
-            0
+    /// One input, and everything it leads to.
+    pub fn handle_input(&mut self, input: Input) {
+        let now = self.now();
+        match input {
+            Input::Knock(k) => self.gateway.handle_packet(&k, now),
+            Input::Apply { update, done } => {
+                let result = self.apply(*update, now);
+                let _ = done.send(result);
+            }
+            Input::Revoke { grant_refs, users } => {
+                let closing = self.gateway.handle_revoke(&grant_refs, &users, now);
+                info!(
+                    grant_refs = grant_refs.len(),
+                    users = users.len(),
+                    closing,
+                    "revocation from the controller"
+                );
+            }
+            Input::Claimed { id, outcome } => self.gateway.handle_claimed(id, outcome, now),
+            Input::FirewallChanged => self.gateway.handle_firewall_changed(now),
+            Input::Shutdown => {}
+        }
+        self.drain(now);
+    }
+
+    /// Enforce `update`: the firewall's ruleset first (one atomic change), and only if
+    /// that worked the decision state. On an error nothing has changed.
+    fn apply(&mut self, update: Update, now: Time) -> Result<(), String> {
+        let ruleset = match self.gateway.handle_config(update, now)? {
+            Apply::Done => return Ok(()),
+            Apply::Install(ruleset) => ruleset,
         };
-        info!(target: "knockgate::event", event = "agent.stopped", grants_kept = kept,
-            "agent stopping; the firewall keeps protecting");
-        self.report(|| ReportEvent::new("agent.stopped").detail("grants_kept", kept as u64));
+        let installed = self
+            .firewall
+            .ensure_base(&ruleset)
+            .map_err(|e| e.to_string());
+        self.gateway.handle_installed_config(installed, now)?;
+        self.drain(now);
+        let c = self.gateway.config();
+        info!(
+            policies = c.policies.len(),
+            users = c.users.len(),
+            protected = ruleset.protected.len(),
+            knock_ports = ruleset.knock_ports.len(),
+            "new config enforced"
+        );
+        Ok(())
     }
 
-    /// One packet from capture: a datagram for the SPA port, or a knock. Every one is
-    /// also a candidate rotating knock (a rotating port may even be the SPA port: the
-    /// controller does not know it).
-    pub fn handle_input(&mut self, k: KnockMsg) {
-        self.handle_rotating(&k);
-        if let Some(payload) = &k.payload {
-            self.handle_spa(k.src, payload, k.at);
-        } else {
-            self.handle_knock(k);
+    /// Carry out every action the gateway asks for, feeding results back.
+    fn drain(&mut self, now: Time) {
+        while let Some(action) = self.gateway.poll_action() {
+            self.execute(action, now);
         }
     }
 
-    /// One knock through the matcher, and whatever it completes.
-    fn handle_knock(&mut self, k: KnockMsg) {
-        let mut decisions = std::mem::take(&mut self.decisions);
-        decisions.clear();
-        self.matcher
-            .handle_knock(k.src, k.kind, k.tcp_flags, k.at, &mut decisions);
-        for d in &decisions {
-            let policy_idx = self.door_policy[d.door as usize];
-            let policy = &self.policies[policy_idx].name;
-            match d.outcome {
-                Outcome::Progressed { stage, of } => debug!(target: "knockgate::event",
-                    event = "knock.progressed", src = %k.src, policy = %policy, stage, of, "knock progressed"),
-                Outcome::Retransmit { stage } => debug!(target: "knockgate::event",
-                    event = "knock.retransmit", src = %k.src, policy = %policy, stage, "retransmitted knock ignored"),
-                Outcome::Reset(reason) => debug!(target: "knockgate::event",
-                    event = "knock.reset", src = %k.src, policy = %policy, reason = reason.as_str(), "knock sequence reset"),
-                Outcome::FlagsIgnored => trace!(target: "knockgate::event",
-                    event = "knock.ignored", src = %k.src, policy = %policy, reason = "tcp_flags", "knock ignored"),
-                Outcome::Completed => {
-                    info!(target: "knockgate::event", event = "knock.completed", src = %k.src,
-                        policy = %policy, method = "sequence", "knock sequence completed");
-                    let p = &self.policies[policy_idx];
-                    let (name, open, timeout) = (p.name.clone(), p.open.clone(), p.timeout);
-                    self.report(|| {
-                        ReportEvent::new("knock.completed")
-                            .src(k.src)
-                            .policy(&name)
-                            .detail("method", "sequence")
-                    });
-                    self.open_grants(&name, None, k.src, &open, timeout, Instant::now());
-                }
-            }
-        }
-        self.decisions = decisions;
-    }
-
-    /// Open `access` for `src` for `timeout` on behalf of `user` (None for sequence
-    /// knocks); every port that fails stays closed. Returns how many opened.
-    fn open_grants(
-        &mut self,
-        policy: &str,
-        user: Option<&str>,
-        src: IpAddr,
-        access: &[Access],
-        timeout: Duration,
-        now: Instant,
-    ) -> usize {
-        let mut opened = 0;
-        let expires_ms = wall_ms(now.checked_add(timeout).unwrap_or(now), now);
-        for spec in access {
-            let key = GrantKey {
-                addr: src,
-                proto: spec.proto,
-                port: spec.port,
-            };
-            let label = self.grants.label_for_open(&key, policy, user);
-            match self.firewall.open(&key, timeout, &label) {
-                Ok(()) => {
-                    opened += 1;
-                    let kind = self.grants.handle_open(key, policy, user, timeout, now);
-                    let event = if kind == Opened::New {
-                        "grant.opened"
-                    } else {
-                        "grant.extended"
-                    };
-                    let grant_ref = self.grant_ref(&key);
-                    info!(target: "knockgate::event", event, src = %src, policy = %policy,
-                        user = user.unwrap_or_default(), proto = %spec.proto, port = spec.port,
-                        timeout_s = timeout.as_secs_f64(), grant_ref = %grant_ref, "grant opened");
-                    self.report(|| {
-                        ReportEvent::new(event)
-                            .src(src)
-                            .user(user)
-                            .policy(policy)
-                            .grant(GrantInfo::new(&grant_ref, &key, expires_ms))
-                            .detail("timeout_s", timeout.as_secs())
-                    });
-                }
-                Err(e) => {
-                    warn!(target: "knockgate::event", event = "grant.failed", src = %src,
-                        policy = %policy, proto = %spec.proto, port = spec.port, error = %e,
-                        "firewall refused the grant; the port stays closed");
-                    self.report(|| {
-                        ReportEvent::new("grant.failed")
-                            .src(src)
-                            .user(user)
-                            .policy(policy)
-                            .reason("firewall")
-                            .grant(GrantInfo::new("", &key, expires_ms))
-                            .detail("error", e.to_string())
-                    });
-                }
-            }
-        }
-        opened
-    }
-
-    fn expire(&mut self, now: Instant) {
-        for (key, grant) in self.grants.poll_expired(now) {
-            // The kernel has expired nftables grants already; closing again is harmless and
-            // is what makes the command backend close at all.
-            self.close_in_firewall(&key);
-            self.closed(&key, &grant, "expired", now);
-        }
-    }
-
-    /// Close the grants at `keys` now, for `reason`.
-    fn close_now(&mut self, keys: Vec<GrantKey>, reason: &str, now: Instant) {
-        for key in keys {
-            self.close_in_firewall(&key);
-            if let Some(grant) = self.grants.handle_close(&key) {
-                self.closed(&key, &grant, reason, now);
-            }
-        }
-    }
-
-    fn close_in_firewall(&mut self, key: &GrantKey) {
-        if let Err(e) = self.firewall.close(key) {
-            warn!(target: "knockgate::event", event = "grant.close_failed", src = %key.addr,
-                proto = %key.proto, port = key.port, error = %e, "could not close grant");
-        }
-    }
-
-    /// Say that a grant closed.
-    fn closed(&mut self, key: &GrantKey, grant: &Grant, reason: &str, now: Instant) {
-        info!(target: "knockgate::event", event = "grant.closed", src = %key.addr,
-            policy = %grant.policy, user = grant.user.as_deref().unwrap_or_default(),
-            proto = %key.proto, port = key.port, grant_ref = %grant.grant_ref, reason,
-            "grant closed");
-        self.report(|| {
-            ReportEvent::new("grant.closed")
-                .src(key.addr)
-                .user(grant.user.as_deref())
-                .policy(&grant.policy)
-                .reason(reason)
-                .grant(GrantInfo::new(
-                    &grant.grant_ref,
+    fn execute(&mut self, action: Action, now: Time) {
+        let gw = &mut self.gateway;
+        match action {
+            Action::Open(open) => {
+                let Opening {
                     key,
-                    wall_ms(grant.expires_at, now),
-                ))
-        });
-    }
-
-    fn grant_ref(&self, key: &GrantKey) -> String {
-        self.grants
-            .get(key)
-            .map(|g| g.grant_ref.clone())
-            .unwrap_or_default()
-    }
-
-    /// Hand an event to the reporter, if there is one (building it only then).
-    fn report(&mut self, event: impl FnOnce() -> ReportEvent) {
-        if let Some(r) = &mut self.reporter {
-            r.emit(event());
+                    timeout,
+                    label,
+                    ..
+                } = &open;
+                let r = self
+                    .firewall
+                    .open(key, *timeout, label)
+                    .map_err(|e| e.to_string());
+                gw.handle_opened(open, r, now);
+            }
+            Action::Close(key) => {
+                if let Err(e) = self.firewall.close(&key) {
+                    gw.handle_close_failed(key, e.to_string(), now);
+                }
+            }
+            Action::Persist(ticket, persist) => {
+                let r = self
+                    .stores
+                    .persist(&persist, gw.replay_cache(), &self.claims);
+                match ticket {
+                    Some(t) => gw.handle_recorded(t, r, now),
+                    None => {
+                        if let Err(error) = r {
+                            warn!(%error, "could not write agent state to state_dir");
+                        }
+                    }
+                }
+            }
+            Action::Claim(job) => {
+                let id = job.id;
+                if let Err(why) = send_claim(self.claims.as_ref(), job) {
+                    gw.handle_claimed(id, ClaimOutcome::Unreachable(why.into()), now);
+                }
+            }
+            Action::Check(ruleset) => {
+                let r = self.firewall.intact(&ruleset).map_err(|e| e.to_string());
+                gw.handle_checked(r, now);
+            }
+            Action::Install(ruleset) => {
+                let r = self
+                    .firewall
+                    .ensure_base(&ruleset)
+                    .map_err(|e| e.to_string());
+                gw.handle_installed(r, now);
+            }
+            Action::List => {
+                let r = self.firewall.list().map_err(|e| e.to_string());
+                gw.handle_listed(r.map(|h| h.into_iter().map(|h| h.key).collect()), now);
+            }
+            Action::Retune { filter, spa_port } => {
+                if let Some(t) = &self.tuning {
+                    t.set(filter, spa_port);
+                }
+            }
+            Action::Notice(n) => {
+                tell::log(&n);
+                if let (true, Some(r)) = (n.report, &mut self.reporter) {
+                    r.emit(n.event.to_record(n.at_ms));
+                }
+            }
         }
+    }
+
+    /// The time now, by the monotonic clock and the engine's wall clock.
+    fn now(&self) -> Time {
+        time(&*self.clock)
     }
 }
 
-#[cfg(test)]
-mod guard_tests;
+fn time(clock: &dyn Clock) -> Time {
+    Time {
+        mono: Instant::now(),
+        unix_ms: unix_ms(clock.wall()),
+    }
+}
+
+/// Hand `job` to the claim task; why the controller is out of reach if it cannot be.
+fn send_claim(link: Option<&ClaimLink>, job: ClaimJob) -> Result<(), &'static str> {
+    let Some(link) = link else {
+        return Err("no controller");
+    };
+    if !link.live.load(Ordering::Acquire) {
+        return Err("no sync stream");
+    }
+    link.jobs.try_send(job).map_err(|_| "claim queue full")
+}
+
+/// Queue an offline claim for delivery (on disk first).
+fn queue_offline(
+    link: Option<&ClaimLink>,
+    claim: &knockgate_agent_core::gateway::Claim,
+) -> std::io::Result<()> {
+    let Some(link) = link else {
+        return Ok(());
+    };
+    link.offline
+        .lock()
+        .map_err(|_| std::io::Error::other("lock poisoned"))?
+        .push(claim.clone())?;
+    link.offline_added.notify_one();
+    Ok(())
+}
+
 #[cfg(test)]
 mod otk_tests;
 #[cfg(test)]

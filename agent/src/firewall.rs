@@ -27,14 +27,7 @@ pub enum FirewallError {
     Command { command: String, reason: String },
 }
 
-/// A grant the firewall currently holds, with the time it has left and the label stored
-/// with it (`None` if it has none knockgate can read).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Held {
-    pub key: GrantKey,
-    pub remaining: Duration,
-    pub label: Option<GrantLabel>,
-}
+pub use knockgate_agent_core::grants::Held;
 
 /// The one seam between the agent and the packet filter.
 pub trait Firewall: Send {

@@ -14,7 +14,6 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -26,18 +25,7 @@ pub const BURNED_FILE: &str = "otk-burned";
 /// The offline-claims file in the state directory.
 pub const OFFLINE_FILE: &str = "otk-offline.jsonl";
 
-/// A claim of one one-time key, as the controller's `Claim` RPC takes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claim {
-    pub user: String,
-    pub counter: u64,
-    /// The packet's source address.
-    pub src: IpAddr,
-    /// When the packet arrived, unix ms.
-    pub at_unix_ms: i64,
-    /// Granted here already, without the controller.
-    pub offline: bool,
-}
+pub use knockgate_agent_core::gateway::Claim;
 
 #[derive(Serialize, Deserialize)]
 struct BurnedLine {
@@ -121,6 +109,11 @@ impl BurnedKeys {
             ),
             None => Ok(()),
         }
+    }
+
+    /// The burned keys, by (user, counter).
+    pub fn keys(&self) -> &BTreeSet<(String, u64)> {
+        &self.keys
     }
 
     pub fn contains(&self, user: &str, counter: u64) -> bool {

@@ -9,16 +9,13 @@
 pub mod sender;
 pub mod spool;
 
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use knockgate_agent_core::ruleset::GrantKey;
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use knockgate_proto::event::Kind;
 use tokio::sync::Notify;
 
 use self::spool::Spool;
@@ -30,97 +27,7 @@ const WRITE_BATCH: usize = 1024;
 /// Least time between two warnings about dropped events.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// One decision, as spooled and reported. `seq` is given by the spool.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ReportEvent {
-    #[serde(default)]
-    pub seq: u64,
-    pub at_ms: i64,
-    pub kind: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub user: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub src: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub policy: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub reason: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grant: Option<GrantInfo>,
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
-    pub detail: Map<String, Value>,
-}
-
-/// The grant a `grant.*` event is about.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GrantInfo {
-    /// Empty for a grant that failed to open (it never got one).
-    #[serde(default)]
-    pub grant_ref: String,
-    pub addr: String,
-    pub proto: String,
-    pub port: u16,
-    pub expires_at_ms: i64,
-}
-
-impl GrantInfo {
-    pub fn new(grant_ref: &str, key: &GrantKey, expires_at_ms: i64) -> Self {
-        GrantInfo {
-            grant_ref: grant_ref.to_string(),
-            addr: key.addr.to_string(),
-            proto: key.proto.as_str().to_string(),
-            port: key.port,
-            expires_at_ms,
-        }
-    }
-}
-
-impl ReportEvent {
-    /// An event of `kind` happening now.
-    pub fn new(kind: &str) -> Self {
-        ReportEvent {
-            seq: 0,
-            at_ms: unix_ms(SystemTime::now()),
-            kind: kind.to_string(),
-            user: String::new(),
-            src: String::new(),
-            policy: String::new(),
-            reason: String::new(),
-            grant: None,
-            detail: Map::new(),
-        }
-    }
-
-    pub fn src(mut self, src: IpAddr) -> Self {
-        self.src = src.to_string();
-        self
-    }
-
-    pub fn user(mut self, user: Option<&str>) -> Self {
-        self.user = user.unwrap_or_default().to_string();
-        self
-    }
-
-    pub fn policy(mut self, policy: &str) -> Self {
-        self.policy = policy.to_string();
-        self
-    }
-
-    pub fn reason(mut self, reason: &str) -> Self {
-        self.reason = reason.to_string();
-        self
-    }
-
-    pub fn grant(mut self, grant: GrantInfo) -> Self {
-        self.grant = Some(grant);
-        self
-    }
-
-    pub fn detail(mut self, key: &str, value: impl Into<Value>) -> Self {
-        self.detail.insert(key.to_string(), value.into());
-        self
-    }
-}
+pub use knockgate_proto::event::Record;
 
 /// Milliseconds since the epoch (negative before it, saturating).
 pub fn unix_ms(t: SystemTime) -> i64 {
@@ -130,26 +37,15 @@ pub fn unix_ms(t: SystemTime) -> i64 {
     }
 }
 
-/// The wall-clock time of a monotonic instant, relative to `now`.
-pub fn wall_ms(at: Instant, now: Instant) -> i64 {
-    let wall = SystemTime::now();
-    let t = if at >= now {
-        wall + (at - now)
-    } else {
-        wall - (now - at)
-    };
-    unix_ms(t)
-}
-
 /// The engine's end: hands events on without ever blocking.
 pub struct Reporter {
-    tx: SyncSender<ReportEvent>,
+    tx: SyncSender<Record>,
     dropped: u64,
     last_warn: Option<Instant>,
 }
 
 impl Reporter {
-    pub fn emit(&mut self, event: ReportEvent) {
+    pub fn emit(&mut self, event: Record) {
         match self.tx.try_send(event) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
@@ -219,16 +115,11 @@ pub fn start(state_dir: &Path) -> std::io::Result<(Reporter, Spooler)> {
 pub const SPOOL_MAX: usize = 100_000;
 
 /// Append what arrives, in batches, until the engine drops its [`Reporter`].
-fn write_loop(rx: &Receiver<ReportEvent>, spool: &Mutex<Spool>, appended: &Notify) {
+fn write_loop(rx: &Receiver<Record>, spool: &Mutex<Spool>, appended: &Notify) {
     write_loop_capped(rx, spool, appended, SPOOL_MAX);
 }
 
-fn write_loop_capped(
-    rx: &Receiver<ReportEvent>,
-    spool: &Mutex<Spool>,
-    appended: &Notify,
-    max: usize,
-) {
+fn write_loop_capped(rx: &Receiver<Record>, spool: &Mutex<Spool>, appended: &Notify, max: usize) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     let mut dropped_total = 0u64;
     while let Ok(first) = rx.recv() {
@@ -250,9 +141,9 @@ fn write_loop_capped(
                         max,
                         "report spool full: the oldest events were dropped"
                     );
-                    let mut note = [ReportEvent::new("spool.dropped")
-                        .detail("dropped", dropped)
-                        .detail("dropped_total", dropped_total)];
+                    let mut note = [Record::new(Kind::SpoolDropped, unix_ms(SystemTime::now()))
+                        .with_detail("dropped", dropped)
+                        .with_detail("dropped_total", dropped_total)];
                     s.append(&mut note)?;
                 }
                 Ok(())
@@ -278,7 +169,7 @@ mod tests {
         let spool = Mutex::new(Spool::open(dir.path()).expect("spool"));
         let (tx, rx) = sync_channel(64);
         for i in 0..12u64 {
-            tx.send(ReportEvent::new("knock.completed").detail("i", i))
+            tx.send(Record::new(Kind::KnockCompleted, 0).with_detail("i", i))
                 .expect("send");
         }
         drop(tx);
@@ -299,30 +190,11 @@ mod tests {
     }
 
     #[test]
-    fn events_round_trip_as_json_lines_without_empty_fields() {
-        let key = GrantKey {
-            addr: "10.0.0.2".parse().expect("ip"),
-            proto: knockgate_agent_core::ruleset::Proto::Tcp,
-            port: 22,
-        };
-        let e = ReportEvent::new("grant.opened")
-            .src(key.addr)
-            .user(Some("alice"))
-            .policy("ssh")
-            .grant(GrantInfo::new("b-1", &key, 1234))
-            .detail("timeout_s", 30);
-        let line = serde_json::to_string(&e).expect("json");
-        assert!(!line.contains("reason"), "{line}");
-        let back: ReportEvent = serde_json::from_str(&line).expect("parse");
-        assert_eq!(back, e);
-    }
-
-    #[test]
     fn the_writer_spools_what_the_reporter_emits() {
         let dir = tempfile::tempdir().expect("tmp");
         let (mut reporter, spooler) = start(dir.path()).expect("start");
         for i in 0..3 {
-            reporter.emit(ReportEvent::new("knock.completed").detail("i", i));
+            reporter.emit(Record::new(Kind::KnockCompleted, 0).with_detail("i", i));
         }
         drop(reporter);
         let spool = spooler.spool.clone();

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use knockgate_agent::capture::{self, Counters, Tuning};
@@ -333,7 +333,7 @@ pub fn run(path: &Path, format: LogFormat, level: &str) -> Result<(), Failure> {
     };
     engine.set_material(material);
     engine.install().map_err(fw_failure)?;
-    match engine.adopt_existing(Instant::now()) {
+    match engine.adopt_existing() {
         Ok(n) if n > 0 => info!(adopted = n, "adopted grants left by an earlier run"),
         Ok(_) => {}
         Err(e) => warn!(error = %e, "could not list existing grants"),

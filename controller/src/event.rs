@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use knockgate_proto::event::Kind;
 use knockgate_proto::{Access, api};
 use serde_json::{Map, Value};
 
@@ -11,10 +12,6 @@ use crate::error::ServiceError;
 use crate::name::{AgentName, PolicyName, UserName};
 use crate::store::{NewAuditEvent, NewGrant, Timestamp};
 
-/// Kind of the event reporting a grant opened.
-pub const GRANT_OPENED: &str = "grant.opened";
-/// Kind of the event reporting a grant closed.
-pub const GRANT_CLOSED: &str = "grant.closed";
 /// Longest free-text field accepted (user, src, reason, grant ref).
 const MAX_TEXT: usize = 256;
 
@@ -168,8 +165,8 @@ impl TryFrom<api::Event> for ReportedEvent {
         if let Some(r) = &reason {
             detail.insert("reason".into(), Value::from(r.as_str()));
         }
-        let change = match kind.as_str() {
-            GRANT_OPENED | GRANT_CLOSED => {
+        let change = match kind.parse::<Kind>() {
+            Ok(grant_kind @ (Kind::GrantOpened | Kind::GrantClosed)) => {
                 if let Some(g) = &grant {
                     detail.insert("grant".into(), grant_detail(g));
                 }
@@ -182,7 +179,7 @@ impl TryFrom<api::Event> for ReportedEvent {
                     .and_then(|g| {
                         grant_change(
                             seq,
-                            &kind,
+                            grant_kind,
                             &g,
                             user.as_deref(),
                             src.as_deref(),
@@ -231,7 +228,7 @@ fn grant_detail(g: &api::GrantInfo) -> Value {
 
 fn grant_change(
     seq: u64,
-    kind: &str,
+    kind: Kind,
     g: &api::GrantInfo,
     user: Option<&str>,
     src: Option<&str>,
@@ -245,7 +242,7 @@ fn grant_change(
             field("grant_ref")
         )));
     }
-    if kind == GRANT_CLOSED {
+    if kind == Kind::GrantClosed {
         return Ok(GrantChange::Closed {
             grant_ref: g.grant_ref.clone(),
             reason: reason.unwrap_or("closed").to_owned(),
@@ -289,7 +286,7 @@ mod tests {
         api::Event {
             seq: 7,
             at_unix_ms: 1000,
-            kind: GRANT_OPENED.into(),
+            kind: Kind::GrantOpened.as_str().into(),
             user: "alice".into(),
             src: "192.0.2.7".into(),
             policy: "ssh".into(),

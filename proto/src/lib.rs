@@ -14,6 +14,7 @@
 pub mod access;
 #[cfg(feature = "grpc")]
 pub mod api;
+pub mod event;
 pub mod exit;
 pub mod fwknop;
 pub mod policy;

@@ -103,6 +103,15 @@ fn unescape(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// A grant a firewall holds, with the time it has left and the label stored with it
+/// (`None` if it has none knockgate can read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub key: GrantKey,
+    pub remaining: Duration,
+    pub label: Option<GrantLabel>,
+}
+
 /// Whether an open created a grant or extended one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Opened {

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod detect;
 pub mod filter;
+pub mod gateway;
 pub mod grants;
 pub mod limit;
 pub mod lru;

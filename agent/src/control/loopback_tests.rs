@@ -29,7 +29,8 @@ use crate::capture::KnockMsg;
 use crate::engine::{Engine, Input};
 use crate::firewall::fake::FakeFirewall;
 use crate::replay_store::ReplayStore;
-use crate::report::{self, ReportEvent};
+use crate::report::{self, Record};
+use knockgate_proto::event::Kind;
 
 pub(crate) fn any_port() -> SocketAddr {
     "127.0.0.1:0".parse().expect("addr")
@@ -171,7 +172,7 @@ pub(crate) async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn spooled(spool: &std::sync::Mutex<report::spool::Spool>) -> Vec<ReportEvent> {
+fn spooled(spool: &std::sync::Mutex<report::spool::Spool>) -> Vec<Record> {
     spool.lock().expect("lock").peek(1000).expect("peek")
 }
 
@@ -390,7 +391,7 @@ async fn spooled_events_wait_for_the_controller_and_all_arrive() {
     let url = format!("https://{addr}");
     let (mut reporter, spooler) = report::start(dir.path()).expect("spool");
     for i in 0..3 {
-        reporter.emit(ReportEvent::new("grant.opened").detail("i", i));
+        reporter.emit(Record::new(Kind::GrantOpened, 0).with_detail("i", i));
     }
     tokio::spawn(report::sender::run(
         channel(&url, dir.path()).expect("channel"),
@@ -414,13 +415,13 @@ async fn spooled_events_wait_for_the_controller_and_all_arrive() {
     // A controller that answers with an error keeps events spooled too.
     fake.refuse_reports
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    reporter.emit(ReportEvent::new("grant.closed"));
+    reporter.emit(Record::new(Kind::GrantClosed, 0));
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(spooler.spool.lock().expect("lock").pending(), 1);
     fake.refuse_reports
         .store(false, std::sync::atomic::Ordering::Relaxed);
     for i in 0..1199 {
-        reporter.emit(ReportEvent::new("spa.rejected").detail("i", i));
+        reporter.emit(Record::new(Kind::SpaRejected, 0).with_detail("i", i));
     }
     eventually("everything to arrive", || {
         seen.lock().expect("lock").events.len() == 1203

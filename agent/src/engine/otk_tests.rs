@@ -1,5 +1,5 @@
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::test_rig::{ALICE, BOB, Rig, T0, material, rig, update, users_and_policies, w0};
 use super::{ClaimJob, ClaimOutcome};
@@ -23,7 +23,7 @@ fn a_granted_claim_opens_the_grant() {
         r.open().is_empty(),
         "nothing opens before the controller answers"
     );
-    r.engine.handle_claimed(j.id, ClaimOutcome::Granted);
+    r.claimed(j.id, ClaimOutcome::Granted);
     assert_eq!(r.open(), ["10.0.0.2 tcp/443"]);
     let e = &r.events("spa.accepted", 1)[0];
     assert_eq!((e.user.as_str(), e.policy.as_str()), ("alice", "keys"));
@@ -37,8 +37,7 @@ fn a_lost_claim_is_refused_and_the_key_stays_burned() {
     let mut r = rig();
     r.otk_spa("10.0.0.2", &ALICE, 1, "tcp/443");
     let j = job(&mut r).expect("a claim");
-    r.engine
-        .handle_claimed(j.id, ClaimOutcome::Refused("used".into()));
+    r.claimed(j.id, ClaimOutcome::Refused("used".into()));
     assert!(r.open().is_empty());
     let e = &r.events("spa.rejected", 1)[0];
     assert_eq!((e.reason.as_str(), e.user.as_str()), ("otk_used", "alice"));
@@ -54,7 +53,7 @@ fn a_lost_claim_is_refused_and_the_key_stays_burned() {
         policies,
         material(w0()..=w0() + 3, 0..=3),
     );
-    r.engine.apply(again, Instant::now()).expect("applies");
+    r.apply(again).expect("applies");
     r.otk_spa("10.0.0.2", &ALICE, 1, "tcp/443");
     assert!(job(&mut r).is_none(), "still burned after a push");
     let reloaded = BurnedKeys::open(r.dir.path()).expect("reload");
@@ -75,9 +74,8 @@ fn without_the_controller_a_deny_policy_refuses() {
     r.live.store(true, Ordering::Relaxed);
     r.otk_spa("10.0.0.2", &ALICE, 3, "tcp/443");
     let j = job(&mut r).expect("a claim");
-    r.engine
-        .poll_claims(Instant::now() + Duration::from_secs(4));
-    r.engine.handle_claimed(j.id, ClaimOutcome::Granted);
+    r.tick_after(Duration::from_secs(4));
+    r.claimed(j.id, ClaimOutcome::Granted);
     assert!(r.open().is_empty());
     let rejected = r.events("spa.rejected", 2);
     assert_eq!(rejected.len(), 2);
@@ -103,8 +101,7 @@ fn without_the_controller_a_local_policy_grants_and_queues_an_offline_claim() {
     r.live.store(true, Ordering::Relaxed);
     r.otk_spa("10.0.0.4", &BOB, 1, "tcp/8443");
     let j = job(&mut r).expect("a claim");
-    r.engine
-        .handle_claimed(j.id, ClaimOutcome::Unreachable("claim timed out".into()));
+    r.claimed(j.id, ClaimOutcome::Unreachable("claim timed out".into()));
     assert_eq!(r.open(), ["10.0.0.3 tcp/8443", "10.0.0.4 tcp/8443"]);
     assert_eq!(r.offline.lock().expect("lock").len(), 2);
     // The queue is on disk for the next run.
@@ -118,13 +115,13 @@ fn a_client_that_skipped_ahead_is_accepted_and_lower_keys_still_work() {
     r.otk_spa("10.0.0.2", &ALICE, 3, "tcp/443");
     let j = job(&mut r).expect("a claim");
     assert_eq!(j.claim.counter, 3);
-    r.engine.handle_claimed(j.id, ClaimOutcome::Granted);
+    r.claimed(j.id, ClaimOutcome::Granted);
     assert_eq!(r.open(), ["10.0.0.2 tcp/443"]);
     // Until the controller withdraws them, lower keys of the stock still count.
     r.otk_spa("10.0.0.9", &ALICE, 0, "tcp/443");
     let j = job(&mut r).expect("a claim");
     assert_eq!(j.claim.counter, 0);
-    r.engine.handle_claimed(j.id, ClaimOutcome::Granted);
+    r.claimed(j.id, ClaimOutcome::Granted);
     assert_eq!(r.open().len(), 2);
 }
 

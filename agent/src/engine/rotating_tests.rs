@@ -14,7 +14,7 @@ fn a_completed_rotating_sequence_opens_for_its_user_and_says_so() {
     assert!(r.open().is_empty(), "not yet");
     r.knock("10.0.0.2", &seq[3..]);
     assert_eq!(r.open(), ["10.0.0.2 tcp/2222"]);
-    let (_, g) = r.engine.grants.iter().next().expect("grant");
+    let (_, g) = r.engine.gateway.grants().iter().next().expect("grant");
     assert_eq!(
         (g.policy.as_str(), g.user.as_deref()),
         ("rot", Some("alice"))
@@ -43,7 +43,8 @@ fn a_consumed_sequence_opens_nothing_again_from_anywhere() {
     // Knocked in the window of another user, nothing is opened for anyone else.
     let grants: Vec<Option<&str>> = r
         .engine
-        .grants
+        .gateway
+        .grants()
         .iter()
         .map(|(_, g)| g.user.as_deref())
         .collect();
@@ -89,9 +90,7 @@ fn a_material_push_mid_knock_keeps_progress_and_consumption() {
         policies.clone(),
         material(w0()..=w0() + 4, 0..=3),
     );
-    r.engine
-        .apply(next, std::time::Instant::now())
-        .expect("applies");
+    r.apply(next).expect("applies");
     r.knock("10.0.0.3", &bob[2..]);
     assert_eq!(
         r.open(),
@@ -102,9 +101,7 @@ fn a_material_push_mid_knock_keeps_progress_and_consumption() {
     // stays used (ids are names, not positions).
     let swapped: Vec<_> = users.into_iter().rev().collect();
     let next = update(&dir, swapped, policies, material(w0()..=w0() + 4, 0..=3));
-    r.engine
-        .apply(next, std::time::Instant::now())
-        .expect("applies");
+    r.apply(next).expect("applies");
     r.knock("10.0.0.7", &alice);
     r.knock("10.0.0.8", &bob);
     assert_eq!(r.open().len(), 2, "both still consumed");
@@ -149,7 +146,7 @@ fn the_capture_filter_follows_the_accepted_sequences_only() {
     assert!(rs.is_none_or(|rs| rs.knock_ports.iter().all(|a| a.port == 62201)));
     // Two windows on, the filter has moved by itself (no push needed).
     r.set_time(T0 + 60);
-    r.engine.tick_rotating();
+    r.tick();
     let f = r.filter();
     assert!(listens(&f, &later), "{f}");
     // A used sequence is not listened for any more (unless another shares a port).

@@ -18,12 +18,12 @@ use knockgate_proto::rotation::{RotationParams, derive_otk, derive_sequence, win
 use knockgate_proto::spa::{SpaRequest, seal};
 use tokio::sync::{Notify, mpsc};
 
-use super::{ClaimJob, ClaimLink, Clock, Engine, Update};
+use super::{ClaimJob, ClaimLink, ClaimOutcome, Clock, Engine, Update};
 use crate::capture::{KnockMsg, Tuning};
 use crate::firewall::fake::{FakeFirewall, FakeState};
 use crate::otk_store::{BurnedKeys, OfflineClaims};
 use crate::replay_store::ReplayStore;
-use crate::report::{ReportEvent, spool::Spool};
+use crate::report::{Record, spool::Spool};
 
 /// A window boundary for 30 s windows.
 pub const T0: u64 = 1_800_000_000;
@@ -212,19 +212,46 @@ pub fn rig_in(dir: tempfile::TempDir) -> Rig {
 }
 
 impl Rig {
+    /// The controller's answer to claim `id`.
+    pub fn claimed(&mut self, id: u64, outcome: ClaimOutcome) {
+        self.engine
+            .handle_input(super::Input::Claimed { id, outcome });
+    }
+
+    /// Enforce `update` as a push from the controller would.
+    pub fn apply(&mut self, update: Update) -> Result<(), String> {
+        let now = self.engine.now();
+        let r = self.engine.apply(update, now);
+        self.engine.drain(now);
+        r
+    }
+
+    /// Let the engine notice the time.
+    pub fn tick(&mut self) {
+        self.tick_after(Duration::ZERO);
+    }
+
+    /// Let the engine notice the time, `later` on the monotonic clock.
+    pub fn tick_after(&mut self, later: Duration) {
+        let mut now = self.engine.now();
+        now.mono += later;
+        self.engine.gateway.handle_timeout(now);
+        self.engine.drain(now);
+    }
+
     pub fn set_time(&self, unix_secs: u64) {
         self.clock.store(unix_secs * 1000, Ordering::Relaxed);
     }
 
     pub fn knock(&mut self, src: &str, kinds: &[KnockKind]) {
         for &kind in kinds {
-            self.engine.handle_input(KnockMsg {
+            self.engine.handle_input(super::Input::Knock(KnockMsg {
                 at: Instant::now(),
                 src: src.parse().expect("ip"),
                 kind,
                 tcp_flags: tcp_flags::SYN,
                 payload: None,
-            });
+            }));
         }
     }
 
@@ -241,7 +268,7 @@ impl Rig {
             duration_secs: 0,
         };
         let packet = seal(&derive_otk(secret, counter), &req, rand::random()).expect("seal");
-        self.engine.handle_input(KnockMsg {
+        self.engine.handle_input(super::Input::Knock(KnockMsg {
             at: Instant::now(),
             src: src.parse().expect("ip"),
             kind: KnockKind::Port {
@@ -250,7 +277,7 @@ impl Rig {
             },
             tcp_flags: 0,
             payload: Some(packet.into()),
-        });
+        }));
     }
 
     /// The grants the firewall holds, as "addr proto/port".
@@ -265,10 +292,10 @@ impl Rig {
     }
 
     /// Events of `kind` spooled so far (waits for the writer to catch up to `want`).
-    pub fn events(&self, kind: &str, want: usize) -> Vec<ReportEvent> {
+    pub fn events(&self, kind: &str, want: usize) -> Vec<Record> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let got: Vec<ReportEvent> = self
+            let got: Vec<Record> = self
                 .spool
                 .lock()
                 .expect("lock")

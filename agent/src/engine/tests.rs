@@ -4,97 +4,15 @@ use knockgate_agent_core::config::Config;
 use knockgate_agent_core::packet::{KnockKind, tcp_flags};
 use knockgate_agent_core::ruleset::Proto;
 
-const CONFIG: &str = r#"
-[agent]
-name = "gw1"
-interfaces = ["lo"]
-state_dir = "/tmp"
-[[policy]]
-name = "ssh"
-open = ["tcp/22", "udp/60001"]
-timeout = "30s"
-sequence = ["tcp/7000", "udp/8000"]
-"#;
-
-fn engine(fw: FakeFirewall) -> Engine {
-    let c = Config::parse(CONFIG).expect("config");
-    Engine::new(&c, Box::new(fw), None).expect("engine")
-}
-
 fn knock(e: &mut Engine, at: Instant, kind: KnockKind) {
     let src = "10.240.0.2".parse().expect("ip");
-    e.handle_input(KnockMsg {
+    e.handle_input(Input::Knock(KnockMsg {
         at,
         src,
         kind,
         tcp_flags: tcp_flags::SYN,
         payload: None,
-    });
-}
-
-#[test]
-fn a_completed_sequence_opens_every_port_of_the_policy_and_expiry_closes() {
-    let fw = FakeFirewall::default();
-    let state = fw.state.clone();
-    let mut e = engine(fw);
-    let t0 = Instant::now();
-    knock(
-        &mut e,
-        t0,
-        KnockKind::Port {
-            proto: Proto::Tcp,
-            port: 7000,
-        },
-    );
-    assert!(state.lock().expect("lock").open.is_empty());
-    knock(
-        &mut e,
-        t0,
-        KnockKind::Port {
-            proto: Proto::Udp,
-            port: 8000,
-        },
-    );
-    let open: Vec<String> = state
-        .lock()
-        .expect("lock")
-        .open
-        .keys()
-        .map(|k| k.to_string())
-        .collect();
-    assert_eq!(open, ["10.240.0.2 tcp/22", "10.240.0.2 udp/60001"]);
-    assert_eq!(e.grants.len(), 2);
-    e.expire(Instant::now() + Duration::from_secs(31));
-    assert!(
-        state.lock().expect("lock").open.is_empty(),
-        "expiry closes through the firewall"
-    );
-    assert!(e.grants.is_empty());
-}
-
-#[test]
-fn a_firewall_error_records_no_grant() {
-    let fw = FakeFirewall::default();
-    fw.state.lock().expect("lock").fail = true;
-    let mut e = engine(fw);
-    let t0 = Instant::now();
-    knock(
-        &mut e,
-        t0,
-        KnockKind::Port {
-            proto: Proto::Tcp,
-            port: 7000,
-        },
-    );
-    knock(
-        &mut e,
-        t0,
-        KnockKind::Port {
-            proto: Proto::Udp,
-            port: 8000,
-        },
-    );
-    assert!(e.grants.is_empty(), "fail closed: nothing believed open");
+    }));
 }
 
 const SPA_CONFIG: &str = r#"
@@ -158,7 +76,7 @@ fn spa_from(e: &mut Engine, src: &str, secret: u8, nonce: [u8; 16]) {
         duration_secs: 0,
     };
     let packet = seal(&SpaKey::from_secret([secret; 32]), &req, [secret; 24]).expect("seal");
-    e.handle_input(KnockMsg {
+    e.handle_input(Input::Knock(KnockMsg {
         at: Instant::now(),
         src: src.parse().expect("ip"),
         kind: KnockKind::Port {
@@ -167,7 +85,7 @@ fn spa_from(e: &mut Engine, src: &str, secret: u8, nonce: [u8; 16]) {
         },
         tcp_flags: 0,
         payload: Some(packet.into()),
-    });
+    }));
 }
 
 fn open_keys(state: &std::sync::Mutex<crate::firewall::fake::FakeState>) -> Vec<String> {
@@ -189,7 +107,7 @@ fn update(edit: impl Fn(&str) -> String) -> Update {
 fn spooled(
     spool: &std::sync::Mutex<crate::report::spool::Spool>,
     want: usize,
-) -> Vec<crate::report::ReportEvent> {
+) -> Vec<crate::report::Record> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let got = spool.lock().expect("lock").peek(1000).expect("peek");
@@ -217,7 +135,8 @@ fn apply_keeps_grants_and_replay_cache_and_closes_removed_users() {
     assert_eq!(open_keys(&r.state).len(), 3);
     let alice_ref = r
         .engine
-        .grants
+        .gateway
+        .grants()
         .iter()
         .find(|(_, g)| g.user.as_deref() == Some("alice"))
         .map(|(_, g)| g.grant_ref.clone())
@@ -231,7 +150,7 @@ fn apply_keeps_grants_and_replay_cache_and_closes_removed_users() {
         format!("{}{}", &t[..cut], &t[end..])
             .replace("[\"tcp/443\"]", "[\"tcp/443\", \"tcp/8443\"]")
     });
-    r.engine.apply(u, Instant::now()).expect("applies");
+    r.engine.apply(u, r.engine.now()).expect("applies");
     let rs = r
         .state
         .lock()
@@ -247,7 +166,8 @@ fn apply_keeps_grants_and_replay_cache_and_closes_removed_users() {
     );
     assert_eq!(
         r.engine
-            .grants
+            .gateway
+            .grants()
             .iter()
             .find(|(_, g)| g.user.as_deref() == Some("alice"))
             .map(|(_, g)| g.grant_ref.clone()),
@@ -277,7 +197,7 @@ fn a_firewall_refusal_leaves_the_old_config_in_force() {
     let mut r = rig();
     r.state.lock().expect("lock").fail_base = true;
     let u = update(|t| t.replace("sequence = [\"tcp/7000\"]", "sequence = [\"tcp/7001\"]"));
-    let e = r.engine.apply(u, Instant::now()).expect_err("refused");
+    let e = r.engine.apply(u, r.engine.now()).expect_err("refused");
     assert!(e.starts_with("firewall:"), "{e}");
     knock(
         &mut r.engine,
@@ -309,16 +229,16 @@ fn revoke_closes_by_ref_and_by_user() {
     );
     let seq_ref = r
         .engine
-        .grants
+        .gateway
+        .grants()
         .iter()
         .find(|(_, g)| g.user.is_none())
         .map(|(_, g)| g.grant_ref.clone())
         .expect("sequence grant");
-    r.engine.revoke(
-        &[seq_ref, "no-such-ref".into()],
-        &["bob".into()],
-        Instant::now(),
-    );
+    r.engine.handle_input(Input::Revoke {
+        grant_refs: vec![seq_ref, "no-such-ref".into()],
+        users: vec!["bob".into()],
+    });
     assert_eq!(open_keys(&r.state), ["10.0.0.2 tcp/443"]);
     let events = spooled(&r.spool, 8);
     let closed: Vec<(&str, &str)> = events

@@ -12,7 +12,6 @@ use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use super::spool::Spool;
-use super::{GrantInfo, ReportEvent};
 use crate::control::backoff::{BASE, Backoff};
 
 /// Most events in one Report call.
@@ -45,7 +44,7 @@ pub async fn run(
         };
         let first = batch.first().map_or(last, |e| e.seq);
         let request = ReportRequest {
-            events: batch.into_iter().map(to_proto).collect(),
+            events: batch.into_iter().map(api::Event::from).collect(),
         };
         let result = client.report(request).await;
         let stored = match result {
@@ -99,97 +98,4 @@ async fn with_spool<T: Send + 'static>(
     })
     .await
     .map_err(std::io::Error::other)?
-}
-
-/// A spooled event as the wire carries it.
-pub fn to_proto(e: ReportEvent) -> api::Event {
-    let ReportEvent {
-        seq,
-        at_ms,
-        kind,
-        user,
-        src,
-        policy,
-        reason,
-        grant,
-        detail,
-    } = e;
-    api::Event {
-        seq,
-        at_unix_ms: at_ms,
-        kind,
-        user,
-        src,
-        policy,
-        reason,
-        grant: grant.map(grant_to_proto),
-        detail_json: if detail.is_empty() {
-            String::new()
-        } else {
-            serde_json::Value::Object(detail).to_string()
-        },
-    }
-}
-
-fn grant_to_proto(g: GrantInfo) -> api::GrantInfo {
-    let GrantInfo {
-        grant_ref,
-        addr,
-        proto,
-        port,
-        expires_at_ms,
-    } = g;
-    let proto = match proto.as_str() {
-        "tcp" => api::Proto::Tcp,
-        "udp" => api::Proto::Udp,
-        _ => api::Proto::Unspecified,
-    };
-    api::GrantInfo {
-        grant_ref,
-        addr,
-        access: Some(api::Access {
-            proto: proto as i32,
-            port: u32::from(port),
-        }),
-        expires_at_unix_ms: expires_at_ms,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use knockgate_agent_core::ruleset::{GrantKey, Proto};
-
-    #[test]
-    fn every_field_reaches_the_wire() {
-        let key = GrantKey {
-            addr: "fd00::2".parse().expect("ip"),
-            proto: Proto::Udp,
-            port: 51820,
-        };
-        let mut e = ReportEvent::new("grant.closed")
-            .src(key.addr)
-            .user(Some("bob"))
-            .policy("vpn")
-            .reason("revoked")
-            .grant(GrantInfo::new("b-7", &key, 99))
-            .detail("timeout_s", 30);
-        e.seq = 42;
-        let at = e.at_ms;
-        let p = to_proto(e);
-        assert_eq!(p.seq, 42);
-        assert_eq!(p.at_unix_ms, at);
-        assert_eq!(
-            (p.kind.as_str(), p.user.as_str(), p.src.as_str()),
-            ("grant.closed", "bob", "fd00::2")
-        );
-        assert_eq!((p.policy.as_str(), p.reason.as_str()), ("vpn", "revoked"));
-        assert_eq!(p.detail_json, r#"{"timeout_s":30}"#);
-        let g = p.grant.expect("grant");
-        assert_eq!((g.grant_ref.as_str(), g.addr.as_str()), ("b-7", "fd00::2"));
-        assert_eq!(g.expires_at_unix_ms, 99);
-        let a = g.access.expect("access");
-        assert_eq!((a.proto, a.port), (api::Proto::Udp as i32, 51820));
-        assert_eq!(to_proto(ReportEvent::new("x")).detail_json, "");
-    }
 }

@@ -12,7 +12,7 @@ use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::ReportEvent;
+use super::Record;
 use crate::state;
 
 /// Rewrite the file once acknowledged lines take more than half of it and at least this.
@@ -64,7 +64,7 @@ impl Spool {
                 if line.last() != Some(&b'\n') {
                     break;
                 }
-                let Ok(event) = serde_json::from_slice::<ReportEvent>(&line) else {
+                let Ok(event) = serde_json::from_slice::<Record>(&line) else {
                     continue;
                 };
                 if event.seq > highest {
@@ -100,7 +100,7 @@ impl Spool {
 
     /// Number `events` and append them, synced. On an error nothing of the batch stays
     /// (its numbers are skipped, never reused).
-    pub fn append(&mut self, events: &mut [ReportEvent]) -> io::Result<()> {
+    pub fn append(&mut self, events: &mut [Record]) -> io::Result<()> {
         let mut buf = Vec::with_capacity(events.len() * 256);
         for e in events.iter_mut() {
             e.seq = self.next_seq;
@@ -123,7 +123,7 @@ impl Spool {
     }
 
     /// Up to `max` of the oldest events not acknowledged yet.
-    pub fn peek(&mut self, max: usize) -> io::Result<Vec<ReportEvent>> {
+    pub fn peek(&mut self, max: usize) -> io::Result<Vec<Record>> {
         self.peeked.clear();
         let mut f = File::open(self.dir.join("events.jsonl"))?;
         f.seek(SeekFrom::Start(self.read_offset))?;
@@ -138,7 +138,7 @@ impl Spool {
                 break;
             }
             offset += n as u64;
-            match serde_json::from_slice::<ReportEvent>(&line) {
+            match serde_json::from_slice::<Record>(&line) {
                 Ok(e) if e.seq > self.acked => {
                     self.peeked.push((Some(e.seq), offset));
                     out.push(e);
@@ -197,7 +197,7 @@ impl Spool {
                 break;
             }
             offset += n as u64;
-            if let Ok(e) = serde_json::from_slice::<ReportEvent>(&line)
+            if let Ok(e) = serde_json::from_slice::<Record>(&line)
                 && e.seq > self.acked
             {
                 dropped += 1;
@@ -252,6 +252,7 @@ fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use knockgate_proto::event::Kind;
 
     #[test]
     fn shedding_drops_the_oldest_and_survives_a_restart() {
@@ -273,13 +274,13 @@ mod tests {
         assert_eq!(left, [9, 10]);
     }
 
-    fn events(n: usize) -> Vec<ReportEvent> {
+    fn events(n: usize) -> Vec<Record> {
         (0..n)
-            .map(|i| ReportEvent::new("grant.opened").detail("i", i))
+            .map(|i| Record::new(Kind::GrantOpened, 0).with_detail("i", i))
             .collect()
     }
 
-    fn seqs(v: &[ReportEvent]) -> Vec<u64> {
+    fn seqs(v: &[Record]) -> Vec<u64> {
         v.iter().map(|e| e.seq).collect()
     }
 
@@ -359,8 +360,8 @@ mod tests {
         let mut s = Spool::open(dir.path()).expect("open");
         let mut all = Vec::new();
         for _ in 0..30 {
-            let mut batch: Vec<ReportEvent> = (0..500)
-                .map(|_| ReportEvent::new("spa.rejected").detail("pad", "x".repeat(200)))
+            let mut batch: Vec<Record> = (0..500)
+                .map(|_| Record::new(Kind::SpaRejected, 0).with_detail("pad", "x".repeat(200)))
                 .collect();
             s.append(&mut batch).expect("append");
             all.extend(seqs(&batch));

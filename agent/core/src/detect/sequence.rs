@@ -55,12 +55,14 @@ pub enum ResetReason {
 }
 
 impl ResetReason {
-    pub fn as_str(self) -> &'static str {
+    /// Its word in the event vocabulary.
+    pub fn reason(self) -> knockgate_proto::event::Reason {
+        use knockgate_proto::event::Reason;
         match self {
-            ResetReason::WrongKnock => "wrong_knock",
-            ResetReason::SequenceTimeout => "sequence_timeout",
-            ResetReason::GapTooShort => "gap_too_short",
-            ResetReason::GapTooLong => "gap_too_long",
+            ResetReason::WrongKnock => Reason::WrongKnock,
+            ResetReason::SequenceTimeout => Reason::SequenceTimeout,
+            ResetReason::GapTooShort => Reason::GapTooShort,
+            ResetReason::GapTooLong => Reason::GapTooLong,
         }
     }
 }

@@ -127,6 +127,10 @@ impl SpaDetector {
     }
 
     /// The replay cache, to restore it from disk at start.
+    pub fn replay_cache_ref(&self) -> &ReplayCache {
+        &self.replay
+    }
+
     pub fn replay_cache(&mut self) -> &mut ReplayCache {
         &mut self.replay
     }

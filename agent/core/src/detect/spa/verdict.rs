@@ -4,6 +4,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use knockgate_proto::event;
+
 use crate::replay::ReplayKey;
 use crate::ruleset::Access;
 
@@ -17,86 +19,25 @@ pub enum Method {
 }
 
 impl Method {
+    /// Its word in events.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Method::Native => "spa",
-            Method::Fwknop => "fwknop",
-            Method::Otk => "otk",
+        event::Method::from(self).as_str()
+    }
+}
+
+impl From<Method> for event::Method {
+    fn from(m: Method) -> Self {
+        match m {
+            Method::Native => event::Method::Spa,
+            Method::Fwknop => event::Method::Fwknop,
+            Method::Otk => event::Method::Otk,
         }
     }
 }
 
-/// Why a datagram opened nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    /// Not a packet of either format (size, magic, base64, version, body).
-    Malformed,
-    /// Native: no user has this key id.
-    UnknownKey,
-    /// Native: the key id is known but the AEAD tag does not verify.
-    BadTag,
-    /// fwknop: no user's HMAC key verifies the packet.
-    NoMatchingKey,
-    /// fwknop: the HMAC verified but the packet does not decrypt (wrong Rijndael key).
-    BadEncryptionKey,
-    /// Native: sealed for another gateway.
-    WrongGateway,
-    /// Timestamp older than `max_age`.
-    Stale,
-    /// Timestamp further ahead than `max_age`.
-    Future,
-    /// The same packet was accepted before.
-    Replay,
-    /// The replay cache is full of live entries; refused rather than forgetting.
-    ReplayCacheFull,
-    /// fwknop: a command or NAT message, which knockgate does not run.
-    NotAccessRequest,
-    /// No policy admits this user for this access by this method.
-    AccessDenied,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Malformed => "malformed",
-            Reason::UnknownKey => "unknown_key",
-            Reason::BadTag => "bad_tag",
-            Reason::NoMatchingKey => "no_matching_key",
-            Reason::BadEncryptionKey => "bad_encryption_key",
-            Reason::WrongGateway => "wrong_gateway",
-            Reason::Stale => "stale",
-            Reason::Future => "future",
-            Reason::Replay => "replay",
-            Reason::ReplayCacheFull => "replay_cache_full",
-            Reason::NotAccessRequest => "not_access_request",
-            Reason::AccessDenied => "access_denied",
-        }
-    }
-
-    /// Whether the sender proved it holds a user's key (what follows is worth an INFO).
-    pub fn authenticated(self) -> bool {
-        !matches!(
-            self,
-            Reason::Malformed | Reason::UnknownKey | Reason::BadTag | Reason::NoMatchingKey
-        )
-    }
-
-    /// Every reason, for counters.
-    pub const ALL: [Reason; 12] = [
-        Reason::Malformed,
-        Reason::UnknownKey,
-        Reason::BadTag,
-        Reason::NoMatchingKey,
-        Reason::BadEncryptionKey,
-        Reason::WrongGateway,
-        Reason::Stale,
-        Reason::Future,
-        Reason::Replay,
-        Reason::ReplayCacheFull,
-        Reason::NotAccessRequest,
-        Reason::AccessDenied,
-    ];
-}
+/// Why a datagram opened nothing: the SPA words of the one event vocabulary
+/// (`Malformed` … `AccessDenied`).
+pub use knockgate_proto::event::Reason;
 
 /// A refused datagram: why, and what is known about who sent it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

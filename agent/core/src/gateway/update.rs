@@ -1,25 +1,24 @@
-//! A new config while running: built and validated off the engine thread into an
-//! [`Update`], then swapped in at once. Grants stay open across the swap, except those of
-//! users the new config no longer has; fixed-sequence knocks in progress start over; the
-//! SPA replay cache carries over, so a packet accepted under the old config is still a
-//! replay. Rotating-sequence progress and consumption always carry over.
+//! A new config while running: built and validated ahead into an [`Update`], then
+//! swapped in at once. Grants stay open across the swap, except those of users the new
+//! config no longer has; fixed-sequence knocks in progress start over; the SPA replay
+//! cache carries over, so a packet accepted under the old config is still a replay.
+//! Rotating-sequence progress and consumption always carry over.
 //!
 //! Most pushes from the controller change only the derived material (new windows, a
 //! fresh stock of one-time keys): then the firewall and the matchers are left alone and
 //! only the material is swapped.
 
 use std::collections::BTreeSet;
-use std::time::Instant;
 
-use knockgate_agent_core::config::{Config, ConfigError, Material, MaterialDef};
-use knockgate_agent_core::detect::sequence::{DoorError, SequenceMatcher};
-use knockgate_agent_core::detect::spa::SpaDetector;
-use knockgate_agent_core::ruleset::Ruleset;
-use tracing::{debug, info};
+use knockgate_proto::event::Reason;
 
-use super::Engine;
+use super::{Gateway, Time};
+use crate::config::{Config, ConfigError, Material, MaterialDef};
+use crate::detect::sequence::{DoorError, SequenceMatcher};
+use crate::detect::spa::SpaDetector;
+use crate::ruleset::Ruleset;
 
-/// Everything the engine needs to enforce a config, built ahead of the swap.
+/// Everything the gateway needs to enforce a config, built ahead of the swap.
 pub struct Update {
     config: Config,
     matcher: SequenceMatcher,
@@ -76,10 +75,44 @@ impl Update {
     }
 }
 
-impl Engine {
-    /// Enforce `update`: the firewall's ruleset first (one atomic change), and only if
-    /// that worked the decision state. On an error nothing has changed.
-    pub(super) fn apply(&mut self, update: Update, now: Instant) -> Result<(), String> {
+/// What taking a config in needs from the shell.
+#[derive(Debug)]
+pub enum Apply {
+    /// Nothing: it is in force (only its derived material was new).
+    Done,
+    /// Install this base, then answer with [`Gateway::handle_installed_config`]; the
+    /// config is in force only if that worked.
+    Install(Ruleset),
+}
+
+impl Gateway {
+    /// Take `update` in. A change of policies or users needs the firewall first (one
+    /// atomic change, see [`Apply::Install`]); on an error nothing has changed.
+    pub fn handle_config(&mut self, update: Update, now: Time) -> Result<Apply, String> {
+        if update.config == self.config && !self.has_floor() {
+            let material = update.material;
+            self.set_material(material, now);
+            return Ok(Apply::Done);
+        }
+        if update.config.uses_spa() && self.spa.is_none() {
+            return Err("SPA policies need the replay store, which this agent did not open".into());
+        }
+        let ruleset = update.ruleset.clone();
+        self.staged = Some(Box::new(update));
+        Ok(Apply::Install(ruleset))
+    }
+
+    /// How installing the base of the config handed to [`Gateway::handle_config`] went;
+    /// only if it worked is the config in force.
+    pub fn handle_installed_config(
+        &mut self,
+        result: Result<(), String>,
+        now: Time,
+    ) -> Result<(), String> {
+        let Some(update) = self.staged.take() else {
+            return Err("no config waits for its firewall".into());
+        };
+        result.map_err(|e| format!("firewall: {e}"))?;
         let Update {
             config,
             matcher,
@@ -87,63 +120,35 @@ impl Engine {
             spa,
             ruleset,
             material,
-        } = update;
-        if config == self.config && !self.has_floor() {
-            debug!(
-                sequences = material.rotating.len(),
-                one_time_keys = material.otks.len(),
-                "new derived material"
-            );
-            self.set_material(material);
-            return Ok(());
-        }
-        let uses_spa = config.uses_spa();
-        if uses_spa && self.spa.is_none() {
-            return Err("SPA policies need the replay store, which this agent did not open".into());
-        }
+        } = *update;
         // An explicit config from the controller: what it protects is what is protected.
-        self.install_base(&ruleset)
-            .map_err(|e| format!("firewall: {e}"))?;
         self.clear_floor();
-        self.policies = config.policies.clone();
-        self.users = config.users.iter().map(|u| u.name.clone()).collect();
+        self.installed(&ruleset);
         self.door_policy = door_policy;
         self.matcher = matcher;
+        let uses_spa = config.uses_spa();
         if let Some(state) = &mut self.spa {
             state.replace(spa, uses_spa);
         }
         self.config = config;
         // The static knocks may have changed: retune whatever the rotating ones are.
         self.rotating.force_retune();
-        self.set_material(material);
-        let users: BTreeSet<&str> = self.users.iter().map(String::as_str).collect();
+        self.set_material(material, now);
+        let users: BTreeSet<&str> = self.config.users.iter().map(|u| u.name.as_str()).collect();
         let gone = self
             .grants
             .select(|g| g.user.as_deref().is_some_and(|u| !users.contains(u)));
-        let closed = gone.len();
-        self.close_now(gone, "user_removed", now);
-        info!(
-            policies = self.policies.len(),
-            users = self.users.len(),
-            protected = ruleset.protected.len(),
-            knock_ports = ruleset.knock_ports.len(),
-            closed,
-            "new config enforced"
-        );
+        self.close_now(gone, Reason::UserRemoved, now);
         Ok(())
     }
 
-    /// Close the grants named by ref, and every grant of `users`.
-    pub(super) fn revoke(&mut self, grant_refs: &[String], users: &[String], now: Instant) {
+    /// Close the grants named by ref, and every grant of `users`. Returns how many.
+    pub fn handle_revoke(&mut self, grant_refs: &[String], users: &[String], now: Time) -> usize {
         let keys = self.grants.select(|g| {
             grant_refs.contains(&g.grant_ref) || g.user.as_ref().is_some_and(|u| users.contains(u))
         });
-        info!(
-            grant_refs = grant_refs.len(),
-            users = users.len(),
-            closing = keys.len(),
-            "revocation from the controller"
-        );
-        self.close_now(keys, "revoked", now);
+        let n = keys.len();
+        self.close_now(keys, Reason::Revoked, now);
+        n
     }
 }
