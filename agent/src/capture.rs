@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use knockgate_agent_core::packet::{self, KnockKind, LinkType};
+use knockgate_agent_core::packet::{self, KnockStep, LinkType};
 use knockgate_agent_core::ruleset::Proto;
 use pcap::{Active, BreakLoop, Capture, Direction, Linktype};
 
@@ -206,7 +206,7 @@ pub fn spawn(
             let Some(k) = packet::parse(link, frame.data) else {
                 continue;
             };
-            let spa = KnockKind::Port { proto: Proto::Udp, port: spa_port.unwrap_or(0) };
+            let spa = KnockStep::Port { proto: Proto::Udp, port: spa_port.unwrap_or(0) };
             let payload = (spa_port.is_some() && k.kind == spa).then(|| Box::from(k.payload));
             let msg = KnockMsg { at: Instant::now(), src: k.src, kind: k.kind, tcp_flags: k.tcp_flags, payload };
             counters.knocks.fetch_add(1, Ordering::Relaxed);

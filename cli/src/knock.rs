@@ -1,5 +1,5 @@
 //! Sending knocks: one TCP SYN, one UDP datagram or one ICMP echo request per
-//! [`KnockSpec`], exactly as the `knock` client does, with nothing waited for.
+//! [`KnockStep`], exactly as the `knock` client does, with nothing waited for.
 //!
 //! Every knock uses a fresh socket, so knocks leave from distinct source ports
 //! like `knock`'s, and a send never blocks on an answer: knock ports are dropped
@@ -13,7 +13,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::icmp;
-use crate::spec::KnockSpec;
+use knockgate_proto::{KnockStep, Proto};
 
 /// Payload of a UDP knock: one NUL byte, as the `knock` client sends.
 const UDP_PAYLOAD: &[u8] = &[0];
@@ -25,7 +25,7 @@ pub enum KnockError {
     #[error("failed to open a socket for {knock} to {target}")]
     Socket {
         /// The knock being sent.
-        knock: KnockSpec,
+        knock: KnockStep,
         /// Where it was going.
         target: IpAddr,
         /// The socket error.
@@ -37,7 +37,7 @@ pub enum KnockError {
     #[error("failed to connect for {knock} to {target}")]
     Connect {
         /// The knock being sent.
-        knock: KnockSpec,
+        knock: KnockStep,
         /// Where it was going.
         target: IpAddr,
         /// The connect error.
@@ -48,7 +48,7 @@ pub enum KnockError {
     #[error("failed to send {knock} to {target}")]
     Send {
         /// The knock being sent.
-        knock: KnockSpec,
+        knock: KnockStep,
         /// Where it was going.
         target: IpAddr,
         /// The send error.
@@ -79,11 +79,17 @@ pub enum KnockError {
 /// - UDP: one datagram from a connected socket.
 /// - ICMP: one echo request, from an unprivileged ping socket if the kernel
 ///   allows it (`net.ipv4.ping_group_range`), else from a raw socket.
-pub fn send_knock(target: IpAddr, knock: &KnockSpec) -> Result<(), KnockError> {
+pub fn send_knock(target: IpAddr, knock: &KnockStep) -> Result<(), KnockError> {
     match *knock {
-        KnockSpec::Tcp(port) => send_tcp(target, port, knock),
-        KnockSpec::Udp(port) => send_udp(target, port, knock),
-        KnockSpec::Icmp => send_icmp(target),
+        KnockStep::Port {
+            proto: Proto::Tcp,
+            port,
+        } => send_tcp(target, port, knock),
+        KnockStep::Port {
+            proto: Proto::Udp,
+            port,
+        } => send_udp(target, port, knock),
+        KnockStep::Icmp => send_icmp(target),
     }
 }
 
@@ -93,9 +99,9 @@ pub fn send_knock(target: IpAddr, knock: &KnockSpec) -> Result<(), KnockError> {
 /// Stops at the first knock that fails.
 pub fn send_sequence(
     target: IpAddr,
-    knocks: &[KnockSpec],
+    knocks: &[KnockStep],
     delay: Duration,
-    mut on_sent: impl FnMut(&KnockSpec),
+    mut on_sent: impl FnMut(&KnockStep),
 ) -> Result<(), KnockError> {
     for (i, knock) in knocks.iter().enumerate() {
         if i > 0 && !delay.is_zero() {
@@ -107,7 +113,7 @@ pub fn send_sequence(
     Ok(())
 }
 
-fn send_tcp(target: IpAddr, port: u16, knock: &KnockSpec) -> Result<(), KnockError> {
+fn send_tcp(target: IpAddr, port: u16, knock: &KnockStep) -> Result<(), KnockError> {
     let addr = SocketAddr::new(target, port);
     let socket = Socket::new(
         Domain::for_address(addr),
@@ -134,7 +140,7 @@ fn send_tcp(target: IpAddr, port: u16, knock: &KnockSpec) -> Result<(), KnockErr
     // `socket` drops here: close() in SYN_SENT sends nothing, like `knock`.
 }
 
-fn send_udp(target: IpAddr, port: u16, knock: &KnockSpec) -> Result<(), KnockError> {
+fn send_udp(target: IpAddr, port: u16, knock: &KnockStep) -> Result<(), KnockError> {
     let addr = SocketAddr::new(target, port);
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(
         |source| KnockError::Socket {
@@ -182,7 +188,7 @@ fn send_icmp(target: IpAddr) -> Result<(), KnockError> {
     socket
         .send_to(&message, &addr)
         .map_err(|source| KnockError::Send {
-            knock: KnockSpec::Icmp,
+            knock: KnockStep::Icmp,
             target,
             source,
         })?;

@@ -1,7 +1,6 @@
 //! knockgate's command-line tools as a library: `knocker` (the user client) and
 //! `knockadm` (the admin CLI) are thin binaries over these modules.
 //!
-//! - [`spec`]: what a knock is ([`KnockSpec`]) and how users write it ([`parse_spec`]).
 //! - [`knock`]: sending knocks over real sockets ([`send_knock`], [`send_sequence`]).
 //! - [`icmp`]: echo-request bytes and the Internet checksum.
 //! - [`resolve`]: HOST to one address, honouring `-4`/`-6`.
@@ -25,10 +24,8 @@ pub mod otk;
 pub mod profile;
 pub mod resolve;
 pub mod spa;
-pub mod spec;
 
 pub use keyfile::{KeyFileError, KeyTextError, parse_key_text, read_key_file, write_key_file};
 pub use knock::{KnockError, send_knock, send_sequence};
 pub use resolve::{Family, ResolveError, resolve_host};
 pub use spa::{BuildSpaError, DEFAULT_SPA_PORT, SendSpaError, build_spa, send_spa};
-pub use spec::{KnockSpec, SpecError, parse_spec};

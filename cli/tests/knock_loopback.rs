@@ -11,7 +11,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use knockgate_cli::icmp::{ECHO_PAYLOAD, ICMP_ECHO_REQUEST, ICMPV6_ECHO_REQUEST};
-use knockgate_cli::{KnockSpec, send_knock, send_sequence};
+use knockgate_cli::{send_knock, send_sequence};
+use knockgate_proto::KnockStep;
 use socket2::{Domain, Protocol, Socket, Type};
 
 const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -23,7 +24,7 @@ fn udp_delivers(ip: IpAddr) {
     receiver.set_read_timeout(Some(WAIT)).expect("set timeout");
     let port = receiver.local_addr().expect("local addr").port();
 
-    send_knock(ip, &KnockSpec::Udp(port)).expect("udp knock sent");
+    send_knock(ip, &KnockStep::udp(port)).expect("udp knock sent");
 
     let mut buf = [0u8; 64];
     let (len, from) = receiver.recv_from(&mut buf).expect("udp knock received");
@@ -40,7 +41,7 @@ fn tcp_delivers(ip: IpAddr) {
         .expect("nonblocking listener");
     let port = listener.local_addr().expect("local addr").port();
 
-    send_knock(ip, &KnockSpec::Tcp(port)).expect("tcp knock sent");
+    send_knock(ip, &KnockStep::tcp(port)).expect("tcp knock sent");
 
     let deadline = Instant::now() + WAIT;
     loop {
@@ -72,7 +73,7 @@ fn icmp_delivers(ip: IpAddr) {
         .set_read_timeout(Some(Duration::from_millis(200)))
         .expect("set timeout");
 
-    send_knock(ip, &KnockSpec::Icmp).expect("icmp knock sent");
+    send_knock(ip, &KnockStep::Icmp).expect("icmp knock sent");
 
     let deadline = Instant::now() + WAIT;
     let mut buf = [0u8; 1500];
@@ -130,7 +131,7 @@ fn tcp_knock_on_closed_port_is_ok() {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
-    send_knock(V4, &KnockSpec::Tcp(port)).expect("tcp knock to a closed port");
+    send_knock(V4, &KnockStep::tcp(port)).expect("tcp knock to a closed port");
 }
 
 #[test]
@@ -139,9 +140,9 @@ fn sequence_arrives_in_order_with_delay() {
     receiver.set_read_timeout(Some(WAIT)).expect("set timeout");
     let port = receiver.local_addr().expect("local addr").port();
     let knocks = [
-        KnockSpec::Udp(port),
-        KnockSpec::Udp(port),
-        KnockSpec::Udp(port),
+        KnockStep::udp(port),
+        KnockStep::udp(port),
+        KnockStep::udp(port),
     ];
     let delay = Duration::from_millis(20);
 

@@ -167,7 +167,10 @@ impl PolicyDef {
             .sequence
             .iter()
             .enumerate()
-            .map(|(i, s)| s.parse().map_err(|e| invalid(format!("sequence[{i}]"), e)))
+            .map(|(i, s)| {
+                s.parse()
+                    .map_err(|e| invalid(format!("sequence[{i}]"), format!("{s:?}: {e}")))
+            })
             .collect::<Result<Vec<KnockStep>, _>>()?;
         let rotating = methods::rotation(&raw, &open)?;
         let otk = methods::otk(&raw)?;

@@ -11,21 +11,21 @@ use knockgate_agent_core::detect::rotating::{
     DoorKey, RotatingDetector, RotatingDoor, RotatingPolicy,
 };
 use knockgate_agent_core::detect::sequence::{Door, FlagFilter, SequenceMatcher};
-use knockgate_agent_core::packet::KnockKind;
+use knockgate_agent_core::packet::KnockStep;
 use knockgate_agent_core::ruleset::Proto;
 use libfuzzer_sys::fuzz_target;
 
-fn kind(b: u8) -> KnockKind {
+fn kind(b: u8) -> KnockStep {
     match b % 3 {
-        0 => KnockKind::Port {
+        0 => KnockStep::Port {
             proto: Proto::Tcp,
             port: 7000 + u16::from(b % 8),
         },
-        1 => KnockKind::Port {
+        1 => KnockStep::Port {
             proto: Proto::Udp,
             port: 7000 + u16::from(b % 8),
         },
-        _ => KnockKind::Icmp,
+        _ => KnockStep::Icmp,
     }
 }
 
@@ -34,12 +34,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     // Two fixed doors whose steps come from the first bytes.
-    let steps = |n: usize, off: usize| -> Vec<KnockKind> {
+    let steps = |n: usize, off: usize| -> Vec<KnockStep> {
         (0..n)
             .map(|i| kind(script.get(off + i).copied().unwrap_or(0)))
             .collect()
     };
-    let door = |steps: Vec<KnockKind>, gap: u8| Door {
+    let door = |steps: Vec<KnockStep>, gap: u8| Door {
         steps,
         sequence_timeout: Duration::from_millis(u64::from(head) * 20 + 1),
         min_gap: Duration::from_millis(u64::from(gap % 4)),

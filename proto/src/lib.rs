@@ -17,12 +17,14 @@ pub mod api;
 pub mod event;
 pub mod exit;
 pub mod fwknop;
+pub mod knock;
 pub mod policy;
 pub mod rotation;
 pub mod scope;
 pub mod spa;
 
 pub use access::{Access, ParseAccessError, Proto};
+pub use knock::{KnockStep, ParseKnockError};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

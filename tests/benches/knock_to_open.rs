@@ -20,9 +20,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use knockgate_cli::send_knock;
 use knockgate_cli::spa::{build_spa, send_spa};
-use knockgate_cli::{KnockSpec, send_knock};
 use knockgate_proto::Access;
+use knockgate_proto::KnockStep;
 use knockgate_proto::spa::SpaKey;
 use knockgate_tests::agent::{AgentProc, Workdir, ssh_policy};
 use knockgate_tests::netns::{Lab, sh};
@@ -176,10 +177,10 @@ fn one_run(lab: &Lab, method: Method, fwknop: Option<Vec<u8>>) -> Option<Duratio
         match method {
             Method::Sequence => {
                 let knocks = [
-                    KnockSpec::Tcp(7000),
-                    KnockSpec::Udp(8000),
-                    KnockSpec::Icmp,
-                    KnockSpec::Tcp(9000),
+                    KnockStep::tcp(7000),
+                    KnockStep::udp(8000),
+                    KnockStep::Icmp,
+                    KnockStep::tcp(9000),
                 ];
                 for k in &knocks {
                     send_knock(gw, k).expect("knock");

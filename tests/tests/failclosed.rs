@@ -8,7 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use knockgate_cli::{KnockSpec, send_knock};
+use knockgate_cli::send_knock;
+use knockgate_proto::KnockStep;
 use knockgate_tests::agent::{AgentProc, Workdir, ssh_policy};
 use knockgate_tests::controller::{Controller, enroll_and_start, wait_applied};
 use knockgate_tests::fleet::Fleet;
@@ -21,9 +22,9 @@ const SEQ: [&str; 3] = ["tcp/7000", "udp/8000", "tcp/9000"];
 fn knock(lab: &Lab, target: IpAddr) {
     lab.client.run(move || {
         for k in [
-            KnockSpec::Tcp(7000),
-            KnockSpec::Udp(8000),
-            KnockSpec::Tcp(9000),
+            KnockStep::tcp(7000),
+            KnockStep::udp(8000),
+            KnockStep::tcp(9000),
         ] {
             send_knock(target, &k).expect("knock");
         }

@@ -5,19 +5,20 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use knockgate_cli::{KnockSpec, send_knock};
+use knockgate_cli::send_knock;
+use knockgate_proto::KnockStep;
 use knockgate_tests::agent::{AgentProc, Workdir, ssh_policy};
 use knockgate_tests::netns::Lab;
 use knockgate_tests::probe::{Listener, can_connect, closes_within, opens_within};
 
 const SEQ: [&str; 4] = ["tcp/7000", "udp/8000", "icmp", "tcp/9000"];
 
-fn specs() -> Vec<KnockSpec> {
+fn specs() -> Vec<KnockStep> {
     vec![
-        KnockSpec::Tcp(7000),
-        KnockSpec::Udp(8000),
-        KnockSpec::Icmp,
-        KnockSpec::Tcp(9000),
+        KnockStep::tcp(7000),
+        KnockStep::udp(8000),
+        KnockStep::Icmp,
+        KnockStep::tcp(9000),
     ]
 }
 
@@ -30,7 +31,7 @@ fn ssh6() -> SocketAddr {
 }
 
 /// Knock from the client namespace with the knocker library, from source `src`.
-fn knock_from(lab: &Lab, target: IpAddr, seq: Vec<KnockSpec>, gap: Duration) {
+fn knock_from(lab: &Lab, target: IpAddr, seq: Vec<KnockStep>, gap: Duration) {
     lab.client.run(move || {
         for (i, k) in seq.iter().enumerate() {
             if i > 0 {
@@ -134,10 +135,10 @@ fn wrong_order_and_too_slow_stay_closed() {
     let s = setup("5s", &SEQ);
     let me = IpAddr::V4(Lab::CLIENT4);
     let wrong = vec![
-        KnockSpec::Tcp(7000),
-        KnockSpec::Icmp,
-        KnockSpec::Udp(8000),
-        KnockSpec::Tcp(9000),
+        KnockStep::tcp(7000),
+        KnockStep::Icmp,
+        KnockStep::udp(8000),
+        KnockStep::tcp(9000),
     ];
     knock_from(&s.lab, Lab::GW4.into(), wrong, Duration::from_millis(20));
     assert!(

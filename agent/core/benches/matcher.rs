@@ -11,22 +11,22 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use knockgate_agent_core::detect::sequence::{Door, FlagFilter, SequenceMatcher};
-use knockgate_agent_core::packet::{KnockKind, tcp_flags};
+use knockgate_agent_core::packet::{KnockStep, tcp_flags};
 use knockgate_agent_core::ruleset::Proto;
 
 fn door() -> Door {
     Door {
         steps: vec![
-            KnockKind::Port {
+            KnockStep::Port {
                 proto: Proto::Tcp,
                 port: 7000,
             },
-            KnockKind::Port {
+            KnockStep::Port {
                 proto: Proto::Udp,
                 port: 8000,
             },
-            KnockKind::Icmp,
-            KnockKind::Port {
+            KnockStep::Icmp,
+            KnockStep::Port {
                 proto: Proto::Tcp,
                 port: 9000,
             },
@@ -71,7 +71,7 @@ fn bench(c: &mut Criterion) {
         let mut m = SequenceMatcher::new(vec![door()], 65_536).expect("door");
         let mut out = Vec::with_capacity(8);
         let now = Instant::now();
-        let junk = KnockKind::Port {
+        let junk = KnockStep::Port {
             proto: Proto::Tcp,
             port: 9000,
         };

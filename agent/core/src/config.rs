@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use crate::detect::rotating::RotatingPolicy;
 use crate::detect::sequence::{Door, FlagFilter};
-use crate::packet::{KnockKind, tcp_flags};
+use crate::packet::{KnockStep, tcp_flags};
 use crate::ruleset::{Access, Proto, Ruleset};
 use raw::{RawConfig, locate};
 
@@ -158,7 +158,7 @@ pub struct PolicyDef {
     pub open: Vec<Access>,
     pub timeout: Duration,
     pub max_timeout: Option<Duration>,
-    pub sequence: Vec<KnockKind>,
+    pub sequence: Vec<KnockStep>,
     pub sequence_timeout: Option<Duration>,
     pub min_gap: Option<Duration>,
     pub max_gap: Option<Duration>,
@@ -321,7 +321,7 @@ impl Config {
         for (i, p) in self.policies.iter().enumerate() {
             let steps = p.door.as_ref().map_or(&[][..], |d| &d.steps[..]);
             for step in steps {
-                let KnockKind::Port { proto, port } = *step else {
+                let KnockStep::Port { proto, port } = *step else {
                     continue;
                 };
                 let knock = Access { proto, port };
@@ -383,7 +383,7 @@ impl Config {
             rs.protected.extend(p.open.iter().copied());
         }
         for kind in self.capture_kinds() {
-            if let KnockKind::Port { proto, port } = kind {
+            if let KnockStep::Port { proto, port } = kind {
                 rs.knock_ports.insert(Access { proto, port });
             }
         }
@@ -393,14 +393,14 @@ impl Config {
     /// Everything the capture filter must let through for the static policies: every
     /// sequence step and the SPA port (rotating knocks are added by whoever holds the
     /// material, see [`crate::filter`]).
-    pub fn capture_kinds(&self) -> Vec<KnockKind> {
-        let mut kinds: Vec<KnockKind> = self
+    pub fn capture_kinds(&self) -> Vec<KnockStep> {
+        let mut kinds: Vec<KnockStep> = self
             .doors()
             .into_iter()
             .flat_map(|(_, d)| d.steps)
             .collect();
         if self.uses_spa() {
-            kinds.push(KnockKind::Port {
+            kinds.push(KnockStep::Port {
                 proto: Proto::Udp,
                 port: self.spa.port,
             });
@@ -416,12 +416,6 @@ impl Config {
             .filter_map(|(i, p)| p.door.clone().map(|d| (i, d)))
             .collect()
     }
-}
-
-/// One knock as written in a sequence: `tcp/PORT`, `udp/PORT` or `icmp`.
-pub fn parse_knock(s: &str) -> Result<KnockKind, String> {
-    use raw::ParseSpec;
-    KnockKind::parse_spec(s)
 }
 
 #[cfg(test)]

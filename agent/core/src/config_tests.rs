@@ -34,7 +34,7 @@ fn the_issue_schema_is_accepted_as_written() {
     assert_eq!(p.open, ["tcp/22".parse().unwrap()]);
     assert_eq!(p.timeout, Duration::from_secs(30));
     assert_eq!(door.steps.len(), 4);
-    assert_eq!(door.steps[2], KnockKind::Icmp);
+    assert_eq!(door.steps[2], KnockStep::Icmp);
     assert_eq!(door.sequence_timeout, Duration::from_secs(10));
     assert_eq!(door.tcp_flags, DEFAULT_TCP_FLAGS);
     let rs = c.ruleset();
@@ -96,7 +96,10 @@ fn bad_values_are_named() {
         "{e}"
     );
     let e = err(&ISSUE_EXAMPLE.replace("\"icmp\"", "\"icmp6\""));
-    assert!(e.contains("write tcp/PORT, udp/PORT or icmp"), "{e}");
+    assert!(
+        e.contains("unknown protocol 'icmp6' (expected tcp/PORT, udp/PORT or icmp)"),
+        "{e}"
+    );
     let e = err(&ISSUE_EXAMPLE.replace("# optional: min_gap", "tcp_flags = \"syn,!bogus\"\n#"));
     assert!(
         e.contains("unknown tcp flag \\\"bogus\\\"") || e.contains("unknown tcp flag"),
@@ -204,7 +207,7 @@ fn the_spa_schema_is_accepted_as_written() {
         rs.knock_ports.contains(&"udp/62201".parse().unwrap()),
         "the SPA port is dropped"
     );
-    assert!(c.capture_kinds().contains(&KnockKind::Port {
+    assert!(c.capture_kinds().contains(&KnockStep::Port {
         proto: crate::ruleset::Proto::Udp,
         port: 62201
     }));
@@ -291,7 +294,10 @@ fn def(name: &str) -> PolicyDef {
         open: vec!["tcp/22".parse().expect("access")],
         timeout: Duration::from_secs(30),
         max_timeout: None,
-        sequence: vec![parse_knock("tcp/7000").expect("knock"), KnockKind::Icmp],
+        sequence: vec![
+            "tcp/7000".parse::<KnockStep>().expect("knock"),
+            KnockStep::Icmp,
+        ],
         sequence_timeout: None,
         min_gap: None,
         max_gap: None,

@@ -3,30 +3,30 @@
 
 use std::collections::BTreeSet;
 
-use crate::packet::KnockKind;
+use crate::packet::KnockStep;
 use crate::ruleset::Proto;
 
 /// A pcap filter matching exactly the knocks `kinds` can be (inbound direction is set on
 /// the capture handle, not here).
-pub fn capture_filter<'a>(kinds: impl IntoIterator<Item = &'a KnockKind>) -> String {
+pub fn capture_filter<'a>(kinds: impl IntoIterator<Item = &'a KnockStep>) -> String {
     let mut tcp = BTreeSet::new();
     let mut udp = BTreeSet::new();
     let mut icmp = false;
     for k in kinds {
         match *k {
-            KnockKind::Port {
+            KnockStep::Port {
                 proto: Proto::Tcp,
                 port,
             } => {
                 tcp.insert(port);
             }
-            KnockKind::Port {
+            KnockStep::Port {
                 proto: Proto::Udp,
                 port,
             } => {
                 udp.insert(port);
             }
-            KnockKind::Icmp => icmp = true,
+            KnockStep::Icmp => icmp = true,
         }
     }
     let mut terms = Vec::new();
@@ -55,16 +55,16 @@ mod tests {
     #[test]
     fn builds_one_term_per_protocol() {
         let kinds = [
-            KnockKind::Port {
+            KnockStep::Port {
                 proto: Proto::Tcp,
                 port: 9000,
             },
-            KnockKind::Port {
+            KnockStep::Port {
                 proto: Proto::Udp,
                 port: 8000,
             },
-            KnockKind::Icmp,
-            KnockKind::Port {
+            KnockStep::Icmp,
+            KnockStep::Port {
                 proto: Proto::Tcp,
                 port: 7000,
             },

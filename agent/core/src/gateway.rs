@@ -28,7 +28,7 @@ use crate::config::{Config, Policy};
 use crate::detect::sequence::{Decision, DoorError, Outcome, SequenceMatcher};
 use crate::detect::spa::SpaDetector;
 use crate::grants::{Grant, GrantLabel, Grants, Held, Opened};
-use crate::packet::KnockKind;
+use crate::packet::KnockStep;
 use crate::replay::{ReplayCache, ReplayKey};
 use crate::ruleset::{Access, GrantKey, Ruleset};
 
@@ -66,7 +66,7 @@ impl Time {
 pub struct KnockMsg {
     pub at: Instant,
     pub src: IpAddr,
-    pub kind: KnockKind,
+    pub kind: KnockStep,
     pub tcp_flags: u8,
     /// The datagram body, kept only for the SPA port.
     pub payload: Option<Box<[u8]>>,

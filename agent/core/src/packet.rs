@@ -20,16 +20,8 @@ pub enum LinkType {
     RawIp,
 }
 
-/// What a knock packet was.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum KnockKind {
-    Port {
-        proto: Proto,
-        port: u16,
-    },
-    /// An ICMP echo request (IPv4) or ICMPv6 echo request.
-    Icmp,
-}
+/// What a knock packet was (the one knock type, shared with policies and clients).
+pub use knockgate_proto::KnockStep;
 
 /// TCP flag bits as they sit in the header's flag byte (FIN = 0x01 … CWR = 0x80).
 pub mod tcp_flags {
@@ -48,7 +40,7 @@ pub mod tcp_flags {
 pub struct Knock<'a> {
     pub src: IpAddr,
     pub dst: IpAddr,
-    pub kind: KnockKind,
+    pub kind: KnockStep,
     /// TCP flag byte; 0 for UDP and ICMP.
     pub tcp_flags: u8,
     pub ttl: u8,
@@ -93,25 +85,25 @@ pub fn parse(link: LinkType, frame: &[u8]) -> Option<Knock<'_>> {
         TransportSlice::Tcp(tcp) => {
             // Byte 13 of the TCP header holds the eight classic flags.
             let flags = tcp.slice().get(13).copied().unwrap_or(0);
-            let kind = KnockKind::Port {
+            let kind = KnockStep::Port {
                 proto: Proto::Tcp,
                 port: tcp.destination_port(),
             };
             (kind, flags, tcp.payload())
         }
         TransportSlice::Udp(udp) => {
-            let kind = KnockKind::Port {
+            let kind = KnockStep::Port {
                 proto: Proto::Udp,
                 port: udp.destination_port(),
             };
             (kind, 0, udp.payload())
         }
         TransportSlice::Icmpv4(icmp) => match icmp.icmp_type() {
-            Icmpv4Type::EchoRequest(_) => (KnockKind::Icmp, 0, &[][..]),
+            Icmpv4Type::EchoRequest(_) => (KnockStep::Icmp, 0, &[][..]),
             _ => return None,
         },
         TransportSlice::Icmpv6(icmp) => match icmp.icmp_type() {
-            Icmpv6Type::EchoRequest(_) => (KnockKind::Icmp, 0, &[][..]),
+            Icmpv6Type::EchoRequest(_) => (KnockStep::Icmp, 0, &[][..]),
             _ => return None,
         },
         _ => return None,
@@ -158,7 +150,7 @@ mod tests {
         assert_eq!(k.dst, "10.240.0.1".parse::<IpAddr>().unwrap());
         assert_eq!(
             k.kind,
-            KnockKind::Port {
+            KnockStep::Port {
                 proto: Proto::Tcp,
                 port: 7000
             }
@@ -185,7 +177,7 @@ mod tests {
         let k = parse(LinkType::Ethernet, &out).expect("knock");
         assert_eq!(
             k.kind,
-            KnockKind::Port {
+            KnockStep::Port {
                 proto: Proto::Udp,
                 port: 62201
             }
@@ -205,7 +197,7 @@ mod tests {
             .expect("build");
         assert_eq!(
             parse(LinkType::Ethernet, &req).map(|k| k.kind),
-            Some(KnockKind::Icmp)
+            Some(KnockStep::Icmp)
         );
         let mut rep = Vec::new();
         PacketBuilder::ethernet2(MAC_A, MAC_B)
@@ -222,7 +214,7 @@ mod tests {
             .expect("build");
         assert_eq!(
             parse(LinkType::Ethernet, &req6).map(|k| k.kind),
-            Some(KnockKind::Icmp)
+            Some(KnockStep::Icmp)
         );
     }
 
@@ -236,7 +228,7 @@ mod tests {
         let k = parse(LinkType::RawIp, &out).expect("knock");
         assert_eq!(
             k.kind,
-            KnockKind::Port {
+            KnockStep::Port {
                 proto: Proto::Udp,
                 port: 8000
             }

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use knockgate_agent::control::cache;
 use knockgate_agent::control::enroll::enroll;
 use knockgate_agent::engine::Input;
-use knockgate_agent_core::packet::KnockKind;
+use knockgate_agent_core::packet::KnockStep;
 use knockgate_agent_core::ruleset::Proto;
 use knockgate_proto::api;
 use knockgate_proto::spa::{SpaRequest, seal};
@@ -88,7 +88,7 @@ async fn the_agent_follows_the_real_controller() {
     );
 
     // A sequence knock and an SPA packet with the key the controller issued.
-    let port = |proto, port| KnockKind::Port { proto, port };
+    let port = |proto, port| KnockStep::Port { proto, port };
     tx.send(knock("10.0.0.2", port(Proto::Tcp, 7000), None))
         .expect("knock");
     tx.send(knock("10.0.0.2", port(Proto::Udp, 8000), None))

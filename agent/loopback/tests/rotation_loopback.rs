@@ -8,7 +8,7 @@ mod support;
 
 use std::time::{Duration, SystemTime};
 
-use knockgate_agent_core::packet::KnockKind;
+use knockgate_agent_core::packet::KnockStep;
 use knockgate_agent_core::ruleset::Proto;
 use knockgate_proto::api;
 use knockgate_proto::rotation::{RotationParams, derive_sequence, window_index};
@@ -37,7 +37,7 @@ fn rand_bytes(seed: u64) -> [u8; 16] {
 }
 
 fn spa(agent: &Agent, src: &str, packet: Vec<u8>) {
-    let to = KnockKind::Port {
+    let to = KnockStep::Port {
         proto: Proto::Udp,
         port: 62201,
     };
@@ -125,9 +125,9 @@ async fn rotating_sequences_and_one_time_keys_with_the_real_controller() {
     };
     let now = knockgate_proto::unix_secs(SystemTime::now());
     let seq = derive_sequence(&secret, "gw1", window_index(now, 30), &params).expect("derive");
-    let knocks: Vec<KnockKind> = seq
+    let knocks: Vec<KnockStep> = seq
         .iter()
-        .map(|a| KnockKind::Port {
+        .map(|a| KnockStep::Port {
             proto: a.proto,
             port: a.port,
         })

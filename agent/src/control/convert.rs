@@ -8,10 +8,8 @@
 
 use std::time::Duration;
 
-use knockgate_agent_core::config::{
-    MaterialDef, OtkDef, OtkOffline, PolicyDef, SequenceDef, User, parse_knock,
-};
-use knockgate_agent_core::packet::KnockKind;
+use knockgate_agent_core::config::{MaterialDef, OtkDef, OtkOffline, PolicyDef, SequenceDef, User};
+use knockgate_agent_core::packet::KnockStep;
 use knockgate_agent_core::ruleset::{Access, Proto};
 use knockgate_proto::api;
 use knockgate_proto::fwknop::{FwknopKeyError, FwknopKeys, HmacType};
@@ -97,7 +95,7 @@ fn sequence(at: &str, s: &api::RotatingSequence) -> Result<SequenceDef, InvalidC
         .enumerate()
         .map(|(i, a)| {
             access(&format!("{at}.knocks[{i}]"), a)
-                .map(|Access { proto, port }| KnockKind::Port { proto, port })
+                .map(|Access { proto, port }| KnockStep::Port { proto, port })
         })
         .collect::<Result<_, _>>()?;
     Ok(SequenceDef {
@@ -190,7 +188,14 @@ fn policy(at: &str, p: &api::Policy) -> Result<PolicyDef, InvalidConfig> {
     let sequence = sequence
         .iter()
         .enumerate()
-        .map(|(i, s)| parse_knock(s).map_err(|e| invalid(field(&format!("sequence[{i}]")), e)))
+        .map(|(i, s)| {
+            s.parse::<KnockStep>().map_err(|e| {
+                invalid(
+                    field(&format!("sequence[{i}]")),
+                    format!("bad knock {s:?}: {e}"),
+                )
+            })
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(PolicyDef {
         name: name.clone(),

@@ -1,6 +1,6 @@
 use super::*;
 use knockgate_agent_core::config::{Config, Origin};
-use knockgate_agent_core::packet::KnockKind;
+use knockgate_agent_core::packet::KnockStep;
 
 pub(crate) fn tcp(port: u32) -> api::Access {
     api::Access {
@@ -90,9 +90,9 @@ fn every_field_is_carried_over() {
     assert_eq!(
         s.sequence,
         [
-            parse_knock("tcp/7000").expect("k"),
-            parse_knock("udp/8000").expect("k"),
-            KnockKind::Icmp
+            "tcp/7000".parse::<KnockStep>().expect("k"),
+            "udp/8000".parse::<KnockStep>().expect("k"),
+            KnockStep::Icmp
         ]
     );
     assert_eq!(s.sequence_timeout, Some(Duration::from_secs(5)));
@@ -292,8 +292,8 @@ fn rotating_and_one_time_key_policies_and_their_material_convert() {
     assert_eq!(
         s.knocks,
         [
-            parse_knock("tcp/31000").expect("k"),
-            parse_knock("udp/41000").expect("k")
+            "tcp/31000".parse::<KnockStep>().expect("k"),
+            "udp/41000".parse::<KnockStep>().expect("k")
         ]
     );
     let k = &set.material.otks[0];

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use knockgate_agent_core::config::Config;
 use knockgate_agent_core::detect::spa::SpaDetector;
-use knockgate_agent_core::packet::{KnockKind, tcp_flags};
+use knockgate_agent_core::packet::{KnockStep, tcp_flags};
 use knockgate_agent_core::ruleset::Proto;
 use knockgate_proto::api::{
     self, AgentConfig, AgentMessage, ControllerMessage, RevokeGrants, agent_message,
@@ -141,7 +141,7 @@ fn config(c: AgentConfig) -> ControllerMessage {
     }
 }
 
-fn knock(src: &str, kind: KnockKind, payload: Option<Vec<u8>>) -> Input {
+fn knock(src: &str, kind: KnockStep, payload: Option<Vec<u8>>) -> Input {
     Input::Knock(KnockMsg {
         at: Instant::now(),
         src: src.parse().expect("ip"),
@@ -240,11 +240,11 @@ async fn sync_applies_refuses_resyncs_and_revokes() {
     );
 
     // A sequence grant (no user) and an SPA grant for alice.
-    let port = |proto, port| KnockKind::Port { proto, port };
+    let port = |proto, port| KnockStep::Port { proto, port };
     for k in [
         port(Proto::Tcp, 7000),
         port(Proto::Udp, 8000),
-        KnockKind::Icmp,
+        KnockStep::Icmp,
     ] {
         tx.send(knock("10.0.0.2", k, None)).expect("knock");
     }

@@ -1,6 +1,6 @@
 use std::collections::BTreeSet;
 
-use knockgate_agent_core::packet::KnockKind;
+use knockgate_agent_core::packet::KnockStep;
 
 use super::test_rig::{
     ALICE, BOB, Rig, T0, material, rig, rig_in, sequence, update, users_and_policies, w0,
@@ -117,14 +117,14 @@ fn ports(filter: &str) -> BTreeSet<u16> {
         .collect()
 }
 
-fn port(k: &KnockKind) -> u16 {
+fn port(k: &KnockStep) -> u16 {
     match k {
-        KnockKind::Port { port, .. } => *port,
-        KnockKind::Icmp => 0,
+        KnockStep::Port { port, .. } => *port,
+        KnockStep::Icmp => 0,
     }
 }
 
-fn listens(filter: &str, seq: &[KnockKind]) -> bool {
+fn listens(filter: &str, seq: &[KnockStep]) -> bool {
     let p = ports(filter);
     seq.iter().all(|k| p.contains(&port(k)))
 }

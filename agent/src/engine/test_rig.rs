@@ -12,7 +12,7 @@ use knockgate_agent_core::config::{
     Config, MaterialDef, Origin, OtkDef, OtkOffline, PolicyDef, SequenceDef, User,
 };
 use knockgate_agent_core::detect::spa::SpaDetector;
-use knockgate_agent_core::packet::{KnockKind, tcp_flags};
+use knockgate_agent_core::packet::{KnockStep, tcp_flags};
 use knockgate_agent_core::ruleset::Proto;
 use knockgate_proto::rotation::{RotationParams, derive_otk, derive_sequence, window_index};
 use knockgate_proto::spa::{SpaRequest, seal};
@@ -94,7 +94,7 @@ pub fn users_and_policies() -> (Vec<User>, Vec<PolicyDef>) {
 }
 
 /// A user's rotating sequence at gw1 in `window`, as the controller derives it.
-pub fn sequence(secret: &[u8; 32], window: u64) -> Vec<KnockKind> {
+pub fn sequence(secret: &[u8; 32], window: u64) -> Vec<KnockStep> {
     let params = RotationParams {
         exclude: vec![443, 2222, 8443],
         ..RotationParams::default()
@@ -102,7 +102,7 @@ pub fn sequence(secret: &[u8; 32], window: u64) -> Vec<KnockKind> {
     derive_sequence(secret, "gw1", window, &params)
         .expect("derive")
         .into_iter()
-        .map(|a| KnockKind::Port {
+        .map(|a| KnockStep::Port {
             proto: a.proto,
             port: a.port,
         })
@@ -243,7 +243,7 @@ impl Rig {
         self.clock.store(unix_secs * 1000, Ordering::Relaxed);
     }
 
-    pub fn knock(&mut self, src: &str, kinds: &[KnockKind]) {
+    pub fn knock(&mut self, src: &str, kinds: &[KnockStep]) {
         for &kind in kinds {
             self.engine.handle_input(super::Input::Knock(KnockMsg {
                 at: Instant::now(),
@@ -271,7 +271,7 @@ impl Rig {
         self.engine.handle_input(super::Input::Knock(KnockMsg {
             at: Instant::now(),
             src: src.parse().expect("ip"),
-            kind: KnockKind::Port {
+            kind: KnockStep::Port {
                 proto: Proto::Udp,
                 port: 62201,
             },

@@ -1,10 +1,10 @@
 use super::*;
 use crate::firewall::fake::FakeFirewall;
 use knockgate_agent_core::config::Config;
-use knockgate_agent_core::packet::{KnockKind, tcp_flags};
+use knockgate_agent_core::packet::{KnockStep, tcp_flags};
 use knockgate_agent_core::ruleset::Proto;
 
-fn knock(e: &mut Engine, at: Instant, kind: KnockKind) {
+fn knock(e: &mut Engine, at: Instant, kind: KnockStep) {
     let src = "10.240.0.2".parse().expect("ip");
     e.handle_input(Input::Knock(KnockMsg {
         at,
@@ -79,7 +79,7 @@ fn spa_from(e: &mut Engine, src: &str, secret: u8, nonce: [u8; 16]) {
     e.handle_input(Input::Knock(KnockMsg {
         at: Instant::now(),
         src: src.parse().expect("ip"),
-        kind: KnockKind::Port {
+        kind: KnockStep::Port {
             proto: Proto::Udp,
             port: 62201,
         },
@@ -127,7 +127,7 @@ fn apply_keeps_grants_and_replay_cache_and_closes_removed_users() {
     knock(
         &mut r.engine,
         now,
-        KnockKind::Port {
+        KnockStep::Port {
             proto: Proto::Tcp,
             port: 7000,
         },
@@ -202,7 +202,7 @@ fn a_firewall_refusal_leaves_the_old_config_in_force() {
     knock(
         &mut r.engine,
         Instant::now(),
-        KnockKind::Port {
+        KnockStep::Port {
             proto: Proto::Tcp,
             port: 7000,
         },
@@ -222,7 +222,7 @@ fn revoke_closes_by_ref_and_by_user() {
     knock(
         &mut r.engine,
         Instant::now(),
-        KnockKind::Port {
+        KnockStep::Port {
             proto: Proto::Tcp,
             port: 7000,
         },

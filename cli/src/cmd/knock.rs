@@ -10,7 +10,7 @@ use clap::Args;
 use super::{CommandError, EXIT_FAILURE, EXIT_USAGE};
 use crate::knock::{KnockError, send_sequence};
 use crate::resolve::{Family, ResolveError, resolve_host};
-use crate::spec::{KnockSpec, parse_spec};
+use knockgate_proto::KnockStep;
 
 /// Arguments of `knocker knock`.
 #[derive(Debug, Clone, Args)]
@@ -26,8 +26,8 @@ pub struct KnockArgs {
 
     /// Knocks to send, in order: tcp/PORT, udp/PORT or icmp. The knock client's
     /// shorthand also works: PORT (tcp), PORT:tcp, PORT:udp
-    #[arg(value_name = "SPEC", required = true, value_parser = parse_spec)]
-    pub knocks: Vec<KnockSpec>,
+    #[arg(value_name = "SPEC", required = true)]
+    pub knocks: Vec<KnockStep>,
 
     /// Wait this long between two knocks: 50ms, 1s, … (a bare number is
     /// milliseconds, like knock -d)
@@ -97,7 +97,7 @@ impl KnockArgs {
     }
 }
 
-fn report(out: &mut dyn Write, knock: &KnockSpec, target: IpAddr) -> io::Result<()> {
+fn report(out: &mut dyn Write, knock: &KnockStep, target: IpAddr) -> io::Result<()> {
     writeln!(out, "knocked {knock} on {target}")?;
     out.flush()
 }
@@ -138,7 +138,7 @@ mod tests {
     fn family_flags() {
         let mut args = KnockArgs {
             host: "h".into(),
-            knocks: vec![KnockSpec::Icmp],
+            knocks: vec![KnockStep::Icmp],
             delay: Duration::ZERO,
             ipv4: false,
             ipv6: false,

@@ -3,8 +3,6 @@
 //! SPA keys ([`OtkOffline`]), with the validation of their stored fields.
 
 use std::collections::BTreeSet;
-use std::fmt;
-use std::str::FromStr;
 
 use knockgate_proto::Access;
 use knockgate_proto::rotation::{self, Protos, RotationParams};
@@ -22,35 +20,8 @@ pub use knockgate_proto::policy::DEFAULT_WINDOW_SECS;
 /// Shortest window accepted: shorter ones leave a user no time to knock.
 pub const MIN_WINDOW_SECS: u32 = 5;
 
-/// One step of a knock sequence.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum KnockStep {
-    /// A TCP or UDP packet to a port.
-    Port(Access),
-    /// An ICMP echo request.
-    Icmp,
-}
-
-impl FromStr for KnockStep {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s == "icmp" {
-            return Ok(Self::Icmp);
-        }
-        s.parse()
-            .map(Self::Port)
-            .map_err(|e| format!("{s:?}: {e} (write tcp/PORT, udp/PORT or icmp)"))
-    }
-}
-
-impl fmt::Display for KnockStep {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Port(a) => a.fmt(f),
-            Self::Icmp => f.write_str("icmp"),
-        }
-    }
-}
+/// One step of a knock sequence (the one definition, in `knockgate-proto`).
+pub use knockgate_proto::KnockStep;
 
 /// A policy's rotating-sequence settings, defaults filled in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

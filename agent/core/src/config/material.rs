@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashSet};
 use knockgate_proto::spa::SpaKey;
 
 use super::{Config, ConfigError, invalid};
-use crate::packet::KnockKind;
+use crate::packet::KnockStep;
 
 /// Longest rotating sequence the detector tracks (its stage counter is a byte).
 const MAX_KNOCKS: usize = 255;
@@ -25,7 +25,7 @@ pub struct SequenceDef {
     pub policy: String,
     pub window: u64,
     /// In order.
-    pub knocks: Vec<KnockKind>,
+    pub knocks: Vec<KnockStep>,
 }
 
 /// One one-time key of a user, as the controller names it.
@@ -49,7 +49,7 @@ pub struct Sequence {
     pub user: usize,
     pub policy: usize,
     pub window: u64,
-    pub knocks: Vec<KnockKind>,
+    pub knocks: Vec<KnockStep>,
 }
 
 /// A one-time key; `user` indexes the config's users.
@@ -105,7 +105,7 @@ impl Config {
             }
             if s.knocks
                 .iter()
-                .any(|k| matches!(k, KnockKind::Port { port: 0, .. }))
+                .any(|k| matches!(k, KnockStep::Port { port: 0, .. }))
             {
                 return Err(invalid(key("knocks"), "port must be 1-65535"));
             }

@@ -69,11 +69,11 @@ fn seq(user: &str, policy: &str, window: u64) -> SequenceDef {
         policy: policy.into(),
         window,
         knocks: vec![
-            KnockKind::Port {
+            KnockStep::Port {
                 proto: Proto::Tcp,
                 port: 31000,
             },
-            KnockKind::Port {
+            KnockStep::Port {
                 proto: Proto::Udp,
                 port: 41000,
             },

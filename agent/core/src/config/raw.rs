@@ -13,7 +13,7 @@ use super::{
     PolicyDef, User, invalid,
 };
 use crate::detect::sequence::FlagFilter;
-use crate::packet::{KnockKind, tcp_flags};
+use crate::packet::{KnockStep, tcp_flags};
 use crate::ruleset::Access;
 
 #[derive(Deserialize)]
@@ -90,7 +90,7 @@ pub(super) struct RawPolicy {
     pub timeout: Human,
     pub max_timeout: Option<Human>,
     #[serde(default)]
-    pub sequence: Vec<Spec<KnockKind>>,
+    pub sequence: Vec<Spec<KnockStep>>,
     pub sequence_timeout: Option<Human>,
     pub min_gap: Option<Human>,
     pub max_gap: Option<Human>,
@@ -223,18 +223,9 @@ impl ParseSpec for HmacType {
     }
 }
 
-impl ParseSpec for KnockKind {
+impl ParseSpec for KnockStep {
     fn parse_spec(s: &str) -> Result<Self, String> {
-        if s == "icmp" {
-            return Ok(KnockKind::Icmp);
-        }
-        let p: Access = s
-            .parse()
-            .map_err(|e| format!("bad knock {s:?}: {e} (write tcp/PORT, udp/PORT or icmp)"))?;
-        Ok(KnockKind::Port {
-            proto: p.proto,
-            port: p.port,
-        })
+        s.parse().map_err(|e| format!("bad knock {s:?}: {e}"))
     }
 }
 

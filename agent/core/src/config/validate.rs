@@ -119,7 +119,7 @@ pub(super) fn policy(
         if let Some(k) = p
             .sequence
             .iter()
-            .find(|k| matches!(k, crate::packet::KnockKind::Port { port: 0, .. }))
+            .find(|k| matches!(k, crate::packet::KnockStep::Port { port: 0, .. }))
         {
             return Err(invalid(
                 key("sequence"),

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::detect::sequence::FlagFilter;
 use crate::lru::BoundedLru;
-use crate::packet::KnockKind;
+use crate::packet::KnockStep;
 use crate::ruleset::Proto;
 
 /// Which sequence: a user's, for a policy, in a window.
@@ -27,7 +27,7 @@ pub struct DoorKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RotatingDoor {
     pub key: DoorKey,
-    pub steps: Vec<KnockKind>,
+    pub steps: Vec<KnockStep>,
 }
 
 /// Per-policy timing.
@@ -60,8 +60,8 @@ struct Progress {
 /// The rotating sequences a gateway accepts now.
 pub struct RotatingDetector {
     policies: HashMap<usize, RotatingPolicy>,
-    doors: HashMap<DoorKey, Vec<KnockKind>>,
-    index: HashMap<KnockKind, Vec<DoorKey>>,
+    doors: HashMap<DoorKey, Vec<KnockStep>>,
+    index: HashMap<KnockStep, Vec<DoorKey>>,
     consumed: HashSet<DoorKey>,
     sources: BoundedLru<IpAddr, Vec<Progress>>,
 }
@@ -106,13 +106,13 @@ impl RotatingDetector {
 
     /// Every knock any held, unconsumed sequence uses, whether or not its window is
     /// accepted now.
-    pub fn knocks(&self) -> impl Iterator<Item = &KnockKind> {
+    pub fn knocks(&self) -> impl Iterator<Item = &KnockStep> {
         self.index.keys()
     }
 
     /// Every knock of a sequence accepted at `now_unix`: live window, not consumed (what
     /// the capture filter must pass).
-    pub fn live_knocks(&self, now_unix: u64) -> BTreeSet<KnockKind> {
+    pub fn live_knocks(&self, now_unix: u64) -> BTreeSet<KnockStep> {
         self.doors
             .iter()
             .filter(|(key, _)| self.live(key, now_unix))
@@ -158,7 +158,7 @@ impl RotatingDetector {
     pub fn handle_knock(
         &mut self,
         src: IpAddr,
-        kind: KnockKind,
+        kind: KnockStep,
         tcp_flags: u8,
         now: Instant,
         now_unix: u64,
@@ -169,7 +169,7 @@ impl RotatingDetector {
         };
         let is_tcp = matches!(
             kind,
-            KnockKind::Port {
+            KnockStep::Port {
                 proto: Proto::Tcp,
                 ..
             }

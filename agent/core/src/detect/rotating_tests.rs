@@ -5,11 +5,11 @@ const ALICE: [u8; 32] = [1; 32];
 const BOB: [u8; 32] = [2; 32];
 const T0: u64 = 1_800_000_000; // a window boundary for 30 s windows
 
-fn kinds(secret: &[u8; 32], gw: &str, window: u64) -> Vec<KnockKind> {
+fn kinds(secret: &[u8; 32], gw: &str, window: u64) -> Vec<KnockStep> {
     derive_sequence(secret, gw, window, &RotationParams::default())
         .unwrap()
         .into_iter()
-        .map(|a| KnockKind::Port {
+        .map(|a| KnockStep::Port {
             proto: a.proto,
             port: a.port,
         })
@@ -51,7 +51,7 @@ fn detector(w: u64) -> RotatingDetector {
 fn knock_all(
     d: &mut RotatingDetector,
     src: &str,
-    seq: &[KnockKind],
+    seq: &[KnockStep],
     now_unix: u64,
 ) -> Vec<DoorKey> {
     let t = Instant::now();
@@ -178,7 +178,7 @@ fn a_push_keeps_progress_and_consumption() {
 fn live_knocks_are_those_of_accepted_unconsumed_windows() {
     let w = window_index(T0, 30);
     let mut d = detector(w);
-    let want = |windows: &[u64]| -> BTreeSet<KnockKind> {
+    let want = |windows: &[u64]| -> BTreeSet<KnockStep> {
         windows
             .iter()
             .flat_map(|&win| {
@@ -206,8 +206,8 @@ mod changing_policies {
 
     use super::*;
 
-    fn port(p: u16) -> KnockKind {
-        KnockKind::Port {
+    fn port(p: u16) -> KnockStep {
+        KnockStep::Port {
             proto: Proto::Udp,
             port: 40_000 + p,
         }

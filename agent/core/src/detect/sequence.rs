@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use crate::lru::BoundedLru;
-use crate::packet::KnockKind;
+use crate::packet::KnockStep;
 use crate::ruleset::Proto;
 
 /// Index of a door in the matcher (the order the doors were given in).
@@ -34,7 +34,7 @@ impl FlagFilter {
 /// One knock sequence and its timing rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Door {
-    pub steps: Vec<KnockKind>,
+    pub steps: Vec<KnockStep>,
     pub sequence_timeout: Duration,
     pub min_gap: Duration,
     pub max_gap: Option<Duration>,
@@ -101,7 +101,7 @@ struct Attempt {
 /// per-source progress.
 pub struct SequenceMatcher {
     doors: Vec<Door>,
-    by_kind: HashMap<KnockKind, Vec<DoorId>>,
+    by_kind: HashMap<KnockStep, Vec<DoorId>>,
     sources: BoundedLru<IpAddr, Vec<Attempt>>,
     /// Scratch list of doors a knock starts, kept to avoid an allocation per knock.
     starts: Vec<DoorId>,
@@ -124,7 +124,7 @@ impl SequenceMatcher {
         if doors.len() > DoorId::MAX as usize {
             return Err(DoorError::TooMany(doors.len()));
         }
-        let mut by_kind: HashMap<KnockKind, Vec<DoorId>> = HashMap::new();
+        let mut by_kind: HashMap<KnockStep, Vec<DoorId>> = HashMap::new();
         for (i, door) in doors.iter().enumerate() {
             if door.steps.is_empty() {
                 return Err(DoorError::Empty(i));
@@ -148,7 +148,7 @@ impl SequenceMatcher {
     }
 
     /// Whether any door listens for this knock (cheap pre-check for the hot path).
-    pub fn is_knock(&self, kind: KnockKind) -> bool {
+    pub fn is_knock(&self, kind: KnockStep) -> bool {
         self.by_kind.contains_key(&kind)
     }
 
@@ -161,7 +161,7 @@ impl SequenceMatcher {
     pub fn handle_knock(
         &mut self,
         src: IpAddr,
-        kind: KnockKind,
+        kind: KnockStep,
         tcp_flags: u8,
         now: Instant,
         out: &mut Vec<Decision>,
@@ -171,7 +171,7 @@ impl SequenceMatcher {
         };
         let is_tcp = matches!(
             kind,
-            KnockKind::Port {
+            KnockStep::Port {
                 proto: Proto::Tcp,
                 ..
             }
@@ -258,7 +258,7 @@ fn begin(door: &Door) -> Outcome {
 }
 
 /// Advance, reset or ignore one attempt; the caller removes it unless it progressed.
-fn step_attempt(door: &Door, a: &mut Attempt, kind: KnockKind, now: Instant) -> Outcome {
+fn step_attempt(door: &Door, a: &mut Attempt, kind: KnockStep, now: Instant) -> Outcome {
     if now.saturating_duration_since(a.started) > door.sequence_timeout {
         return Outcome::Reset(ResetReason::SequenceTimeout);
     }

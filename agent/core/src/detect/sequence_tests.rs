@@ -2,14 +2,14 @@ use super::*;
 use crate::packet::tcp_flags::{ACK, SYN};
 use proptest::prelude::*;
 
-fn tcp(port: u16) -> KnockKind {
-    KnockKind::Port {
+fn tcp(port: u16) -> KnockStep {
+    KnockStep::Port {
         proto: Proto::Tcp,
         port,
     }
 }
-fn udp(port: u16) -> KnockKind {
-    KnockKind::Port {
+fn udp(port: u16) -> KnockStep {
+    KnockStep::Port {
         proto: Proto::Udp,
         port,
     }
@@ -21,7 +21,7 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn door(steps: Vec<KnockKind>) -> Door {
+fn door(steps: Vec<KnockStep>) -> Door {
     Door {
         steps,
         sequence_timeout: Duration::from_secs(10),
@@ -35,7 +35,7 @@ fn door(steps: Vec<KnockKind>) -> Door {
 }
 
 fn ssh_door() -> Door {
-    door(vec![tcp(7000), udp(8000), KnockKind::Icmp, tcp(9000)])
+    door(vec![tcp(7000), udp(8000), KnockStep::Icmp, tcp(9000)])
 }
 
 struct Run {
@@ -53,16 +53,16 @@ impl Run {
         }
     }
     /// Knock at `at_ms` after t0; returns the decisions it made.
-    fn knock(&mut self, src: &str, kind: KnockKind, at_ms: u64) -> Vec<Decision> {
+    fn knock(&mut self, src: &str, kind: KnockStep, at_ms: u64) -> Vec<Decision> {
         self.knock_flags(src, kind, SYN, at_ms)
     }
-    fn knock_flags(&mut self, src: &str, kind: KnockKind, flags: u8, at_ms: u64) -> Vec<Decision> {
+    fn knock_flags(&mut self, src: &str, kind: KnockStep, flags: u8, at_ms: u64) -> Vec<Decision> {
         self.out.clear();
         self.m
             .handle_knock(ip(src), kind, flags, self.t0 + ms(at_ms), &mut self.out);
         self.out.clone()
     }
-    fn completes(&mut self, src: &str, seq: &[(KnockKind, u64)]) -> bool {
+    fn completes(&mut self, src: &str, seq: &[(KnockStep, u64)]) -> bool {
         let mut done = false;
         for &(k, at) in seq {
             done = self
@@ -74,8 +74,8 @@ impl Run {
     }
 }
 
-fn good(start: u64, step: u64) -> Vec<(KnockKind, u64)> {
-    [tcp(7000), udp(8000), KnockKind::Icmp, tcp(9000)]
+fn good(start: u64, step: u64) -> Vec<(KnockStep, u64)> {
+    [tcp(7000), udp(8000), KnockStep::Icmp, tcp(9000)]
         .into_iter()
         .enumerate()
         .map(|(i, k)| (k, start + i as u64 * step))
@@ -98,7 +98,7 @@ fn the_right_sequence_completes_and_reports_progress() {
         Outcome::Progressed { stage: 2, of: 4 }
     );
     assert_eq!(
-        r.knock("10.240.0.2", KnockKind::Icmp, 20)[0].outcome,
+        r.knock("10.240.0.2", KnockStep::Icmp, 20)[0].outcome,
         Outcome::Progressed { stage: 3, of: 4 }
     );
     assert_eq!(
@@ -116,11 +116,11 @@ fn the_right_sequence_completes_and_reports_progress() {
 fn wrong_order_resets_and_does_not_complete() {
     let mut r = Run::new(vec![ssh_door()]);
     r.knock("10.240.0.2", tcp(7000), 0);
-    let d = r.knock("10.240.0.2", KnockKind::Icmp, 10);
+    let d = r.knock("10.240.0.2", KnockStep::Icmp, 10);
     assert_eq!(d[0].outcome, Outcome::Reset(ResetReason::WrongKnock));
     assert!(!r.completes(
         "10.240.0.2",
-        &[(udp(8000), 20), (KnockKind::Icmp, 30), (tcp(9000), 40)]
+        &[(udp(8000), 20), (KnockStep::Icmp, 30), (tcp(9000), 40)]
     ));
 }
 
@@ -134,7 +134,7 @@ fn a_wrong_knock_that_is_the_first_step_starts_over() {
     assert_eq!(d[1].outcome, Outcome::Progressed { stage: 1, of: 4 });
     assert!(r.completes(
         "10.240.0.2",
-        &[(udp(8000), 30), (KnockKind::Icmp, 40), (tcp(9000), 50)]
+        &[(udp(8000), 30), (KnockStep::Icmp, 40), (tcp(9000), 50)]
     ));
 }
 
@@ -157,7 +157,7 @@ fn a_retransmitted_knock_does_not_reset_progress() {
         "10.240.0.2",
         &[
             (udp(8000), 1100),
-            (KnockKind::Icmp, 1200),
+            (KnockStep::Icmp, 1200),
             (tcp(9000), 1300)
         ]
     ));
@@ -177,7 +177,7 @@ fn one_source_never_advances_another() {
     let mut r = Run::new(vec![ssh_door()]);
     r.knock("10.240.0.2", tcp(7000), 0);
     r.knock("10.240.0.2", udp(8000), 1);
-    r.knock("10.240.0.2", KnockKind::Icmp, 2);
+    r.knock("10.240.0.2", KnockStep::Icmp, 2);
     let d = r.knock("10.240.0.3", tcp(9000), 3);
     assert!(d.is_empty(), "B's last step alone does nothing: {d:?}");
     // Interleaved sources both complete.
@@ -209,7 +209,7 @@ fn tcp_flag_filter_ignores_without_resetting() {
     assert_eq!(d[0].outcome, Outcome::FlagsIgnored);
     assert!(r.completes(
         "10.240.0.2",
-        &[(udp(8000), 10), (KnockKind::Icmp, 20), (tcp(9000), 30)]
+        &[(udp(8000), 10), (KnockStep::Icmp, 20), (tcp(9000), 30)]
     ));
 }
 
@@ -318,7 +318,7 @@ proptest! {
     /// completes a door after its last step.
     #[test]
     fn arbitrary_knock_streams(knocks in proptest::collection::vec((0u8..4, 0u8..6, any::<u8>(), 0u64..3000), 0..300)) {
-        let kinds = [tcp(7000), udp(8000), KnockKind::Icmp, tcp(9000), tcp(1), udp(7000)];
+        let kinds = [tcp(7000), udp(8000), KnockStep::Icmp, tcp(9000), tcp(1), udp(7000)];
         let mut m = SequenceMatcher::new(vec![ssh_door(), door(vec![udp(8000), udp(8000)])], 3).expect("doors");
         let t0 = Instant::now();
         let mut t = t0;

@@ -19,7 +19,7 @@ use super::{Action, Gateway, KnockMsg, Level, Persist, Then, Time};
 use crate::config::Material;
 use crate::detect::rotating::{DoorKey, RotatingDetector, RotatingDoor, RotatingOutcome};
 use crate::filter::capture_filter;
-use crate::packet::KnockKind;
+use crate::packet::KnockStep;
 
 /// One used sequence, as recorded: with the unix second after which it could not be
 /// accepted anyway (the end of the window after its own).
@@ -61,7 +61,7 @@ pub(super) struct RotatingState {
     policies: Interner,
     outcomes: Vec<(DoorKey, RotatingOutcome)>,
     /// The rotating knocks the capture filter passes now; `None` forces a retune.
-    tuned: Option<BTreeSet<KnockKind>>,
+    tuned: Option<BTreeSet<KnockStep>>,
     /// The wall second of the last prune.
     last_tick: u64,
 }

@@ -123,7 +123,7 @@ impl Shell {
             let k = KnockMsg {
                 at: self.now(ms).mono,
                 src: "10.240.0.2".parse().expect("ip"),
-                kind: KnockKind::Port { proto, port },
+                kind: KnockStep::Port { proto, port },
                 tcp_flags: tcp_flags::SYN,
                 payload: None,
             };
@@ -417,7 +417,7 @@ fn send_spa(s: &mut Shell, ms: u64, nonce: [u8; 16]) {
     let k = KnockMsg {
         at: now.mono,
         src: "10.240.0.2".parse().expect("ip"),
-        kind: KnockKind::Port {
+        kind: KnockStep::Port {
             proto: Proto::Udp,
             port: 62201,
         },
@@ -465,7 +465,7 @@ fn refusals_of_junk_are_counted_and_summarized_not_told_one_by_one() {
         let k = KnockMsg {
             at: now.mono,
             src: "10.240.0.66".parse().expect("ip"),
-            kind: KnockKind::Port {
+            kind: KnockStep::Port {
                 proto: Proto::Udp,
                 port: 62201,
             },

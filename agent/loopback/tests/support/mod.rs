@@ -27,7 +27,7 @@ use knockgate_agent::report::{self, spool::Spool};
 use knockgate_agent_core::config::Config;
 use knockgate_agent_core::detect::spa::SpaDetector;
 use knockgate_agent_core::grants::GrantLabel;
-use knockgate_agent_core::packet::{KnockKind, tcp_flags};
+use knockgate_agent_core::packet::{KnockStep, tcp_flags};
 use knockgate_agent_core::ruleset::{Access, GrantKey, Proto, Ruleset};
 use knockgate_controller::datadir::{self, ADMIN_IDENTITY};
 use knockgate_controller::store::{DEFAULT_SQLITE_FILE, Store};
@@ -114,7 +114,7 @@ pub fn api_access(s: &str) -> api::Access {
     }
 }
 
-pub fn knock(src: &str, kind: KnockKind, payload: Option<Vec<u8>>) -> Input {
+pub fn knock(src: &str, kind: KnockStep, payload: Option<Vec<u8>>) -> Input {
     Input::Knock(KnockMsg {
         at: Instant::now(),
         src: src.parse().expect("ip"),

@@ -8,7 +8,7 @@ use knockgate_proto::api::PolicySpec;
 use crate::admin::AdminError;
 use crate::admin::args::{parse_port_range, parse_secs};
 use crate::admin::output::secs_cell;
-use crate::spec::{KnockSpec, parse_spec};
+use knockgate_proto::KnockStep;
 
 /// Which transports a rotating sequence may knock with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -35,8 +35,8 @@ pub struct MethodArgs {
     pub fwknop: bool,
 
     /// Accept this fixed knock sequence: tcp/PORT, udp/PORT or icmp, in order
-    #[arg(long, value_name = "KNOCKS", value_delimiter = ',', value_parser = parse_spec)]
-    pub sequence: Vec<KnockSpec>,
+    #[arg(long, value_name = "KNOCKS", value_delimiter = ',')]
+    pub sequence: Vec<KnockStep>,
 
     /// Time allowed to complete --sequence
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_secs)]

@@ -9,13 +9,12 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use knockgate_proto::rotation::{derive_sequence, window_index};
-use knockgate_proto::{Access, Proto};
 
 use super::{OpenArgs, OpenCmdError};
 use crate::knock::send_sequence;
 use crate::profile::{Profile, ProfileError, ProfileGateway};
 use crate::resolve::resolve_host;
-use crate::spec::KnockSpec;
+use knockgate_proto::KnockStep;
 
 /// Time between two knocks unless `--delay` says otherwise.
 pub const DEFAULT_DELAY: Duration = Duration::from_millis(20);
@@ -84,7 +83,7 @@ pub(super) fn run(
                 path: args.profile.clone(),
             }
         })?;
-    let knocks: Vec<KnockSpec> = sequence.iter().map(|a| knock(*a)).collect();
+    let knocks: Vec<KnockStep> = sequence.iter().map(|a| KnockStep::from(*a)).collect();
     let say = |out: &mut dyn Write, line: String| -> Result<(), OpenCmdError> {
         if args.verbose {
             writeln!(out, "{line}")
@@ -129,14 +128,7 @@ pub(super) fn run(
     }
 }
 
-fn knock(a: Access) -> KnockSpec {
-    match a.proto {
-        Proto::Tcp => KnockSpec::Tcp(a.port),
-        Proto::Udp => KnockSpec::Udp(a.port),
-    }
-}
-
-fn report(out: &mut dyn Write, knock: &KnockSpec, target: IpAddr) -> io::Result<()> {
+fn report(out: &mut dyn Write, knock: &KnockStep, target: IpAddr) -> io::Result<()> {
     writeln!(out, "knocked {knock} on {target}")?;
     out.flush()
 }
