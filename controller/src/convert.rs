@@ -74,6 +74,9 @@ impl TryFrom<api::PolicySpec> for PolicyDef {
             window_secs,
             otk,
             otk_offline,
+            min_gap_ms,
+            max_gap_ms,
+            tcp_flags,
         } = spec;
         let open = open
             .iter()
@@ -106,6 +109,9 @@ impl TryFrom<api::PolicySpec> for PolicyDef {
             window_secs,
             otk,
             otk_offline,
+            min_gap_ms,
+            max_gap_ms,
+            tcp_flags,
         };
         PolicyDef::validate(&name, raw)
     }
@@ -140,6 +146,9 @@ pub fn policy_to_api(p: &PolicyDef) -> api::PolicySpec {
         window_secs: raw.window_secs,
         otk: raw.otk,
         otk_offline: raw.otk_offline,
+        min_gap_ms: raw.min_gap_ms,
+        max_gap_ms: raw.max_gap_ms,
+        tcp_flags: raw.tcp_flags,
     }
 }
 

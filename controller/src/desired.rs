@@ -72,6 +72,9 @@ pub fn compute(
                 window_secs: p.rotating.map_or(0, |r| r.window_secs),
                 otk: p.otk.is_some(),
                 otk_offline: p.otk.map(|o| o.as_str().to_owned()).unwrap_or_default(),
+                min_gap_ms: p.min_gap_ms,
+                max_gap_ms: p.max_gap_ms,
+                tcp_flags: p.tcp_flags.map(|f| f.to_string()).unwrap_or_default(),
             },
         );
     }
@@ -330,6 +333,19 @@ mod tests {
             other.users["alice"].spa_key, view.users["alice"].spa_key,
             "another gateway holds another key"
         );
+    }
+
+    #[test]
+    fn a_sequence_goes_out_with_its_gaps_and_flags() {
+        let mut p = policy("web", &["alice"], &[], "", false, false);
+        p.min_gap_ms = 100;
+        p.max_gap_ms = 900;
+        p.tcp_flags = Some("syn,!ack,!fin".parse().unwrap());
+        let gw1 = AgentName::new("gw1").unwrap();
+        let view = compute(&gw1, &labels(&[]), &[p], &[user("alice", &[], false)]);
+        let w = &view.policies["web"];
+        assert_eq!((w.min_gap_ms, w.max_gap_ms), (100, 900));
+        assert_eq!(w.tcp_flags, "syn,!fin,!ack");
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod selector;
 use std::collections::BTreeSet;
 
 use knockgate_proto::Access;
+use knockgate_proto::knock::FlagFilter;
 use serde::{Deserialize, Serialize};
 
 pub use methods::{
@@ -78,6 +79,12 @@ pub struct RawPolicy {
     pub otk: bool,
     /// `deny` (or empty) or `local`.
     pub otk_offline: String,
+    /// Sequence: least time between two knocks, ms (0 = none).
+    pub min_gap_ms: u32,
+    /// Sequence: most time between two knocks, ms (0 = no limit).
+    pub max_gap_ms: u32,
+    /// Sequence (fixed or rotating): TCP knock flags, `syn,!ack`; empty = the default.
+    pub tcp_flags: String,
 }
 
 /// A validated policy.
@@ -109,6 +116,12 @@ pub struct PolicyDef {
     pub rotating: Option<Rotation>,
     /// One-time SPA keys open it, with this offline rule.
     pub otk: Option<OtkOffline>,
+    /// Least time between two knocks of the sequence, ms (0 = none).
+    pub min_gap_ms: u32,
+    /// Most time between two knocks of the sequence, ms (0 = no limit).
+    pub max_gap_ms: u32,
+    /// The TCP flags a sequence knock must carry (None = the agent's default).
+    pub tcp_flags: Option<FlagFilter>,
 }
 
 impl PolicyDef {
@@ -174,6 +187,7 @@ impl PolicyDef {
             .collect::<Result<Vec<KnockStep>, _>>()?;
         let rotating = methods::rotation(&raw, &open)?;
         let otk = methods::otk(&raw)?;
+        let (min_gap_ms, max_gap_ms, tcp_flags) = methods::timing(&raw, &sequence, &rotating)?;
         if !raw.spa && !raw.fwknop && sequence.is_empty() && rotating.is_none() && otk.is_none() {
             return Err(invalid(
                 "spa/fwknop/sequence/rotating/otk",
@@ -194,6 +208,9 @@ impl PolicyDef {
             sequence_timeout_secs: raw.sequence_timeout_secs,
             rotating,
             otk,
+            min_gap_ms,
+            max_gap_ms,
+            tcp_flags,
         })
     }
 
@@ -216,6 +233,9 @@ impl PolicyDef {
             fwknop: self.fwknop,
             sequence: self.sequence.iter().map(ToString::to_string).collect(),
             sequence_timeout_secs: self.sequence_timeout_secs,
+            min_gap_ms: self.min_gap_ms,
+            max_gap_ms: self.max_gap_ms,
+            tcp_flags: self.tcp_flags.map(|f| f.to_string()).unwrap_or_default(),
             ..RawPolicy::default()
         };
         methods::fill_raw(&mut raw, self.rotating.as_ref(), self.otk);
@@ -266,6 +286,59 @@ mod tests {
         let back = PolicyDef::from_json("ssh", &p.to_json()).unwrap();
         assert_eq!(back, p);
         assert_eq!(back.to_raw().sequence, ["tcp/7000", "icmp", "udp/8000"]);
+    }
+
+    #[test]
+    fn sequence_timing_and_flags_are_checked_and_kept() {
+        let mut r = raw();
+        r.sequence = vec!["7000".into(), "8000:udp".into()];
+        r.min_gap_ms = 100;
+        r.max_gap_ms = 2000;
+        r.tcp_flags = "SYN,!ack".into();
+        let p = PolicyDef::validate("ssh", r.clone()).unwrap();
+        assert_eq!(
+            p.tcp_flags,
+            Some(knockgate_proto::knock::FlagFilter::DEFAULT)
+        );
+        let back = PolicyDef::from_json("ssh", &p.to_json()).unwrap();
+        assert_eq!(back, p);
+        assert_eq!(back.to_raw().sequence, ["tcp/7000", "udp/8000"]);
+        assert_eq!(back.to_raw().tcp_flags, "syn,!ack");
+        for (edit, want) in [
+            (
+                RawPolicy {
+                    max_gap_ms: 50,
+                    ..r.clone()
+                },
+                "max_gap_ms: is shorter than min_gap_ms",
+            ),
+            (
+                RawPolicy {
+                    tcp_flags: "syn,!syn".into(),
+                    ..r.clone()
+                },
+                "tcp_flags:",
+            ),
+            (
+                RawPolicy {
+                    sequence: vec![],
+                    ..r.clone()
+                },
+                "min_gap_ms: set without a sequence",
+            ),
+            (
+                RawPolicy {
+                    sequence: vec![],
+                    min_gap_ms: 0,
+                    max_gap_ms: 0,
+                    ..r.clone()
+                },
+                "tcp_flags: set without a sequence",
+            ),
+        ] {
+            let e = err(edit);
+            assert!(e.starts_with(want), "{e}");
+        }
     }
 
     #[test]

@@ -165,6 +165,101 @@ fn parse_port(port: &str) -> Result<u16, ParseKnockError> {
     }
 }
 
+/// TCP flag bits as they sit in the header's flag byte (FIN = 0x01 … CWR = 0x80).
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+    pub const ECE: u8 = 0x40;
+    pub const CWR: u8 = 0x80;
+
+    /// Every flag with its name, lowest bit first.
+    pub const NAMES: [(&str, u8); 8] = [
+        ("fin", FIN),
+        ("syn", SYN),
+        ("rst", RST),
+        ("psh", PSH),
+        ("ack", ACK),
+        ("urg", URG),
+        ("ece", ECE),
+        ("cwr", CWR),
+    ];
+}
+
+/// Which TCP flags a TCP knock must have set and must have clear, written `syn,!ack`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlagFilter {
+    pub set: u8,
+    pub clear: u8,
+}
+
+impl FlagFilter {
+    /// What a knock is unless a policy says otherwise: a SYN that is not a SYN-ACK.
+    pub const DEFAULT: FlagFilter = FlagFilter {
+        set: tcp_flags::SYN,
+        clear: tcp_flags::ACK,
+    };
+
+    /// Whether a packet with `flags` passes.
+    #[must_use]
+    pub fn accepts(self, flags: u8) -> bool {
+        flags & self.set == self.set && flags & self.clear == 0
+    }
+}
+
+/// `syn,!ack`: the flags required, then the flags forbidden, each lowest bit first.
+impl fmt::Display for FlagFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let set = tcp_flags::NAMES.iter().filter(|(_, b)| self.set & b != 0);
+        let clear = tcp_flags::NAMES.iter().filter(|(_, b)| self.clear & b != 0);
+        let words: Vec<String> = set
+            .map(|(n, _)| (*n).to_string())
+            .chain(clear.map(|(n, _)| format!("!{n}")))
+            .collect();
+        f.write_str(&words.join(","))
+    }
+}
+
+/// Why a flag filter did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseFlagsError {
+    #[error("unknown tcp flag {0:?} (fin, syn, rst, psh, ack, urg, ece, cwr)")]
+    Unknown(String),
+    #[error("both requires and forbids a flag")]
+    Contradiction,
+}
+
+impl FromStr for FlagFilter {
+    type Err = ParseFlagsError;
+
+    fn from_str(s: &str) -> Result<Self, ParseFlagsError> {
+        let mut f = FlagFilter::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (neg, name) = match part.strip_prefix('!') {
+                Some(n) => (true, n),
+                None => (false, part),
+            };
+            let bit = tcp_flags::NAMES
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, b)| *b)
+                .ok_or_else(|| ParseFlagsError::Unknown(name.chars().take(16).collect()))?;
+            if neg {
+                f.clear |= bit;
+            } else {
+                f.set |= bit;
+            }
+        }
+        if f.set & f.clear != 0 {
+            return Err(ParseFlagsError::Contradiction);
+        }
+        Ok(f)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -252,6 +347,23 @@ mod tests {
             Err(ParseKnockError::UnknownProtocol(String::new()))
         );
         assert_eq!(parse_spec(""), Err(ParseKnockError::Empty));
+    }
+
+    #[test]
+    fn flag_filters_read_back() {
+        let f: FlagFilter = "SYN, !ack".parse().unwrap();
+        assert_eq!(f, FlagFilter::DEFAULT);
+        assert_eq!(f.to_string(), "syn,!ack");
+        assert_eq!("".parse::<FlagFilter>(), Ok(FlagFilter::default()));
+        assert_eq!(
+            "syn,!syn".parse::<FlagFilter>(),
+            Err(ParseFlagsError::Contradiction)
+        );
+        assert!(matches!(
+            "bogus".parse::<FlagFilter>(),
+            Err(ParseFlagsError::Unknown(_))
+        ));
+        assert!(f.accepts(tcp_flags::SYN) && !f.accepts(tcp_flags::SYN | tcp_flags::ACK));
     }
 
     #[test]

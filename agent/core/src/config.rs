@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use crate::detect::rotating::RotatingPolicy;
 use crate::detect::sequence::{Door, FlagFilter};
-use crate::packet::{KnockStep, tcp_flags};
+use crate::packet::KnockStep;
 use crate::ruleset::{Access, Proto, Ruleset};
 use raw::{RawConfig, locate};
 
@@ -42,10 +42,7 @@ pub const DEFAULT_SEQUENCE_TIMEOUT: Duration = Duration::from_secs(10);
 pub use knockgate_proto::policy::DEFAULT_WINDOW_SECS;
 /// Knocks on TCP ports must be a bare SYN unless a policy says otherwise: stray ACKs and
 /// RSTs are not knocks.
-pub const DEFAULT_TCP_FLAGS: FlagFilter = FlagFilter {
-    set: tcp_flags::SYN,
-    clear: tcp_flags::ACK,
-};
+pub const DEFAULT_TCP_FLAGS: FlagFilter = FlagFilter::DEFAULT;
 
 /// A validated agent configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,4 +1,5 @@
 use super::*;
+use crate::packet::tcp_flags;
 
 const ISSUE_EXAMPLE: &str = r#"
 [agent]

@@ -23,17 +23,7 @@ pub enum LinkType {
 /// What a knock packet was (the one knock type, shared with policies and clients).
 pub use knockgate_proto::KnockStep;
 
-/// TCP flag bits as they sit in the header's flag byte (FIN = 0x01 … CWR = 0x80).
-pub mod tcp_flags {
-    pub const FIN: u8 = 0x01;
-    pub const SYN: u8 = 0x02;
-    pub const RST: u8 = 0x04;
-    pub const PSH: u8 = 0x08;
-    pub const ACK: u8 = 0x10;
-    pub const URG: u8 = 0x20;
-    pub const ECE: u8 = 0x40;
-    pub const CWR: u8 = 0x80;
-}
+pub use knockgate_proto::knock::tcp_flags;
 
 /// One packet that may be a knock, borrowed from the capture buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

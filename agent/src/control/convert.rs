@@ -13,6 +13,7 @@ use knockgate_agent_core::packet::KnockStep;
 use knockgate_agent_core::ruleset::{Access, Proto};
 use knockgate_proto::api;
 use knockgate_proto::fwknop::{FwknopKeyError, FwknopKeys, HmacType};
+use knockgate_proto::knock::FlagFilter;
 use knockgate_proto::spa::SpaKey;
 
 /// A field of the controller's config that cannot be used.
@@ -160,8 +161,19 @@ fn policy(at: &str, p: &api::Policy) -> Result<PolicyDef, InvalidConfig> {
         window_secs,
         otk,
         otk_offline,
+        min_gap_ms,
+        max_gap_ms,
+        tcp_flags,
     } = p;
     let field = |f: &str| format!("{at}.{f}");
+    let ms = |n: u32| (n != 0).then(|| Duration::from_millis(u64::from(n)));
+    let tcp_flags = match tcp_flags.as_str() {
+        "" => None,
+        text => Some(
+            text.parse::<FlagFilter>()
+                .map_err(|e| invalid(field("tcp_flags"), e.to_string()))?,
+        ),
+    };
     let otk = match (otk, otk_offline.as_str()) {
         (false, "") => None,
         (false, _) => return Err(invalid(field("otk_offline"), "set without otk")),
@@ -207,9 +219,9 @@ fn policy(at: &str, p: &api::Policy) -> Result<PolicyDef, InvalidConfig> {
         sequence_timeout: (*sequence_timeout_secs != 0 && (!sequence.is_empty() || *rotating))
             .then(|| secs(*sequence_timeout_secs)),
         sequence,
-        min_gap: None,
-        max_gap: None,
-        tcp_flags: None,
+        min_gap: ms(*min_gap_ms),
+        max_gap: ms(*max_gap_ms),
+        tcp_flags,
         users: users.clone(),
         spa: *spa,
         fwknop: *fwknop,

@@ -20,6 +20,9 @@ pub(crate) fn ssh() -> api::Policy {
         fwknop: false,
         sequence: vec!["tcp/7000".into(), "udp/8000".into(), "icmp".into()],
         sequence_timeout_secs: 5,
+        min_gap_ms: 50,
+        max_gap_ms: 1500,
+        tcp_flags: "syn,!ack,!rst".into(),
         ..Default::default()
     }
 }
@@ -96,6 +99,14 @@ fn every_field_is_carried_over() {
         ]
     );
     assert_eq!(s.sequence_timeout, Some(Duration::from_secs(5)));
+    assert_eq!(
+        (s.min_gap, s.max_gap),
+        (
+            Some(Duration::from_millis(50)),
+            Some(Duration::from_millis(1500))
+        )
+    );
+    assert_eq!(s.tcp_flags, Some("syn,!ack,!rst".parse().expect("flags")));
     assert!(!s.spa && !s.fwknop && s.users.is_empty());
     assert_eq!(
         w.open,
@@ -161,6 +172,10 @@ fn errors_name_the_field_and_never_the_key() {
         (
             Box::new(|p, _| p.max_timeout_secs = 10),
             "policies[\"ssh\"].max_timeout_secs: is less than timeout_secs",
+        ),
+        (
+            Box::new(|p, _| p.tcp_flags = "syn,bogus".into()),
+            "policies[\"ssh\"].tcp_flags: unknown tcp flag \"bogus\"",
         ),
         (
             Box::new(|p, _| p.open[0].port = 0),

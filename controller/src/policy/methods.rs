@@ -22,6 +22,7 @@ pub const MIN_WINDOW_SECS: u32 = 5;
 
 /// One step of a knock sequence (the one definition, in `knockgate-proto`).
 pub use knockgate_proto::KnockStep;
+use knockgate_proto::knock::FlagFilter;
 
 /// A policy's rotating-sequence settings, defaults filled in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,6 +178,39 @@ pub(super) fn fill_raw(raw: &mut RawPolicy, rotating: Option<&Rotation>, otk: Op
         raw.otk = true;
         raw.otk_offline = o.as_str().into();
     }
+}
+
+/// A sequence's timing and flag rules: `(min_gap_ms, max_gap_ms, tcp_flags)`. Gaps need a
+/// fixed sequence; flags a fixed or a rotating one.
+pub fn timing(
+    raw: &RawPolicy,
+    sequence: &[KnockStep],
+    rotating: &Option<Rotation>,
+) -> Result<(u32, u32, Option<FlagFilter>), InvalidPolicy> {
+    if sequence.is_empty() {
+        for (k, set) in [
+            ("min_gap_ms", raw.min_gap_ms != 0),
+            ("max_gap_ms", raw.max_gap_ms != 0),
+        ] {
+            if set {
+                return Err(invalid(k, "set without a sequence"));
+            }
+        }
+    }
+    if raw.max_gap_ms != 0 && raw.max_gap_ms < raw.min_gap_ms {
+        return Err(invalid("max_gap_ms", "is shorter than min_gap_ms"));
+    }
+    let tcp_flags = match raw.tcp_flags.as_str() {
+        "" => None,
+        _ if sequence.is_empty() && rotating.is_none() => {
+            return Err(invalid("tcp_flags", "set without a sequence"));
+        }
+        text => Some(
+            text.parse::<FlagFilter>()
+                .map_err(|e| invalid("tcp_flags", format!("{text:?}: {e}")))?,
+        ),
+    };
+    Ok((raw.min_gap_ms, raw.max_gap_ms, tcp_flags))
 }
 
 #[cfg(test)]

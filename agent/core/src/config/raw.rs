@@ -13,7 +13,7 @@ use super::{
     PolicyDef, User, invalid,
 };
 use crate::detect::sequence::FlagFilter;
-use crate::packet::{KnockStep, tcp_flags};
+use crate::packet::KnockStep;
 use crate::ruleset::Access;
 
 #[derive(Deserialize)]
@@ -231,33 +231,7 @@ impl ParseSpec for KnockStep {
 
 impl ParseSpec for FlagFilter {
     fn parse_spec(s: &str) -> Result<Self, String> {
-        let mut f = FlagFilter::default();
-        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (neg, name) = match part.strip_prefix('!') {
-                Some(n) => (true, n),
-                None => (false, part),
-            };
-            let bit = match name.to_ascii_lowercase().as_str() {
-                "fin" => tcp_flags::FIN,
-                "syn" => tcp_flags::SYN,
-                "rst" => tcp_flags::RST,
-                "psh" => tcp_flags::PSH,
-                "ack" => tcp_flags::ACK,
-                "urg" => tcp_flags::URG,
-                "ece" => tcp_flags::ECE,
-                "cwr" => tcp_flags::CWR,
-                _ => {
-                    return Err(format!(
-                        "unknown tcp flag {name:?} (fin, syn, rst, psh, ack, urg, ece, cwr)"
-                    ));
-                }
-            };
-            if neg { f.clear |= bit } else { f.set |= bit }
-        }
-        if f.set & f.clear != 0 {
-            return Err(format!("tcp_flags {s:?} both requires and forbids a flag"));
-        }
-        Ok(f)
+        s.parse().map_err(|e| format!("tcp_flags {s:?}: {e}"))
     }
 }
 

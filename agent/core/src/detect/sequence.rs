@@ -18,18 +18,7 @@ use crate::ruleset::Proto;
 /// Index of a door in the matcher (the order the doors were given in).
 pub type DoorId = u16;
 
-/// Which TCP flags a knock must have set and must have clear (`syn,!ack`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FlagFilter {
-    pub set: u8,
-    pub clear: u8,
-}
-
-impl FlagFilter {
-    pub fn accepts(self, flags: u8) -> bool {
-        flags & self.set == self.set && flags & self.clear == 0
-    }
-}
+pub use knockgate_proto::knock::FlagFilter;
 
 /// One knock sequence and its timing rules.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,6 +9,7 @@ use crate::admin::AdminError;
 use crate::admin::args::{parse_port_range, parse_secs};
 use crate::admin::output::secs_cell;
 use knockgate_proto::KnockStep;
+use knockgate_proto::knock::FlagFilter;
 
 /// Which transports a rotating sequence may knock with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -41,6 +42,20 @@ pub struct MethodArgs {
     /// Time allowed to complete --sequence
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_secs)]
     pub sequence_timeout: u32,
+
+    /// Least time between two knocks of --sequence (knockd's anti-scan rule),
+    /// e.g. 200ms. Default: none
+    #[arg(long, value_name = "DURATION", requires = "sequence", value_parser = parse_millis)]
+    pub min_gap: Option<u32>,
+
+    /// Most time between two knocks of --sequence, e.g. 2s. Default: no limit
+    #[arg(long, value_name = "DURATION", requires = "sequence", value_parser = parse_millis)]
+    pub max_gap: Option<u32>,
+
+    /// TCP flags a TCP knock of the sequence (fixed or rotating) must carry,
+    /// e.g. syn,!ack. Default: syn,!ack
+    #[arg(long, value_name = "FLAGS")]
+    pub tcp_flags: Option<FlagFilter>,
 
     /// Accept each user's rotating knock sequence (derived from their secret
     /// and the time window)
@@ -97,6 +112,9 @@ impl MethodArgs {
         } else {
             self.sequence_timeout
         };
+        spec.min_gap_ms = self.min_gap.unwrap_or(0);
+        spec.max_gap_ms = self.max_gap.unwrap_or(0);
+        spec.tcp_flags = self.tcp_flags.map(|f| f.to_string()).unwrap_or_default();
         spec.rotating = self.rotating;
         spec.rotating_length = self.rotating_length.unwrap_or(0);
         spec.rotating_protos = match self.rotating_protos {
@@ -114,6 +132,17 @@ impl MethodArgs {
             Some(o) => o.as_str().to_owned(),
         };
         Ok(())
+    }
+}
+
+/// A duration of 1 ms to ~49 days, in whole milliseconds (`200ms`, `2s`).
+fn parse_millis(s: &str) -> Result<u32, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    match u32::try_from(d.as_millis()) {
+        Ok(0) => Err("must be at least 1ms".to_owned()),
+        Ok(ms) if d.subsec_nanos() % 1_000_000 == 0 => Ok(ms),
+        Ok(_) => Err("whole milliseconds only".to_owned()),
+        Err(_) => Err("too long".to_owned()),
     }
 }
 
@@ -147,7 +176,17 @@ pub fn method_fields(p: &PolicySpec) -> Vec<(&'static str, String)> {
         } else {
             p.sequence_timeout_secs
         };
-        format!("{} (within {})", p.sequence.join(" "), secs_cell(within))
+        let mut text = format!("{} (within {})", p.sequence.join(" "), secs_cell(within));
+        if p.min_gap_ms != 0 {
+            text.push_str(&format!(", gaps of at least {} ms", p.min_gap_ms));
+        }
+        if p.max_gap_ms != 0 {
+            text.push_str(&format!(", gaps of at most {} ms", p.max_gap_ms));
+        }
+        if !p.tcp_flags.is_empty() {
+            text.push_str(&format!(", tcp flags {}", p.tcp_flags));
+        }
+        text
     };
     let rotating = if p.rotating {
         let or = |v: u32, default: u32| if v == 0 { default } else { v };
@@ -233,6 +272,38 @@ mod tests {
         let fields = method_fields(&s);
         assert_eq!(fields[1].1, "6 udp knocks on ports 30000-31000, 1m windows");
         assert_eq!(fields[2].1, "yes (offline: local)");
+    }
+
+    #[test]
+    fn sequence_timing_and_flags_reach_the_spec() {
+        let s = spec(&[
+            "--sequence",
+            "tcp/7000,8000:udp",
+            "--min-gap",
+            "200ms",
+            "--max-gap",
+            "2s",
+            "--tcp-flags",
+            "syn,!ack,!rst",
+        ])
+        .unwrap();
+        assert_eq!(s.sequence, ["tcp/7000", "udp/8000"]);
+        assert_eq!((s.min_gap_ms, s.max_gap_ms), (200, 2000));
+        assert_eq!(s.tcp_flags, "syn,!rst,!ack");
+        assert_eq!(
+            method_fields(&s)[0].1,
+            "tcp/7000 udp/8000 (within 10s), gaps of at least 200 ms, gaps of at most 2000 ms, \
+             tcp flags syn,!rst,!ack"
+        );
+        assert!(
+            spec(&["--spa", "--min-gap", "1s"])
+                .unwrap_err()
+                .contains("--sequence")
+        );
+        let e = spec(&["--sequence", "tcp/1", "--tcp-flags", "syn,!syn"]).unwrap_err();
+        assert!(e.contains("both requires and forbids a flag"), "{e}");
+        let e = spec(&["--sequence", "tcp/1", "--min-gap", "1.5ms"]).unwrap_err();
+        assert!(e.contains("whole milliseconds"), "{e}");
     }
 
     #[test]
