@@ -1,5 +1,6 @@
 //! Knock detection: synchronous state machines fed one knock at a time, with `now` passed in.
 
+pub mod progress;
 pub mod rotating;
 pub mod sequence;
 pub mod spa;

@@ -20,9 +20,6 @@ pub(crate) fn ssh() -> api::Policy {
         fwknop: false,
         sequence: vec!["tcp/7000".into(), "udp/8000".into(), "icmp".into()],
         sequence_timeout_secs: 5,
-        min_gap_ms: 50,
-        max_gap_ms: 1500,
-        tcp_flags: "syn,!ack,!rst".into(),
         ..Default::default()
     }
 }
@@ -81,7 +78,13 @@ fn convert(c: &api::AgentConfig) -> Result<PolicySet, String> {
 
 #[test]
 fn every_field_is_carried_over() {
-    let set = convert(&full(9, vec![ssh(), web()], vec![alice()])).expect("valid");
+    let timed = api::Policy {
+        min_gap_ms: 50,
+        max_gap_ms: 1500,
+        tcp_flags: "syn,!ack,!rst".into(),
+        ..ssh()
+    };
+    let set = convert(&full(9, vec![timed, web()], vec![alice()])).expect("valid");
     assert_eq!(set.version, 9);
     let [s, w] = &set.policies[..] else {
         panic!("two policies")

@@ -10,6 +10,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use crate::detect::progress::{Outcome, Progress, Timing, advance, begin};
 use crate::detect::sequence::FlagFilter;
 use crate::lru::BoundedLru;
 use crate::packet::KnockStep;
@@ -38,23 +39,15 @@ pub struct RotatingPolicy {
     pub tcp_flags: FlagFilter,
 }
 
-/// What a knock did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RotatingOutcome {
-    Progressed {
-        stage: u8,
-        of: u8,
-    },
-    Completed,
-    /// A knock on the door's ports out of order, or after the timeout.
-    Reset,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Progress {
-    key: DoorKey,
-    stage: u8,
-    started: Instant,
+impl RotatingPolicy {
+    /// Its timing rules (rotating sequences have no gap limits).
+    pub fn timing(&self) -> Timing {
+        Timing {
+            sequence_timeout: self.sequence_timeout,
+            min_gap: Duration::ZERO,
+            max_gap: None,
+        }
+    }
 }
 
 /// The rotating sequences a gateway accepts now.
@@ -63,7 +56,7 @@ pub struct RotatingDetector {
     doors: HashMap<DoorKey, Vec<KnockStep>>,
     index: HashMap<KnockStep, Vec<DoorKey>>,
     consumed: HashSet<DoorKey>,
-    sources: BoundedLru<IpAddr, Vec<Progress>>,
+    sources: BoundedLru<IpAddr, Vec<Progress<DoorKey>>>,
 }
 
 impl RotatingDetector {
@@ -162,7 +155,7 @@ impl RotatingDetector {
         tcp_flags: u8,
         now: Instant,
         now_unix: u64,
-        out: &mut Vec<(DoorKey, RotatingOutcome)>,
+        out: &mut Vec<(DoorKey, Outcome)>,
     ) {
         let Some(keys) = self.index.get(&kind) else {
             return;
@@ -191,64 +184,26 @@ impl RotatingDetector {
                 continue;
             };
             let (list, _) = self.sources.get_or_insert_with(src, Vec::new);
-            let pos = list.iter().position(|p| p.key == key);
-            let outcome = match pos {
+            let outcome = match list.iter().position(|p| p.key == key) {
                 Some(i) => {
-                    let p = &mut list[i];
-                    let stage = usize::from(p.stage);
-                    // A sequence pushed again shorter than this source's progress: the
-                    // progress means nothing now and starts over.
-                    let (expected, last) = match (steps.get(stage), stage.checked_sub(1)) {
-                        (Some(&e), Some(l)) => (Some(e), steps.get(l).copied()),
-                        _ => (None, None),
-                    };
-                    if expected.is_none()
-                        || now.saturating_duration_since(p.started) > policy.sequence_timeout
-                        || (Some(kind) != expected && Some(kind) != last)
-                    {
+                    let outcome = advance(steps, &policy.timing(), &mut list[i], kind, now);
+                    if !outcome.keeps_progress() {
                         list.swap_remove(i);
-                        if steps.first() == Some(&kind) {
-                            list.push(Progress {
-                                key,
-                                stage: 1,
-                                started: now,
-                            });
+                        if outcome.restarts() && steps.first() == Some(&kind) {
+                            list.extend(begin(key, steps, now).0);
                         }
-                        Some(RotatingOutcome::Reset)
-                    } else if Some(kind) == expected {
-                        p.stage += 1;
-                        if usize::from(p.stage) == steps.len() {
-                            list.swap_remove(i);
-                            Some(RotatingOutcome::Completed)
-                        } else {
-                            Some(RotatingOutcome::Progressed {
-                                stage: p.stage,
-                                of: steps.len() as u8,
-                            })
-                        }
-                    } else {
-                        None // a retransmission of the knock just accepted
                     }
+                    Some(outcome)
                 }
                 None if steps.first() == Some(&kind) => {
-                    if steps.len() == 1 {
-                        Some(RotatingOutcome::Completed)
-                    } else {
-                        list.push(Progress {
-                            key,
-                            stage: 1,
-                            started: now,
-                        });
-                        Some(RotatingOutcome::Progressed {
-                            stage: 1,
-                            of: steps.len() as u8,
-                        })
-                    }
+                    let (progress, outcome) = begin(key, steps, now);
+                    list.extend(progress);
+                    Some(outcome)
                 }
                 None => None,
             };
             if let Some(o) = outcome {
-                if o == RotatingOutcome::Completed {
+                if o == Outcome::Completed {
                     completed.push(key);
                 }
                 out.push((key, o));

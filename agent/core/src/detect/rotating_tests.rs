@@ -1,4 +1,5 @@
 use super::*;
+use crate::detect::progress::Outcome;
 use knockgate_proto::rotation::{RotationParams, derive_sequence, window_index};
 
 const ALICE: [u8; 32] = [1; 32];
@@ -60,7 +61,7 @@ fn knock_all(
         d.handle_knock(src.parse().unwrap(), *k, 0, t, now_unix, &mut out);
     }
     out.into_iter()
-        .filter(|(_, o)| *o == RotatingOutcome::Completed)
+        .filter(|(_, o)| *o == Outcome::Completed)
         .map(|(k, _)| k)
         .collect()
 }
@@ -128,7 +129,7 @@ fn two_users_with_interleaved_knocks_both_match() {
     }
     let done: Vec<usize> = out
         .iter()
-        .filter(|(_, o)| *o == RotatingOutcome::Completed)
+        .filter(|(_, o)| *o == Outcome::Completed)
         .map(|(k, _)| k.user)
         .collect();
     assert_eq!(done, vec![0, 1]);

@@ -30,46 +30,8 @@ pub struct Door {
     pub tcp_flags: FlagFilter,
 }
 
-/// Why a source's progress on a door was thrown away.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResetReason {
-    /// A knock on one of the door's ports that was not the expected one.
-    WrongKnock,
-    /// The sequence did not finish within `sequence_timeout`.
-    SequenceTimeout,
-    /// Two knocks came closer together than `min_gap`.
-    GapTooShort,
-    /// Two knocks came further apart than `max_gap`.
-    GapTooLong,
-}
-
-impl ResetReason {
-    /// Its word in the event vocabulary.
-    pub fn reason(self) -> knockgate_proto::event::Reason {
-        use knockgate_proto::event::Reason;
-        match self {
-            ResetReason::WrongKnock => Reason::WrongKnock,
-            ResetReason::SequenceTimeout => Reason::SequenceTimeout,
-            ResetReason::GapTooShort => Reason::GapTooShort,
-            ResetReason::GapTooLong => Reason::GapTooLong,
-        }
-    }
-}
-
-/// What one knock did to one door.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// The source is now `stage` knocks into a sequence of `of`.
-    Progressed { stage: u8, of: u8 },
-    /// The sequence is complete: open the door for this source.
-    Completed,
-    /// Progress was thrown away.
-    Reset(ResetReason),
-    /// A repeat of the knock just accepted (a retransmitted SYN): ignored.
-    Retransmit { stage: u8 },
-    /// A TCP knock whose flags fail the door's filter: ignored.
-    FlagsIgnored,
-}
+pub use super::progress::{Outcome, ResetReason};
+use super::progress::{Progress, Timing, advance, begin};
 
 /// One decision: which door, and what happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,12 +40,17 @@ pub struct Decision {
     pub outcome: Outcome,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Attempt {
-    door: DoorId,
-    stage: u8,
-    started: Instant,
-    last_at: Instant,
+type Attempt = Progress<DoorId>;
+
+impl Door {
+    /// Its timing rules.
+    pub fn timing(&self) -> Timing {
+        Timing {
+            sequence_timeout: self.sequence_timeout,
+            min_gap: self.min_gap,
+            max_gap: self.max_gap,
+        }
+    }
 }
 
 /// The matcher: doors, an index from knock to the doors that use it, and bounded
@@ -180,28 +147,16 @@ impl SequenceMatcher {
             }
             let mut had_attempt = false;
             if let Some(l) = list.as_deref_mut()
-                && let Some(p) = l.iter().position(|a| a.door == id)
+                && let Some(p) = l.iter().position(|a| a.key == id)
             {
                 had_attempt = true;
-                let outcome = step_attempt(door, &mut l[p], kind, now);
-                if !matches!(
-                    outcome,
-                    Outcome::Progressed { .. } | Outcome::Retransmit { .. }
-                ) {
+                let outcome = advance(&door.steps, &door.timing(), &mut l[p], kind, now);
+                if !outcome.keeps_progress() {
                     l.swap_remove(p);
                     ended_any = true;
                 }
                 out.push(Decision { door: id, outcome });
-                // A knock that broke an attempt but is this door's first step starts over.
-                let restarts = matches!(
-                    outcome,
-                    Outcome::Reset(
-                        ResetReason::WrongKnock
-                            | ResetReason::SequenceTimeout
-                            | ResetReason::GapTooLong
-                    )
-                );
-                if restarts && door.steps[0] == kind {
+                if outcome.restarts() && door.steps[0] == kind {
                     starts.push(id);
                 }
             }
@@ -210,21 +165,13 @@ impl SequenceMatcher {
             }
         }
         for &id in &starts {
-            let door = &self.doors[id as usize];
-            out.push(Decision {
-                door: id,
-                outcome: begin(door),
-            });
-            if door.steps.len() > 1 {
+            let (progress, outcome) = begin(id, &self.doors[id as usize].steps, now);
+            out.push(Decision { door: id, outcome });
+            if let Some(p) = progress {
                 let (l, _evicted) = self
                     .sources
                     .get_or_insert_with(src, || Vec::with_capacity(1));
-                l.push(Attempt {
-                    door: id,
-                    stage: 1,
-                    started: now,
-                    last_at: now,
-                });
+                l.push(p);
             }
         }
         if ended_any && self.sources.get_mut(&src).is_some_and(|l| l.is_empty()) {
@@ -232,52 +179,6 @@ impl SequenceMatcher {
         }
         self.starts = starts;
     }
-}
-
-/// The outcome of a first step.
-fn begin(door: &Door) -> Outcome {
-    if door.steps.len() == 1 {
-        Outcome::Completed
-    } else {
-        Outcome::Progressed {
-            stage: 1,
-            of: door.steps.len() as u8,
-        }
-    }
-}
-
-/// Advance, reset or ignore one attempt; the caller removes it unless it progressed.
-fn step_attempt(door: &Door, a: &mut Attempt, kind: KnockStep, now: Instant) -> Outcome {
-    if now.saturating_duration_since(a.started) > door.sequence_timeout {
-        return Outcome::Reset(ResetReason::SequenceTimeout);
-    }
-    let gap = now.saturating_duration_since(a.last_at);
-    let expected = door.steps[a.stage as usize];
-    let last = door.steps[a.stage as usize - 1];
-    if kind == expected {
-        if gap < door.min_gap {
-            return Outcome::Reset(ResetReason::GapTooShort);
-        }
-        if door.max_gap.is_some_and(|max| gap > max) {
-            return Outcome::Reset(ResetReason::GapTooLong);
-        }
-        a.stage += 1;
-        a.last_at = now;
-        if a.stage as usize == door.steps.len() {
-            return Outcome::Completed;
-        }
-        return Outcome::Progressed {
-            stage: a.stage,
-            of: door.steps.len() as u8,
-        };
-    }
-    if kind == last {
-        return Outcome::Retransmit { stage: a.stage };
-    }
-    if door.max_gap.is_some_and(|max| gap > max) {
-        return Outcome::Reset(ResetReason::GapTooLong);
-    }
-    Outcome::Reset(ResetReason::WrongKnock)
 }
 
 #[cfg(test)]

@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Action, Gateway, KnockMsg, Level, Persist, Then, Time};
 use crate::config::Material;
-use crate::detect::rotating::{DoorKey, RotatingDetector, RotatingDoor, RotatingOutcome};
+use crate::detect::progress::Outcome;
+use crate::detect::rotating::{DoorKey, RotatingDetector, RotatingDoor};
 use crate::filter::capture_filter;
 use crate::packet::KnockStep;
 
@@ -59,7 +60,7 @@ pub(super) struct RotatingState {
     detector: RotatingDetector,
     users: Interner,
     policies: Interner,
-    outcomes: Vec<(DoorKey, RotatingOutcome)>,
+    outcomes: Vec<(DoorKey, Outcome)>,
     /// The rotating knocks the capture filter passes now; `None` forces a retune.
     tuned: Option<BTreeSet<KnockStep>>,
     /// The wall second of the last prune.
@@ -162,29 +163,41 @@ impl Gateway {
                 policy: Some(policy),
             };
             let method = Method::Rotating;
-            match *outcome {
-                RotatingOutcome::Progressed { stage, of } => {
-                    let event = Event::KnockProgressed {
+            let (level, event) = match *outcome {
+                Outcome::Progressed { stage, of } => (
+                    Level::Debug,
+                    Event::KnockProgressed {
                         subject,
                         method,
                         stage,
                         of,
-                    };
-                    self.tell(Level::Debug, false, now, event);
+                    },
+                ),
+                Outcome::Retransmit { stage } => {
+                    (Level::Debug, Event::KnockRetransmit { subject, stage })
                 }
-                RotatingOutcome::Reset => {
-                    let event = Event::KnockReset {
-                        subject,
-                        method,
-                        reason: None,
-                    };
-                    self.tell(Level::Debug, false, now, event);
+                Outcome::Reset(r) => {
+                    let reason = Some(r.reason());
+                    (
+                        Level::Debug,
+                        Event::KnockReset {
+                            subject,
+                            method,
+                            reason,
+                        },
+                    )
                 }
-                RotatingOutcome::Completed => {
+                Outcome::FlagsIgnored => {
+                    let reason = Reason::TcpFlags;
+                    (Level::Trace, Event::KnockIgnored { subject, reason })
+                }
+                Outcome::Completed => {
                     consumed = true;
                     self.rotating_completed(k.src, subject, key.window);
+                    continue;
                 }
-            }
+            };
+            self.tell(level, false, now, event);
         }
         self.rotating.outcomes = out;
         if consumed {
