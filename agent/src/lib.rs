@@ -4,8 +4,9 @@
 //! decision state on one thread, `firewall` applies what the engine decides. With a
 //! controller, `control` keeps the engine's config in sync with it and `report` delivers
 //! the engine's decisions to it, and `control::claim` claims one-time keys for it.
-//! `main.rs` wires them together.
+//! [`agent::Agent`] starts them all with their IO; `main.rs` builds that IO.
 
+pub mod agent;
 pub mod capture;
 pub mod control;
 pub mod engine;

@@ -187,10 +187,7 @@ async fn rotating_sequences_and_one_time_keys_with_the_real_controller() {
 
     // The controller goes away: the deny policy refuses, the local one grants and queues.
     lab.stop().await;
-    eventually("the agent to notice", async || {
-        !agent.live.load(std::sync::atomic::Ordering::Acquire)
-    })
-    .await;
+    eventually("the agent to notice", async || !agent.connected()).await;
     spa(&agent, "10.0.0.6", otk_packet(&secret, 7, "tcp/443"));
     spa(&agent, "10.0.0.7", otk_packet(&secret, 8, "tcp/8443"));
     eventually("the offline grant", async || open_to(&agent, 8443) == 1).await;

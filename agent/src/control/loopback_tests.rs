@@ -5,11 +5,9 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant, SystemTime};
 
 use knockgate_agent_core::config::Config;
-use knockgate_agent_core::detect::spa::SpaDetector;
 use knockgate_agent_core::packet::{KnockStep, tcp_flags};
 use knockgate_agent_core::ruleset::Proto;
 use knockgate_proto::api::{
@@ -21,14 +19,13 @@ use knockgate_proto::spa::{self, SpaKey, SpaRequest};
 use super::convert::tests::{alice, full, ssh, web};
 use super::enroll::{EnrollError, enroll, write_credentials};
 use super::fake_controller::{FakeController, TOKEN};
-use super::sync::{SyncParams, run};
 use super::test_pki::TestPki;
 use super::tls::parse_fingerprint;
 use super::{STATE_CA, STATE_CERT, STATE_KEY, cache, channel};
+use crate::agent::{Agent, Io, Start};
 use crate::capture::KnockMsg;
-use crate::engine::{Engine, Input};
+use crate::engine::Input;
 use crate::firewall::fake::FakeFirewall;
-use crate::replay_store::ReplayStore;
 use crate::report::{self, Record};
 use knockgate_proto::event::Kind;
 
@@ -172,8 +169,11 @@ pub(crate) async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn spooled(spool: &std::sync::Mutex<report::spool::Spool>) -> Vec<Record> {
-    spool.lock().expect("lock").peek(1000).expect("peek")
+/// What reached the controller, in order.
+fn reported(seen: &std::sync::Mutex<super::fake_controller::Seen>) -> Vec<api::Event> {
+    let mut events = seen.lock().expect("lock").events.clone();
+    events.sort_by_key(|e| e.seq);
+    events
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,27 +192,17 @@ async fn sync_applies_refuses_resyncs_and_revokes() {
 
     let fw = FakeFirewall::default();
     let state = fw.state.clone();
-    let mut detector = SpaDetector::new(&base);
-    let store = ReplayStore::open(dir.path(), detector.replay_cache(), 0).expect("replay");
-    let (reporter, spooler) = report::start(dir.path()).expect("spool");
-    let engine = Engine::new(&base, Box::new(fw), Some((detector, store)))
-        .expect("engine")
-        .with_reporter(reporter);
-    let (tx, rx) = sync_channel(64);
-    let engine_thread = std::thread::spawn(move || engine.run(rx));
-    tokio::spawn(run(
-        channel(&fake.url(), dir.path()).expect("channel"),
-        SyncParams {
-            engine: tx.clone(),
-            base: base.clone(),
-            state_dir: dir.path().to_path_buf(),
-            interface: Some("lo".into()),
-            reconnect_max: Duration::from_secs(1),
-            current: None,
-            url: fake.url(),
-            live: Default::default(),
-        },
-    ));
+    let io = Io {
+        firewall: Box::new(fw),
+        captures: Vec::new(),
+        tuning: crate::capture::Tuning::new(String::new(), None),
+        controller: Some(channel(&fake.url(), dir.path()).expect("channel")),
+        watch: None,
+    };
+    let start = Start::from_file(&base).expect("start");
+    let agent = Agent::start(&base, start, io, &tokio::runtime::Handle::current()).expect("agent");
+    let tx = agent.sender();
+    let seen = fake.seen.clone();
 
     let mut s = fake.session().await;
     assert_eq!(s.hello.applied_version, 0);
@@ -333,7 +323,7 @@ async fn sync_applies_refuses_resyncs_and_revokes() {
     assert_eq!(s2.hello.applied_version, 2);
 
     // Revocation by ref closes the grant within a second.
-    let grant_ref = spooled(&spooler.spool)
+    let grant_ref = reported(&seen)
         .into_iter()
         .find(|e| e.kind == "grant.opened" && e.src == "10.0.0.2")
         .and_then(|e| e.grant)
@@ -354,16 +344,16 @@ async fn sync_applies_refuses_resyncs_and_revokes() {
     .await;
     assert!(asked.elapsed() < Duration::from_secs(1));
 
-    // Every decision was spooled for the controller, with its reason.
+    // Every decision reached the controller, with its reason.
     eventually("grant.closed reports", || {
-        spooled(&spooler.spool)
+        reported(&seen)
             .iter()
             .filter(|e| e.kind == "grant.closed")
             .count()
             == 2
     })
     .await;
-    let events = spooled(&spooler.spool);
+    let events = reported(&seen);
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
     for k in ["knock.completed", "spa.accepted", "grant.opened"] {
         assert!(kinds.contains(&k), "{k} in {kinds:?}");
@@ -377,8 +367,7 @@ async fn sync_applies_refuses_resyncs_and_revokes() {
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
 
-    tx.send(Input::Shutdown).expect("stop");
-    engine_thread.join().expect("engine");
+    assert!(agent.shutdown().0.is_some(), "the engine stopped cleanly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,24 +8,21 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
-use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use knockgate_agent::agent::{Io, Start};
 use knockgate_agent::capture::KnockMsg;
+use knockgate_agent::capture::Tuning;
 use knockgate_agent::control;
-use knockgate_agent::control::claim::{self, ClaimParams};
 use knockgate_agent::control::enroll::{enroll, write_credentials};
-use knockgate_agent::control::sync::{self, SyncParams};
 use knockgate_agent::control::tls::parse_fingerprint;
-use knockgate_agent::engine::{ClaimLink, Engine, Input};
+use knockgate_agent::engine::Input;
 use knockgate_agent::firewall::{Firewall, FirewallError, Held};
-use knockgate_agent::otk_store::{BurnedKeys, OfflineClaims};
-use knockgate_agent::replay_store::ReplayStore;
-use knockgate_agent::report::{self, spool::Spool};
+use knockgate_agent::otk_store::OfflineClaims;
+use knockgate_agent::report::spool::Spool;
 use knockgate_agent_core::config::Config;
-use knockgate_agent_core::detect::spa::SpaDetector;
 use knockgate_agent_core::grants::GrantLabel;
 use knockgate_agent_core::packet::{KnockStep, tcp_flags};
 use knockgate_agent_core::ruleset::{Access, GrantKey, Proto, Ruleset};
@@ -34,6 +31,7 @@ use knockgate_controller::store::{DEFAULT_SQLITE_FILE, Store};
 use knockgate_controller::{Controller, serve};
 use knockgate_proto::api;
 use knockgate_proto::api::admin_client::AdminClient;
+use tokio::runtime::Handle;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// What the stand-in firewall holds.
@@ -236,96 +234,54 @@ impl Lab {
     }
 }
 
-/// The agent's engine (own thread) and controller tasks.
+/// The agent (the library's, as `main` starts it) over a recording firewall, fed knocks
+/// by the test instead of captures.
 pub struct Agent {
     pub tx: SyncSender<Input>,
     pub held: Arc<Mutex<Held2>>,
     pub spool: Arc<Mutex<Spool>>,
     pub offline: Arc<Mutex<OfflineClaims>>,
-    pub live: Arc<AtomicBool>,
     pub dir: tempfile::TempDir,
     /// The enrolment token used (single-use) and the CA pin.
     pub token: String,
     pub pin: [u8; 32],
-    engine: Option<std::thread::JoinHandle<Box<dyn Firewall>>>,
+    agent: Option<knockgate_agent::agent::Agent>,
 }
 
 impl Agent {
     async fn start(url: &str, dir: tempfile::TempDir, token: String) -> Agent {
-        let base = Config::parse(&format!(
+        let file = Config::parse(&format!(
             "[agent]\nname = \"gw1\"\ninterfaces = [\"lo\"]\nstate_dir = {:?}\n\n[controller]\nurl = {url:?}\nreconnect_max = \"1s\"\n",
             dir.path()
         ))
         .expect("config");
         let fw = RecordingFirewall::default();
         let held = fw.0.clone();
-        let mut detector = SpaDetector::new(&base);
-        let replay =
-            ReplayStore::open(dir.path(), detector.replay_cache(), 0).expect("replay store");
-        let (reporter, spooler) = report::start(dir.path()).expect("spool");
-        let (tx, rx) = sync_channel(64);
-        let live = Arc::new(AtomicBool::new(false));
-        let offline = Arc::new(Mutex::new(
-            OfflineClaims::open(dir.path()).expect("offline claims"),
-        ));
-        let offline_added = Arc::new(tokio::sync::Notify::new());
-        let (jobs, jobs_rx) = tokio::sync::mpsc::channel(16);
-        let link = ClaimLink {
-            jobs,
-            live: live.clone(),
-            offline: offline.clone(),
-            offline_added: offline_added.clone(),
+        let io = Io {
+            firewall: Box::new(fw),
+            captures: Vec::new(),
+            tuning: Tuning::new(String::new(), None),
+            controller: Some(control::channel(url, dir.path()).expect("channel")),
+            watch: None,
         };
-        let engine = Engine::new(&base, Box::new(fw), Some((detector, replay)))
-            .expect("engine")
-            .with_reporter(reporter)
-            .with_claims(
-                Some(link),
-                BurnedKeys::open(dir.path()).expect("burned keys"),
-            );
-        let engine = std::thread::spawn(move || engine.run(rx));
-        let ch = control::channel(url, dir.path()).expect("channel");
-        tokio::spawn(sync::run(
-            ch.clone(),
-            SyncParams {
-                engine: tx.clone(),
-                base: base.clone(),
-                state_dir: dir.path().to_path_buf(),
-                interface: None,
-                reconnect_max: Duration::from_secs(1),
-                current: None,
-                url: url.to_string(),
-                live: live.clone(),
-            },
-        ));
-        tokio::spawn(report::sender::run(
-            ch.clone(),
-            spooler.spool.clone(),
-            spooler.appended.clone(),
-            Duration::from_secs(1),
-        ));
-        tokio::spawn(claim::run(
-            ch,
-            jobs_rx,
-            ClaimParams {
-                engine: tx.clone(),
-                live: live.clone(),
-                offline: offline.clone(),
-                offline_added,
-                reconnect_max: Duration::from_secs(1),
-            },
-        ));
+        let start = Start::from_file(&file).expect("start");
+        let agent = knockgate_agent::agent::Agent::start(&file, start, io, &Handle::current())
+            .expect("agent starts");
         Agent {
-            tx,
+            tx: agent.sender(),
             held,
-            spool: spooler.spool.clone(),
-            offline,
-            live,
+            spool: agent.spool().expect("a managed agent spools"),
+            offline: agent.offline_claims().expect("a managed agent claims"),
             dir,
             token,
             pin: [0; 32],
-            engine: Some(engine),
+            agent: Some(agent),
         }
+    }
+
+    /// Whether the sync stream is up.
+    pub fn connected(&self) -> bool {
+        self.agent.as_ref().is_some_and(|a| a.connected())
     }
 
     /// Grants open now.
@@ -339,11 +295,11 @@ impl Agent {
             .collect()
     }
 
-    /// Stop the engine.
+    /// Stop the agent.
     pub fn stop(&mut self) {
-        let _ = self.tx.send(Input::Shutdown);
-        if let Some(e) = self.engine.take() {
-            e.join().expect("engine");
+        if let Some(a) = self.agent.take() {
+            let (firewall, _) = a.shutdown();
+            assert!(firewall.is_some(), "the engine stopped cleanly");
         }
     }
 }
