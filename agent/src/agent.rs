@@ -169,7 +169,6 @@ impl Agent {
             watch,
         } = io;
         let state_dir = file.agent.state_dir.clone();
-        let config = &start.config;
         let mut engine =
             engine(file, &start, firewall, controller.is_some())?.with_tuning(tuning.clone());
         let spooler = match &controller {
@@ -195,25 +194,10 @@ impl Agent {
         };
         engine.set_material(start.material.clone());
         engine.install()?;
-        match engine.adopt_existing() {
-            Ok(n) if n > 0 => info!(adopted = n, "adopted grants left by an earlier run"),
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "could not list existing grants"),
-        }
+        adopt(&mut engine);
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
-        let mut running = Vec::new();
-        for cap in captures {
-            let t = capture::spawn(
-                cap,
-                tx.clone(),
-                stop.clone(),
-                counters.clone(),
-                tuning.clone(),
-            )
-            .map_err(state_error("start a capture thread"))?;
-            running.push(t);
-        }
+        let running = spawn_captures(captures, &tx, &stop, &counters, &tuning)?;
         if let Some(port) = watch {
             watch_firewall(port, tx.clone())?;
         }
@@ -223,36 +207,16 @@ impl Agent {
             .map_err(state_error("start the engine thread"))?;
         let restart = Arc::new(Notify::new());
         let offline = claims.as_ref().map(|(_, p)| p.offline.clone());
-        if let (Some(channel), Some(ctl), Some(spooler)) = (&controller, &file.controller, &spooler)
-        {
-            let sync = SyncParams {
-                engine: tx.clone(),
-                base: file.clone(),
-                state_dir: state_dir.clone(),
-                interface: config.agent.interfaces.first().cloned(),
-                reconnect_max: ctl.reconnect_max,
-                current: start.cached.clone(),
-                url: ctl.url.clone(),
-                live: live.clone(),
+        if let (Some(channel), Some(spooler)) = (&controller, &spooler) {
+            let tasks = Tasks {
+                channel,
+                spooler,
+                claims,
+                tx: &tx,
+                live: &live,
+                restart: &restart,
             };
-            rt.spawn(control::sync::run(channel.clone(), sync));
-            if let Some((jobs, params)) = claims {
-                rt.spawn(control::claim::run(channel.clone(), jobs, params));
-            }
-            let (spool, appended) = (spooler.spool.clone(), spooler.appended.clone());
-            rt.spawn(report::sender::run(
-                channel.clone(),
-                spool,
-                appended,
-                ctl.reconnect_max,
-            ));
-            let name = config.agent.name.clone();
-            rt.spawn(control::renew::run(
-                channel.clone(),
-                state_dir,
-                name,
-                restart.clone(),
-            ));
+            tasks.spawn(file, &start, rt);
         }
         Ok(Agent {
             tx,
@@ -313,6 +277,55 @@ impl Agent {
                 c.dropped.load(Ordering::Relaxed),
             ),
         )
+    }
+}
+
+/// The controller tasks of a managed agent: sync, claims, report delivery, renewal.
+struct Tasks<'a> {
+    channel: &'a Channel,
+    spooler: &'a Spooler,
+    claims: Option<(
+        tokio::sync::mpsc::Receiver<crate::engine::ClaimJob>,
+        ClaimParams,
+    )>,
+    tx: &'a SyncSender<Input>,
+    live: &'a Arc<AtomicBool>,
+    restart: &'a Arc<Notify>,
+}
+
+impl Tasks<'_> {
+    fn spawn(self, file: &Config, start: &Start, rt: &Handle) {
+        let Some(ctl) = &file.controller else { return };
+        let state_dir = file.agent.state_dir.clone();
+        let sync = SyncParams {
+            engine: self.tx.clone(),
+            base: file.clone(),
+            state_dir: state_dir.clone(),
+            interface: start.config.agent.interfaces.first().cloned(),
+            reconnect_max: ctl.reconnect_max,
+            current: start.cached.clone(),
+            url: ctl.url.clone(),
+            live: self.live.clone(),
+        };
+        let channel = self.channel;
+        rt.spawn(control::sync::run(channel.clone(), sync));
+        if let Some((jobs, params)) = self.claims {
+            rt.spawn(control::claim::run(channel.clone(), jobs, params));
+        }
+        let (spool, appended) = (self.spooler.spool.clone(), self.spooler.appended.clone());
+        rt.spawn(report::sender::run(
+            channel.clone(),
+            spool,
+            appended,
+            ctl.reconnect_max,
+        ));
+        let name = start.config.agent.name.clone();
+        rt.spawn(control::renew::run(
+            channel.clone(),
+            state_dir,
+            name,
+            self.restart.clone(),
+        ));
     }
 }
 
@@ -379,6 +392,38 @@ fn claim_link(
         offline_added: params.offline_added.clone(),
     };
     Ok((link, params, jobs_rx))
+}
+
+/// Take over the grants an earlier run left in the firewall.
+fn adopt(engine: &mut Engine) {
+    match engine.adopt_existing() {
+        Ok(n) if n > 0 => info!(adopted = n, "adopted grants left by an earlier run"),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "could not list existing grants"),
+    }
+}
+
+/// One thread per opened capture, feeding `tx`.
+fn spawn_captures(
+    captures: Vec<capture::Opened>,
+    tx: &SyncSender<Input>,
+    stop: &Arc<AtomicBool>,
+    counters: &Arc<Counters>,
+    tuning: &Arc<Tuning>,
+) -> Result<Vec<capture::Running>, StartError> {
+    captures
+        .into_iter()
+        .map(|cap| {
+            capture::spawn(
+                cap,
+                tx.clone(),
+                stop.clone(),
+                counters.clone(),
+                tuning.clone(),
+            )
+            .map_err(state_error("start a capture thread"))
+        })
+        .collect()
 }
 
 /// Tell the engine whenever someone else changes the nftables table.

@@ -349,6 +349,11 @@ impl Event {
             d.insert(k.to_string(), v);
         };
         match self {
+            Event::SpaAccepted { .. }
+            | Event::SpaRejected { .. }
+            | Event::SpaRefusedSummary { .. } => {
+                self.spa_detail(&mut put);
+            }
             Event::KnockProgressed {
                 method, stage, of, ..
             } => {
@@ -364,9 +369,25 @@ impl Event {
                     put("window", (*w).into());
                 }
             }
-            Event::KnockRejected { error, .. } | Event::GrantCloseFailed { error, .. } => {
-                put("error", error.as_str().into());
+            Event::KnockRejected { error, .. }
+            | Event::GrantCloseFailed { error, .. }
+            | Event::GrantFailed { error, .. }
+            | Event::FirewallRepairFailed { error } => put("error", error.as_str().into()),
+            Event::GrantOpened { timeout_s, .. } => put("timeout_s", (*timeout_s).into()),
+            Event::GrantAdopted { remaining_ms, .. } => put("remaining_ms", (*remaining_ms).into()),
+            Event::FirewallRepaired { base, grants } => {
+                put("base", (*base).into());
+                put("grants", (*grants).into());
             }
+            Event::AgentStopped { grants_kept } => put("grants_kept", (*grants_kept).into()),
+            Event::KnockIgnored { .. } | Event::GrantClosed { .. } => {}
+        }
+        d
+    }
+
+    /// The detail of the SPA events.
+    fn spa_detail(&self, put: &mut impl FnMut(&str, Value)) {
+        match self {
             Event::SpaAccepted {
                 method,
                 allow_ip,
@@ -414,19 +435,8 @@ impl Event {
                     .collect();
                 put("counts", Value::Object(m));
             }
-            Event::GrantOpened { timeout_s, .. } => put("timeout_s", (*timeout_s).into()),
-            Event::GrantFailed { error, .. } | Event::FirewallRepairFailed { error } => {
-                put("error", error.as_str().into());
-            }
-            Event::GrantAdopted { remaining_ms, .. } => put("remaining_ms", (*remaining_ms).into()),
-            Event::FirewallRepaired { base, grants } => {
-                put("base", (*base).into());
-                put("grants", (*grants).into());
-            }
-            Event::AgentStopped { grants_kept } => put("grants_kept", (*grants_kept).into()),
-            Event::KnockIgnored { .. } | Event::GrantClosed { .. } => {}
+            _ => {}
         }
-        d
     }
 
     /// The flat record that is spooled and reported, for an event at `at_ms` (unix ms).

@@ -167,22 +167,8 @@ fn policy(at: &str, p: &api::Policy) -> Result<PolicyDef, InvalidConfig> {
     } = p;
     let field = |f: &str| format!("{at}.{f}");
     let ms = |n: u32| (n != 0).then(|| Duration::from_millis(u64::from(n)));
-    let tcp_flags = match tcp_flags.as_str() {
-        "" => None,
-        text => Some(
-            text.parse::<FlagFilter>()
-                .map_err(|e| invalid(field("tcp_flags"), e.to_string()))?,
-        ),
-    };
-    let otk = match (otk, otk_offline.as_str()) {
-        (false, "") => None,
-        (false, _) => return Err(invalid(field("otk_offline"), "set without otk")),
-        (true, "") => Some(OtkOffline::default()),
-        (true, rule) => Some(
-            rule.parse::<OtkOffline>()
-                .map_err(|e| invalid(field("otk_offline"), e.to_string()))?,
-        ),
-    };
+    let tcp_flags = flags(&field("tcp_flags"), tcp_flags)?;
+    let otk = otk_rule(&field("otk_offline"), *otk, otk_offline)?;
     if *timeout_secs == 0 {
         return Err(invalid(field("timeout_secs"), "must be more than 0"));
     }
@@ -197,18 +183,7 @@ fn policy(at: &str, p: &api::Policy) -> Result<PolicyDef, InvalidConfig> {
         .enumerate()
         .map(|(i, a)| access(&field(&format!("open[{i}]")), a))
         .collect::<Result<_, _>>()?;
-    let sequence = sequence
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            s.parse::<KnockStep>().map_err(|e| {
-                invalid(
-                    field(&format!("sequence[{i}]")),
-                    format!("bad knock {s:?}: {e}"),
-                )
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let sequence = knocks(&field("sequence"), sequence)?;
     Ok(PolicyDef {
         name: name.clone(),
         open,
@@ -230,6 +205,42 @@ fn policy(at: &str, p: &api::Policy) -> Result<PolicyDef, InvalidConfig> {
         window_secs: (*window_secs != 0 && *rotating).then_some(*window_secs),
         otk,
     })
+}
+
+/// A TCP flag filter; empty is the default.
+fn flags(at: &str, text: &str) -> Result<Option<FlagFilter>, InvalidConfig> {
+    match text {
+        "" => Ok(None),
+        text => text
+            .parse::<FlagFilter>()
+            .map(Some)
+            .map_err(|e| invalid(at, e.to_string())),
+    }
+}
+
+/// The one-time-key offline rule, set only with `otk`; empty is the default.
+fn otk_rule(at: &str, otk: bool, rule: &str) -> Result<Option<OtkOffline>, InvalidConfig> {
+    match (otk, rule) {
+        (false, "") => Ok(None),
+        (false, _) => Err(invalid(at, "set without otk")),
+        (true, "") => Ok(Some(OtkOffline::default())),
+        (true, rule) => rule
+            .parse::<OtkOffline>()
+            .map(Some)
+            .map_err(|e| invalid(at, e.to_string())),
+    }
+}
+
+/// A knock sequence, each step `tcp/PORT`, `udp/PORT` or `icmp`.
+fn knocks(at: &str, steps: &[String]) -> Result<Vec<KnockStep>, InvalidConfig> {
+    steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.parse::<KnockStep>()
+                .map_err(|e| invalid(format!("{at}[{i}]"), format!("bad knock {s:?}: {e}")))
+        })
+        .collect()
 }
 
 fn access(at: &str, a: &api::Access) -> Result<Access, InvalidConfig> {

@@ -71,17 +71,26 @@ impl Config {
     /// Check `def` against this config. Keys in errors index its lists
     /// (`rotating[3].policy`, `one_time_keys[0].user`).
     pub fn material(&self, def: MaterialDef) -> Result<Material, ConfigError> {
-        let user_index = |key: String, name: &str| {
-            self.users
-                .iter()
-                .position(|u| u.name == name)
-                .ok_or_else(|| invalid(key, format!("no user named {name:?}")))
-        };
+        let rotating = self.sequences(def.rotating)?;
+        let otks = self.one_time_keys(def.otks)?;
+        Ok(Material { rotating, otks })
+    }
+
+    /// The index of the user `name`, or an error at `key`.
+    fn user_index(&self, key: String, name: &str) -> Result<usize, ConfigError> {
+        self.users
+            .iter()
+            .position(|u| u.name == name)
+            .ok_or_else(|| invalid(key, format!("no user named {name:?}")))
+    }
+
+    /// Rotating sequences: each for a user a rotating policy admits, once per window.
+    fn sequences(&self, defs: Vec<SequenceDef>) -> Result<Vec<Sequence>, ConfigError> {
         let mut seen = HashSet::new();
-        let mut rotating = Vec::with_capacity(def.rotating.len());
-        for (i, s) in def.rotating.into_iter().enumerate() {
+        let mut rotating = Vec::with_capacity(defs.len());
+        for (i, s) in defs.into_iter().enumerate() {
             let key = |k: &str| format!("rotating[{i}].{k}");
-            let user = user_index(key("user"), &s.user)?;
+            let user = self.user_index(key("user"), &s.user)?;
             let policy = self
                 .policies
                 .iter()
@@ -118,13 +127,20 @@ impl Config {
                     ),
                 ));
             }
+            let (window, knocks) = (s.window, s.knocks);
             rotating.push(Sequence {
                 user,
                 policy,
-                window: s.window,
-                knocks: s.knocks,
+                window,
+                knocks,
             });
         }
+        Ok(rotating)
+    }
+
+    /// One-time keys: each for a user a one-time-key policy admits, each counter and key
+    /// id once (and no key id of a user's own key).
+    fn one_time_keys(&self, defs: Vec<OtkDef>) -> Result<Vec<Otk>, ConfigError> {
         let otk_users: BTreeSet<usize> = self
             .policies
             .iter()
@@ -137,10 +153,10 @@ impl Config {
             .filter_map(|u| u.spa_key.as_ref().map(SpaKey::id))
             .collect();
         let mut counters = HashSet::new();
-        let mut otks = Vec::with_capacity(def.otks.len());
-        for (i, k) in def.otks.into_iter().enumerate() {
+        let mut otks = Vec::with_capacity(defs.len());
+        for (i, k) in defs.into_iter().enumerate() {
             let key = |f: &str| format!("one_time_keys[{i}].{f}");
-            let user = user_index(key("user"), &k.user)?;
+            let user = self.user_index(key("user"), &k.user)?;
             if !otk_users.contains(&user) {
                 return Err(invalid(
                     key("user"),
@@ -162,7 +178,7 @@ impl Config {
                 key: k.key,
             });
         }
-        Ok(Material { rotating, otks })
+        Ok(otks)
     }
 }
 

@@ -50,6 +50,26 @@ pub(super) fn policy(
     origin: Origin,
 ) -> Result<Policy, ConfigError> {
     let key = |k: &str| format!("policy[{i}].{k}");
+    let max_timeout = basics(&p, &key)?;
+    let rotating = rotating(&p, &key)?;
+    let door = door(&p, &key)?;
+    let members = members(i, &p, users, origin)?;
+    Ok(Policy {
+        name: p.name,
+        open: p.open,
+        timeout: p.timeout,
+        max_timeout,
+        door,
+        users: members,
+        spa: p.spa,
+        fwknop: p.fwknop,
+        rotating,
+        otk: p.otk,
+    })
+}
+
+/// Name, ports, timeouts and that some method opens it; the effective `max_timeout`.
+fn basics(p: &PolicyDef, key: &dyn Fn(&str) -> String) -> Result<Duration, ConfigError> {
     if p.name.is_empty() {
         return Err(invalid(key("name"), "must not be empty"));
     }
@@ -78,26 +98,37 @@ pub(super) fn policy(
             "give a knock sequence, or set spa = true or fwknop = true",
         ));
     }
-    if p.rotating && p.sequence_timeout.is_some_and(|t| t.is_zero()) {
-        return Err(invalid(key("sequence_timeout"), "must be longer than zero"));
-    }
-    let rotating = if p.rotating {
-        let window_secs = p.window_secs.unwrap_or(DEFAULT_WINDOW_SECS);
-        if window_secs == 0 {
-            return Err(invalid(key("window_secs"), "must be longer than zero"));
-        }
-        Some(RotatingPolicy {
-            window_secs,
-            sequence_timeout: p.sequence_timeout.unwrap_or(DEFAULT_SEQUENCE_TIMEOUT),
-            tcp_flags: p.tcp_flags.unwrap_or(DEFAULT_TCP_FLAGS),
-        })
-    } else {
+    Ok(max_timeout)
+}
+
+/// The rotating-sequence timing, when rotating sequences open it.
+fn rotating(
+    p: &PolicyDef,
+    key: &dyn Fn(&str) -> String,
+) -> Result<Option<RotatingPolicy>, ConfigError> {
+    if !p.rotating {
         if p.window_secs.is_some() {
             return Err(invalid(key("window_secs"), "set without rotating"));
         }
-        None
-    };
-    let door = if p.sequence.is_empty() {
+        return Ok(None);
+    }
+    if p.sequence_timeout.is_some_and(|t| t.is_zero()) {
+        return Err(invalid(key("sequence_timeout"), "must be longer than zero"));
+    }
+    let window_secs = p.window_secs.unwrap_or(DEFAULT_WINDOW_SECS);
+    if window_secs == 0 {
+        return Err(invalid(key("window_secs"), "must be longer than zero"));
+    }
+    Ok(Some(RotatingPolicy {
+        window_secs,
+        sequence_timeout: p.sequence_timeout.unwrap_or(DEFAULT_SEQUENCE_TIMEOUT),
+        tcp_flags: p.tcp_flags.unwrap_or(DEFAULT_TCP_FLAGS),
+    }))
+}
+
+/// The fixed knock sequence and its timing, when it has one.
+fn door(p: &PolicyDef, key: &dyn Fn(&str) -> String) -> Result<Option<Door>, ConfigError> {
+    if p.sequence.is_empty() {
         // A rotating sequence is timed and filtered like a fixed one.
         let set = [
             (
@@ -111,42 +142,50 @@ pub(super) fn policy(
         if let Some((k, _)) = set.iter().find(|(_, set)| *set) {
             return Err(invalid(key(k), "set without a sequence"));
         }
-        None
-    } else {
-        if p.sequence.len() > 255 {
-            return Err(invalid(key("sequence"), "at most 255 knocks"));
-        }
-        if let Some(k) = p
-            .sequence
-            .iter()
-            .find(|k| matches!(k, crate::packet::KnockStep::Port { port: 0, .. }))
-        {
-            return Err(invalid(
-                key("sequence"),
-                format!("{k:?}: port must be 1-65535"),
-            ));
-        }
-        let sequence_timeout = p.sequence_timeout.unwrap_or(DEFAULT_SEQUENCE_TIMEOUT);
-        if sequence_timeout.is_zero() {
-            return Err(invalid(key("sequence_timeout"), "must be longer than zero"));
-        }
-        let min_gap = p.min_gap.unwrap_or(Duration::ZERO);
-        if p.max_gap.is_some_and(|m| m < min_gap) {
-            return Err(invalid(key("max_gap"), "is shorter than min_gap"));
-        }
-        Some(Door {
-            steps: p.sequence,
-            sequence_timeout,
-            min_gap,
-            max_gap: p.max_gap,
-            tcp_flags: p.tcp_flags.unwrap_or(DEFAULT_TCP_FLAGS),
-        })
-    };
-    // Every method that identifies a user admits only the users named.
+        return Ok(None);
+    }
+    if p.sequence.len() > 255 {
+        return Err(invalid(key("sequence"), "at most 255 knocks"));
+    }
+    if let Some(k) = p
+        .sequence
+        .iter()
+        .find(|k| matches!(k, crate::packet::KnockStep::Port { port: 0, .. }))
+    {
+        return Err(invalid(
+            key("sequence"),
+            format!("{k:?}: port must be 1-65535"),
+        ));
+    }
+    let sequence_timeout = p.sequence_timeout.unwrap_or(DEFAULT_SEQUENCE_TIMEOUT);
+    if sequence_timeout.is_zero() {
+        return Err(invalid(key("sequence_timeout"), "must be longer than zero"));
+    }
+    let min_gap = p.min_gap.unwrap_or(Duration::ZERO);
+    if p.max_gap.is_some_and(|m| m < min_gap) {
+        return Err(invalid(key("max_gap"), "is shorter than min_gap"));
+    }
+    Ok(Some(Door {
+        steps: p.sequence.clone(),
+        sequence_timeout,
+        min_gap,
+        max_gap: p.max_gap,
+        tcp_flags: p.tcp_flags.unwrap_or(DEFAULT_TCP_FLAGS),
+    }))
+}
+
+/// The indexes of the users it admits. Every method that identifies a user admits only
+/// the users named.
+fn members(
+    i: usize,
+    p: &PolicyDef,
+    users: &[User],
+    origin: Origin,
+) -> Result<BTreeSet<usize>, ConfigError> {
     let uses_spa = p.spa || p.fwknop || p.rotating || p.otk.is_some();
     if origin == Origin::File && !uses_spa && !p.users.is_empty() {
         return Err(invalid(
-            key("users"),
+            format!("policy[{i}].users"),
             "users only apply with spa = true or fwknop = true",
         ));
     }
@@ -177,20 +216,9 @@ pub(super) fn policy(
     }
     if origin == Origin::File && uses_spa && members.is_empty() {
         return Err(invalid(
-            key("users"),
+            format!("policy[{i}].users"),
             "spa and fwknop policies must name the users they admit",
         ));
     }
-    Ok(Policy {
-        name: p.name,
-        open: p.open,
-        timeout: p.timeout,
-        max_timeout,
-        door,
-        users: members,
-        spa: p.spa,
-        fwknop: p.fwknop,
-        rotating,
-        otk: p.otk,
-    })
+    Ok(members)
 }
