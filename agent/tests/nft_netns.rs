@@ -168,6 +168,8 @@ fn standard() -> Ruleset {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn ensure_base_creates_the_layout() {
     in_netns(|| {
         let _fw = firewall_with(&standard());
@@ -176,6 +178,8 @@ fn ensure_base_creates_the_layout() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn ensure_base_accepts_an_empty_ruleset() {
     in_netns(|| {
         let _fw = firewall_with(&Ruleset::default());
@@ -189,6 +193,8 @@ fn ensure_base_accepts_an_empty_ruleset() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn ensure_base_again_keeps_grants_and_replaces_ports() {
     in_netns(|| {
         let mut fw = firewall_with(&standard());
@@ -234,6 +240,8 @@ fn ensure_base_again_keeps_grants_and_replaces_ports() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn ensure_base_rebuilds_a_foreign_layout_and_carries_grants_over() {
     in_netns(|| {
         // Same grant sets, but the chain hooks at another priority, which cannot be
@@ -271,6 +279,8 @@ fn ensure_base_rebuilds_a_foreign_layout_and_carries_grants_over() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn open_v4_and_v6_then_list() {
     in_netns(|| {
         let mut fw = firewall_with(&standard());
@@ -308,6 +318,8 @@ fn open_v4_and_v6_then_list() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn open_stores_v4_mapped_addresses_as_v4() {
     in_netns(|| {
         let mut fw = firewall_with(&standard());
@@ -323,6 +335,8 @@ fn open_stores_v4_mapped_addresses_as_v4() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn reopen_restarts_the_timeout() {
     in_netns(|| {
         let mut fw = firewall_with(&standard());
@@ -357,6 +371,8 @@ fn reopen_restarts_the_timeout() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn close_removes_and_tolerates_absence() {
     in_netns(|| {
         let mut fw = firewall_with(&standard());
@@ -370,6 +386,8 @@ fn close_removes_and_tolerates_absence() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn grant_expires_by_itself() {
     in_netns(|| {
         let mut fw = firewall_with(&standard());
@@ -391,6 +409,8 @@ fn grant_expires_by_itself() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn list_reads_a_dump_spanning_many_datagrams() {
     in_netns(|| {
         let mut fw = firewall_with(&standard());
@@ -417,6 +437,8 @@ fn list_reads_a_dump_spanning_many_datagrams() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn remove_table_removes_the_table() {
     in_netns(|| {
         let mut fw = firewall_with(&standard());
@@ -434,6 +456,8 @@ fn remove_table_removes_the_table() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn a_grant_keeps_its_label_in_the_kernel_and_nft_shows_it() {
     in_netns(|| {
         let mut fw = firewall_with(&standard());
@@ -478,6 +502,8 @@ fn a_grant_keeps_its_label_in_the_kernel_and_nft_shows_it() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn intact_notices_every_way_the_table_can_be_damaged() {
     in_netns(|| {
         let rs = standard();
@@ -515,6 +541,8 @@ fn intact_notices_every_way_the_table_can_be_damaged() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn watch_reports_changes_by_others_and_not_our_own() {
     use std::sync::mpsc;
     in_netns(|| {
@@ -550,6 +578,8 @@ fn watch_reports_changes_by_others_and_not_our_own() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn without_cap_net_admin_errors_are_permission_errors() {
     in_netns(|| {
         drop_root_on_this_thread();
@@ -580,6 +610,8 @@ fn connects(from: IpAddr, to: SocketAddr) -> Option<TcpStream> {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn grants_open_and_close_a_protected_port() {
     in_netns(|| {
         let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
@@ -639,6 +671,8 @@ fn grants_open_and_close_a_protected_port() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn grants_work_over_ipv6() {
     in_netns(|| {
         let listener = TcpListener::bind("[::1]:0").expect("listen");

@@ -282,11 +282,15 @@ fn story(db: Option<String>) {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn fleet_story_on_sqlite() {
     story(None);
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn fleet_story_on_postgresql() {
     let pg = Postgres::start();
     story(Some(pg.url()));

@@ -64,6 +64,8 @@ fn setup(timeout: &str, seq: &[&str]) -> Setup {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn closed_before_open_after_the_right_knock_closed_after_timeout() {
     let s = setup("2s", &SEQ);
     let me = IpAddr::V4(Lab::CLIENT4);
@@ -99,6 +101,8 @@ fn closed_before_open_after_the_right_knock_closed_after_timeout() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn an_established_session_outlives_its_grant() {
     let s = setup("1s", &SEQ);
     knock_from(&s.lab, Lab::GW4.into(), specs(), Duration::ZERO);
@@ -131,6 +135,8 @@ fn an_established_session_outlives_its_grant() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn wrong_order_and_too_slow_stay_closed() {
     let s = setup("5s", &SEQ);
     let me = IpAddr::V4(Lab::CLIENT4);
@@ -171,6 +177,8 @@ fn wrong_order_and_too_slow_stay_closed() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn a_knock_from_one_client_opens_nothing_for_another() {
     let s = setup("10s", &SEQ);
     // The knocks leave from 10.240.0.2 (the primary address); .3 is another host.
@@ -192,6 +200,8 @@ fn a_knock_from_one_client_opens_nothing_for_another() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn ipv6_knock_opens_ipv6_only() {
     let s = setup("10s", &SEQ);
     let me6 = IpAddr::V6(Lab::CLIENT6);
@@ -219,6 +229,8 @@ fn ipv6_knock_opens_ipv6_only() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn the_debian_knock_client_opens_it() {
     // `knock` sends tcp and udp only: no icmp step in this policy.
     let s = setup("10s", &["tcp/7000", "udp/8000", "tcp/9000"]);
@@ -243,6 +255,8 @@ fn the_debian_knock_client_opens_it() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn knocker_opens_it() {
     let s = setup("10s", &SEQ);
     let out = s
@@ -275,6 +289,8 @@ fn knocker_opens_it() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn kill_9_still_closes_the_grant_on_time() {
     let mut s = setup("2s", &SEQ);
     knock_from(&s.lab, Lab::GW4.into(), specs(), Duration::ZERO);
@@ -305,6 +321,8 @@ fn kill_9_still_closes_the_grant_on_time() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn a_restarted_agent_adopts_grants_without_duplicates() {
     let mut s = setup("6s", &SEQ);
     knock_from(&s.lab, Lab::GW4.into(), specs(), Duration::ZERO);
@@ -345,6 +363,8 @@ fn a_restarted_agent_adopts_grants_without_duplicates() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn the_command_backend_runs_its_commands() {
     let lab = Lab::new();
     let work = Workdir::new();
@@ -373,6 +393,8 @@ fn the_command_backend_runs_its_commands() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn config_errors_exit_64_naming_the_key_and_install_nothing() {
     let lab = Lab::new();
     let work = Workdir::new();
@@ -412,6 +434,8 @@ fn config_errors_exit_64_naming_the_key_and_install_nothing() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn without_privileges_the_agent_says_so_and_exits_77() {
     let lab = Lab::new();
     let work = Workdir::new();

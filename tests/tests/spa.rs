@@ -206,6 +206,8 @@ fn intercepted_knocker_spa(s: &Setup, extra: &[&str]) -> Vec<u8> {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn a_packet_resent_from_another_address_opens_nothing_for_it() {
     let mut s = setup();
     // By default knocker seals the address it sends from.
@@ -244,6 +246,8 @@ fn saved_packet(path: &Path) -> Vec<u8> {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn the_fwknop_client_opens_it_and_a_replay_is_refused_even_after_restart() {
     let mut s = setup();
     assert!(
@@ -330,6 +334,8 @@ fn the_fwknop_client_opens_it_and_a_replay_is_refused_even_after_restart() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn refusals_are_logged_with_their_reasons() {
     let mut s = setup();
     // A wrong HMAC key.
@@ -367,6 +373,8 @@ fn refusals_are_logged_with_their_reasons() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn allow_ip_opens_only_the_named_address() {
     let mut s = setup();
     let hmac = s.keys.fw_hmac.clone();
@@ -388,6 +396,8 @@ fn allow_ip_opens_only_the_named_address() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn a_requested_timeout_above_max_timeout_is_capped() {
     let mut s = setup();
     s.knocker_spa(
@@ -421,6 +431,8 @@ fn a_requested_timeout_above_max_timeout_is_capped() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn knocker_spa_opens_over_ipv4_and_ipv6() {
     let s = setup();
     s.knocker_spa("10.240.0.1", &["--gateway", "gw1", "--access", "tcp/22"]);
@@ -453,6 +465,8 @@ fn knocker_spa_opens_over_ipv4_and_ipv6() {
 }
 
 #[test]
+
+#[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn ten_thousand_junk_datagrams_open_nothing_and_the_agent_keeps_serving() {
     let mut s = setup();
     // Deterministic junk: random bytes, fwknop-shaped base64, and native-magic prefixes.
