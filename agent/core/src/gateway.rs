@@ -322,49 +322,20 @@ impl Gateway {
             let policy_idx = self.door_policy[d.door as usize];
             let subject = subject(k.src, None, &self.config.policies[policy_idx].name);
             let method = event::Method::Sequence;
-            let (level, event) = match d.outcome {
-                Outcome::Progressed { stage, of } => (
-                    Level::Debug,
-                    Event::KnockProgressed {
-                        subject,
-                        method,
-                        stage,
-                        of,
-                    },
-                ),
-                Outcome::Retransmit { stage } => {
-                    (Level::Debug, Event::KnockRetransmit { subject, stage })
-                }
-                Outcome::Reset(r) => {
-                    let reason = Some(r.reason());
-                    (
-                        Level::Debug,
-                        Event::KnockReset {
-                            subject,
-                            method,
-                            reason,
-                        },
-                    )
-                }
-                Outcome::FlagsIgnored => {
-                    let reason = Reason::TcpFlags;
-                    (Level::Trace, Event::KnockIgnored { subject, reason })
-                }
-                Outcome::Completed => {
-                    let event = Event::KnockCompleted {
-                        subject,
-                        method,
-                        window: None,
-                    };
-                    self.tell(Level::Info, true, now, event);
-                    let policy = &self.config.policies[policy_idx];
-                    let (name, open, timeout) =
-                        (policy.name.clone(), policy.open.clone(), policy.timeout);
-                    self.open_grants(&name, None, k.src, &open, timeout, now);
-                    continue;
-                }
-            };
-            self.tell(level, false, now, event);
+            if d.outcome == Outcome::Completed {
+                let event = Event::KnockCompleted {
+                    subject,
+                    method,
+                    window: None,
+                };
+                self.tell(Level::Info, true, now, event);
+                let policy = &self.config.policies[policy_idx];
+                let (name, open, timeout) =
+                    (policy.name.clone(), policy.open.clone(), policy.timeout);
+                self.open_grants(&name, None, k.src, &open, timeout, now);
+            } else if let Some((level, event)) = progress_event(d.outcome, subject, method) {
+                self.tell(level, false, now, event);
+            }
         }
         self.decisions = decisions;
     }
@@ -523,6 +494,42 @@ impl Gateway {
     fn user_name(&self, index: usize) -> Option<&str> {
         self.config.users.get(index).map(|u| u.name.as_str())
     }
+}
+
+/// The notice of a knock that did not complete its sequence (`None` for one that did).
+fn progress_event(
+    outcome: Outcome,
+    subject: Subject,
+    method: event::Method,
+) -> Option<(Level, Event)> {
+    Some(match outcome {
+        Outcome::Progressed { stage, of } => (
+            Level::Debug,
+            Event::KnockProgressed {
+                subject,
+                method,
+                stage,
+                of,
+            },
+        ),
+        Outcome::Retransmit { stage } => (Level::Debug, Event::KnockRetransmit { subject, stage }),
+        Outcome::Reset(r) => (
+            Level::Debug,
+            Event::KnockReset {
+                subject,
+                method,
+                reason: Some(r.reason()),
+            },
+        ),
+        Outcome::FlagsIgnored => (
+            Level::Trace,
+            Event::KnockIgnored {
+                subject,
+                reason: Reason::TcpFlags,
+            },
+        ),
+        Outcome::Completed => return None,
+    })
 }
 
 /// The subject of an event about `src`.

@@ -120,12 +120,7 @@ impl Gateway {
             Ok(true) => self.list_grants(now),
             Ok(false) => self.reinstall(),
             Err(error) => {
-                self.tell(
-                    Level::Warn,
-                    false,
-                    now,
-                    Event::FirewallRepairFailed { error },
-                );
+                self.repair_failed(error, false, now);
                 self.reinstall();
             }
         }
@@ -148,12 +143,7 @@ impl Gateway {
             Err(error) => {
                 self.guard.repair = None;
                 self.guard.next_check = now.mono + RETRY;
-                self.tell(
-                    Level::Warn,
-                    true,
-                    now,
-                    Event::FirewallRepairFailed { error },
-                );
+                self.repair_failed(error, true, now);
             }
         }
     }
@@ -172,12 +162,7 @@ impl Gateway {
         let held: HashSet<GrantKey> = match held {
             Ok(h) => h.into_iter().collect(),
             Err(error) => {
-                self.tell(
-                    Level::Warn,
-                    false,
-                    now,
-                    Event::FirewallRepairFailed { error },
-                );
+                self.repair_failed(error, false, now);
                 self.finish_repair(now);
                 return;
             }
@@ -215,12 +200,7 @@ impl Gateway {
         match result {
             Ok(()) => r.restored += 1,
             Err(error) => {
-                self.tell(
-                    Level::Warn,
-                    false,
-                    now,
-                    Event::FirewallRepairFailed { error },
-                );
+                self.repair_failed(error, false, now);
             }
         }
         if self
@@ -231,6 +211,16 @@ impl Gateway {
         {
             self.finish_repair(now);
         }
+    }
+
+    /// Tell that part of a check or repair failed (reported when the base is at stake).
+    fn repair_failed(&mut self, error: String, report: bool, now: Time) {
+        self.tell(
+            Level::Warn,
+            report,
+            now,
+            Event::FirewallRepairFailed { error },
+        );
     }
 
     fn finish_repair(&mut self, now: Time) {

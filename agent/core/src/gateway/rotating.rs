@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use knockgate_proto::event::{Event, Method, Reason, Subject};
 use serde::{Deserialize, Serialize};
 
-use super::{Action, Gateway, KnockMsg, Level, Persist, Then, Time};
+use super::{Action, Gateway, KnockMsg, Level, Persist, Then, Time, progress_event};
 use crate::config::Material;
 use crate::detect::progress::Outcome;
 use crate::detect::rotating::{DoorKey, RotatingDetector, RotatingDoor};
@@ -163,41 +163,12 @@ impl Gateway {
                 policy: Some(policy),
             };
             let method = Method::Rotating;
-            let (level, event) = match *outcome {
-                Outcome::Progressed { stage, of } => (
-                    Level::Debug,
-                    Event::KnockProgressed {
-                        subject,
-                        method,
-                        stage,
-                        of,
-                    },
-                ),
-                Outcome::Retransmit { stage } => {
-                    (Level::Debug, Event::KnockRetransmit { subject, stage })
-                }
-                Outcome::Reset(r) => {
-                    let reason = Some(r.reason());
-                    (
-                        Level::Debug,
-                        Event::KnockReset {
-                            subject,
-                            method,
-                            reason,
-                        },
-                    )
-                }
-                Outcome::FlagsIgnored => {
-                    let reason = Reason::TcpFlags;
-                    (Level::Trace, Event::KnockIgnored { subject, reason })
-                }
-                Outcome::Completed => {
-                    consumed = true;
-                    self.rotating_completed(k.src, subject, key.window);
-                    continue;
-                }
-            };
-            self.tell(level, false, now, event);
+            if *outcome == Outcome::Completed {
+                consumed = true;
+                self.rotating_completed(k.src, subject, key.window);
+            } else if let Some((level, event)) = progress_event(*outcome, subject, method) {
+                self.tell(level, false, now, event);
+            }
         }
         self.rotating.outcomes = out;
         if consumed {
