@@ -412,18 +412,20 @@ fn spa_shell() -> Shell {
     s
 }
 
+/// A datagram from `src` to the SPA port at `now`.
+fn datagram(src: &str, now: Time, payload: Box<[u8]>) -> KnockMsg {
+    KnockMsg {
+        at: now.mono,
+        src: src.parse().expect("ip"),
+        kind: KnockStep::udp(62201),
+        tcp_flags: 0,
+        payload: Some(payload),
+    }
+}
+
 fn send_spa(s: &mut Shell, ms: u64, nonce: [u8; 16]) {
     let now = s.now(ms);
-    let k = KnockMsg {
-        at: now.mono,
-        src: "10.240.0.2".parse().expect("ip"),
-        kind: KnockStep::Port {
-            proto: Proto::Udp,
-            port: 62201,
-        },
-        tcp_flags: 0,
-        payload: Some(spa_packet(now.unix_secs(), nonce)),
-    };
+    let k = datagram("10.240.0.2", now, spa_packet(now.unix_secs(), nonce));
     s.gw.handle_packet(&k, now);
     s.drain(ms);
 }
@@ -462,16 +464,7 @@ fn refusals_of_junk_are_counted_and_summarized_not_told_one_by_one() {
     let mut s = spa_shell();
     for i in 0..150u64 {
         let now = s.now(i);
-        let k = KnockMsg {
-            at: now.mono,
-            src: "10.240.0.66".parse().expect("ip"),
-            kind: KnockStep::Port {
-                proto: Proto::Udp,
-                port: 62201,
-            },
-            tcp_flags: 0,
-            payload: Some(vec![0u8; 40].into()),
-        };
+        let k = datagram("10.240.0.66", now, vec![0u8; 40].into());
         s.gw.handle_packet(&k, now);
     }
     s.drain(150);
