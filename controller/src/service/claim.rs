@@ -65,6 +65,26 @@ pub(super) async fn claim(
     agent: &AgentName,
     claim: NewOtkClaim,
 ) -> Result<api::ClaimResponse, ServiceError> {
+    let (user_known, rules) = admitting_rules(state, agent, &claim).await?;
+    if rules.is_empty() {
+        return refuse_not_admitted(state, agent, &claim, user_known).await;
+    }
+    let offline_allowed = rules.contains(&OtkOffline::Local);
+    let outcome = state
+        .store
+        .claim_otk(&claim, OTK_STOCK, Timestamp::now())
+        .await?;
+    Ok(answer(state, agent, &claim, outcome, offline_allowed).await)
+}
+
+/// The offline rules of the one-time-key policies that admit the claim's user
+/// on `agent`, and whether that user exists at all: an unknown user is admitted
+/// by none, which is an answer, not an error.
+async fn admitting_rules(
+    state: &Controller,
+    agent: &AgentName,
+    claim: &NewOtkClaim,
+) -> Result<(bool, Vec<OtkOffline>), ServiceError> {
     let store = &state.store;
     let labels = store.get_agent(agent).await?.labels;
     let policies = super::load_policies(store).await?;
@@ -73,7 +93,7 @@ pub(super) async fn claim(
         Err(StoreError::NotFound { .. }) => None,
         Err(e) => return Err(e.into()),
     };
-    let rules: Vec<OtkOffline> = user
+    let rules = user
         .iter()
         .flat_map(|u| {
             policies
@@ -82,31 +102,51 @@ pub(super) async fn claim(
                 .filter_map(|p| p.otk)
         })
         .collect();
-    if rules.is_empty() {
-        // An answer, not an error: the agent must refuse, never fall back to its offline
-        // rule as if the controller were out of reach.
-        tracing::warn!(%agent, user = %claim.user, counter = claim.counter,
-            offline = claim.offline,
-            "one-time key claim for a user no one-time-key policy of the agent admits");
-        if claim.offline && user.is_some() {
-            // Granted while the controller was away: burn the key fleet-wide all the same.
-            if let ClaimOutcome::Won(version) =
-                store.claim_otk(&claim, OTK_STOCK, Timestamp::now()).await?
-            {
-                state.hub.bump(version);
-            }
+    Ok((user.is_some(), rules))
+}
+
+/// Refuses a claim no one-time-key policy of `agent` admits. An answer, not an
+/// error: the agent must refuse, never fall back to its offline rule as if the
+/// controller were out of reach.
+async fn refuse_not_admitted(
+    state: &Controller,
+    agent: &AgentName,
+    claim: &NewOtkClaim,
+    user_known: bool,
+) -> Result<api::ClaimResponse, ServiceError> {
+    tracing::warn!(%agent, user = %claim.user, counter = claim.counter,
+        offline = claim.offline,
+        "one-time key claim for a user no one-time-key policy of the agent admits");
+    if claim.offline && user_known {
+        // Granted while the controller was away: burn the key fleet-wide all the same.
+        if let ClaimOutcome::Won(version) = state
+            .store
+            .claim_otk(claim, OTK_STOCK, Timestamp::now())
+            .await?
+        {
+            state.hub.bump(version);
         }
-        audit(
-            state,
-            OTK_REFUSED,
-            &claim,
-            json!({ "reason": "not admitted", "flagged": claim.offline }),
-        )
-        .await;
-        return Ok(refused(NOT_ADMITTED));
     }
-    let offline_allowed = rules.contains(&OtkOffline::Local);
-    match store.claim_otk(&claim, OTK_STOCK, Timestamp::now()).await? {
+    audit(
+        state,
+        OTK_REFUSED,
+        claim,
+        json!({ "reason": "not admitted", "flagged": claim.offline }),
+    )
+    .await;
+    Ok(refused(NOT_ADMITTED))
+}
+
+/// Tells the agent what the store decided about an admitted claim, audits it,
+/// and on a win moves every agent's stock forward.
+async fn answer(
+    state: &Controller,
+    agent: &AgentName,
+    claim: &NewOtkClaim,
+    outcome: ClaimOutcome,
+    offline_allowed: bool,
+) -> api::ClaimResponse {
+    match outcome {
         ClaimOutcome::Won(version) => {
             state.hub.bump(version);
             let mut detail = json!({});
@@ -118,10 +158,10 @@ pub(super) async fn claim(
             }
             tracing::info!(%agent, user = %claim.user, counter = claim.counter,
                 offline = claim.offline, "one-time key claimed");
-            audit(state, OTK_CLAIMED, &claim, detail).await;
-            Ok(granted())
+            audit(state, OTK_CLAIMED, claim, detail).await;
+            granted()
         }
-        ClaimOutcome::Repeated => Ok(granted()),
+        ClaimOutcome::Repeated => granted(),
         ClaimOutcome::Used(first) if claim.offline => {
             // Both agents have granted with the key: that wants a human.
             tracing::warn!(%agent, user = %claim.user, counter = claim.counter,
@@ -131,22 +171,22 @@ pub(super) async fn claim(
                 "first": first.as_ref().map(described),
                 "second": { "agent": agent.as_str(), "src": claim.src },
             });
-            audit(state, OTK_REUSE, &claim, detail).await;
-            Ok(refused(USED))
+            audit(state, OTK_REUSE, claim, detail).await;
+            refused(USED)
         }
         ClaimOutcome::Used(first) => {
             let detail = json!({
                 "reason": USED,
                 "first": first.as_ref().map(described),
             });
-            audit(state, OTK_REFUSED, &claim, detail).await;
-            Ok(refused(USED))
+            audit(state, OTK_REFUSED, claim, detail).await;
+            refused(USED)
         }
         ClaimOutcome::Unknown => {
             tracing::warn!(%agent, user = %claim.user, counter = claim.counter,
                 "claim of a one-time key beyond the stock");
-            audit(state, OTK_REFUSED, &claim, json!({ "reason": UNKNOWN })).await;
-            Ok(refused(UNKNOWN))
+            audit(state, OTK_REFUSED, claim, json!({ "reason": UNKNOWN })).await;
+            refused(UNKNOWN)
         }
     }
 }
