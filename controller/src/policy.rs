@@ -129,62 +129,12 @@ impl PolicyDef {
     /// `timeout_secs`.
     pub fn validate(name: &str, raw: RawPolicy) -> Result<Self, InvalidPolicy> {
         let name = PolicyName::new(name).map_err(|e| invalid("name", e.to_string()))?;
-        if raw.open.is_empty() {
-            return Err(invalid(
-                "open",
-                "at least one tcp/PORT or udp/PORT is required",
-            ));
-        }
-        let mut open = BTreeSet::new();
-        for (i, a) in raw.open.iter().enumerate() {
-            let access = a
-                .parse::<Access>()
-                .map_err(|e| invalid(format!("open[{i}]"), format!("{a:?}: {e}")))?;
-            open.insert(access);
-        }
-        let users = raw
-            .users
-            .iter()
-            .enumerate()
-            .map(|(i, u)| {
-                UserName::new(u).map_err(|e| invalid(format!("users[{i}]"), e.to_string()))
-            })
-            .collect::<Result<_, _>>()?;
-        let mut groups = BTreeSet::new();
-        for (i, g) in raw.groups.iter().enumerate() {
-            if !is_valid_name(g) {
-                return Err(invalid(
-                    format!("groups[{i}]"),
-                    format!(
-                        "invalid group name {g:?}: expected 1 to 64 characters from a-z 0-9 . _ -"
-                    ),
-                ));
-            }
-            groups.insert(g.clone());
-        }
+        let open = protected_ports(&raw.open)?;
+        let users = user_names(&raw.users)?;
+        let groups = group_names(&raw.groups)?;
         let agents = raw.agents.parse().map_err(|e| invalid("agents", e))?;
-        if raw.timeout_secs == 0 {
-            return Err(invalid("timeout_secs", "must be greater than 0"));
-        }
-        let max_timeout_secs = match raw.max_timeout_secs {
-            0 => raw.timeout_secs,
-            m if m < raw.timeout_secs => {
-                return Err(invalid(
-                    "max_timeout_secs",
-                    format!("{m} is less than timeout_secs {}", raw.timeout_secs),
-                ));
-            }
-            m => m,
-        };
-        let sequence = raw
-            .sequence
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                s.parse()
-                    .map_err(|e| invalid(format!("sequence[{i}]"), format!("{s:?}: {e}")))
-            })
-            .collect::<Result<Vec<KnockStep>, _>>()?;
+        let max_timeout_secs = grant_timeouts(&raw)?;
+        let sequence = knock_steps(&raw.sequence)?;
         let rotating = methods::rotation(&raw, &open)?;
         let otk = methods::otk(&raw)?;
         let (min_gap_ms, max_gap_ms, tcp_flags) = methods::timing(&raw, &sequence, &rotating)?;
@@ -254,6 +204,76 @@ impl PolicyDef {
         !user.disabled
             && (self.users.contains(&user.name) || !self.groups.is_disjoint(&user.groups))
     }
+}
+
+/// The `open` field: at least one port, each `tcp/PORT` or `udp/PORT`.
+fn protected_ports(open: &[String]) -> Result<BTreeSet<Access>, InvalidPolicy> {
+    if open.is_empty() {
+        return Err(invalid(
+            "open",
+            "at least one tcp/PORT or udp/PORT is required",
+        ));
+    }
+    let mut out = BTreeSet::new();
+    for (i, a) in open.iter().enumerate() {
+        let access = a
+            .parse::<Access>()
+            .map_err(|e| invalid(format!("open[{i}]"), format!("{a:?}: {e}")))?;
+        out.insert(access);
+    }
+    Ok(out)
+}
+
+/// The `users` field, each a valid user name.
+fn user_names(users: &[String]) -> Result<BTreeSet<UserName>, InvalidPolicy> {
+    users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| UserName::new(u).map_err(|e| invalid(format!("users[{i}]"), e.to_string())))
+        .collect()
+}
+
+/// The `groups` field, each a valid name.
+fn group_names(groups: &[String]) -> Result<BTreeSet<String>, InvalidPolicy> {
+    let mut out = BTreeSet::new();
+    for (i, g) in groups.iter().enumerate() {
+        if !is_valid_name(g) {
+            return Err(invalid(
+                format!("groups[{i}]"),
+                format!("invalid group name {g:?}: expected 1 to 64 characters from a-z 0-9 . _ -"),
+            ));
+        }
+        out.insert(g.clone());
+    }
+    Ok(out)
+}
+
+/// Checks `timeout_secs` and returns the longest grant a client may ask for:
+/// `max_timeout_secs`, or `timeout_secs` when that is 0.
+fn grant_timeouts(raw: &RawPolicy) -> Result<u32, InvalidPolicy> {
+    if raw.timeout_secs == 0 {
+        return Err(invalid("timeout_secs", "must be greater than 0"));
+    }
+    match raw.max_timeout_secs {
+        0 => Ok(raw.timeout_secs),
+        m if m < raw.timeout_secs => Err(invalid(
+            "max_timeout_secs",
+            format!("{m} is less than timeout_secs {}", raw.timeout_secs),
+        )),
+        m => Ok(m),
+    }
+}
+
+/// The fixed knock `sequence`, each step parsed.
+fn knock_steps(sequence: &[String]) -> Result<Vec<KnockStep>, InvalidPolicy> {
+    sequence
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.parse()
+                .map_err(|e| invalid(format!("sequence[{i}]"), format!("{s:?}: {e}")))
+        })
+        .collect()
 }
 
 #[cfg(test)]
