@@ -144,17 +144,7 @@ impl TryFrom<api::Event> for ReportedEvent {
                 "event {seq}: kind {kind:?} must be 1 to 64 characters from a-z 0-9 . _ -"
             )));
         }
-        let mut detail = match detail_json.as_str() {
-            "" => Map::new(),
-            s => match serde_json::from_str::<Value>(s) {
-                Ok(Value::Object(m)) => m,
-                _ => {
-                    return Err(ServiceError::invalid(format!(
-                        "event {seq}: detail_json is not a JSON object"
-                    )));
-                }
-            },
-        };
+        let mut detail = detail_object(seq, &detail_json)?;
         let user = text(user, "user", seq)?;
         let src = text(src, "src", seq)?;
         let policy = text(policy, "policy", seq)?;
@@ -165,13 +155,11 @@ impl TryFrom<api::Event> for ReportedEvent {
         if let Some(r) = &reason {
             detail.insert("reason".into(), Value::from(r.as_str()));
         }
+        if let Some(g) = &grant {
+            detail.insert("grant".into(), grant_detail(g));
+        }
         let change = match kind.parse::<Kind>() {
             Ok(grant_kind @ (Kind::GrantOpened | Kind::GrantClosed)) => {
-                if let Some(g) = &grant {
-                    detail.insert("grant".into(), grant_detail(g));
-                }
-                // An unusable grant still leaves its audit row: refusing the
-                // batch would stall the agent's at-least-once delivery for good.
                 let change = grant
                     .ok_or_else(|| {
                         ServiceError::invalid(format!("event {seq}: {kind} without grant"))
@@ -187,20 +175,9 @@ impl TryFrom<api::Event> for ReportedEvent {
                             reason.as_deref(),
                         )
                     });
-                match change {
-                    Ok(c) => Some(c),
-                    Err(e) => {
-                        detail.insert("grant_error".into(), Value::from(e.to_string()));
-                        None
-                    }
-                }
+                usable(change, &mut detail)
             }
-            _ => {
-                if let Some(g) = &grant {
-                    detail.insert("grant".into(), grant_detail(g));
-                }
-                None
-            }
+            _ => None,
         };
         Ok(Self {
             seq,
@@ -211,6 +188,35 @@ impl TryFrom<api::Event> for ReportedEvent {
             detail: Value::Object(detail),
             grant: change,
         })
+    }
+}
+
+/// The event's `detail_json`: empty, or a JSON object.
+fn detail_object(seq: u64, detail_json: &str) -> Result<Map<String, Value>, ServiceError> {
+    match detail_json {
+        "" => Ok(Map::new()),
+        s => match serde_json::from_str::<Value>(s) {
+            Ok(Value::Object(m)) => Ok(m),
+            _ => Err(ServiceError::invalid(format!(
+                "event {seq}: detail_json is not a JSON object"
+            ))),
+        },
+    }
+}
+
+/// The grant change of a grant event, or `None` with the reason recorded in
+/// `detail` as `grant_error`. An unusable grant still leaves its audit row:
+/// refusing the batch would stall the agent's at-least-once delivery for good.
+fn usable(
+    change: Result<GrantChange, ServiceError>,
+    detail: &mut Map<String, Value>,
+) -> Option<GrantChange> {
+    match change {
+        Ok(c) => Some(c),
+        Err(e) => {
+            detail.insert("grant_error".into(), Value::from(e.to_string()));
+            None
+        }
     }
 }
 
