@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A short run of every fuzz target (fuzz/fuzz_targets): the parsers, the SPA and fwknop
-# decoders and the knock matchers must survive 200,000 inputs each. cargo-fuzz needs a
+# decoders, the knock matchers and the gRPC-to-domain conversions of the agent and the
+# controller (grpc_convert) must survive 200,000 inputs each. cargo-fuzz needs a
 # nightly toolchain: where the machine has none, this says so loudly and fails, unless
 # KNOCKGATE_SKIP_FUZZ=1 says to skip on purpose.
 set -euo pipefail
