@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use clap::{Args, ValueEnum, value_parser};
 use knockgate_proto::fwknop::{self, DigestType, FwknopEncodeError, FwknopRequest, msg_type};
 use knockgate_proto::scope::gateway_otk;
-use knockgate_proto::spa::{MAX_ACCESS, SealError};
+use knockgate_proto::spa::{MAX_ACCESS, SealError, SpaKey};
 use knockgate_proto::{Access, unix_secs};
 use rand::TryRng as _;
 use rand::rngs::{SysError, SysRng};
@@ -228,6 +228,43 @@ impl CommandError for OpenCmdError {
     }
 }
 
+/// One packet ready to send, and what `--verbose` says about it.
+struct Sealed {
+    packet: Vec<u8>,
+    target: SocketAddr,
+    /// The address the packet asks to let in (`None`: its source address).
+    allow: Option<IpAddr>,
+    what: String,
+}
+
+/// The `--verbose` line: what was sent, where, for whom.
+fn tell_sent(
+    out: &mut dyn Write,
+    sealed: &Sealed,
+    profile: &Profile,
+    gateway: &ProfileGateway,
+    access: &[Access],
+) -> Result<(), OpenCmdError> {
+    let Sealed {
+        packet,
+        target,
+        allow,
+        what,
+    } = sealed;
+    let access: Vec<String> = access.iter().map(Access::to_string).collect();
+    let allow = allow.map_or_else(|| "<source>".to_owned(), |ip| ip.to_string());
+    writeln!(
+        out,
+        "sent {what} for {} to {} ({target}): access {}, allow {allow}, {} bytes",
+        profile.user.name,
+        gateway.name,
+        access.join(","),
+        packet.len()
+    )
+    .and_then(|()| out.flush())
+    .map_err(OpenCmdError::Output)
+}
+
 impl OpenArgs {
     /// The address family chosen by `-4`/`-6`.
     pub fn family(&self) -> Family {
@@ -307,78 +344,130 @@ impl OpenArgs {
         out: &mut dyn Write,
     ) -> Result<(), OpenCmdError> {
         let access = self.access()?;
-        let native = |key: &_, allow_ip| {
-            build_spa(
-                key,
-                &gateway.name,
-                access.clone(),
-                allow_ip,
-                self.timeout.unwrap_or(0),
-                SystemTime::now(),
-            )
-        };
-        let target = |family| -> Result<_, OpenCmdError> {
-            let target = SocketAddr::new(resolve_host(host, family)?, port);
-            let allow = bind_to_sender(target, self.allow_ip, self.source_any)?;
-            Ok((target, allow))
-        };
-        // Keys are checked before DNS so a broken profile fails fast.
-        let (packet, target, allow, what) = match self.method {
-            Method::Fwknop => {
-                let keys = profile.gateway_fwknop_keys(&gateway.name, &self.profile)?;
-                // fwknop's allow-IP field is IPv4 only.
-                let family = match self.family() {
-                    Family::Any if self.allow_ip.is_some_and(|ip| ip.is_ipv4()) => Family::V4,
-                    f => f,
-                };
-                let (target, allow) = target(family)?;
-                let allow_v4 = match allow {
-                    None => None,
-                    Some(IpAddr::V4(ip)) => Some(ip),
-                    Some(IpAddr::V6(_)) => return Err(OpenCmdError::FwknopIpv6),
-                };
-                let wire = self.fwknop_packet(&profile.user.name, &keys, &access, allow_v4)?;
-                (wire.into_bytes(), target, allow, "fwknop SPA".to_owned())
-            }
-            Method::Otk => {
-                let secret = profile.rotating_secret("--method otk", &self.profile)?;
-                let (target, allow) = target(self.family())?;
-                // Moved on before anything is sent: this key is never used again.
-                let counter = otk::reserve(&self.profile)?;
-                let key = gateway_otk(&secret, &gateway.name, counter).map_err(|err| {
-                    ProfileError::BadKey {
-                        field: "rotating_secret",
-                        reason: format!("gateway {:?}: {err}", gateway.name),
-                        path: self.profile.clone(),
-                    }
-                })?;
-                let what = format!("one-time SPA (key {counter}, key id {})", key.id());
-                (native(&key, allow)?, target, allow, what)
-            }
+        let sealed = match self.method {
+            Method::Fwknop => self.seal_fwknop(profile, gateway, host, port, &access)?,
+            Method::Otk => self.seal_otk(profile, gateway, host, port, &access)?,
             // `run` sends rotating sequences elsewhere; only Spa gets here.
             Method::Spa | Method::Rotating => {
-                let key = profile.gateway_spa_key(&gateway.name, &self.profile)?;
-                let (target, allow) = target(self.family())?;
-                let what = format!("SPA (key id {})", key.id());
-                (native(&key, allow)?, target, allow, what)
+                self.seal_spa(profile, gateway, host, port, &access)?
             }
         };
-        send_spa(target, &packet)?;
+        send_spa(sealed.target, &sealed.packet)?;
         if self.verbose {
-            let access: Vec<String> = access.iter().map(Access::to_string).collect();
-            let allow = allow.map_or_else(|| "<source>".to_owned(), |ip| ip.to_string());
-            writeln!(
-                out,
-                "sent {what} for {} to {} ({target}): access {}, allow {allow}, {} bytes",
-                profile.user.name,
-                gateway.name,
-                access.join(","),
-                packet.len()
-            )
-            .and_then(|()| out.flush())
-            .map_err(OpenCmdError::Output)?;
+            tell_sent(out, &sealed, profile, gateway, &access)?;
         }
         Ok(())
+    }
+
+    /// The gateway's address in `family`, and the address the packet asks to
+    /// let in. The seal functions check keys before calling it, so a broken
+    /// profile fails before any DNS lookup.
+    fn target(
+        &self,
+        host: &str,
+        port: u16,
+        family: Family,
+    ) -> Result<(SocketAddr, Option<IpAddr>), OpenCmdError> {
+        let target = SocketAddr::new(resolve_host(host, family)?, port);
+        let allow = bind_to_sender(target, self.allow_ip, self.source_any)?;
+        Ok((target, allow))
+    }
+
+    /// A native SPA packet under `key` for `gateway`, stamped now.
+    fn native(
+        &self,
+        key: &SpaKey,
+        gateway: &ProfileGateway,
+        access: &[Access],
+        allow: Option<IpAddr>,
+    ) -> Result<Vec<u8>, OpenCmdError> {
+        Ok(build_spa(
+            key,
+            &gateway.name,
+            access.to_vec(),
+            allow,
+            self.timeout.unwrap_or(0),
+            SystemTime::now(),
+        )?)
+    }
+
+    /// A packet in the stock fwknop client's format, under the gateway's fwknop keys.
+    fn seal_fwknop(
+        &self,
+        profile: &Profile,
+        gateway: &ProfileGateway,
+        host: &str,
+        port: u16,
+        access: &[Access],
+    ) -> Result<Sealed, OpenCmdError> {
+        let keys = profile.gateway_fwknop_keys(&gateway.name, &self.profile)?;
+        // fwknop's allow-IP field is IPv4 only.
+        let family = match self.family() {
+            Family::Any if self.allow_ip.is_some_and(|ip| ip.is_ipv4()) => Family::V4,
+            f => f,
+        };
+        let (target, allow) = self.target(host, port, family)?;
+        let allow_v4 = match allow {
+            None => None,
+            Some(IpAddr::V4(ip)) => Some(ip),
+            Some(IpAddr::V6(_)) => return Err(OpenCmdError::FwknopIpv6),
+        };
+        let wire = self.fwknop_packet(&profile.user.name, &keys, access, allow_v4)?;
+        Ok(Sealed {
+            packet: wire.into_bytes(),
+            target,
+            allow,
+            what: "fwknop SPA".to_owned(),
+        })
+    }
+
+    /// A native SPA packet under the next one-time key, whose counter is moved
+    /// on before anything is sent.
+    fn seal_otk(
+        &self,
+        profile: &Profile,
+        gateway: &ProfileGateway,
+        host: &str,
+        port: u16,
+        access: &[Access],
+    ) -> Result<Sealed, OpenCmdError> {
+        let secret = profile.rotating_secret("--method otk", &self.profile)?;
+        let (target, allow) = self.target(host, port, self.family())?;
+        // Moved on before anything is sent: this key is never used again.
+        let counter = otk::reserve(&self.profile)?;
+        let key =
+            gateway_otk(&secret, &gateway.name, counter).map_err(|err| ProfileError::BadKey {
+                field: "rotating_secret",
+                reason: format!("gateway {:?}: {err}", gateway.name),
+                path: self.profile.clone(),
+            })?;
+        let what = format!("one-time SPA (key {counter}, key id {})", key.id());
+        Ok(Sealed {
+            packet: self.native(&key, gateway, access, allow)?,
+            target,
+            allow,
+            what,
+        })
+    }
+
+    /// A native SPA packet under the gateway's SPA key.
+    fn seal_spa(
+        &self,
+        profile: &Profile,
+        gateway: &ProfileGateway,
+        host: &str,
+        port: u16,
+        access: &[Access],
+    ) -> Result<Sealed, OpenCmdError> {
+        let key = profile.gateway_spa_key(&gateway.name, &self.profile)?;
+        let (target, allow) = self.target(host, port, self.family())?;
+        let what = format!("SPA (key id {})", key.id());
+        Ok(Sealed {
+            packet: self.native(&key, gateway, access, allow)?,
+            target,
+            allow,
+            what,
+        })
     }
 
     /// An fwknop access request for `allow_ip` (`None`: the packet's source address),
