@@ -16,9 +16,9 @@ pub mod tls;
 #[cfg(test)]
 mod fake_controller;
 #[cfg(test)]
-mod loopback_tests;
-#[cfg(test)]
 pub(crate) mod test_pki;
+#[cfg(test)]
+mod tests;
 
 use std::error::Error;
 use std::path::{Path, PathBuf};
@@ -142,27 +142,4 @@ pub fn prepare(base: &Config, full: &AgentConfig) -> Result<Update, String> {
         .map_err(|e| e.to_string())?
         .with_material(set.material)
         .map_err(|e| e.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_tls_name_is_the_bare_host() {
-        let host = |u: &str| host_of(&u.parse::<Uri>().expect("uri"));
-        assert_eq!(host("https://10.0.0.1:7443").as_deref(), Some("10.0.0.1"));
-        assert_eq!(host("https://[fd00::1]:7443").as_deref(), Some("fd00::1"));
-        assert_eq!(host("https://ctl.example").as_deref(), Some("ctl.example"));
-    }
-
-    #[test]
-    fn an_agent_that_never_enrolled_is_told_so() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let e = channel("https://127.0.0.1:7443", dir.path()).expect_err("no credentials");
-        assert!(
-            e.to_string().starts_with("not enrolled:") && e.to_string().contains("enroll"),
-            "{e}"
-        );
-    }
 }

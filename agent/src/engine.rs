@@ -385,10 +385,4 @@ fn queue_offline(
 }
 
 #[cfg(test)]
-mod otk_tests;
-#[cfg(test)]
-mod rotating_tests;
-#[cfg(test)]
-mod test_rig;
-#[cfg(test)]
 mod tests;

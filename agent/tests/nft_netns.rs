@@ -168,7 +168,6 @@ fn standard() -> Ruleset {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn ensure_base_creates_the_layout() {
     in_netns(|| {
@@ -178,7 +177,6 @@ fn ensure_base_creates_the_layout() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn ensure_base_accepts_an_empty_ruleset() {
     in_netns(|| {
@@ -193,7 +191,6 @@ fn ensure_base_accepts_an_empty_ruleset() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn ensure_base_again_keeps_grants_and_replaces_ports() {
     in_netns(|| {
@@ -240,7 +237,6 @@ fn ensure_base_again_keeps_grants_and_replaces_ports() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn ensure_base_rebuilds_a_foreign_layout_and_carries_grants_over() {
     in_netns(|| {
@@ -279,7 +275,6 @@ fn ensure_base_rebuilds_a_foreign_layout_and_carries_grants_over() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn open_v4_and_v6_then_list() {
     in_netns(|| {
@@ -318,7 +313,6 @@ fn open_v4_and_v6_then_list() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn open_stores_v4_mapped_addresses_as_v4() {
     in_netns(|| {
@@ -335,7 +329,6 @@ fn open_stores_v4_mapped_addresses_as_v4() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn reopen_restarts_the_timeout() {
     in_netns(|| {
@@ -371,7 +364,6 @@ fn reopen_restarts_the_timeout() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn close_removes_and_tolerates_absence() {
     in_netns(|| {
@@ -386,7 +378,6 @@ fn close_removes_and_tolerates_absence() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn grant_expires_by_itself() {
     in_netns(|| {
@@ -409,7 +400,6 @@ fn grant_expires_by_itself() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn list_reads_a_dump_spanning_many_datagrams() {
     in_netns(|| {
@@ -437,7 +427,6 @@ fn list_reads_a_dump_spanning_many_datagrams() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn remove_table_removes_the_table() {
     in_netns(|| {
@@ -456,7 +445,6 @@ fn remove_table_removes_the_table() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn a_grant_keeps_its_label_in_the_kernel_and_nft_shows_it() {
     in_netns(|| {
@@ -502,7 +490,6 @@ fn a_grant_keeps_its_label_in_the_kernel_and_nft_shows_it() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn intact_notices_every_way_the_table_can_be_damaged() {
     in_netns(|| {
@@ -541,7 +528,6 @@ fn intact_notices_every_way_the_table_can_be_damaged() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn watch_reports_changes_by_others_and_not_our_own() {
     use std::sync::mpsc;
@@ -578,7 +564,6 @@ fn watch_reports_changes_by_others_and_not_our_own() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn without_cap_net_admin_errors_are_permission_errors() {
     in_netns(|| {
@@ -610,7 +595,6 @@ fn connects(from: IpAddr, to: SocketAddr) -> Option<TcpStream> {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn grants_open_and_close_a_protected_port() {
     in_netns(|| {
@@ -671,7 +655,6 @@ fn grants_open_and_close_a_protected_port() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
 fn grants_work_over_ipv6() {
     in_netns(|| {

@@ -21,8 +21,6 @@
 mod cipher;
 mod digest;
 mod encode;
-#[cfg(test)]
-mod field_tests;
 mod fields;
 mod keys;
 #[cfg(test)]

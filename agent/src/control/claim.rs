@@ -219,5 +219,4 @@ async fn deliver(
 }
 
 #[cfg(test)]
-#[path = "claim_tests.rs"]
 mod tests;

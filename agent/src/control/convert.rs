@@ -329,5 +329,4 @@ fn user(at: &str, u: &api::User) -> Result<User, InvalidConfig> {
 }
 
 #[cfg(test)]
-#[path = "convert_tests.rs"]
 pub(crate) mod tests;

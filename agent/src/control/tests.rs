@@ -1,6 +1,6 @@
 //! The controller edge against a real tonic server with real certificates on 127.0.0.1:
 //! enrolment and its failures, the sync stream driving a real engine (over the fake
-//! firewall), and report delivery across a controller outage.
+//! firewall), report delivery across a controller outage, and the TLS name of a URL.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,13 +21,14 @@ use super::enroll::{EnrollError, enroll, write_credentials};
 use super::fake_controller::{FakeController, TOKEN};
 use super::test_pki::TestPki;
 use super::tls::parse_fingerprint;
-use super::{STATE_CA, STATE_CERT, STATE_KEY, cache, channel};
+use super::{STATE_CA, STATE_CERT, STATE_KEY, cache, channel, host_of};
 use crate::agent::{Agent, Io, Start};
 use crate::capture::KnockMsg;
 use crate::engine::Input;
 use crate::firewall::fake::FakeFirewall;
 use crate::report::{self, Record};
 use knockgate_proto::event::Kind;
+use tonic::transport::Uri;
 
 pub(crate) fn any_port() -> SocketAddr {
     "127.0.0.1:0".parse().expect("addr")
@@ -428,5 +429,23 @@ async fn spooled_events_wait_for_the_controller_and_all_arrive() {
         seen.batch_sizes.iter().all(|&n| n <= 500),
         "{:?}",
         seen.batch_sizes
+    );
+}
+
+#[test]
+fn the_tls_name_is_the_bare_host() {
+    let host = |u: &str| host_of(&u.parse::<Uri>().expect("uri"));
+    assert_eq!(host("https://10.0.0.1:7443").as_deref(), Some("10.0.0.1"));
+    assert_eq!(host("https://[fd00::1]:7443").as_deref(), Some("fd00::1"));
+    assert_eq!(host("https://ctl.example").as_deref(), Some("ctl.example"));
+}
+
+#[test]
+fn an_agent_that_never_enrolled_is_told_so() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let e = channel("https://127.0.0.1:7443", dir.path()).expect_err("no credentials");
+    assert!(
+        e.to_string().starts_with("not enrolled:") && e.to_string().contains("enroll"),
+        "{e}"
     );
 }

@@ -162,5 +162,4 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 #[cfg(test)]
-#[path = "tls_tests.rs"]
 mod tests;

@@ -1,3 +1,11 @@
+//! The engine with the fake firewall and real stores: SPA across config swaps and
+//! revocations here; one-time keys (`otk`) and rotating sequences (`rotating`) over the
+//! controller-fed rig (`rig`).
+
+mod otk;
+mod rig;
+mod rotating;
+
 use super::*;
 use crate::firewall::fake::FakeFirewall;
 use knockgate_agent_core::config::Config;

@@ -93,24 +93,7 @@ fn has_timeout(t: u8) -> bool {
 
 /// Parses and checks a decrypted plaintext (padding already removed).
 pub(crate) fn parse(pt: &[u8]) -> Result<FwknopRequest, FwknopError> {
-    if pt.len() < MIN_PLAINTEXT || pt.len() >= MAX_PLAINTEXT {
-        return Err(FwknopError::DecryptFailed);
-    }
-    // A wrong key lands here: fwknop's own test of a good decryption.
-    if !pt[..16].iter().all(u8::is_ascii_digit) || pt[16] != b':' {
-        return Err(FwknopError::DecryptFailed);
-    }
-    if !pt.iter().all(|b| (0x20..=0x7e).contains(b)) {
-        return Err(FwknopError::NotPrintable);
-    }
-    if pt.iter().filter(|&&b| b == b':').count() < 6 {
-        return Err(FwknopError::FieldCount);
-    }
-    let split = pt
-        .iter()
-        .rposition(|&b| b == b':')
-        .ok_or(FwknopError::FieldCount)?;
-    let (encoded, digest) = (&pt[..split], &pt[split + 1..]);
+    let (encoded, digest) = split_digest(pt)?;
     let digest_type = verify_digest(encoded, digest)?;
 
     let mut f = encoded.split(|&b| b == b':');
@@ -118,11 +101,7 @@ pub(crate) fn parse(pt: &[u8]) -> Result<FwknopRequest, FwknopError> {
     let user = decode_user(field(&mut f, Field::User)?)?;
     let timestamp = digits(field(&mut f, Field::Timestamp)?, 12, Field::Timestamp)?;
     let version = ascii(field(&mut f, Field::Version)?, 1, 8, Field::Version)?;
-    let t = digits(field(&mut f, Field::MsgType)?, 2, Field::MsgType)?;
-    let msg_type = u8::try_from(t)
-        .ok()
-        .filter(|&t| t <= 6)
-        .ok_or(FwknopError::Field(Field::MsgType))?;
+    let msg_type = decode_msg_type(field(&mut f, Field::MsgType)?)?;
     let rest: Vec<&[u8]> = f.collect();
     // fwknop's per-type limit on the fields after the type.
     let max_rest = match msg_type {
@@ -142,7 +121,59 @@ pub(crate) fn parse(pt: &[u8]) -> Result<FwknopRequest, FwknopError> {
         None
     };
     let tail: Vec<&[u8]> = rest.collect();
-    let (auth, timeout) = match (has_timeout(msg_type), tail.as_slice()) {
+    let (server_auth, client_timeout) = parse_tail(msg_type, &tail)?;
+    Ok(FwknopRequest {
+        rand,
+        user,
+        timestamp,
+        version,
+        msg_type,
+        allow_ip,
+        access,
+        command,
+        nat_access,
+        server_auth,
+        client_timeout,
+        digest_type,
+    })
+}
+
+/// Checks the plaintext's form as fwknop does before reading any field, and
+/// splits it into the encoded fields and the inner digest after the last `:`.
+fn split_digest(pt: &[u8]) -> Result<(&[u8], &[u8]), FwknopError> {
+    if pt.len() < MIN_PLAINTEXT || pt.len() >= MAX_PLAINTEXT {
+        return Err(FwknopError::DecryptFailed);
+    }
+    // A wrong key lands here: fwknop's own test of a good decryption.
+    if !pt[..16].iter().all(u8::is_ascii_digit) || pt[16] != b':' {
+        return Err(FwknopError::DecryptFailed);
+    }
+    if !pt.iter().all(|b| (0x20..=0x7e).contains(b)) {
+        return Err(FwknopError::NotPrintable);
+    }
+    if pt.iter().filter(|&&b| b == b':').count() < 6 {
+        return Err(FwknopError::FieldCount);
+    }
+    let split = pt
+        .iter()
+        .rposition(|&b| b == b':')
+        .ok_or(FwknopError::FieldCount)?;
+    Ok((&pt[..split], &pt[split + 1..]))
+}
+
+/// The message type field: at most two digits, 0..=6.
+fn decode_msg_type(raw: &[u8]) -> Result<u8, FwknopError> {
+    let t = digits(raw, 2, Field::MsgType)?;
+    u8::try_from(t)
+        .ok()
+        .filter(|&t| t <= 6)
+        .ok_or(FwknopError::Field(Field::MsgType))
+}
+
+/// The fields after the message (and NAT access): an optional server-auth
+/// field, then the client timeout that types 3, 4 and 6 require.
+fn parse_tail(msg_type: u8, tail: &[&[u8]]) -> Result<(Option<String>, Option<u32>), FwknopError> {
+    let (auth, timeout) = match (has_timeout(msg_type), tail) {
         (_, []) => (None, None),
         (true, [t]) => (None, Some(*t)),
         (true, [a, t]) => (Some(*a), Some(*t)),
@@ -163,20 +194,7 @@ pub(crate) fn parse(pt: &[u8]) -> Result<FwknopRequest, FwknopError> {
         (true, None) => return Err(FwknopError::Field(Field::ClientTimeout)),
         (false, _) => None,
     };
-    Ok(FwknopRequest {
-        rand,
-        user,
-        timestamp,
-        version,
-        msg_type,
-        allow_ip,
-        access,
-        command,
-        nat_access,
-        server_auth,
-        client_timeout,
-        digest_type,
-    })
+    Ok((server_auth, client_timeout))
 }
 
 /// Checks the inner digest; its type is inferred from its length, with

@@ -183,5 +183,4 @@ impl Config {
 }
 
 #[cfg(test)]
-#[path = "material_tests.rs"]
 mod tests;

@@ -217,5 +217,4 @@ impl RotatingDetector {
 }
 
 #[cfg(test)]
-#[path = "rotating_tests.rs"]
 mod tests;

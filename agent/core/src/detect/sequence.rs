@@ -182,5 +182,4 @@ impl SequenceMatcher {
 }
 
 #[cfg(test)]
-#[path = "sequence_tests.rs"]
 mod tests;

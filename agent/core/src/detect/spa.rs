@@ -335,5 +335,4 @@ fn native_reason(e: SpaError) -> Reason {
 }
 
 #[cfg(test)]
-#[path = "spa_tests.rs"]
 mod tests;

@@ -9,8 +9,8 @@ use std::time::Duration;
 use super::*;
 use crate::control::channel;
 use crate::control::fake_controller::FakeController;
-use crate::control::loopback_tests::{any_port, eventually, free_port, install_agent_credentials};
 use crate::control::test_pki::TestPki;
+use crate::control::tests::{any_port, eventually, free_port, install_agent_credentials};
 
 fn claim_of(counter: u64, offline: bool) -> Claim {
     Claim {

@@ -1,8 +1,8 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::test_rig::{ALICE, BOB, Rig, T0, material, rig, update, users_and_policies, w0};
-use super::{ClaimJob, ClaimOutcome};
+use super::rig::{ALICE, BOB, Rig, T0, material, rig, update, users_and_policies, w0};
+use crate::engine::{ClaimJob, ClaimOutcome};
 use crate::otk_store::BurnedKeys;
 
 /// The claim the engine handed to the claim task, if any.

@@ -18,8 +18,8 @@ use knockgate_proto::rotation::{RotationParams, derive_otk, derive_sequence, win
 use knockgate_proto::spa::{SpaRequest, seal};
 use tokio::sync::{Notify, mpsc};
 
-use super::{ClaimJob, ClaimLink, ClaimOutcome, Clock, Engine, Update};
 use crate::capture::{KnockMsg, Tuning};
+use crate::engine::{ClaimJob, ClaimLink, ClaimOutcome, Clock, Engine, Update};
 use crate::firewall::fake::{FakeFirewall, FakeState};
 use crate::otk_store::{BurnedKeys, OfflineClaims};
 use crate::replay_store::ReplayStore;
@@ -215,7 +215,7 @@ impl Rig {
     /// The controller's answer to claim `id`.
     pub fn claimed(&mut self, id: u64, outcome: ClaimOutcome) {
         self.engine
-            .handle_input(super::Input::Claimed { id, outcome });
+            .handle_input(crate::engine::Input::Claimed { id, outcome });
     }
 
     /// Enforce `update` as a push from the controller would.
@@ -245,13 +245,14 @@ impl Rig {
 
     pub fn knock(&mut self, src: &str, kinds: &[KnockStep]) {
         for &kind in kinds {
-            self.engine.handle_input(super::Input::Knock(KnockMsg {
-                at: Instant::now(),
-                src: src.parse().expect("ip"),
-                kind,
-                tcp_flags: tcp_flags::SYN,
-                payload: None,
-            }));
+            self.engine
+                .handle_input(crate::engine::Input::Knock(KnockMsg {
+                    at: Instant::now(),
+                    src: src.parse().expect("ip"),
+                    kind,
+                    tcp_flags: tcp_flags::SYN,
+                    payload: None,
+                }));
         }
     }
 
@@ -268,16 +269,17 @@ impl Rig {
             duration_secs: 0,
         };
         let packet = seal(&derive_otk(secret, counter), &req, rand::random()).expect("seal");
-        self.engine.handle_input(super::Input::Knock(KnockMsg {
-            at: Instant::now(),
-            src: src.parse().expect("ip"),
-            kind: KnockStep::Port {
-                proto: Proto::Udp,
-                port: 62201,
-            },
-            tcp_flags: 0,
-            payload: Some(packet.into()),
-        }));
+        self.engine
+            .handle_input(crate::engine::Input::Knock(KnockMsg {
+                at: Instant::now(),
+                src: src.parse().expect("ip"),
+                kind: KnockStep::Port {
+                    proto: Proto::Udp,
+                    port: 62201,
+                },
+                tcp_flags: 0,
+                payload: Some(packet.into()),
+            }));
     }
 
     /// The grants the firewall holds, as "addr proto/port".

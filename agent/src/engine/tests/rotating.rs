@@ -2,7 +2,7 @@ use std::collections::BTreeSet;
 
 use knockgate_agent_core::packet::KnockStep;
 
-use super::test_rig::{
+use super::rig::{
     ALICE, BOB, Rig, T0, material, rig, rig_in, sequence, update, users_and_policies, w0,
 };
 

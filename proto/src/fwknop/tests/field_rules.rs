@@ -7,9 +7,9 @@
 use base64::Engine as _;
 use proptest::prelude::*;
 
-use super::tests::{raw_keys, request, worked_example};
-use super::*;
+use super::{raw_keys, request, worked_example};
 use crate::access::Access;
+use crate::fwknop::*;
 
 /// Plaintext with a correct SHA-256 digest appended, for field-level tests.
 fn with_digest(encoded: &str) -> Vec<u8> {
@@ -215,7 +215,7 @@ proptest! {
 /// one must be rejected, most of them by the field checks after decryption.
 #[test]
 fn fwknop_fuzzing_corpus_is_rejected() {
-    let text = include_str!("../../tests/fixtures/fwknop_fuzzing_sample.txt");
+    let text = include_str!("../../../tests/fixtures/fwknop_fuzzing_sample.txt");
     let keys = raw_keys("testtest", "testtest", DigestType::Sha256);
     let (mut total, mut reached_fields) = (0, 0);
     for line in text.lines().filter(|l| !l.starts_with('#')) {
