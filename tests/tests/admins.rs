@@ -8,7 +8,6 @@ use knockgate_tests::controller::Controller;
 use knockgate_tests::fleet::Fleet;
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn admins_are_added_listed_and_revoked() {
     let fleet = Fleet::new(&["ctl"]);

@@ -12,7 +12,6 @@ use knockgate_tests::fleet::Fleet;
 const IDLE: usize = 1000;
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn idle_connections_do_not_keep_an_agent_from_syncing() {
     let fleet = Fleet::new(&["ctl", "gw1", "flood"]);

@@ -72,7 +72,6 @@ fn knock_opens(lab: &Lab, target: IpAddr, src: IpAddr, dst: SocketAddr) -> bool 
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn a_stopped_agent_keeps_the_port_closed_and_a_restarted_one_opens_it() {
     let Bench { lab, config, .. } = &bench("4s");
@@ -116,7 +115,6 @@ fn a_stopped_agent_keeps_the_port_closed_and_a_restarted_one_opens_it() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn the_table_repairs_itself_within_a_second_and_keeps_grants() {
     let Bench { lab, config, .. } = &bench("60s");
@@ -175,7 +173,6 @@ fn the_table_repairs_itself_within_a_second_and_keeps_grants() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn only_uninstall_removes_the_table() {
     let Bench { lab, config, .. } = &bench("60s");
@@ -195,7 +192,6 @@ fn only_uninstall_removes_the_table() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn a_grant_nobody_can_expire_does_not_stop_the_agent() {
     let Bench { lab, config, .. } = &bench("60s");
@@ -230,7 +226,6 @@ fn a_grant_nobody_can_expire_does_not_stop_the_agent() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn a_managed_agent_without_its_controller_config_keeps_its_protected_ports() {
     let fleet = Fleet::new(&["ctl", "gw1", "client"]);
@@ -300,7 +295,6 @@ fn a_managed_agent_without_its_controller_config_keeps_its_protected_ports() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn a_restarted_agent_still_closes_a_disabled_users_grant() {
     let fleet = Fleet::new(&["ctl", "gw1", "client"]);

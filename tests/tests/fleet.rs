@@ -282,14 +282,12 @@ fn story(db: Option<String>) {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn fleet_story_on_sqlite() {
     story(None);
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn fleet_story_on_postgresql() {
     let pg = Postgres::start();

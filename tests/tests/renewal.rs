@@ -15,7 +15,6 @@ use knockgate_tests::wait_until;
 const LIFETIME: &str = "15s";
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn an_agent_renews_its_certificate_and_keeps_working_after_the_old_one_expired() {
     let fleet = Fleet::new(&["ctl", "gw1", "client"]);

@@ -104,7 +104,6 @@ fn events(agent: &AgentProc, name: &str) -> Vec<Value> {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn rotating_sequences_and_one_time_keys_across_the_fleet() {
     let fleet = Fleet::new(&["ctl", "gw1", "gw2", "client", "client2"]);

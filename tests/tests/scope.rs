@@ -14,7 +14,6 @@ use knockgate_tests::probe::{Listener, can_connect, opens_within};
 use knockgate_tests::wait_until;
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn a_sniffed_fwknop_packet_opens_one_gateway_at_most() {
     let fleet = Fleet::new(&["ctl", "gw1", "gw2", "client"]);

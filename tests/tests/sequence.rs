@@ -64,7 +64,6 @@ fn setup(timeout: &str, seq: &[&str]) -> Setup {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn closed_before_open_after_the_right_knock_closed_after_timeout() {
     let s = setup("2s", &SEQ);
@@ -101,7 +100,6 @@ fn closed_before_open_after_the_right_knock_closed_after_timeout() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn an_established_session_outlives_its_grant() {
     let s = setup("1s", &SEQ);
@@ -135,7 +133,6 @@ fn an_established_session_outlives_its_grant() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn wrong_order_and_too_slow_stay_closed() {
     let s = setup("5s", &SEQ);
@@ -177,7 +174,6 @@ fn wrong_order_and_too_slow_stay_closed() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn a_knock_from_one_client_opens_nothing_for_another() {
     let s = setup("10s", &SEQ);
@@ -200,7 +196,6 @@ fn a_knock_from_one_client_opens_nothing_for_another() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn ipv6_knock_opens_ipv6_only() {
     let s = setup("10s", &SEQ);
@@ -229,7 +224,6 @@ fn ipv6_knock_opens_ipv6_only() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn the_debian_knock_client_opens_it() {
     // `knock` sends tcp and udp only: no icmp step in this policy.
@@ -255,7 +249,6 @@ fn the_debian_knock_client_opens_it() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn knocker_opens_it() {
     let s = setup("10s", &SEQ);
@@ -289,7 +282,6 @@ fn knocker_opens_it() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn kill_9_still_closes_the_grant_on_time() {
     let mut s = setup("2s", &SEQ);
@@ -321,7 +313,6 @@ fn kill_9_still_closes_the_grant_on_time() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn a_restarted_agent_adopts_grants_without_duplicates() {
     let mut s = setup("6s", &SEQ);
@@ -363,7 +354,6 @@ fn a_restarted_agent_adopts_grants_without_duplicates() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn the_command_backend_runs_its_commands() {
     let lab = Lab::new();
@@ -393,7 +383,6 @@ fn the_command_backend_runs_its_commands() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn config_errors_exit_64_naming_the_key_and_install_nothing() {
     let lab = Lab::new();
@@ -434,7 +423,6 @@ fn config_errors_exit_64_naming_the_key_and_install_nothing() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn without_privileges_the_agent_says_so_and_exits_77() {
     let lab = Lab::new();

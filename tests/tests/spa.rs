@@ -206,7 +206,6 @@ fn intercepted_knocker_spa(s: &Setup, extra: &[&str]) -> Vec<u8> {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn a_packet_resent_from_another_address_opens_nothing_for_it() {
     let mut s = setup();
@@ -246,7 +245,6 @@ fn saved_packet(path: &Path) -> Vec<u8> {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn the_fwknop_client_opens_it_and_a_replay_is_refused_even_after_restart() {
     let mut s = setup();
@@ -334,7 +332,6 @@ fn the_fwknop_client_opens_it_and_a_replay_is_refused_even_after_restart() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn refusals_are_logged_with_their_reasons() {
     let mut s = setup();
@@ -373,7 +370,6 @@ fn refusals_are_logged_with_their_reasons() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn allow_ip_opens_only_the_named_address() {
     let mut s = setup();
@@ -396,7 +392,6 @@ fn allow_ip_opens_only_the_named_address() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn a_requested_timeout_above_max_timeout_is_capped() {
     let mut s = setup();
@@ -431,7 +426,6 @@ fn a_requested_timeout_above_max_timeout_is_capped() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn knocker_spa_opens_over_ipv4_and_ipv6() {
     let s = setup();
@@ -465,7 +459,6 @@ fn knocker_spa_opens_over_ipv4_and_ipv6() {
 }
 
 #[test]
-
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn ten_thousand_junk_datagrams_open_nothing_and_the_agent_keeps_serving() {
     let mut s = setup();
