@@ -125,7 +125,6 @@ pub(crate) fn parse_port(s: &[u8]) -> Option<u16> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests unwrap by design
 mod tests {
     use super::*;
 

@@ -261,7 +261,6 @@ impl FromStr for FlagFilter {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

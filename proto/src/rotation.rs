@@ -182,7 +182,6 @@ pub fn derive_otk(secret: &[u8; 32], counter: u64) -> SpaKey {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -235,7 +235,6 @@ pub fn gateway_otk(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests unwrap by design
 mod tests {
     use super::*;
     use crate::access::Access;
