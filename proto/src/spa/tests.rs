@@ -2,7 +2,6 @@
 //! `proto/tests/fixtures/spa_vectors.py`), round trips, tamper checks and
 //! the never-panics property for the native SPA codec.
 
-
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

@@ -2,7 +2,6 @@
 //! digest type, properties (never panic, encode/decode round trip) and
 //! fwknop's own malformed-packet corpus.
 
-
 use base64::Engine as _;
 use proptest::prelude::*;
 
