@@ -10,6 +10,13 @@ fn step(text: &str) {
     println!("\n==> {text}");
 }
 
+/// Tool output, each line indented under the step that ran the tool.
+fn print_indented(bytes: &[u8]) {
+    for line in String::from_utf8_lossy(bytes).lines() {
+        println!("    {line}");
+    }
+}
+
 fn show(ok: bool, what: &str) -> bool {
     println!("    {} {what}", if ok { "OPEN  " } else { "CLOSED" });
     ok
