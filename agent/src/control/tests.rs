@@ -9,7 +9,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use knockgate_agent_core::config::Config;
 use knockgate_agent_core::packet::{KnockStep, tcp_flags};
-use knockgate_agent_core::ruleset::Proto;
 use knockgate_proto::api::{
     self, AgentConfig, AgentMessage, ControllerMessage, RevokeGrants, agent_message,
     controller_message,
@@ -177,198 +176,234 @@ fn reported(seen: &std::sync::Mutex<super::fake_controller::Seen>) -> Vec<api::E
     events
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sync_applies_refuses_resyncs_and_revokes() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let pki = Arc::new(TestPki::new(&["127.0.0.1"]));
-    let mut fake = FakeController::start(pki.clone(), any_port()).await;
-    let dir = tempfile::tempdir().expect("tmp");
-    install_agent_credentials(&pki, dir.path());
-    let base = Config::parse(&format!(
-        "[agent]\nname = \"gw1\"\ninterfaces = [\"lo\"]\nstate_dir = {:?}\n\n[controller]\nurl = {:?}\nreconnect_max = \"1s\"\n",
-        dir.path(),
-        fake.url()
-    ))
-    .expect("base");
+/// A real agent (the library's `Agent`, over the fake firewall) synced by the stand-in
+/// controller, for the story below.
+struct SyncRig {
+    fake: FakeController,
+    agent: Agent,
+    state: std::sync::Arc<std::sync::Mutex<crate::firewall::fake::FakeState>>,
+    dir: tempfile::TempDir,
+}
 
-    let fw = FakeFirewall::default();
-    let state = fw.state.clone();
-    let io = Io {
-        firewall: Box::new(fw),
-        captures: Vec::new(),
-        tuning: crate::capture::Tuning::new(String::new(), None),
-        controller: Some(channel(&fake.url(), dir.path()).expect("channel")),
-        watch: None,
-    };
-    let start = Start::from_file(&base).expect("start");
-    let agent = Agent::start(&base, start, io, &tokio::runtime::Handle::current()).expect("agent");
-    let tx = agent.sender();
-    let seen = fake.seen.clone();
-
-    let mut s = fake.session().await;
-    assert_eq!(s.hello.applied_version, 0);
-    assert!(s.hello.software.starts_with("knockgate-agent "));
-
-    // A full config: enforced, cached, acknowledged.
-    s.to_agent
-        .send(config(full(1, vec![ssh(), web()], vec![alice()])))
-        .expect("send");
-    assert_eq!(
-        next_reply(&mut s).await,
-        agent_message::Msg::Applied(api::Applied { version: 1 })
-    );
-    let rs = state
-        .lock()
-        .expect("lock")
-        .ruleset
-        .clone()
-        .expect("ruleset");
-    assert!(rs.protected.contains(&"tcp/443".parse().expect("a")));
-    assert!(rs.knock_ports.contains(&"udp/62201".parse().expect("a")));
-    assert_eq!(
-        cache::load(dir.path()).expect("cache").map(|c| c.version),
-        Some(1)
-    );
-
-    // A sequence grant (no user) and an SPA grant for alice.
-    let port = |proto, port| KnockStep::Port { proto, port };
-    for k in [
-        port(Proto::Tcp, 7000),
-        port(Proto::Udp, 8000),
-        KnockStep::Icmp,
-    ] {
-        tx.send(knock("10.0.0.2", k, None)).expect("knock");
-    }
-    tx.send(knock(
-        "10.0.0.3",
-        port(Proto::Udp, 62201),
-        Some(spa_packet("gw1")),
-    ))
-    .expect("spa");
-    eventually("two grants", || state.lock().expect("lock").open.len() == 2).await;
-
-    // A delta removing alice: her grant closes at once, the sequence grant stays.
-    let mut d = AgentConfig {
-        version: 2,
-        full: false,
-        base_version: 1,
-        ..Default::default()
-    };
-    let mut web_no_alice = web();
-    web_no_alice.spa = false;
-    web_no_alice.fwknop = false;
-    web_no_alice.users.clear();
-    web_no_alice.sequence = vec!["tcp/9100".into()];
-    d.policies = vec![web_no_alice];
-    d.removed_users = vec!["alice".into()];
-    s.to_agent.send(config(d)).expect("send");
-    assert_eq!(
-        next_reply(&mut s).await,
-        agent_message::Msg::Applied(api::Applied { version: 2 })
-    );
-    let open: Vec<String> = state
-        .lock()
-        .expect("lock")
-        .open
-        .keys()
-        .map(|k| k.to_string())
-        .collect();
-    assert_eq!(open, ["10.0.0.2 tcp/22"]);
-
-    // An invalid config is refused as a whole; the old one stays.
-    let mut bad = ssh();
-    bad.timeout_secs = 0;
-    s.to_agent
-        .send(config(full(3, vec![bad], vec![])))
-        .expect("send");
-    match next_reply(&mut s).await {
-        agent_message::Msg::Refused(r) => {
-            assert_eq!(r.version, 3);
-            assert!(r.reason.contains("timeout_secs"), "{}", r.reason);
+impl SyncRig {
+    async fn start() -> SyncRig {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let pki = Arc::new(TestPki::new(&["127.0.0.1"]));
+        let fake = FakeController::start(pki.clone(), any_port()).await;
+        let dir = tempfile::tempdir().expect("tmp");
+        install_agent_credentials(&pki, dir.path());
+        let base = Config::parse(&format!(
+            "[agent]\nname = \"gw1\"\ninterfaces = [\"lo\"]\nstate_dir = {:?}\n\n[controller]\nurl = {:?}\nreconnect_max = \"1s\"\n",
+            dir.path(),
+            fake.url()
+        ))
+        .expect("base");
+        let fw = FakeFirewall::default();
+        let state = fw.state.clone();
+        let io = Io {
+            firewall: Box::new(fw),
+            captures: Vec::new(),
+            tuning: crate::capture::Tuning::new(String::new(), None),
+            controller: Some(channel(&fake.url(), dir.path()).expect("channel")),
+            watch: None,
+        };
+        let start = Start::from_file(&base).expect("start");
+        let handle = tokio::runtime::Handle::current();
+        let agent = Agent::start(&base, start, io, &handle).expect("agent");
+        SyncRig {
+            fake,
+            agent,
+            state,
+            dir,
         }
-        other => panic!("expected Refused, got {other:?}"),
     }
-    assert!(
-        state
+
+    fn ruleset(&self) -> knockgate_agent_core::ruleset::Ruleset {
+        self.state
             .lock()
             .expect("lock")
             .ruleset
-            .as_ref()
-            .is_some_and(|r| r.knock_ports.contains(&"tcp/9100".parse().expect("a"))),
-        "version 2 is still enforced"
-    );
-    // So is one that names a user it does not have (the core's validation).
-    let mut p = web();
-    p.users = vec!["mallory".into()];
-    s.to_agent
-        .send(config(full(4, vec![p], vec![alice()])))
-        .expect("send");
-    assert!(matches!(
-        next_reply(&mut s).await,
-        agent_message::Msg::Refused(api::Refused { version: 4, .. })
-    ));
+            .clone()
+            .expect("ruleset")
+    }
 
-    // A delta on a version the agent does not hold: refused, and a new stream.
-    let d = AgentConfig {
-        version: 6,
-        full: false,
-        base_version: 5,
-        ..Default::default()
-    };
-    s.to_agent.send(config(d)).expect("send");
-    assert!(matches!(
-        next_reply(&mut s).await,
-        agent_message::Msg::Refused(api::Refused { version: 6, .. })
-    ));
-    let s2 = fake.session().await;
-    assert_eq!(s2.hello.applied_version, 2);
+    fn open(&self) -> Vec<String> {
+        let state = self.state.lock().expect("lock");
+        state.open.keys().map(|k| k.to_string()).collect()
+    }
 
-    // Revocation by ref closes the grant within a second.
-    let grant_ref = reported(&seen)
-        .into_iter()
-        .find(|e| e.kind == "grant.opened" && e.src == "10.0.0.2")
-        .and_then(|e| e.grant)
-        .expect("grant.opened for the sequence grant")
-        .grant_ref;
-    s2.to_agent
-        .send(ControllerMessage {
-            msg: Some(controller_message::Msg::Revoke(RevokeGrants {
-                grant_refs: vec![grant_ref.clone()],
-                users: vec![],
-            })),
+    /// A full config: enforced, cached, acknowledged.
+    async fn full_config_is_enforced(&mut self, s: &mut super::fake_controller::Session) {
+        assert_eq!(s.hello.applied_version, 0);
+        assert!(s.hello.software.starts_with("knockgate-agent "));
+        s.to_agent
+            .send(config(full(1, vec![ssh(), web()], vec![alice()])))
+            .expect("send");
+        assert_eq!(
+            next_reply(s).await,
+            agent_message::Msg::Applied(api::Applied { version: 1 })
+        );
+        let rs = self.ruleset();
+        assert!(rs.protected.contains(&"tcp/443".parse().expect("a")));
+        assert!(rs.knock_ports.contains(&"udp/62201".parse().expect("a")));
+        let cached = cache::load(self.dir.path()).expect("cache");
+        assert_eq!(cached.map(|c| c.version), Some(1));
+    }
+
+    /// A sequence grant (no user) and an SPA grant for alice.
+    async fn knock_and_spa(&self) {
+        let tx = self.agent.sender();
+        for k in [KnockStep::tcp(7000), KnockStep::udp(8000), KnockStep::Icmp] {
+            tx.send(knock("10.0.0.2", k, None)).expect("knock");
+        }
+        let spa = knock("10.0.0.3", KnockStep::udp(62201), Some(spa_packet("gw1")));
+        tx.send(spa).expect("spa");
+        eventually("two grants", || {
+            self.state.lock().expect("lock").open.len() == 2
         })
-        .expect("send");
-    let asked = Instant::now();
-    eventually("the revoked grant to close", || {
-        state.lock().expect("lock").open.is_empty()
-    })
-    .await;
-    assert!(asked.elapsed() < Duration::from_secs(1));
+        .await;
+    }
 
-    // Every decision reached the controller, with its reason.
-    eventually("grant.closed reports", || {
-        reported(&seen)
+    /// A delta removing alice: her grant closes at once, the sequence grant stays.
+    async fn delta_removing_alice(&self, s: &mut super::fake_controller::Session) {
+        let mut d = AgentConfig {
+            version: 2,
+            full: false,
+            base_version: 1,
+            ..Default::default()
+        };
+        let mut web_no_alice = web();
+        web_no_alice.spa = false;
+        web_no_alice.fwknop = false;
+        web_no_alice.users.clear();
+        web_no_alice.sequence = vec!["tcp/9100".into()];
+        d.policies = vec![web_no_alice];
+        d.removed_users = vec!["alice".into()];
+        s.to_agent.send(config(d)).expect("send");
+        assert_eq!(
+            next_reply(s).await,
+            agent_message::Msg::Applied(api::Applied { version: 2 })
+        );
+        assert_eq!(self.open(), ["10.0.0.2 tcp/22"]);
+    }
+
+    /// An invalid config is refused as a whole; the old one stays. So is one that names a
+    /// user it does not have (the core's validation).
+    async fn invalid_configs_are_refused(&self, s: &mut super::fake_controller::Session) {
+        let mut bad = ssh();
+        bad.timeout_secs = 0;
+        s.to_agent
+            .send(config(full(3, vec![bad], vec![])))
+            .expect("send");
+        match next_reply(s).await {
+            agent_message::Msg::Refused(r) => {
+                assert_eq!(r.version, 3);
+                assert!(r.reason.contains("timeout_secs"), "{}", r.reason);
+            }
+            other => panic!("expected Refused, got {other:?}"),
+        }
+        let kept = self
+            .ruleset()
+            .knock_ports
+            .contains(&"tcp/9100".parse().expect("a"));
+        assert!(kept, "version 2 is still enforced");
+        let mut p = web();
+        p.users = vec!["mallory".into()];
+        s.to_agent
+            .send(config(full(4, vec![p], vec![alice()])))
+            .expect("send");
+        assert!(matches!(
+            next_reply(s).await,
+            agent_message::Msg::Refused(api::Refused { version: 4, .. })
+        ));
+    }
+
+    /// A delta on a version the agent does not hold: refused, and a new stream.
+    async fn a_stale_delta_resyncs(
+        &mut self,
+        s: &mut super::fake_controller::Session,
+    ) -> super::fake_controller::Session {
+        let d = AgentConfig {
+            version: 6,
+            full: false,
+            base_version: 5,
+            ..Default::default()
+        };
+        s.to_agent.send(config(d)).expect("send");
+        assert!(matches!(
+            next_reply(s).await,
+            agent_message::Msg::Refused(api::Refused { version: 6, .. })
+        ));
+        let s2 = self.fake.session().await;
+        assert_eq!(s2.hello.applied_version, 2);
+        s2
+    }
+
+    /// Revocation by ref closes the grant within a second.
+    async fn revocation_by_ref(&self, s: &super::fake_controller::Session) {
+        let grant_ref = reported(&self.fake.seen)
+            .into_iter()
+            .find(|e| e.kind == "grant.opened" && e.src == "10.0.0.2")
+            .and_then(|e| e.grant)
+            .expect("grant.opened for the sequence grant")
+            .grant_ref;
+        let revoke = RevokeGrants {
+            grant_refs: vec![grant_ref],
+            users: vec![],
+        };
+        let msg = controller_message::Msg::Revoke(revoke);
+        s.to_agent
+            .send(ControllerMessage { msg: Some(msg) })
+            .expect("send");
+        let asked = Instant::now();
+        eventually("the revoked grant to close", || {
+            self.state.lock().expect("lock").open.is_empty()
+        })
+        .await;
+        assert!(asked.elapsed() < Duration::from_secs(1));
+    }
+
+    /// Every decision reached the controller, with its reason, in order.
+    async fn every_decision_was_reported(&self) {
+        let seen = &self.fake.seen;
+        let closed = || {
+            reported(seen)
+                .iter()
+                .filter(|e| e.kind == "grant.closed")
+                .count()
+        };
+        eventually("grant.closed reports", || closed() == 2).await;
+        let events = reported(seen);
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        for k in ["knock.completed", "spa.accepted", "grant.opened"] {
+            assert!(kinds.contains(&k), "{k} in {kinds:?}");
+        }
+        let closed: Vec<(&str, &str)> = events
             .iter()
             .filter(|e| e.kind == "grant.closed")
-            .count()
-            == 2
-    })
-    .await;
-    let events = reported(&seen);
-    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-    for k in ["knock.completed", "spa.accepted", "grant.opened"] {
-        assert!(kinds.contains(&k), "{k} in {kinds:?}");
+            .map(|e| (e.user.as_str(), e.reason.as_str()))
+            .collect();
+        assert_eq!(closed, [("alice", "user_removed"), ("", "revoked")]);
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     }
-    let closed: Vec<(&str, &str)> = events
-        .iter()
-        .filter(|e| e.kind == "grant.closed")
-        .map(|e| (e.user.as_str(), e.reason.as_str()))
-        .collect();
-    assert_eq!(closed, [("alice", "user_removed"), ("", "revoked")]);
-    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+}
 
-    assert!(agent.shutdown().0.is_some(), "the engine stopped cleanly");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_applies_refuses_resyncs_and_revokes() {
+    let mut rig = SyncRig::start().await;
+    let mut s = rig.fake.session().await;
+    rig.full_config_is_enforced(&mut s).await;
+    rig.knock_and_spa().await;
+    rig.delta_removing_alice(&mut s).await;
+    rig.invalid_configs_are_refused(&mut s).await;
+    let s2 = rig.a_stale_delta_resyncs(&mut s).await;
+    rig.revocation_by_ref(&s2).await;
+    rig.every_decision_was_reported().await;
+    assert!(
+        rig.agent.shutdown().0.is_some(),
+        "the engine stopped cleanly"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
