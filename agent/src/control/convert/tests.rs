@@ -164,10 +164,11 @@ fn defaults_apply_to_empty_optional_fields() {
     );
 }
 
-#[test]
-fn errors_name_the_field_and_never_the_key() {
-    type Edit = Box<dyn Fn(&mut api::Policy, &mut api::User)>;
-    let cases: Vec<(Edit, &str)> = vec![
+type Edit = Box<dyn Fn(&mut api::Policy, &mut api::User)>;
+
+/// Bad policy fields, each with the error it must give.
+fn bad_policies() -> Vec<(Edit, &'static str)> {
+    vec![
         (
             Box::new(|p, _| p.timeout_secs = 0),
             "policies[\"ssh\"].timeout_secs: must be more than 0",
@@ -214,6 +215,12 @@ fn errors_name_the_field_and_never_the_key() {
             }),
             "policies[\"ssh\"].otk_offline: \"maybe\" is not an offline rule: use \"deny\" or \"local\"",
         ),
+    ]
+}
+
+/// Bad user fields, each with the error it must give.
+fn bad_users() -> Vec<(Edit, &'static str)> {
+    vec![
         (
             Box::new(|_, u| u.spa_key = vec![9; 31]),
             "users[\"alice\"].spa_key: must be 32 bytes, not 31",
@@ -245,8 +252,12 @@ fn errors_name_the_field_and_never_the_key() {
             Box::new(|_, u| u.fwknop_hmac_key = vec![3; 137]),
             "users[\"alice\"].fwknop_hmac_key: hmac key must be 1..=136 bytes, got 137",
         ),
-    ];
-    for (edit, want) in cases {
+    ]
+}
+
+#[test]
+fn errors_name_the_field_and_never_the_key() {
+    for (edit, want) in bad_policies().into_iter().chain(bad_users()) {
         let (mut p, mut u) = (ssh(), alice());
         edit(&mut p, &mut u);
         let e = convert(&full(1, vec![p], vec![u])).expect_err(want);
