@@ -12,18 +12,19 @@ use knockgate_agent::control::cache;
 use knockgate_agent::control::enroll::enroll;
 use knockgate_agent::engine::Input;
 use knockgate_agent_core::packet::KnockStep;
-use knockgate_agent_core::ruleset::Proto;
 use knockgate_proto::api;
 use knockgate_proto::spa::{SpaRequest, seal};
 use support::{Lab, access, api_access, audit, eventually, knock};
 
+type Admin = knockgate_proto::api::admin_client::AdminClient<tonic::transport::Channel>;
+type Held = std::sync::Arc<std::sync::Mutex<support::Held2>>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_follows_the_real_controller() {
     let mut lab = Lab::start().await;
-    let url = lab.url.clone();
-    // Enrolment with what `knockadm agent add` prints; the token is single-use.
     let mut agent = lab.agent().await;
-    let e = enroll(&url, &agent.token, agent.pin, "gw1")
+    // Enrolment with what `knockadm agent add` prints; the token is single-use.
+    let e = enroll(&lab.url, &agent.token, agent.pin, "gw1")
         .await
         .expect_err("a token is single-use");
     assert!(
@@ -31,11 +32,22 @@ async fn the_agent_follows_the_real_controller() {
             .starts_with("the controller refused the token"),
         "{e}"
     );
-    let (tx, held) = (agent.tx.clone(), agent.held.clone());
-    let agent_dir = agent.dir.path().to_path_buf();
     let mut admin = lab.admin.clone();
+    let alice = policies_reach_the_firewall(&mut admin, &agent.held).await;
+    assert!(
+        cache::load(agent.dir.path()).expect("cache").is_some(),
+        "what was applied is cached"
+    );
+    knocks_reach_the_audit_trail(&mut admin, &agent.tx, &alice).await;
+    revoking_a_grant_closes_it(&mut admin, &agent.held).await;
+    disabling_alice_closes_hers(&mut admin, &agent.held).await;
+    agent.stop();
+    let _ = agent.tx.send(Input::Shutdown);
+    lab.stop().await;
+}
 
-    // Policies from the admin API reach the firewall.
+/// Policies from the admin API reach the firewall, and the agent reports the version.
+async fn policies_reach_the_firewall(admin: &mut Admin, held: &Held) -> api::UserCredentials {
     let alice = admin
         .add_user(api::AddUserRequest {
             name: "alice".into(),
@@ -82,16 +94,19 @@ async fn the_agent_follows_the_real_controller() {
             .any(|a| a.name == "gw1" && a.connected && a.applied_version == a.current_version)
     })
     .await;
-    assert!(
-        cache::load(&agent_dir).expect("cache").is_some(),
-        "what was applied is cached"
-    );
+    alice
+}
 
-    // A sequence knock and an SPA packet with the key the controller issued.
-    let port = |proto, port| KnockStep::Port { proto, port };
-    tx.send(knock("10.0.0.2", port(Proto::Tcp, 7000), None))
+/// A sequence knock and an SPA packet with the key the controller issued reach the
+/// audit trail.
+async fn knocks_reach_the_audit_trail(
+    admin: &mut Admin,
+    tx: &std::sync::mpsc::SyncSender<Input>,
+    alice: &api::UserCredentials,
+) {
+    tx.send(knock("10.0.0.2", KnockStep::tcp(7000), None))
         .expect("knock");
-    tx.send(knock("10.0.0.2", port(Proto::Udp, 8000), None))
+    tx.send(knock("10.0.0.2", KnockStep::udp(8000), None))
         .expect("knock");
     let key: [u8; 32] = alice.spa_key.as_slice().try_into().expect("32-byte key");
     // alice's key for gw1, as knocker derives it from her root key.
@@ -108,18 +123,20 @@ async fn the_agent_follows_the_real_controller() {
         [4; 24],
     )
     .expect("seal");
-    tx.send(knock("10.0.0.3", port(Proto::Udp, 62201), Some(packet)))
+    tx.send(knock("10.0.0.3", KnockStep::udp(62201), Some(packet)))
         .expect("spa");
     eventually("both grants in the audit trail", async || {
-        audit(&mut admin, "grant.opened").await.len() == 2
+        audit(admin, "grant.opened").await.len() == 2
     })
     .await;
-    assert_eq!(audit(&mut admin, "knock.completed").await.len(), 1);
-    let accepted = audit(&mut admin, "spa.accepted").await;
+    assert_eq!(audit(admin, "knock.completed").await.len(), 1);
+    let accepted = audit(admin, "spa.accepted").await;
     assert_eq!(accepted.len(), 1);
     assert_eq!(accepted[0].user, "alice");
+}
 
-    // Revoking one grant by id closes it on the agent.
+/// Revoking one grant by id closes it on the agent.
+async fn revoking_a_grant_closes_it(admin: &mut Admin, held: &Held) {
     let grants = admin
         .list_grants(api::ListGrantsRequest {
             agent: "gw1".into(),
@@ -145,8 +162,10 @@ async fn the_agent_follows_the_real_controller() {
         h.open.len() == 1 && h.open.keys().all(|k| k.port == 443)
     })
     .await;
+}
 
-    // Disabling alice takes her grant away at once.
+/// Disabling alice takes her grant away at once.
+async fn disabling_alice_closes_hers(admin: &mut Admin, held: &Held) {
     admin
         .set_user_disabled(api::SetUserDisabledRequest {
             name: "alice".into(),
@@ -159,10 +178,10 @@ async fn the_agent_follows_the_real_controller() {
     })
     .await;
     eventually("both closes in the audit trail", async || {
-        audit(&mut admin, "grant.closed").await.len() == 2
+        audit(admin, "grant.closed").await.len() == 2
     })
     .await;
-    let mut reasons: Vec<String> = audit(&mut admin, "grant.closed")
+    let mut reasons: Vec<String> = audit(admin, "grant.closed")
         .await
         .iter()
         .map(|e| {
@@ -177,8 +196,4 @@ async fn the_agent_follows_the_real_controller() {
         reasons == ["revoked", "revoked"] || reasons == ["revoked", "user_removed"],
         "{reasons:?}"
     );
-
-    agent.stop();
-    let _ = tx.send(Input::Shutdown);
-    lab.stop().await;
 }
