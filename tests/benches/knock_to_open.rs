@@ -26,6 +26,7 @@ use knockgate_proto::Access;
 use knockgate_proto::KnockStep;
 use knockgate_proto::spa::SpaKey;
 use knockgate_tests::agent::{AgentProc, Workdir, ssh_policy};
+use knockgate_tests::bench_arg;
 use knockgate_tests::netns::{Lab, sh};
 use knockgate_tests::probe::{Listener, first_connect, report};
 
@@ -46,15 +47,8 @@ enum Method {
 const RUN_LIMIT: Duration = Duration::from_secs(2);
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let get = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let runs: usize = get("--runs").and_then(|v| v.parse().ok()).unwrap_or(30);
-    let mode = get("--mode").unwrap_or_else(|| "all".into());
+    let runs: usize = bench_arg("--runs").unwrap_or(30);
+    let mode: String = bench_arg("--mode").unwrap_or_else(|| "all".into());
 
     let lab = Lab::new();
     let _listener = Listener::start(&lab.gw, 22);

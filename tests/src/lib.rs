@@ -56,3 +56,13 @@ pub fn wait_until(what: &str, within: std::time::Duration, mut f: impl FnMut() -
     }
     panic!("timed out waiting for {what}");
 }
+
+/// The value after `flag` on a benchmark's command line (`cargo bench … -- --runs 30`),
+/// parsed; `None` when it is absent or does not parse, so the caller's default applies.
+pub fn bench_arg<T: std::str::FromStr>(flag: &str) -> Option<T> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+}
