@@ -15,6 +15,7 @@ use knockgate_proto::api::{
     Access, AddAgentRequest, AgentMessage, Applied, EnrollRequest, Hello, PolicySpec, Proto,
     agent_message, controller_message,
 };
+use knockgate_tests::bench_arg;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -79,18 +80,57 @@ async fn channel(ca: &str, identity: Option<(&str, &str)>) -> Channel {
         .expect("connect")
 }
 
+/// What a simulated agent tells the measuring loop: its index, the config version
+/// it acknowledged, and when.
+type Ack = (usize, u64, Instant);
+
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let get = |f: &str| {
-        args.iter()
-            .position(|a| a == f)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-    };
-    let agents: usize = get("--agents").unwrap_or(100);
-    let rounds: usize = get("--rounds").unwrap_or(30);
+    let agents: usize = bench_arg("--agents").unwrap_or(100);
+    let rounds: usize = bench_arg("--rounds").unwrap_or(30);
 
+    let ctl = start_controller();
+    let pid = ctl.0.id();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (admin_cert, admin_key, ca) =
+        pems(&std::fs::read_to_string(ctl.1.join("admin.pem")).expect("admin.pem"));
+    let mut admin = AdminClient::new(channel(&ca, Some((&admin_cert, &admin_key))).await);
+    let rss_before = rss_kib(pid);
+
+    // Enrol and connect every simulated agent; each acks whatever config it receives.
+    let (acks_tx, mut acks_rx) = mpsc::unbounded_channel::<Ack>();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for i in 0..agents {
+        let (cert, key) = enroll(&mut admin, &ca, &format!("sim{i}")).await;
+        tasks.push(connect(&ca, &cert, &key, i, acks_tx.clone(), stop_rx.clone()).await);
+    }
+    // Everyone has its first config.
+    let mut first = 0;
+    while first < agents {
+        if acks_rx.recv().await.is_some() {
+            first += 1;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_after = rss_kib(pid);
+
+    let mut lat = Vec::new();
+    for r in 0..rounds {
+        if let Some(d) = round(&mut admin, &mut acks_rx, agents, r).await {
+            lat.push(d);
+        }
+    }
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    report(agents, rounds, lat, rss_before, rss_after);
+    drop(ctl);
+}
+
+/// `knockgate-controller init` in a fresh data dir, then `run` on [`PORT`].
+fn start_controller() -> Ctl {
     let dir = std::env::temp_dir().join(format!("kgt-fleet-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let bin = knockgate_tests::bin("knockgate-controller");
@@ -114,130 +154,134 @@ async fn main() {
         .stderr(Stdio::null())
         .spawn()
         .expect("run");
-    let ctl = Ctl(child, dir.clone());
-    let pid = ctl.0.id();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (admin_cert, admin_key, ca) =
-        pems(&std::fs::read_to_string(dir.join("admin.pem")).expect("admin.pem"));
-    let mut admin = AdminClient::new(channel(&ca, Some((&admin_cert, &admin_key))).await);
-    let rss_before = rss_kib(pid);
+    Ctl(child, dir)
+}
 
-    // Enrol and connect every simulated agent; each acks whatever config it receives.
-    let (acks_tx, mut acks_rx) = mpsc::unbounded_channel::<(usize, u64, Instant)>();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
-    for i in 0..agents {
-        let name = format!("sim{i}");
-        let token = admin
-            .add_agent(AddAgentRequest {
-                name: name.clone(),
-                ..Default::default()
-            })
-            .await
-            .expect("add agent")
-            .into_inner()
-            .token;
-        let key = rcgen::KeyPair::generate().expect("key");
-        let csr = rcgen::CertificateParams::new(vec![name.clone()])
-            .expect("params")
-            .serialize_request(&key)
-            .expect("csr");
-        let mut enroll = EnrollmentClient::new(channel(&ca, None).await);
-        let cert = enroll
-            .enroll(EnrollRequest {
-                token,
-                csr_pem: csr.pem().expect("pem"),
-            })
-            .await
-            .expect("enroll")
-            .into_inner()
-            .cert_pem;
-        let mut client =
-            AgentControlClient::new(channel(&ca, Some((&cert, &key.serialize_pem()))).await);
-        let (tx, rx) = mpsc::channel(8);
-        tx.send(AgentMessage {
-            msg: Some(agent_message::Msg::Hello(Hello::default())),
+/// Adds agent `name` and enrols it as a real agent would: a fresh key, a CSR,
+/// the one-time token. Returns its certificate and key.
+async fn enroll(
+    admin: &mut AdminClient<Channel>,
+    ca: &str,
+    name: &str,
+) -> (String, rcgen::KeyPair) {
+    let token = admin
+        .add_agent(AddAgentRequest {
+            name: name.to_owned(),
+            ..Default::default()
         })
         .await
-        .expect("hello");
-        let mut inbound = client
-            .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .expect("sync")
-            .into_inner();
-        let acks = acks_tx.clone();
-        let mut stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    m = inbound.message() => {
-                        let Ok(Some(m)) = m else { break };
-                        if let Some(controller_message::Msg::Config(c)) = m.msg {
-                            let _ = tx.send(AgentMessage { msg: Some(agent_message::Msg::Applied(Applied { version: c.version })) }).await;
-                            let _ = acks.send((i, c.version, Instant::now()));
-                        }
-                    }
-                    _ = stop.changed() => break,
-                }
-            }
-            drop(client);
-        }));
-    }
-    // Everyone has its first config.
-    let mut first = 0;
-    while first < agents {
-        if acks_rx.recv().await.is_some() {
-            first += 1;
-        }
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let rss_after = rss_kib(pid);
+        .expect("add agent")
+        .into_inner()
+        .token;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let csr = rcgen::CertificateParams::new(vec![name.to_owned()])
+        .expect("params")
+        .serialize_request(&key)
+        .expect("csr");
+    let mut enroll = EnrollmentClient::new(channel(ca, None).await);
+    let cert = enroll
+        .enroll(EnrollRequest {
+            token,
+            csr_pem: csr.pem().expect("pem"),
+        })
+        .await
+        .expect("enroll")
+        .into_inner()
+        .cert_pem;
+    (cert, key)
+}
 
-    let mut lat = Vec::new();
-    for r in 0..rounds {
-        let t0 = Instant::now();
-        let p = admin
-            .add_policy(PolicySpec {
-                name: format!("bench{r}"),
-                open: vec![Access {
-                    proto: Proto::Tcp as i32,
-                    port: 22,
-                }],
-                timeout_secs: 30,
-                sequence: vec![format!("tcp/{}", 10000 + r)],
-                ..Default::default()
-            })
-            .await;
-        p.expect("add policy");
-        let mut seen = vec![false; agents];
-        let mut n = 0;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let mut last = t0;
-        while n < agents {
-            match tokio::time::timeout_at(deadline, acks_rx.recv()).await {
-                Ok(Some((i, _v, at))) => {
-                    if !seen[i] {
-                        seen[i] = true;
-                        n += 1;
-                        last = last.max(at);
+/// Opens simulated agent `i`'s Sync stream and spawns the task that acknowledges
+/// every config it receives (and tells `acks`) until `stop` changes.
+async fn connect(
+    ca: &str,
+    cert: &str,
+    key: &rcgen::KeyPair,
+    i: usize,
+    acks: mpsc::UnboundedSender<Ack>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let mut client = AgentControlClient::new(channel(ca, Some((cert, &key.serialize_pem()))).await);
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(AgentMessage {
+        msg: Some(agent_message::Msg::Hello(Hello::default())),
+    })
+    .await
+    .expect("hello");
+    let mut inbound = client
+        .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("sync")
+        .into_inner();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                m = inbound.message() => {
+                    let Ok(Some(m)) = m else { break };
+                    if let Some(controller_message::Msg::Config(c)) = m.msg {
+                        let _ = tx.send(AgentMessage { msg: Some(agent_message::Msg::Applied(Applied { version: c.version })) }).await;
+                        let _ = acks.send((i, c.version, Instant::now()));
                     }
                 }
-                _ => break,
+                _ = stop.changed() => break,
             }
         }
-        if n < agents {
-            println!("round {r}: only {n} of {agents} agents acknowledged within 10 s");
-            continue;
+        drop(client);
+    })
+}
+
+/// Round `r`: adds a policy every agent receives and returns the time until the
+/// last of the `agents` acknowledged it, or `None` (said on stdout) when some did
+/// not within 10 s.
+async fn round(
+    admin: &mut AdminClient<Channel>,
+    acks_rx: &mut mpsc::UnboundedReceiver<Ack>,
+    agents: usize,
+    r: usize,
+) -> Option<Duration> {
+    let t0 = Instant::now();
+    let p = admin
+        .add_policy(PolicySpec {
+            name: format!("bench{r}"),
+            open: vec![Access {
+                proto: Proto::Tcp as i32,
+                port: 22,
+            }],
+            timeout_secs: 30,
+            sequence: vec![format!("tcp/{}", 10000 + r)],
+            ..Default::default()
+        })
+        .await;
+    p.expect("add policy");
+    let mut seen = vec![false; agents];
+    let mut n = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut last = t0;
+    while n < agents {
+        match tokio::time::timeout_at(deadline, acks_rx.recv()).await {
+            Ok(Some((i, _v, at))) => {
+                if !seen[i] {
+                    seen[i] = true;
+                    n += 1;
+                    last = last.max(at);
+                }
+            }
+            _ => break,
         }
-        lat.push(last - t0);
-        // Drain late duplicates before the next round.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        while acks_rx.try_recv().is_ok() {}
     }
-    let _ = stop_tx.send(true);
-    for t in tasks {
-        let _ = t.await;
+    if n < agents {
+        println!("round {r}: only {n} of {agents} agents acknowledged within 10 s");
+        return None;
     }
+    // Drain late duplicates before the next round.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    while acks_rx.try_recv().is_ok() {}
+    Some(last - t0)
+}
+
+/// The two result lines: sync latency over the complete rounds, and the
+/// controller's memory per connected agent.
+fn report(agents: usize, rounds: usize, mut lat: Vec<Duration>, rss_before: u64, rss_after: u64) {
     lat.sort();
     let pct = |p: f64| {
         lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
@@ -256,5 +300,4 @@ async fn main() {
         rss_after,
         (rss_after.saturating_sub(rss_before)) as f64 / agents as f64
     );
-    drop(ctl);
 }
