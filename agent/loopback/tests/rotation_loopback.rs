@@ -49,11 +49,33 @@ fn open_to(agent: &Agent, port: u16) -> usize {
     agent.open().iter().filter(|k| k.port == port).count()
 }
 
+type Admin = knockgate_proto::api::admin_client::AdminClient<tonic::transport::Channel>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_sequences_and_one_time_keys_with_the_real_controller() {
     let mut lab = Lab::start().await;
     let mut agent = lab.agent().await;
     let mut admin = lab.admin.clone();
+    let secret = policies_for_alice(&mut admin, &agent).await;
+    a_rotating_sequence_opens_once(&mut admin, &agent, &secret).await;
+    one_time_keys_open_once_each(&mut admin, &agent, &secret).await;
+    // The controller goes away: the deny policy refuses, the local one grants and queues.
+    lab.stop().await;
+    eventually("the agent to notice", async || !agent.connected()).await;
+    spa(&agent, "10.0.0.6", otk_packet(&secret, 7, "tcp/443"));
+    spa(&agent, "10.0.0.7", otk_packet(&secret, 8, "tcp/8443"));
+    eventually("the offline grant", async || open_to(&agent, 8443) == 1).await;
+    assert_eq!(open_to(&agent, 443), 2, "deny: nothing opened offline");
+    assert_eq!(agent.offline.lock().expect("lock").len(), 1);
+    lab.restart().await;
+    offline_claims_are_delivered(&mut admin, &agent).await;
+    agent.stop();
+    lab.stop().await;
+}
+
+/// alice, and the rotating, one-time-key (deny) and one-time-key (local) policies that
+/// admit her, enforced. Returns her rotating secret.
+async fn policies_for_alice(admin: &mut Admin, agent: &Agent) -> [u8; 32] {
     let alice = admin
         .add_user(api::AddUserRequest {
             name: "alice".into(),
@@ -67,108 +89,84 @@ async fn rotating_sequences_and_one_time_keys_with_the_real_controller() {
         .as_slice()
         .try_into()
         .expect("32 bytes");
-    for spec in [
-        api::PolicySpec {
-            name: "rot".into(),
-            open: vec![api_access("tcp/2222")],
-            users: vec!["alice".into()],
-            timeout_secs: 60,
-            rotating: true,
-            ..Default::default()
-        },
-        api::PolicySpec {
-            name: "keys".into(),
-            open: vec![api_access("tcp/443")],
-            users: vec!["alice".into()],
-            timeout_secs: 60,
-            otk: true,
-            ..Default::default()
-        },
-        api::PolicySpec {
-            name: "keys-local".into(),
-            open: vec![api_access("tcp/8443")],
-            users: vec!["alice".into()],
-            timeout_secs: 60,
-            otk: true,
-            otk_offline: "local".into(),
-            ..Default::default()
-        },
-    ] {
+    let policy = |name: &str, open: &str| api::PolicySpec {
+        name: name.into(),
+        open: vec![api_access(open)],
+        users: vec!["alice".into()],
+        timeout_secs: 60,
+        ..Default::default()
+    };
+    let rot = api::PolicySpec {
+        rotating: true,
+        ..policy("rot", "tcp/2222")
+    };
+    let keys = api::PolicySpec {
+        otk: true,
+        ..policy("keys", "tcp/443")
+    };
+    let local = api::PolicySpec {
+        otk: true,
+        otk_offline: "local".into(),
+        ..policy("keys-local", "tcp/8443")
+    };
+    for spec in [rot, keys, local] {
         admin.add_policy(spec).await.expect("add policy");
     }
+    let ruleset = || agent.held.lock().expect("lock").ruleset.clone();
     eventually("the policies enforced", async || {
-        agent
-            .held
-            .lock()
-            .expect("lock")
-            .ruleset
-            .protected
-            .contains(&access("tcp/8443"))
+        ruleset().protected.contains(&access("tcp/8443"))
     })
     .await;
     assert!(
-        agent
-            .held
-            .lock()
-            .expect("lock")
-            .ruleset
-            .knock_ports
-            .iter()
-            .all(|a| a.port == 62201),
+        ruleset().knock_ports.iter().all(|a| a.port == 62201),
         "rotating ports are never dropped"
     );
+    secret
+}
 
-    // Alice's sequence of the current window, as knocker derives it.
+/// Alice's sequence of the current window, as knocker derives it, opens once; the same
+/// knocks again, from anywhere, open nothing more.
+async fn a_rotating_sequence_opens_once(admin: &mut Admin, agent: &Agent, secret: &[u8; 32]) {
     let params = RotationParams {
         exclude: vec![443, 2222, 8443],
         ..RotationParams::default()
     };
     let now = knockgate_proto::unix_secs(SystemTime::now());
-    let seq = derive_sequence(&secret, "gw1", window_index(now, 30), &params).expect("derive");
-    let knocks: Vec<KnockStep> = seq
-        .iter()
-        .map(|a| KnockStep::Port {
-            proto: a.proto,
-            port: a.port,
-        })
-        .collect();
+    let seq = derive_sequence(secret, "gw1", window_index(now, 30), &params).expect("derive");
+    let knocks: Vec<KnockStep> = seq.iter().map(|a| KnockStep::from(*a)).collect();
     for k in &knocks {
         agent.tx.send(knock("10.0.0.2", *k, None)).expect("knock");
     }
-    eventually("the rotating grant", async || open_to(&agent, 2222) == 1).await;
-    // The same knocks again, from anywhere: nothing more.
+    eventually("the rotating grant", async || open_to(agent, 2222) == 1).await;
     for k in &knocks {
         agent.tx.send(knock("10.0.0.9", *k, None)).expect("knock");
     }
     eventually("knock.completed in the audit trail", async || {
-        !audit(&mut admin, "knock.completed").await.is_empty()
+        !audit(admin, "knock.completed").await.is_empty()
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        open_to(&agent, 2222),
-        1,
-        "a consumed sequence opens nothing"
-    );
-    let done = audit(&mut admin, "knock.completed").await;
+    assert_eq!(open_to(agent, 2222), 1, "a consumed sequence opens nothing");
+    let done = audit(admin, "knock.completed").await;
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].user, "alice");
     assert_eq!(detail(&done[0])["method"], "rotating");
+}
 
-    // One-time key 0: claimed, granted.
-    spa(&agent, "10.0.0.3", otk_packet(&secret, 0, "tcp/443"));
-    eventually("the one-time-key grant", async || open_to(&agent, 443) == 1).await;
+/// Key 0 is claimed and granted; key 0 again is refused; a client that skipped ahead
+/// (key 5) is granted.
+async fn one_time_keys_open_once_each(admin: &mut Admin, agent: &Agent, secret: &[u8; 32]) {
+    spa(agent, "10.0.0.3", otk_packet(secret, 0, "tcp/443"));
+    eventually("the one-time-key grant", async || open_to(agent, 443) == 1).await;
     eventually("the claim in the audit trail", async || {
-        audit(&mut admin, "otk.claimed").await.len() == 1
+        audit(admin, "otk.claimed").await.len() == 1
     })
     .await;
-    // The same key again (a new packet): refused, nothing more opens.
-    spa(&agent, "10.0.0.4", otk_packet(&secret, 0, "tcp/443"));
-    // A client that skipped ahead: key 5 works.
-    spa(&agent, "10.0.0.5", otk_packet(&secret, 5, "tcp/443"));
-    eventually("the skip-ahead grant", async || open_to(&agent, 443) == 2).await;
+    spa(agent, "10.0.0.4", otk_packet(secret, 0, "tcp/443"));
+    spa(agent, "10.0.0.5", otk_packet(secret, 5, "tcp/443"));
+    eventually("the skip-ahead grant", async || open_to(agent, 443) == 2).await;
     eventually("both claims in the audit trail", async || {
-        audit(&mut admin, "otk.claimed").await.len() == 2
+        audit(admin, "otk.claimed").await.len() == 2
     })
     .await;
     assert!(
@@ -177,30 +175,23 @@ async fn rotating_sequences_and_one_time_keys_with_the_real_controller() {
             .iter()
             .all(|k| k.addr.to_string() != "10.0.0.4")
     );
-    let accepted = audit(&mut admin, "spa.accepted").await;
+    let accepted = audit(admin, "spa.accepted").await;
     assert!(
         accepted
             .iter()
             .all(|e| detail(e)["method"] == "otk" && detail(e)["offline"] == false),
         "{accepted:?}"
     );
+}
 
-    // The controller goes away: the deny policy refuses, the local one grants and queues.
-    lab.stop().await;
-    eventually("the agent to notice", async || !agent.connected()).await;
-    spa(&agent, "10.0.0.6", otk_packet(&secret, 7, "tcp/443"));
-    spa(&agent, "10.0.0.7", otk_packet(&secret, 8, "tcp/8443"));
-    eventually("the offline grant", async || open_to(&agent, 8443) == 1).await;
-    assert_eq!(open_to(&agent, 443), 2, "deny: nothing opened offline");
-    assert_eq!(agent.offline.lock().expect("lock").len(), 1);
-
-    // Back: the offline claim is delivered and recorded as such.
-    lab.restart().await;
+/// Back: the offline claim is delivered and recorded as such, and the offline refusal
+/// is reported.
+async fn offline_claims_are_delivered(admin: &mut Admin, agent: &Agent) {
     eventually("the offline claim delivered", async || {
         agent.offline.lock().expect("lock").is_empty()
     })
     .await;
-    let claimed = audit(&mut admin, "otk.claimed").await;
+    let claimed = audit(admin, "otk.claimed").await;
     assert!(
         claimed
             .iter()
@@ -208,7 +199,7 @@ async fn rotating_sequences_and_one_time_keys_with_the_real_controller() {
         "{claimed:?}"
     );
     eventually("the refusals reported", async || {
-        let rejected = audit(&mut admin, "spa.rejected").await;
+        let rejected = audit(admin, "spa.rejected").await;
         let reasons: Vec<String> = rejected
             .iter()
             .map(|e| detail(e)["reason"].as_str().unwrap_or(&e.kind).to_string())
@@ -216,7 +207,4 @@ async fn rotating_sequences_and_one_time_keys_with_the_real_controller() {
         reasons.iter().any(|r| r == "otk_offline_denied")
     })
     .await;
-
-    agent.stop();
-    lab.stop().await;
 }
