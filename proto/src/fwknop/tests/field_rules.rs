@@ -21,13 +21,31 @@ fn with_digest(encoded: &str) -> Vec<u8> {
     p
 }
 
+fn b(s: &str) -> String {
+    B64.encode(s)
+}
+
+/// The fields before the message, for message type `t`.
+fn head(t: u8) -> String {
+    format!("1234567890123456:{}:1700000000:3.0.0:{t}", b("alice"))
+}
+
+fn ok(s: String) -> Result<FwknopRequest, FwknopError> {
+    fields::parse(&with_digest(&s))
+}
+
+fn err(s: String) -> FwknopError {
+    ok(s).unwrap_err()
+}
+
+/// `tcp/22,udp/53` for 0.0.0.0.
+fn msg() -> String {
+    b("0.0.0.0,tcp/22,udp/53")
+}
+
 #[test]
-fn field_rules() {
-    let b = |s: &str| B64.encode(s);
-    let head = |t: u8| format!("1234567890123456:{}:1700000000:3.0.0:{t}", b("alice"));
-    let ok = |s: String| fields::parse(&with_digest(&s));
-    let err = |s: String| ok(s).unwrap_err();
-    let msg = b("0.0.0.0,tcp/22,udp/53");
+fn field_rules_of_access_and_timeouts() {
+    let msg = msg();
     let r = ok(format!("{}:{msg}", head(1))).unwrap();
     assert_eq!(r.access, vec![Access::tcp(22), Access::udp(53)]);
     // Timeout types need the timeout; server auth may precede it.
@@ -52,6 +70,11 @@ fn field_rules() {
         err(format!("{}:{msg}:x:y", head(1))),
         FwknopError::FieldCount
     );
+}
+
+#[test]
+fn field_rules_of_commands_nat_and_types() {
+    let msg = msg();
     // Command and NAT messages decode; the agent refuses them.
     let r = ok(format!("{}:{}", head(0), b("10.0.0.1,touch /tmp/x"))).unwrap();
     assert_eq!(
@@ -68,6 +91,11 @@ fn field_rules() {
         err(format!("{}:{msg}", head(7))),
         FwknopError::Field(Field::MsgType)
     );
+}
+
+#[test]
+fn field_rules_of_messages_users_versions_and_digests() {
+    let msg = msg();
     for bad in [
         "1.2.3.4",
         "1.2.3.4,",
