@@ -14,7 +14,7 @@ use knockgate_proto::scope;
 use crate::convert::{access_to_api, gateway_rotation_to_api};
 use crate::name::AgentName;
 use crate::policy::PolicyDef;
-use crate::store::{Agent, User};
+use crate::store::{Agent, User, UserKeys};
 pub use material::Material;
 
 /// The policies and user credentials one agent holds, by name.
@@ -56,69 +56,78 @@ pub fn compute(
             n.spa |= p.spa;
             n.fwknop |= p.fwknop;
         }
-        view.policies.insert(
-            p.name.to_string(),
-            api::Policy {
-                name: p.name.to_string(),
-                open: p.open.iter().copied().map(access_to_api).collect(),
-                timeout_secs: p.timeout_secs,
-                max_timeout_secs: p.max_timeout_secs,
-                users: admitted.iter().map(|u| u.name.to_string()).collect(),
-                spa: p.spa,
-                fwknop: p.fwknop,
-                sequence: p.sequence.iter().map(ToString::to_string).collect(),
-                sequence_timeout_secs: p.sequence_timeout_secs,
-                rotating: p.rotating.is_some(),
-                window_secs: p.rotating.map_or(0, |r| r.window_secs),
-                otk: p.otk.is_some(),
-                otk_offline: p.otk.map(|o| o.as_str().to_owned()).unwrap_or_default(),
-                min_gap_ms: p.min_gap_ms,
-                max_gap_ms: p.max_gap_ms,
-                tcp_flags: p.tcp_flags.map(|f| f.to_string()).unwrap_or_default(),
-            },
-        );
+        view.policies
+            .insert(p.name.to_string(), agent_policy(p, &admitted));
     }
     for (name, (n, u)) in needs {
-        let k = &u.keys;
-        let mut user = api::User {
-            name: name.to_owned(),
-            ..api::User::default()
-        };
-        // A derivation that fails leaves the method closed to this user here.
-        if n.spa {
-            match scope::gateway_spa_key(&k.spa_key, gateway.as_str()) {
-                Ok(key) => user.spa_key = key.secret().to_vec(),
-                Err(e) => tracing::error!(%gateway, user = name, error = %e,
-                    "cannot derive the gateway's SPA key; SPA stays closed to this user"),
-            }
-        }
-        if n.fwknop {
-            let keys = k
-                .fwknop_hmac
-                .parse::<HmacType>()
-                .map_err(|e| e.to_string())
-                .and_then(|hmac| {
-                    scope::gateway_fwknop_keys(
-                        &k.fwknop_key,
-                        &k.fwknop_hmac_key,
-                        hmac,
-                        gateway.as_str(),
-                    )
-                    .map_err(|e| e.to_string())
-                });
-            match keys {
-                Ok(keys) => {
-                    user.fwknop_key = keys.enc_key.clone();
-                    user.fwknop_hmac_key = keys.hmac_key.clone();
-                    user.fwknop_hmac = k.fwknop_hmac.clone();
-                }
-                Err(e) => tracing::error!(%gateway, user = name, error = %e,
-                    "cannot derive the gateway's fwknop keys; fwknop stays closed to this user"),
-            }
-        }
-        view.users.insert(name.to_owned(), user);
+        view.users
+            .insert(name.to_owned(), gateway_user(gateway, name, n, &u.keys));
     }
     view
+}
+
+/// Policy `p` as the agent receives it, naming the users it `admitted` there.
+fn agent_policy(p: &PolicyDef, admitted: &[&User]) -> api::Policy {
+    api::Policy {
+        name: p.name.to_string(),
+        open: p.open.iter().copied().map(access_to_api).collect(),
+        timeout_secs: p.timeout_secs,
+        max_timeout_secs: p.max_timeout_secs,
+        users: admitted.iter().map(|u| u.name.to_string()).collect(),
+        spa: p.spa,
+        fwknop: p.fwknop,
+        sequence: p.sequence.iter().map(ToString::to_string).collect(),
+        sequence_timeout_secs: p.sequence_timeout_secs,
+        rotating: p.rotating.is_some(),
+        window_secs: p.rotating.map_or(0, |r| r.window_secs),
+        otk: p.otk.is_some(),
+        otk_offline: p.otk.map(|o| o.as_str().to_owned()).unwrap_or_default(),
+        min_gap_ms: p.min_gap_ms,
+        max_gap_ms: p.max_gap_ms,
+        tcp_flags: p.tcp_flags.map(|f| f.to_string()).unwrap_or_default(),
+    }
+}
+
+/// User `name`'s credentials at `gateway`: only the keys of the methods it
+/// `needs` there, each derived for this gateway from the user's keys `k`.
+fn gateway_user(gateway: &AgentName, name: &str, needs: Needs, k: &UserKeys) -> api::User {
+    let mut user = api::User {
+        name: name.to_owned(),
+        ..api::User::default()
+    };
+    // A derivation that fails leaves the method closed to this user here.
+    if needs.spa {
+        match scope::gateway_spa_key(&k.spa_key, gateway.as_str()) {
+            Ok(key) => user.spa_key = key.secret().to_vec(),
+            Err(e) => tracing::error!(%gateway, user = name, error = %e,
+                "cannot derive the gateway's SPA key; SPA stays closed to this user"),
+        }
+    }
+    if needs.fwknop {
+        let keys = k
+            .fwknop_hmac
+            .parse::<HmacType>()
+            .map_err(|e| e.to_string())
+            .and_then(|hmac| {
+                scope::gateway_fwknop_keys(
+                    &k.fwknop_key,
+                    &k.fwknop_hmac_key,
+                    hmac,
+                    gateway.as_str(),
+                )
+                .map_err(|e| e.to_string())
+            });
+        match keys {
+            Ok(keys) => {
+                user.fwknop_key = keys.enc_key.clone();
+                user.fwknop_hmac_key = keys.hmac_key.clone();
+                user.fwknop_hmac = k.fwknop_hmac.clone();
+            }
+            Err(e) => tracing::error!(%gateway, user = name, error = %e,
+                "cannot derive the gateway's fwknop keys; fwknop stays closed to this user"),
+        }
+    }
+    user
 }
 
 /// A full config replacing whatever the agent held.
