@@ -8,9 +8,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use knockgate_controller::convert::{access_from_api, access_to_api};
+use knockgate_proto::api::admin_client::AdminClient;
 use knockgate_proto::rotation::{Protos, RotationParams, derive_sequence, window_index};
 use knockgate_proto::{Access, api, unix_secs};
 use tonic::Code;
+use tonic::transport::Channel;
 
 use super::harness::*;
 
@@ -99,7 +101,19 @@ pub async fn rotating_sequences(server: &Server) {
     let gw1 = enrolled_agent(server, "gw1", &[("role", "edge")]).await;
     let gw2 = enrolled_agent(server, "gw2", &[("role", "core")]).await;
 
-    // Validation names the field; rotating alone is a knock method.
+    bad_settings_name_their_field(&mut admin).await;
+    add_ssh_and_rotating(&mut admin).await;
+    let mut s1 = SyncStream::open(&gw1, server, "").await;
+    let mut s2 = SyncStream::open(&gw2, server, "").await;
+    let secret = rotating_secret(&alice);
+    let (full, current) = first_configs(&mut s1, &mut s2, &secret).await;
+    window_boundary_moves_the_range(&mut s1, &mut s2, &full, &secret, current).await;
+    rotated_keys_change_the_sequences(&mut admin, &mut s1, &full).await;
+    new_user_gets_the_rotation_in_add_user(&mut admin, &mut s2).await;
+}
+
+/// Validation names the field; rotating alone is a knock method.
+async fn bad_settings_name_their_field(admin: &mut AdminClient<Channel>) {
     for (bad, field) in [
         (
             api::PolicySpec {
@@ -148,6 +162,11 @@ pub async fn rotating_sequences(server: &Server) {
             "{status:?}"
         );
     }
+}
+
+/// An SPA policy for alice and bob everywhere (its ports are excluded from the
+/// sequences), and `rot`, rotating for alice on role=edge with defaults filled in.
+async fn add_ssh_and_rotating(admin: &mut AdminClient<Channel>) {
     let spa = api::PolicySpec {
         spa: true,
         ..policy("ssh", &[22, 443], &["alice", "bob"], "")
@@ -167,12 +186,18 @@ pub async fn rotating_sequences(server: &Server) {
         (4, 2200, WINDOW),
         "defaults are filled in"
     );
+}
 
-    let mut s1 = SyncStream::open(&gw1, server, "").await;
-    let mut s2 = SyncStream::open(&gw2, server, "").await;
+/// gw1's first config carries alice's sequences and the rotating policy; gw2,
+/// not selected, gets the users' keys and no sequences. Returns gw1's config and
+/// its current window.
+async fn first_configs(
+    s1: &mut SyncStream,
+    s2: &mut SyncStream,
+    secret: &[u8; 32],
+) -> (api::AgentConfig, u64) {
     let (lo, full) = (now_window(), s1.next_config(Duration::from_secs(5)).await.0);
-    let secret = rotating_secret(&alice);
-    let current = check(&full, "gw1", &secret, lo, now_window());
+    let current = check(&full, "gw1", secret, lo, now_window());
     let rot = full.policies.iter().find(|p| p.name == "rot").unwrap();
     assert!(rot.rotating && !rot.otk);
     assert_eq!(
@@ -184,8 +209,18 @@ pub async fn rotating_sequences(server: &Server) {
     let (other, _) = s2.next_config(Duration::from_secs(5)).await;
     assert!(other.full && other.rotating.is_empty());
     assert_eq!(other.users.len(), 2);
+    (full, current)
+}
 
-    // The next window boundary pushes the moved range, on the same version.
+/// The next window boundary pushes the moved range, on the same version, to gw1
+/// alone.
+async fn window_boundary_moves_the_range(
+    s1: &mut SyncStream,
+    s2: &mut SyncStream,
+    full: &api::AgentConfig,
+    secret: &[u8; 32],
+    current: u64,
+) {
     let delta = s1
         .next_material(Duration::from_secs(u64::from(WINDOW) + 2))
         .await;
@@ -195,11 +230,18 @@ pub async fn rotating_sequences(server: &Server) {
         (full.version, full.version)
     );
     assert!(delta.policies.is_empty() && delta.users.is_empty());
-    let moved = check(&delta, "gw1", &secret, current + 1, now_window());
+    let moved = check(&delta, "gw1", secret, current + 1, now_window());
     assert_eq!(moved, current + 1);
     s2.assert_quiet(Duration::from_millis(300)).await;
+}
 
-    // Rotating alice's keys changes her sequences at once.
+/// Rotating alice's keys changes her sequences at once, and her new credentials
+/// carry what gw1 derives with, so her client derives the same.
+async fn rotated_keys_change_the_sequences(
+    admin: &mut AdminClient<Channel>,
+    s1: &mut SyncStream,
+    full: &api::AgentConfig,
+) {
     let rotated = admin
         .rotate_user_keys(api::RotateUserKeysRequest {
             name: "alice".into(),
@@ -226,8 +268,14 @@ pub async fn rotating_sequences(server: &Server) {
     );
     assert!(gateway(&rotated, "gw2").rotating.is_empty());
     assert_derived_from(&delta, "alice", &rotated, "gw1");
+}
 
-    // A user added once a rotating policy admits them gets it in AddUser's answer.
+/// A user added once a rotating policy admits them gets it in AddUser's answer,
+/// and gw2 is sent the sequences derived from it.
+async fn new_user_gets_the_rotation_in_add_user(
+    admin: &mut AdminClient<Channel>,
+    s2: &mut SyncStream,
+) {
     admin
         .add_policy(api::PolicySpec {
             groups: vec!["ops".into()],
