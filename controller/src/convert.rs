@@ -10,6 +10,7 @@ use knockgate_proto::rotation::Protos;
 use knockgate_proto::spa::SpaKey;
 use knockgate_proto::{Access, Proto, api};
 
+use crate::desired;
 use crate::error::ServiceError;
 use crate::name::{AgentName, PolicyName, UserName};
 use crate::policy::{InvalidPolicy, PolicyDef, RawPolicy, Rotation, validate_label};
@@ -426,4 +427,109 @@ pub fn claim_from_api(
         at,
         offline,
     })
+}
+
+/// A policy as the agent is sent it.
+impl From<&desired::AgentPolicy> for api::Policy {
+    fn from(p: &desired::AgentPolicy) -> Self {
+        api::Policy {
+            name: p.name.clone(),
+            open: p.open.iter().copied().map(access_to_api).collect(),
+            timeout_secs: p.timeout_secs,
+            max_timeout_secs: p.max_timeout_secs,
+            users: p.users.clone(),
+            spa: p.spa,
+            fwknop: p.fwknop,
+            sequence: p.sequence.iter().map(ToString::to_string).collect(),
+            sequence_timeout_secs: p.sequence_timeout_secs,
+            rotating: p.rotating_window_secs.is_some(),
+            window_secs: p.rotating_window_secs.unwrap_or(0),
+            otk: p.otk.is_some(),
+            otk_offline: p.otk.map(|o| o.as_str().to_owned()).unwrap_or_default(),
+            min_gap_ms: p.min_gap_ms,
+            max_gap_ms: p.max_gap_ms,
+            tcp_flags: p.tcp_flags.map(|f| f.to_string()).unwrap_or_default(),
+        }
+    }
+}
+
+/// A user's credentials as the agent is sent them (empty fields for the methods that do
+/// not reach the user there).
+impl From<&desired::AgentUser> for api::User {
+    fn from(u: &desired::AgentUser) -> Self {
+        let mut out = api::User {
+            name: u.name.clone(),
+            ..api::User::default()
+        };
+        if let Some(k) = &u.spa_key {
+            out.spa_key = k.to_vec();
+        }
+        if let Some(f) = &u.fwknop {
+            out.fwknop_key = f.enc_key.to_vec();
+            out.fwknop_hmac_key = f.hmac_key.to_vec();
+            out.fwknop_hmac = f.hmac.name().to_owned();
+        }
+        out
+    }
+}
+
+/// What an agent is sent, on the wire.
+impl From<desired::Change<'_>> for api::AgentConfig {
+    fn from(c: desired::Change<'_>) -> Self {
+        let desired::Change {
+            version,
+            full,
+            base_version,
+            policies,
+            users,
+            removed_policies,
+            removed_users,
+            material,
+        } = c;
+        api::AgentConfig {
+            version,
+            full,
+            base_version,
+            policies: policies.into_iter().map(Into::into).collect(),
+            users: users.into_iter().map(Into::into).collect(),
+            removed_policies,
+            removed_users,
+            rotating: material.map(rotating_to_api).unwrap_or_default(),
+            one_time_keys: material.map(otks_to_api).unwrap_or_default(),
+            material_changed: material.is_some(),
+        }
+    }
+}
+
+/// The rotating sequences as sent, ordered by user, policy, window.
+fn rotating_to_api(m: &desired::Material) -> Vec<api::RotatingSequence> {
+    m.rotating
+        .iter()
+        .map(|((user, policy, window), knocks)| api::RotatingSequence {
+            user: user.clone(),
+            policy: policy.clone(),
+            window: *window,
+            knocks: knocks.iter().copied().map(access_to_api).collect(),
+        })
+        .collect()
+}
+
+/// The one-time keys as sent, ordered by user, counter.
+fn otks_to_api(m: &desired::Material) -> Vec<api::OneTimeKey> {
+    m.otks
+        .iter()
+        .map(|((user, counter), key)| api::OneTimeKey {
+            user: user.clone(),
+            counter: *counter,
+            key: key.to_vec(),
+        })
+        .collect()
+}
+
+/// A revocation as the agent is sent it.
+impl From<crate::fanout::Revocation> for api::RevokeGrants {
+    fn from(r: crate::fanout::Revocation) -> Self {
+        let crate::fanout::Revocation { grant_refs, users } = r;
+        api::RevokeGrants { grant_refs, users }
+    }
 }

@@ -9,9 +9,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use knockgate_proto::api;
 use knockgate_proto::fwknop::HmacType;
-use knockgate_proto::scope;
+use knockgate_proto::knock::FlagFilter;
+use knockgate_proto::policy::OtkOffline;
+use knockgate_proto::{Access, KnockStep, scope};
+use zeroize::Zeroizing;
 
-use crate::convert::{access_to_api, gateway_rotation_to_api};
+use crate::convert::gateway_rotation_to_api;
 use crate::name::AgentName;
 use crate::policy::PolicyDef;
 use crate::store::{Agent, User, UserKeys};
@@ -21,11 +24,61 @@ pub use material::Material;
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AgentView {
     /// Policies selecting the agent, with their users expanded.
-    pub policies: BTreeMap<String, api::Policy>,
+    pub policies: BTreeMap<String, AgentPolicy>,
     /// Credentials of every user some of those policies admit.
-    pub users: BTreeMap<String, api::User>,
+    pub users: BTreeMap<String, AgentUser>,
     /// Rotating sequences and one-time keys (empty until derived).
     pub material: Material,
+}
+
+/// A policy as one agent enforces it: its groups expanded to the users it admits there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentPolicy {
+    pub name: String,
+    pub open: BTreeSet<Access>,
+    pub timeout_secs: u32,
+    pub max_timeout_secs: u32,
+    /// The admitted users, by name.
+    pub users: Vec<String>,
+    pub spa: bool,
+    pub fwknop: bool,
+    pub sequence: Vec<KnockStep>,
+    pub sequence_timeout_secs: u32,
+    pub min_gap_ms: u32,
+    pub max_gap_ms: u32,
+    pub tcp_flags: Option<FlagFilter>,
+    /// The rotating window length, when rotating sequences open it.
+    pub rotating_window_secs: Option<u32>,
+    pub otk: Option<OtkOffline>,
+}
+
+/// A user's credentials at one agent, derived for that gateway alone.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AgentUser {
+    pub name: String,
+    /// The native SPA secret, when a native SPA policy there admits the user.
+    pub spa_key: Option<Zeroizing<[u8; 32]>>,
+    /// The fwknop keys, when an fwknop policy there admits the user.
+    pub fwknop: Option<FwknopSecret>,
+}
+
+/// A user's fwknop keys at one gateway.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FwknopSecret {
+    pub enc_key: Zeroizing<Vec<u8>>,
+    pub hmac_key: Zeroizing<Vec<u8>>,
+    pub hmac: HmacType,
+}
+
+/// Names only: the keys never reach a log.
+impl std::fmt::Debug for AgentUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentUser")
+            .field("name", &self.name)
+            .field("spa", &self.spa_key.is_some())
+            .field("fwknop", &self.fwknop.is_some())
+            .finish()
+    }
 }
 
 /// Which knock methods reach a user on this agent, so it gets only the keys
@@ -66,39 +119,38 @@ pub fn compute(
     view
 }
 
-/// Policy `p` as the agent receives it, naming the users it `admitted` there.
-fn agent_policy(p: &PolicyDef, admitted: &[&User]) -> api::Policy {
-    api::Policy {
+/// Policy `p` as the agent enforces it, naming the users it `admitted` there.
+fn agent_policy(p: &PolicyDef, admitted: &[&User]) -> AgentPolicy {
+    AgentPolicy {
         name: p.name.to_string(),
-        open: p.open.iter().copied().map(access_to_api).collect(),
+        open: p.open.clone(),
         timeout_secs: p.timeout_secs,
         max_timeout_secs: p.max_timeout_secs,
         users: admitted.iter().map(|u| u.name.to_string()).collect(),
         spa: p.spa,
         fwknop: p.fwknop,
-        sequence: p.sequence.iter().map(ToString::to_string).collect(),
+        sequence: p.sequence.clone(),
         sequence_timeout_secs: p.sequence_timeout_secs,
-        rotating: p.rotating.is_some(),
-        window_secs: p.rotating.map_or(0, |r| r.window_secs),
-        otk: p.otk.is_some(),
-        otk_offline: p.otk.map(|o| o.as_str().to_owned()).unwrap_or_default(),
         min_gap_ms: p.min_gap_ms,
         max_gap_ms: p.max_gap_ms,
-        tcp_flags: p.tcp_flags.map(|f| f.to_string()).unwrap_or_default(),
+        tcp_flags: p.tcp_flags,
+        rotating_window_secs: p.rotating.map(|r| r.window_secs),
+        otk: p.otk,
     }
 }
 
 /// User `name`'s credentials at `gateway`: only the keys of the methods it
 /// `needs` there, each derived for this gateway from the user's keys `k`.
-fn gateway_user(gateway: &AgentName, name: &str, needs: Needs, k: &UserKeys) -> api::User {
-    let mut user = api::User {
+fn gateway_user(gateway: &AgentName, name: &str, needs: Needs, k: &UserKeys) -> AgentUser {
+    let mut user = AgentUser {
         name: name.to_owned(),
-        ..api::User::default()
+        spa_key: None,
+        fwknop: None,
     };
     // A derivation that fails leaves the method closed to this user here.
     if needs.spa {
         match scope::gateway_spa_key(&k.spa_key, gateway.as_str()) {
-            Ok(key) => user.spa_key = key.secret().to_vec(),
+            Ok(key) => user.spa_key = Some(Zeroizing::new(*key.secret())),
             Err(e) => tracing::error!(%gateway, user = name, error = %e,
                 "cannot derive the gateway's SPA key; SPA stays closed to this user"),
         }
@@ -115,13 +167,16 @@ fn gateway_user(gateway: &AgentName, name: &str, needs: Needs, k: &UserKeys) -> 
                     hmac,
                     gateway.as_str(),
                 )
+                .map(|keys| (keys, hmac))
                 .map_err(|e| e.to_string())
             });
         match keys {
-            Ok(keys) => {
-                user.fwknop_key = keys.enc_key.clone();
-                user.fwknop_hmac_key = keys.hmac_key.clone();
-                user.fwknop_hmac = k.fwknop_hmac.clone();
+            Ok((keys, hmac)) => {
+                user.fwknop = Some(FwknopSecret {
+                    enc_key: Zeroizing::new(keys.enc_key.to_vec()),
+                    hmac_key: Zeroizing::new(keys.hmac_key.to_vec()),
+                    hmac,
+                });
             }
             Err(e) => tracing::error!(%gateway, user = name, error = %e,
                 "cannot derive the gateway's fwknop keys; fwknop stays closed to this user"),
@@ -130,33 +185,48 @@ fn gateway_user(gateway: &AgentName, name: &str, needs: Needs, k: &UserKeys) -> 
     user
 }
 
+/// What an agent is sent: a full view, or what changed since the view it holds.
+#[derive(Debug)]
+pub struct Change<'a> {
+    pub version: u64,
+    /// Replaces whatever the agent held (else applies on `base_version`).
+    pub full: bool,
+    pub base_version: u64,
+    /// Policies and users added or changed.
+    pub policies: Vec<&'a AgentPolicy>,
+    pub users: Vec<&'a AgentUser>,
+    /// Names gone.
+    pub removed_policies: Vec<String>,
+    pub removed_users: Vec<String>,
+    /// The whole material, when it changed.
+    pub material: Option<&'a Material>,
+}
+
 /// A full config replacing whatever the agent held.
-pub fn full(view: &AgentView, version: u64) -> api::AgentConfig {
-    api::AgentConfig {
+pub fn full(view: &AgentView, version: u64) -> Change<'_> {
+    Change {
         version,
         full: true,
         base_version: 0,
-        policies: view.policies.values().cloned().collect(),
-        users: view.users.values().cloned().collect(),
+        policies: view.policies.values().collect(),
+        users: view.users.values().collect(),
         removed_policies: Vec::new(),
         removed_users: Vec::new(),
-        rotating: view.material.rotating_to_api(),
-        one_time_keys: view.material.otks_to_api(),
-        material_changed: true,
+        material: Some(&view.material),
     }
 }
 
 /// The delta taking an agent from `old` (at `base`) to `new` (at `version`):
-/// entries added or changed, then names removed, and the material lists when
-/// they changed. May be empty; `base == version` for material alone.
-pub fn delta(old: &AgentView, new: &AgentView, base: u64, version: u64) -> api::AgentConfig {
-    fn changed<T: Clone + PartialEq>(
+/// entries added or changed, then names removed, and the material when it changed. May
+/// be empty; `base == version` for material alone.
+pub fn delta<'a>(old: &AgentView, new: &'a AgentView, base: u64, version: u64) -> Change<'a> {
+    fn changed<'a, T: PartialEq>(
         old: &BTreeMap<String, T>,
-        new: &BTreeMap<String, T>,
-    ) -> Vec<T> {
+        new: &'a BTreeMap<String, T>,
+    ) -> Vec<&'a T> {
         new.iter()
-            .filter(|(k, v)| old.get(*k) != Some(v))
-            .map(|(_, v)| v.clone())
+            .filter(|(k, v)| old.get(*k) != Some(*v))
+            .map(|(_, v)| v)
             .collect()
     }
     fn removed<T>(old: &BTreeMap<String, T>, new: &BTreeMap<String, T>) -> Vec<String> {
@@ -165,8 +235,7 @@ pub fn delta(old: &AgentView, new: &AgentView, base: u64, version: u64) -> api::
             .cloned()
             .collect()
     }
-    let material_changed = old.material != new.material;
-    api::AgentConfig {
+    Change {
         version,
         full: false,
         base_version: base,
@@ -174,17 +243,7 @@ pub fn delta(old: &AgentView, new: &AgentView, base: u64, version: u64) -> api::
         users: changed(&old.users, &new.users),
         removed_policies: removed(&old.policies, &new.policies),
         removed_users: removed(&old.users, &new.users),
-        rotating: if material_changed {
-            new.material.rotating_to_api()
-        } else {
-            Vec::new()
-        },
-        one_time_keys: if material_changed {
-            new.material.otks_to_api()
-        } else {
-            Vec::new()
-        },
-        material_changed,
+        material: (old.material != new.material).then_some(&new.material),
     }
 }
 
@@ -332,10 +391,15 @@ mod tests {
         // alice is reached by SPA only here: no fwknop keys, and her SPA key is the one
         // derived for gw1, not her root.
         let gw1_key = scope::gateway_spa_key(&[1; 32], "gw1").unwrap();
-        assert_eq!(view.users["alice"].spa_key, gw1_key.secret().to_vec());
-        assert_ne!(view.users["alice"].spa_key, vec![1; 32]);
-        assert!(view.users["alice"].fwknop_key.is_empty());
-        assert_eq!(view.users["bob"].spa_key.len(), 32);
+        let alice_key = view.users["alice"].spa_key.as_deref();
+        assert_eq!(alice_key, Some(gw1_key.secret()));
+        assert_ne!(alice_key, Some(&[1; 32]));
+        assert!(view.users["alice"].fwknop.is_none());
+        assert!(view.users["bob"].spa_key.is_some());
+        // On the wire: the key, and no fwknop fields.
+        let wire = api::User::from(&view.users["alice"]);
+        assert_eq!(wire.spa_key, gw1_key.secret().to_vec());
+        assert!(wire.fwknop_key.is_empty() && wire.fwknop_hmac.is_empty());
         let gw2 = AgentName::new("gw2").unwrap();
         let other = compute(&gw2, &labels(&[("role", "edge")]), &policies, &users);
         assert_ne!(
@@ -353,8 +417,10 @@ mod tests {
         let gw1 = AgentName::new("gw1").unwrap();
         let view = compute(&gw1, &labels(&[]), &[p], &[user("alice", &[], false)]);
         let w = &view.policies["web"];
-        assert_eq!((w.min_gap_ms, w.max_gap_ms), (100, 900));
-        assert_eq!(w.tcp_flags, "syn,!fin,!ack");
+        let wire = api::Policy::from(w);
+        assert_eq!((wire.min_gap_ms, wire.max_gap_ms), (100, 900));
+        assert_eq!(wire.tcp_flags, "syn,!fin,!ack");
+        assert_eq!(wire.sequence, ["tcp/7000"]);
     }
 
     #[test]
@@ -394,6 +460,7 @@ mod tests {
             empty.policies.is_empty() && empty.users.is_empty() && empty.removed_users.is_empty()
         );
         assert_eq!(full(&after, 6).policies.len(), 2);
+        let empty = api::AgentConfig::from(empty);
         assert!(!empty.material_changed && empty.one_time_keys.is_empty());
     }
 
@@ -490,12 +557,12 @@ mod tests {
         new.material
             .rotating
             .insert(("alice".into(), "ssh".into(), 7), vec![Access::tcp(20001)]);
-        let d = delta(&old, &new, 5, 5);
+        let d = api::AgentConfig::from(delta(&old, &new, 5, 5));
         assert_eq!((d.base_version, d.version), (5, 5));
         assert!(d.material_changed && d.policies.is_empty());
         assert_eq!(d.one_time_keys[0].counter, 4);
         assert_eq!(d.rotating[0].window, 7);
-        let f = full(&new, 5);
+        let f = api::AgentConfig::from(full(&new, 5));
         assert!(f.material_changed);
         assert_eq!((f.rotating.len(), f.one_time_keys.len()), (1, 1));
     }

@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use knockgate_proto::api;
 use sqlx::postgres::PgListener;
 use tokio::sync::{mpsc, watch};
 
@@ -32,7 +31,24 @@ use crate::store::{CONFIG_CHANNEL, ConfigVersion, Store};
 /// store-backed revoke flags are re-sent on the next version change).
 const CONTROL_QUEUE: usize = 64;
 
-type Streams = BTreeMap<AgentName, BTreeMap<u64, mpsc::Sender<api::RevokeGrants>>>;
+type Streams = BTreeMap<AgentName, BTreeMap<u64, mpsc::Sender<Revocation>>>;
+
+/// Grants to close at once: by the agent's ref, and every grant of these users.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Revocation {
+    pub grant_refs: Vec<String>,
+    pub users: Vec<String>,
+}
+
+impl Revocation {
+    /// Every grant of `user`.
+    pub fn user(user: impl Into<String>) -> Self {
+        Revocation {
+            grant_refs: Vec::new(),
+            users: vec![user.into()],
+        }
+    }
+}
 
 /// Shared by every service of one controller process.
 #[derive(Debug)]
@@ -51,7 +67,7 @@ pub struct Registration {
     id: u64,
     /// Grant revokes pushed to this stream. `None` from `recv` means the
     /// agent was revoked and the stream must end.
-    pub pushes: mpsc::Receiver<api::RevokeGrants>,
+    pub pushes: mpsc::Receiver<Revocation>,
 }
 
 impl Drop for Registration {
@@ -125,7 +141,7 @@ impl Hub {
     }
 
     /// Pushes `msg` to every live stream.
-    pub fn push_all(&self, msg: &api::RevokeGrants) {
+    pub fn push_all(&self, msg: &Revocation) {
         for (agent, by_id) in self.lock().iter() {
             for tx in by_id.values() {
                 if tx.try_send(msg.clone()).is_err() {

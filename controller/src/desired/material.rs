@@ -7,11 +7,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use knockgate_proto::Access;
 use knockgate_proto::rotation::{self, Protos};
 use knockgate_proto::scope;
-use knockgate_proto::{Access, api};
 
-use crate::convert::access_to_api;
 use crate::name::{AgentName, UserName};
 use crate::policy::{PolicyDef, Rotation};
 use crate::store::{Timestamp, User};
@@ -40,33 +39,6 @@ impl std::fmt::Debug for Material {
             .field("rotating", &self.rotating.len())
             .field("otks", &self.otks.len())
             .finish()
-    }
-}
-
-impl Material {
-    /// The sequences as sent, ordered by user, policy, window.
-    pub fn rotating_to_api(&self) -> Vec<api::RotatingSequence> {
-        self.rotating
-            .iter()
-            .map(|((user, policy, window), knocks)| api::RotatingSequence {
-                user: user.clone(),
-                policy: policy.clone(),
-                window: *window,
-                knocks: knocks.iter().copied().map(access_to_api).collect(),
-            })
-            .collect()
-    }
-
-    /// The one-time keys as sent, ordered by user, counter.
-    pub fn otks_to_api(&self) -> Vec<api::OneTimeKey> {
-        self.otks
-            .iter()
-            .map(|((user, counter), key)| api::OneTimeKey {
-                user: user.clone(),
-                counter: *counter,
-                key: key.to_vec(),
-            })
-            .collect()
     }
 }
 

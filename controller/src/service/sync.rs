@@ -19,6 +19,7 @@ use crate::desired::material::{self, Deriver};
 use crate::desired::{self, AgentView};
 use crate::error::{ErrorChain, ServiceError};
 use crate::fanout::Registration;
+use crate::fanout::Revocation;
 use crate::name::{AgentName, UserName};
 use crate::policy::PolicyDef;
 use crate::server::Controller;
@@ -176,7 +177,7 @@ impl Session {
                 }
                 () = wake_at(self.next_boundary) => self.refresh().await?,
                 push = registration.pushes.recv() => match push {
-                    Some(revoke) => self.send(controller_message::Msg::Revoke(revoke)).await,
+                    Some(revoke) => self.send(controller_message::Msg::Revoke(revoke.into())).await,
                     None => return Err(Status::permission_denied(format!("agent {} is revoked", self.agent))),
                 },
                 m = inbound.message() => match m {
@@ -272,9 +273,9 @@ impl Session {
             Instant::now() + Duration::from_millis(wait) + BOUNDARY_SLACK
         });
         let config = match &self.sent {
-            None => Some(desired::full(&view, version)),
+            None => Some(api::AgentConfig::from(desired::full(&view, version))),
             Some((base, old)) if *base == version && *old == view => None,
-            Some((base, old)) => Some(desired::delta(old, &view, *base, version)),
+            Some((base, old)) => Some(desired::delta(old, &view, *base, version).into()),
         };
         if let Some(config) = config {
             tracing::debug!(agent = %self.agent, version, full = config.full,
@@ -328,11 +329,12 @@ impl Session {
             .collect();
         if !grant_refs.is_empty() {
             self.revoked_refs.extend(grant_refs.iter().cloned());
-            let revoke = api::RevokeGrants {
+            let revoke = Revocation {
                 grant_refs,
                 users: Vec::new(),
             };
-            self.send(controller_message::Msg::Revoke(revoke)).await;
+            self.send(controller_message::Msg::Revoke(revoke.into()))
+                .await;
         }
         Ok(())
     }

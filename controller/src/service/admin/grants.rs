@@ -6,6 +6,7 @@ use serde_json::json;
 use super::Ctx;
 use crate::convert::{audit_to_api, grant_filter, grant_to_api};
 use crate::error::ServiceError;
+use crate::fanout::Revocation;
 use crate::store::{AuditFilter, GrantFilter, RevokeTarget, Timestamp};
 
 pub(super) async fn list(
@@ -47,10 +48,7 @@ pub(super) async fn revoke(
     };
     let revoked = store.request_grant_revoke(&target, now).await?;
     if let Some(user) = &user {
-        ctx.state.hub.push_all(&api::RevokeGrants {
-            grant_refs: Vec::new(),
-            users: vec![user.clone()],
-        });
+        ctx.state.hub.push_all(&Revocation::user(user.clone()));
     }
     ctx.changed(store.current_version().await?);
     let mut detail = detail;

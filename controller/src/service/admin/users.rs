@@ -10,6 +10,7 @@ use super::Ctx;
 use crate::convert::{credentials_to_api, user_to_api};
 use crate::desired;
 use crate::error::ServiceError;
+use crate::fanout::Revocation;
 use crate::name::{UserName, is_valid_name};
 use crate::secrets;
 use crate::store::{NewUser, RevokeTarget, Timestamp, User};
@@ -89,10 +90,7 @@ async fn close_grants_of(ctx: &Ctx<'_>, name: &UserName) -> Result<u64, ServiceE
     let flagged = store
         .request_grant_revoke(&RevokeTarget::User(name.clone()), Timestamp::now())
         .await?;
-    ctx.state.hub.push_all(&api::RevokeGrants {
-        grant_refs: Vec::new(),
-        users: vec![name.to_string()],
-    });
+    ctx.state.hub.push_all(&Revocation::user(name.to_string()));
     ctx.changed(store.current_version().await?);
     Ok(flagged)
 }
