@@ -52,7 +52,23 @@ async fn add_agent(store: &Store, name: &str) {
 pub async fn user_lifecycle(store: &Store) {
     assert_eq!(store.current_version().await.unwrap(), ConfigVersion(0));
     assert_eq!(add_user(store, "alice").await, ConfigVersion(1));
+    alice_is_stored_as_added(store).await;
+    a_user_name_is_taken_once(store).await;
+    assert_eq!(add_user(store, "bob").await, ConfigVersion(2));
+    let names: Vec<_> = store
+        .list_users()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.name)
+        .collect();
+    assert_eq!(names, [user("alice"), user("bob")]);
+    disabling_and_rotating_alice_bump_the_version(store).await;
+    a_removed_user_is_gone(store).await;
+}
 
+/// alice reads back as added, and her Debug form hides her keys.
+async fn alice_is_stored_as_added(store: &Store) {
     let alice = store.get_user(&user("alice")).await.unwrap();
     assert_eq!(alice.name, user("alice"));
     assert_eq!(alice.groups.iter().collect::<Vec<_>>(), ["admins", "ops"]);
@@ -64,8 +80,10 @@ pub async fn user_lifecycle(store: &Store) {
         !format!("{alice:?}").contains("7, 7"),
         "Debug must not print keys"
     );
+}
 
-    // A name is taken once; the failed transaction bumps nothing.
+/// A name is taken once; the failed transaction bumps nothing.
+async fn a_user_name_is_taken_once(store: &Store) {
     let dup = NewUser {
         name: user("alice"),
         groups: Default::default(),
@@ -79,17 +97,10 @@ pub async fn user_lifecycle(store: &Store) {
     );
     assert_eq!(err.to_string(), "user alice already exists");
     assert_eq!(store.current_version().await.unwrap(), ConfigVersion(1));
+}
 
-    assert_eq!(add_user(store, "bob").await, ConfigVersion(2));
-    let names: Vec<_> = store
-        .list_users()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|u| u.name)
-        .collect();
-    assert_eq!(names, [user("alice"), user("bob")]);
-
+/// Disabling, enabling and rotating keys each change what agents hold: versions 3 to 5.
+async fn disabling_and_rotating_alice_bump_the_version(store: &Store) {
     assert_eq!(
         store.set_user_disabled(&user("alice"), true).await.unwrap(),
         ConfigVersion(3)
@@ -113,7 +124,11 @@ pub async fn user_lifecycle(store: &Store) {
     );
     let alice = store.get_user(&user("alice")).await.unwrap();
     assert_eq!((alice.key_version, alice.keys), (2, keys(42)));
+}
 
+/// Removing bob is version 6; afterwards every operation on him is NotFound and
+/// bumps nothing.
+async fn a_removed_user_is_gone(store: &Store) {
     assert_eq!(
         store.remove_user(&user("bob")).await.unwrap(),
         ConfigVersion(6)
@@ -141,6 +156,33 @@ pub async fn user_lifecycle(store: &Store) {
 
 pub async fn agent_enrols_once(store: &Store) {
     add_agent(store, "web-1").await;
+    web1_is_added_once(store).await;
+    a_token_works_once_before_it_expires(store).await;
+    enrolment_and_sightings_are_recorded(store).await;
+    an_unpinned_address_follows_reports(store).await;
+    labels_and_revocation_bump_the_version(store).await;
+    a_revoked_agent_cannot_enrol_again(store).await;
+    add_agent(store, "db-1").await;
+    let names: Vec<_> = store
+        .list_agents()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    assert_eq!(names, [agent("db-1"), agent("web-1")]);
+    assert!(matches!(
+        store.touch_agent(&agent("ghost"), T0, true, None).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.revoke_agent(&agent("ghost"), T0).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+/// web-1 reads back as added, not yet enrolled or seen; its name is taken once.
+async fn web1_is_added_once(store: &Store) {
     let web1 = store.get_agent(&agent("web-1")).await.unwrap();
     assert_eq!(web1.labels["role"], "web");
     assert_eq!(web1.address.as_deref(), Some("198.51.100.7"));
@@ -176,8 +218,11 @@ pub async fn agent_enrols_once(store: &Store) {
         ),
         "{err:?}"
     );
+}
 
-    // A token works once, and only before it expires.
+/// A token works once, and only before it expires; unknown tokens and agents are
+/// told apart.
+async fn a_token_works_once_before_it_expires(store: &Store) {
     let token = TokenHash::of("kg-enrol-secret-1");
     store
         .create_token(&agent("web-1"), &token, at(600), T0)
@@ -222,7 +267,11 @@ pub async fn agent_enrols_once(store: &Store) {
         ),
         "{err:?}"
     );
+}
 
+/// Enrolment, sightings and applied versions are recorded; the admin's address
+/// stays pinned and the applied version never moves back.
+async fn enrolment_and_sightings_are_recorded(store: &Store) {
     store
         .set_agent_enrolled(&agent("web-1"), "ab12", at(1))
         .await
@@ -259,6 +308,10 @@ pub async fn agent_enrols_once(store: &Store) {
         ConfigVersion(5),
         "applied version never moves back"
     );
+}
+
+/// Once the admin clears the address, the reported one is used and kept.
+async fn an_unpinned_address_follows_reports(store: &Store) {
     store
         .set_agent_address(&agent("web-1"), None)
         .await
@@ -281,8 +334,11 @@ pub async fn agent_enrols_once(store: &Store) {
         (Some("203.0.113.9"), false),
         "unpinned, the reported address is used and kept"
     );
+}
 
-    // Labels and revocation change what agents enforce: both bump the version.
+/// Labels and revocation change what agents enforce: both bump the version; the
+/// first revocation time stays.
+async fn labels_and_revocation_bump_the_version(store: &Store) {
     let v0 = store.current_version().await.unwrap();
     let labels = BTreeMap::from([("role".to_string(), "db".to_string())]);
     assert_eq!(
@@ -299,8 +355,10 @@ pub async fn agent_enrols_once(store: &Store) {
     store.revoke_agent(&agent("web-1"), at(30)).await.unwrap();
     let web1 = store.get_agent(&agent("web-1")).await.unwrap();
     assert_eq!((web1.labels, web1.revoked_at), (labels, Some(at(20))));
+}
 
-    // A revoked agent cannot enrol again, even with a fresh token.
+/// A revoked agent cannot enrol again, even with a fresh token.
+async fn a_revoked_agent_cannot_enrol_again(store: &Store) {
     let again = TokenHash::of("kg-enrol-secret-3");
     store
         .create_token(&agent("web-1"), &again, at(600), at(21))
@@ -309,24 +367,6 @@ pub async fn agent_enrols_once(store: &Store) {
     assert!(
         matches!(store.redeem_token(&again, at(22)).await, Err(TokenError::Revoked(a)) if a == agent("web-1"))
     );
-
-    add_agent(store, "db-1").await;
-    let names: Vec<_> = store
-        .list_agents()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|a| a.name)
-        .collect();
-    assert_eq!(names, [agent("db-1"), agent("web-1")]);
-    assert!(matches!(
-        store.touch_agent(&agent("ghost"), T0, true, None).await,
-        Err(StoreError::NotFound { .. })
-    ));
-    assert!(matches!(
-        store.revoke_agent(&agent("ghost"), T0).await,
-        Err(StoreError::NotFound { .. })
-    ));
 }
 
 pub async fn concurrent_redeem_has_one_winner(store: &Store) {
