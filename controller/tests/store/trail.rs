@@ -41,6 +41,21 @@ fn inserted(outcome: AppendOutcome) -> AuditId {
 }
 
 pub async fn audit_dedupe_filters_and_paging(store: &Store) {
+    let (id1, first) = appends_dedupe_by_agent_and_seq(store).await;
+    let all = store.query_audit(&AuditFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 7);
+    assert_eq!(all[0].id, id1);
+    assert_eq!(all[0].event, first);
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+    filters_select_by_kind_user_agent_and_time(store).await;
+    follow_pages_cover_the_trail(store, &all).await;
+}
+
+/// Appends seven events: a redelivery of (agent, seq) is a no-op, the same seq
+/// from another agent is another event, events without (agent, seq) are never
+/// de-duplicated; a seq out of the database's range is refused. Returns the first
+/// event and its id.
+async fn appends_dedupe_by_agent_and_seq(store: &Store) -> (AuditId, NewAuditEvent) {
     let first = event(Some("web-1"), Some(1), 0, "knock.completed", Some("alice"));
     let id1 = inserted(store.append_audit(&first).await.unwrap());
     // Redelivery of (web-1, 1), even with other content, is a no-op.
@@ -95,16 +110,15 @@ pub async fn audit_dedupe_filters_and_paging(store: &Store) {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::OutOfRange { .. }), "{err:?}");
+    (id1, first)
+}
 
-    let all = store.query_audit(&AuditFilter::default()).await.unwrap();
-    assert_eq!(all.len(), 7);
-    assert_eq!(all[0].id, id1);
-    assert_eq!(all[0].event, first);
-    assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+fn kinds(events: Vec<knockgate_controller::store::AuditEvent>) -> Vec<String> {
+    events.into_iter().map(|e| e.event.kind).collect()
+}
 
-    let kinds = |events: Vec<knockgate_controller::store::AuditEvent>| -> Vec<String> {
-        events.into_iter().map(|e| e.event.kind).collect()
-    };
+/// The kind (a prefix), user, agent and since filters each select what they name.
+async fn filters_select_by_kind_user_agent_and_time(store: &Store) {
     let by_kind = AuditFilter {
         kind: Some("spa.rejected".into()),
         ..Default::default()
@@ -157,8 +171,14 @@ pub async fn audit_dedupe_filters_and_paging(store: &Store) {
         kinds(store.query_audit(&since).await.unwrap()),
         ["grant.opened", "enrol.refused", "enrol.refused"]
     );
+}
 
-    // --follow paging: pages of 3 after the last id seen, until empty.
+/// --follow paging: pages of 3 after the last id seen, until empty, cover `all`;
+/// newest first gives the last two.
+async fn follow_pages_cover_the_trail(
+    store: &Store,
+    all: &[knockgate_controller::store::AuditEvent],
+) {
     let mut seen = Vec::new();
     let mut after = None;
     loop {
@@ -212,6 +232,19 @@ fn grant(
 }
 
 pub async fn grants_open_close_and_revoke(store: &Store) {
+    let [id1, id2, id3] = opens_are_recorded_once(store).await;
+    filters_select_by_user_time_and_agent(store, id1, id2).await;
+    closes_are_recorded_once(store, id1, id2).await;
+    revokes_reach_only_open_grants(store, id2, id3).await;
+}
+
+fn ids(grants: Vec<knockgate_controller::store::Grant>) -> Vec<GrantId> {
+    grants.into_iter().map(|g| g.id).collect()
+}
+
+/// Grant 1 (alice, tcp/22), 2 (bob, udp over IPv6) and 3 (no user, expiring after
+/// 1 s) are recorded in order, a redelivered open once. Returns their ids.
+async fn opens_are_recorded_once(store: &Store) -> [GrantId; 3] {
     let g1 = grant("1", Some("alice"), "198.51.100.7", "tcp", 22, 60);
     let id1 = store.record_grant_open(&g1).await.unwrap();
     assert_eq!(
@@ -251,9 +284,11 @@ pub async fn grants_open_close_and_revoke(store: &Store) {
         ),
         (None, None, false)
     );
-    let ids = |grants: Vec<knockgate_controller::store::Grant>| {
-        grants.into_iter().map(|g| g.id).collect::<Vec<_>>()
-    };
+    [id1, id2, id3]
+}
+
+/// The user, active-at and agent filters each select what they name.
+async fn filters_select_by_user_time_and_agent(store: &Store, id1: GrantId, id2: GrantId) {
     let alice = GrantFilter {
         user: Some(UserName::new("alice").unwrap()),
         ..Default::default()
@@ -269,7 +304,11 @@ pub async fn grants_open_close_and_revoke(store: &Store) {
         ..Default::default()
     };
     assert!(store.list_grants(&other).await.unwrap().is_empty());
+}
 
+/// The first close of grant 2 is the one kept; closing an unknown grant is
+/// NotFound; a closed grant is no longer active.
+async fn closes_are_recorded_once(store: &Store, id1: GrantId, id2: GrantId) {
     assert_eq!(
         store
             .record_grant_close(&agent("web-1"), "2", at(5), "closed")
@@ -304,9 +343,15 @@ pub async fn grants_open_close_and_revoke(store: &Store) {
         ),
         "{err:?}"
     );
+    let active = GrantFilter {
+        active_at: Some(at(2)),
+        ..Default::default()
+    };
     assert_eq!(ids(store.list_grants(&active).await.unwrap()), [id1]);
+}
 
-    // Revoke requests reach only grants still open, and bump the version only then.
+/// Revoke requests reach only grants still open, and bump the version only then.
+async fn revokes_reach_only_open_grants(store: &Store, id2: GrantId, id3: GrantId) {
     let v0 = store.current_version().await.unwrap();
     assert_eq!(
         store
