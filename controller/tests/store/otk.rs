@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use knockgate_controller::name::{AgentName, UserName};
-use knockgate_controller::store::{ClaimOutcome, NewOtkClaim, Store, StoreError, UserKeys};
+use knockgate_controller::store::{
+    ClaimOutcome, ConfigVersion, NewOtkClaim, Store, StoreError, UserKeys,
+};
 
 use super::identity::add_user;
 use super::{T0, at};
@@ -72,9 +74,18 @@ pub async fn claim_race_has_one_winner(store: &Store) {
 
 pub async fn claims_follow_the_stock(store: &Store) {
     let v0 = add_user(store, "alice").await;
-    let alice = UserName::new("alice").unwrap();
     assert!(store.otk_highest_claims().await.unwrap().is_empty());
-    // Nothing claimed: keys 0..=15 are stocked, 16 is not.
+    the_first_claim_of_a_stocked_key_wins(store, v0).await;
+    withdrawn_keys_lose_online_and_are_recorded_offline(store).await;
+    the_stock_moves_past_the_highest_claim(store).await;
+    a_second_offline_report_names_the_first(store).await;
+    unknown_users_cannot_claim_and_new_keys_restart(store).await;
+}
+
+/// Nothing claimed: keys 0..=15 are stocked, 16 is not. The first claim of key 3
+/// wins and bumps the version past `v0`; a retry of it is still the winner;
+/// another agent loses, told who won, and bumps nothing.
+async fn the_first_claim_of_a_stocked_key_wins(store: &Store, v0: ConfigVersion) {
     assert_eq!(
         store
             .claim_otk(&claim("alice", 16, "gw1", false), STOCK, T0)
@@ -112,8 +123,11 @@ pub async fn claims_follow_the_stock(store: &Store) {
         v1,
         "losers bump nothing"
     );
-    // Keys below the highest claimed were withdrawn: online claims lose,
-    // an offline report (granted already) is recorded.
+}
+
+/// Keys below the highest claimed were withdrawn: online claims lose,
+/// an offline report (granted already) is recorded.
+async fn withdrawn_keys_lose_online_and_are_recorded_offline(store: &Store) {
     assert_eq!(
         store
             .claim_otk(&claim("alice", 1, "gw2", false), STOCK, T0)
@@ -128,7 +142,11 @@ pub async fn claims_follow_the_stock(store: &Store) {
             .unwrap(),
         ClaimOutcome::Won(_)
     ));
-    // The stock moved: 4..=19.
+}
+
+/// The stock moved past the highest claim (3): 4..=19.
+async fn the_stock_moves_past_the_highest_claim(store: &Store) {
+    let alice = UserName::new("alice").unwrap();
     assert_eq!(store.otk_highest_claims().await.unwrap()[&alice], 3);
     assert!(matches!(
         store
@@ -144,7 +162,12 @@ pub async fn claims_follow_the_stock(store: &Store) {
             .unwrap(),
         ClaimOutcome::Unknown
     );
-    // A second offline report of a claimed key loses and names the first.
+}
+
+/// A second offline report of a claimed key loses and names the first; the
+/// offline report of key 1 was kept as made.
+async fn a_second_offline_report_names_the_first(store: &Store) {
+    let alice = UserName::new("alice").unwrap();
     let ClaimOutcome::Used(Some(first)) = store
         .claim_otk(&claim("alice", 19, "gw2", true), STOCK, T0)
         .await
@@ -157,7 +180,12 @@ pub async fn claims_follow_the_stock(store: &Store) {
         store.get_otk_claim(&alice, 1).await.unwrap().unwrap().claim,
         claim("alice", 1, "gw2", true)
     );
-    // Unknown users cannot claim; new keys restart the counter.
+}
+
+/// Unknown users cannot claim; new keys restart the counter; a removed user's
+/// claims go with them.
+async fn unknown_users_cannot_claim_and_new_keys_restart(store: &Store) {
+    let alice = UserName::new("alice").unwrap();
     assert!(matches!(
         store
             .claim_otk(&claim("nobody", 0, "gw1", false), STOCK, T0)
