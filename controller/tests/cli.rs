@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use knockgate_controller::pki::{Ca, cert_fingerprint};
@@ -52,8 +52,23 @@ fn init_creates_the_data_dir() {
         assert_eq!(mode(&d.join(file)), m, "{file}");
     }
     let ca_pem = std::fs::read_to_string(d.join("ca.pem")).unwrap();
+    let ca_der = assert_ca_fingerprint_printed(&d, &ca_pem, &stdout);
+    assert_server_chain(&d, &ca_der);
+    assert_admin_bundle(&d, &ca_der);
+
+    // A second init refuses and changes nothing.
+    let again = controller(&["init", "--data-dir", d.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    let err = String::from_utf8(again.stderr).unwrap();
+    assert!(err.contains("refusing to overwrite the CA"), "{err}");
+    assert_eq!(std::fs::read_to_string(d.join("ca.pem")).unwrap(), ca_pem);
+}
+
+/// The CA in `d` loads with its key, and `init` printed its fingerprint, the
+/// same `cert_fingerprint` computes. Returns the CA certificate.
+fn assert_ca_fingerprint_printed(d: &Path, ca_pem: &str, stdout: &str) -> CertificateDer<'static> {
     let ca = Ca::load(
-        &ca_pem,
+        ca_pem,
         &std::fs::read_to_string(d.join("ca-key.pem")).unwrap(),
     )
     .unwrap();
@@ -64,14 +79,17 @@ fn init_creates_the_data_dir() {
     assert_eq!(line, format!("ca sha256: {}", ca.sha256_fingerprint()));
     let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap();
     assert_eq!(ca.sha256_fingerprint(), cert_fingerprint(&ca_der));
+    ca_der
+}
 
-    // server.pem: leaf then CA; the names include the defaults and every --san.
+/// server.pem: leaf then CA; the names include the defaults and every --san.
+fn assert_server_chain(d: &Path, ca_der: &CertificateDer<'_>) {
     let chain: Vec<_> =
         CertificateDer::pem_slice_iter(std::fs::read(d.join("server.pem")).unwrap().as_slice())
             .collect::<Result<_, _>>()
             .unwrap();
     assert_eq!(chain.len(), 2);
-    assert_eq!(chain[1], ca_der);
+    assert_eq!(&chain[1], ca_der);
     let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
     let sans: Vec<String> = leaf
         .subject_alternative_name()
@@ -101,14 +119,16 @@ fn init_creates_the_data_dir() {
             "10.1.2.3"
         ]
     );
+}
 
-    // admin.pem: admin cert, its key, the CA.
+/// admin.pem: admin cert, its key, the CA.
+fn assert_admin_bundle(d: &Path, ca_der: &CertificateDer<'_>) {
     let admin = std::fs::read_to_string(d.join("admin.pem")).unwrap();
     let certs: Vec<_> = CertificateDer::pem_slice_iter(admin.as_bytes())
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(certs.len(), 2);
-    assert_eq!(certs[1], ca_der);
+    assert_eq!(&certs[1], ca_der);
     assert_eq!(
         knockgate_controller::pki::identity_from_cert_der(&certs[0]),
         Some(knockgate_controller::pki::Identity::Admin(
@@ -116,13 +136,6 @@ fn init_creates_the_data_dir() {
         ))
     );
     assert!(admin.contains("PRIVATE KEY"));
-
-    // A second init refuses and changes nothing.
-    let again = controller(&["init", "--data-dir", d.to_str().unwrap()]);
-    assert_eq!(again.status.code(), Some(1));
-    let err = String::from_utf8(again.stderr).unwrap();
-    assert!(err.contains("refusing to overwrite the CA"), "{err}");
-    assert_eq!(std::fs::read_to_string(d.join("ca.pem")).unwrap(), ca_pem);
 }
 
 #[test]
@@ -182,6 +195,20 @@ async fn run_serves_admin_over_mutual_tls_and_stops_on_sigterm() {
             .status
             .success()
     );
+    let (child, port) = start_run(&d);
+    let admin = std::fs::read_to_string(d.join("admin.pem")).unwrap();
+    let agents = list_agents_once_up(&admin_endpoint(port, &admin, &admin)).await;
+    assert!(agents.is_empty());
+    assert!(
+        d.join("knockgate.db").exists(),
+        "SQLite in the data dir by default"
+    );
+    another_admin_certificate_is_refused(&d, port, &admin).await;
+    sigterm_stops_it_cleanly(child).await;
+}
+
+/// `knockgate-controller run` on a free loopback port, logging JSON to a pipe.
+fn start_run(d: &Path) -> (Child, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -201,17 +228,26 @@ async fn run_serves_admin_over_mutual_tls_and_stops_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let admin = std::fs::read_to_string(d.join("admin.pem")).unwrap();
+    (child, port)
+}
+
+/// The admin endpoint on `port`, trusting the CA in `ca_pem` and presenting
+/// `identity_pem` (certificate and key).
+fn admin_endpoint(port: u16, ca_pem: &str, identity_pem: &str) -> Endpoint {
     let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&admin))
-        .identity(Identity::from_pem(&admin, &admin))
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .identity(Identity::from_pem(identity_pem, identity_pem))
         .domain_name("localhost");
-    let endpoint = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+    Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
         .unwrap()
         .tls_config(tls)
-        .unwrap();
+        .unwrap()
+}
+
+/// ListAgents, retried until the controller answers (20 s at most).
+async fn list_agents_once_up(endpoint: &Endpoint) -> Vec<api::AgentInfo> {
     let deadline = Instant::now() + Duration::from_secs(20);
-    let agents = loop {
+    loop {
         let attempt = async {
             let mut client = AdminClient::new(endpoint.connect().await.map_err(|e| e.to_string())?);
             client
@@ -227,13 +263,11 @@ async fn run_serves_admin_over_mutual_tls_and_stops_on_sigterm() {
             }
             Err(e) => panic!("controller never answered: {e}"),
         }
-    };
-    assert!(agents.is_empty());
-    assert!(
-        d.join("knockgate.db").exists(),
-        "SQLite in the data dir by default"
-    );
-    // Another certificate the CA signed for the same admin name is not the pinned one.
+    }
+}
+
+/// Another certificate the CA signed for the same admin name is not the pinned one.
+async fn another_admin_certificate_is_refused(d: &Path, port: u16, admin: &str) {
     let ca = Ca::load(
         &std::fs::read_to_string(d.join("ca.pem")).unwrap(),
         &std::fs::read_to_string(d.join("ca-key.pem")).unwrap(),
@@ -243,14 +277,7 @@ async fn run_serves_admin_over_mutual_tls_and_stops_on_sigterm() {
         .issue_admin(&knockgate_controller::name::AdminName::new("admin").unwrap())
         .unwrap();
     let twin_identity = format!("{}{}", twin.cert_pem, twin.key_pem);
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&admin))
-        .identity(Identity::from_pem(&twin_identity, &twin_identity))
-        .domain_name("localhost");
-    let twin_endpoint = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap();
+    let twin_endpoint = admin_endpoint(port, admin, &twin_identity);
     let refused = AdminClient::new(twin_endpoint.connect().await.unwrap())
         .list_agents(api::ListAgentsRequest {})
         .await
@@ -262,6 +289,11 @@ async fn run_serves_admin_over_mutual_tls_and_stops_on_sigterm() {
             .contains("not the certificate issued to admin admin"),
         "{refused:?}"
     );
+}
+
+/// SIGTERM stops the controller with success, after it logged (as JSON) that it
+/// was listening.
+async fn sigterm_stops_it_cleanly(child: Child) {
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
