@@ -237,7 +237,7 @@ pub fn user_to_api(u: &User) -> api::UserInfo {
 }
 
 /// A user's credentials, for AddUser and RotateUserKeys only.
-pub fn credentials_to_api(u: &User, gateways: Vec<api::GatewayAddress>) -> api::UserCredentials {
+pub fn credentials_to_api(u: &User, gateways: Vec<desired::Gateway<'_>>) -> api::UserCredentials {
     api::UserCredentials {
         user: Some(user_to_api(u)),
         spa_key: u.keys.spa_key.to_vec(),
@@ -245,7 +245,20 @@ pub fn credentials_to_api(u: &User, gateways: Vec<api::GatewayAddress>) -> api::
         fwknop_hmac_key: u.keys.fwknop_hmac_key.to_vec(),
         fwknop_hmac: u.keys.fwknop_hmac.clone(),
         rotating_secret: u.keys.rotating_secret.to_vec(),
-        gateways,
+        gateways: gateways.iter().map(gateway_to_api).collect(),
+    }
+}
+
+/// A gateway of a profile → wire.
+fn gateway_to_api(g: &desired::Gateway<'_>) -> api::GatewayAddress {
+    api::GatewayAddress {
+        name: g.name.to_string(),
+        address: g.address.to_owned(),
+        rotating: g
+            .rotating
+            .iter()
+            .map(|r| gateway_rotation_to_api(r.policy, r.rotation, &r.exclude))
+            .collect(),
     }
 }
 

@@ -7,16 +7,14 @@ pub mod material;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use knockgate_proto::api;
 use knockgate_proto::fwknop::HmacType;
 use knockgate_proto::knock::FlagFilter;
 use knockgate_proto::policy::OtkOffline;
 use knockgate_proto::{Access, KnockStep, scope};
 use zeroize::Zeroizing;
 
-use crate::convert::gateway_rotation_to_api;
-use crate::name::AgentName;
-use crate::policy::PolicyDef;
+use crate::name::{AgentName, PolicyName};
+use crate::policy::{PolicyDef, Rotation};
 use crate::store::{Agent, User, UserKeys};
 pub use material::Material;
 
@@ -255,7 +253,11 @@ pub fn delta<'a>(old: &AgentView, new: &'a AgentView, base: u64, version: u64) -
 ///
 /// Each gateway carries the rotating policies there that admit `user`, with the settings
 /// and excluded ports [`material`] derives with, so the client computes the same sequences.
-pub fn gateways(user: &User, agents: &[Agent], policies: &[PolicyDef]) -> Vec<api::GatewayAddress> {
+pub fn gateways<'a>(
+    user: &User,
+    agents: &'a [Agent],
+    policies: &'a [PolicyDef],
+) -> Vec<Gateway<'a>> {
     let admits = |a: &Agent| {
         policies
             .iter()
@@ -268,20 +270,38 @@ pub fn gateways(user: &User, agents: &[Agent], policies: &[PolicyDef]) -> Vec<ap
     listed.sort_by_key(|a| !admits(a));
     listed
         .into_iter()
-        .map(|a| api::GatewayAddress {
-            name: a.name.to_string(),
-            address: a.address.clone().unwrap_or_default(),
+        .map(|a| Gateway {
+            name: &a.name,
+            address: a.address.as_deref().unwrap_or_default(),
             rotating: rotations(user, &a.labels, policies),
         })
         .collect()
 }
 
+/// A gateway as a user's profile lists it.
+#[derive(Debug)]
+pub struct Gateway<'a> {
+    pub name: &'a AgentName,
+    /// Where to knock.
+    pub address: &'a str,
+    /// The rotating policies there that admit the user.
+    pub rotating: Vec<GatewayRotation<'a>>,
+}
+
+/// A rotating policy at a gateway, with the ports its sequences never use there.
+#[derive(Debug)]
+pub struct GatewayRotation<'a> {
+    pub policy: &'a PolicyName,
+    pub rotation: &'a Rotation,
+    pub exclude: Vec<u16>,
+}
+
 /// The rotating policies selecting an agent with `labels` that admit `user`, by name.
-fn rotations(
+fn rotations<'a>(
     user: &User,
     labels: &BTreeMap<String, String>,
-    policies: &[PolicyDef],
-) -> Vec<api::GatewayRotation> {
+    policies: &'a [PolicyDef],
+) -> Vec<GatewayRotation<'a>> {
     let selected: BTreeMap<&str, &PolicyDef> = policies
         .iter()
         .filter(|p| p.agents.matches(labels))
@@ -292,9 +312,11 @@ fn rotations(
         .values()
         .filter(|p| p.admits(user))
         .filter_map(|p| {
-            p.rotating
-                .as_ref()
-                .map(|r| gateway_rotation_to_api(&p.name, r, &exclude))
+            p.rotating.as_ref().map(|rotation| GatewayRotation {
+                policy: &p.name,
+                rotation,
+                exclude: exclude.clone(),
+            })
         })
         .collect()
 }
@@ -316,6 +338,7 @@ pub fn protected_ports<'a>(selected: impl IntoIterator<Item = &'a PolicyDef>) ->
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use knockgate_proto::api;
     use crate::name::UserName;
     use crate::policy::RawPolicy;
     use crate::store::{Timestamp, UserKeys};
@@ -502,7 +525,9 @@ mod tests {
             rotating("rdp", "udp/3389", "role=edge", ""),
         ];
         let agents = [agent("gw1", &[("role", "edge")]), agent("gw2", &[])];
-        let gws = gateways(&alice, &agents, &policies);
+        // As the profile carries them.
+        let gws = crate::convert::credentials_to_api(&alice, gateways(&alice, &agents, &policies))
+            .gateways;
         assert_eq!(gws[0].name, "gw1");
         let names: Vec<&str> = gws[0].rotating.iter().map(|r| r.policy.as_str()).collect();
         assert_eq!(names, ["rdp", "web"], "by name, only those selecting gw1");
