@@ -4,6 +4,12 @@
 //! material (rotating sequences, one-time keys) replaces the held lists only when marked
 //! changed. The result is always a full config, which is what gets validated, applied and
 //! cached.
+//!
+//! The merge works on the wire message on purpose, as part of the conversion layer: it
+//! moves whole entries by name and never reads a field's meaning, and its result is what
+//! the cache keeps (`controller-config.pb`, the controller's own message), so a restarted
+//! agent converts exactly what it converted before. Domain types begin at `convert.rs`,
+//! which destructures every field of the merged message.
 
 use knockgate_proto::api::AgentConfig;
 
