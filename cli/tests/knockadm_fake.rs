@@ -13,6 +13,7 @@ mod fake;
 use std::io::{BufRead as _, BufReader};
 use std::net::UdpSocket;
 use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -145,33 +146,7 @@ fn user_add_writes_a_profile_knocker_opens_with() {
     let gw = receiver.local_addr().expect("addr").to_string();
     let ctl = Controller::start(&gw);
     let profile = ctl.dir.path().join("alice.toml");
-    let out = ctl.ok(&[
-        "user",
-        "add",
-        "alice",
-        "--group",
-        "ops",
-        "--profile-out",
-        profile.to_str().expect("utf-8"),
-    ]);
-    assert!(out.starts_with("user alice added\n"), "{out}");
-    assert!(out.contains(&format!("gw1 ({gw})")), "{out}");
-    assert!(
-        !out.contains(&knockgate_cli::profile::encode_key(&SPA_KEY)),
-        "no key on stdout"
-    );
-    for path in [profile.clone(), ctl.dir.path().join("alice.toml.fwknoprc")] {
-        let mode = std::fs::metadata(&path)
-            .expect("written")
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600, "{}", path.display());
-    }
-    let rc = std::fs::read_to_string(ctl.dir.path().join("alice.toml.fwknoprc")).expect("rc");
-    assert!(
-        rc.contains("[gw1]\nSPA_SERVER 127.0.0.1\nSPA_SERVER_PORT"),
-        "{rc}"
-    );
+    user_add_saves_private_files(&ctl, &profile, &gw);
 
     // A second add to the same file is refused before the controller is asked.
     ctl.fails(
@@ -187,25 +162,73 @@ fn user_add_writes_a_profile_knocker_opens_with() {
         "refusing to overwrite",
     );
 
-    let knocker = |method: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_knocker"))
-            .args(["open", "gw1", "--profile"])
-            .arg(&profile)
-            .args(["--method", method, "--timeout", "60s"])
-            .output()
-            .expect("run knocker");
-        assert_eq!(out.status.code(), Some(0), "{out:?}");
-        let mut buf = [0u8; 2048];
-        let (len, _) = receiver.recv_from(&mut buf).expect("packet");
-        buf[..len].to_vec()
-    };
     // Every packet is sealed with the key derived for gw1, which is what gw1's agent
     // holds; the root keys open none of them.
-    let native = knocker("spa");
+    native_packet_opens_with_the_gw1_key_only(&receiver, &profile);
+    fwknop_packet_opens_with_the_gw1_keys_only(&receiver, &profile);
+    profile_carries_rotation_and_one_time_keys(&receiver, &profile);
+    json_carries_no_keys(&ctl);
+}
+
+/// `user add alice --profile-out` names the gateway, prints no key, and writes the
+/// profile and its fwknoprc with mode 0600.
+fn user_add_saves_private_files(ctl: &Controller, profile: &Path, gw: &str) {
+    let out = ctl.ok(&[
+        "user",
+        "add",
+        "alice",
+        "--group",
+        "ops",
+        "--profile-out",
+        profile.to_str().expect("utf-8"),
+    ]);
+    assert!(out.starts_with("user alice added\n"), "{out}");
+    assert!(out.contains(&format!("gw1 ({gw})")), "{out}");
+    assert!(
+        !out.contains(&knockgate_cli::profile::encode_key(&SPA_KEY)),
+        "no key on stdout"
+    );
+    for path in [
+        profile.to_path_buf(),
+        ctl.dir.path().join("alice.toml.fwknoprc"),
+    ] {
+        let mode = std::fs::metadata(&path)
+            .expect("written")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+    }
+    let rc = std::fs::read_to_string(ctl.dir.path().join("alice.toml.fwknoprc")).expect("rc");
+    assert!(
+        rc.contains("[gw1]\nSPA_SERVER 127.0.0.1\nSPA_SERVER_PORT"),
+        "{rc}"
+    );
+}
+
+/// Runs `knocker open gw1 --method METHOD` with `profile` and returns the packet
+/// `receiver` (gw1) got.
+fn knocker(receiver: &UdpSocket, profile: &Path, method: &str) -> Vec<u8> {
+    let out = Command::new(env!("CARGO_BIN_EXE_knocker"))
+        .args(["open", "gw1", "--profile"])
+        .arg(profile)
+        .args(["--method", method, "--timeout", "60s"])
+        .output()
+        .expect("run knocker");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let mut buf = [0u8; 2048];
+    let (len, _) = receiver.recv_from(&mut buf).expect("packet");
+    buf[..len].to_vec()
+}
+
+fn native_packet_opens_with_the_gw1_key_only(receiver: &UdpSocket, profile: &Path) {
+    let native = knocker(receiver, profile, "spa");
     let gw1_key = knockgate_proto::scope::gateway_spa_key(&SPA_KEY, "gw1").expect("derive");
     let req = spa::open(&gw1_key, &native).expect("native opens");
     assert_eq!((req.gateway.as_str(), req.duration_secs), ("gw1", 60));
     assert!(spa::open(&SpaKey::from_secret(SPA_KEY), &native).is_err());
+}
+
+fn fwknop_packet_opens_with_the_gw1_keys_only(receiver: &UdpSocket, profile: &Path) {
     let keys = knockgate_proto::scope::gateway_fwknop_keys(
         &FWKNOP_KEY,
         &FWKNOP_HMAC_KEY,
@@ -213,7 +236,7 @@ fn user_add_writes_a_profile_knocker_opens_with() {
         "gw1",
     )
     .expect("keys");
-    let wire = knocker("fwknop");
+    let wire = knocker(receiver, profile, "fwknop");
     let roots = FwknopKeys::new(
         FWKNOP_KEY.to_vec(),
         FWKNOP_HMAC_KEY.to_vec(),
@@ -226,9 +249,12 @@ fn user_add_writes_a_profile_knocker_opens_with() {
     );
     let req = fwknop::decode(&keys, &wire).expect("fwknop decodes");
     assert_eq!((req.user.as_str(), req.client_timeout), ("alice", Some(60)));
-    // The rotating parameters the controller sent are in the profile, and the
-    // rotating secret makes one-time keys.
-    let text = std::fs::read_to_string(&profile).expect("profile");
+}
+
+/// The rotating parameters the controller sent are in the profile, and the
+/// rotating secret makes one-time keys.
+fn profile_carries_rotation_and_one_time_keys(receiver: &UdpSocket, profile: &Path) {
+    let text = std::fs::read_to_string(profile).expect("profile");
     assert!(
         text.contains(
             "[[gateway.rotating]]\npolicy = \"ssh\"\nlength = 4\nprotos = \"both\"\n\
@@ -237,10 +263,12 @@ fn user_add_writes_a_profile_knocker_opens_with() {
         "{text}"
     );
     let otk0 = knockgate_proto::scope::gateway_otk(&[3; 32], "gw1", 0).expect("derive");
-    let req = spa::open(&otk0, &knocker("otk")).expect("one-time key 0 opens");
+    let req = spa::open(&otk0, &knocker(receiver, profile, "otk")).expect("one-time key 0 opens");
     assert_eq!((req.gateway.as_str(), req.duration_secs), ("gw1", 60));
+}
 
-    // JSON never carries keys either.
+/// JSON never carries keys either.
+fn json_carries_no_keys(ctl: &Controller) {
     let other = ctl.dir.path().join("bob.toml");
     let out = ctl.ok(&[
         "-o",
@@ -279,6 +307,13 @@ fn audit_prints_oldest_first_and_follows() {
     assert_eq!(json.as_array().map(Vec::len), Some(3));
     assert_eq!(json[0]["detail"]["n"], 1);
 
+    follow_prints_new_events_until_ctrl_c(&ctl);
+    follow_ends_quietly_when_the_reader_goes(&ctl);
+}
+
+/// `audit --follow` prints what there is, then each new event, asking only after
+/// the last id seen; Ctrl-C ends it cleanly.
+fn follow_prints_new_events_until_ctrl_c(ctl: &Controller) {
     let mut child = ctl
         .command(
             &ctl.identity,
@@ -324,8 +359,10 @@ fn audit_prints_oldest_first_and_follows() {
         after.windows(2).all(|w| w[0] <= w[1]),
         "after_id only moves on: {after:?}"
     );
+}
 
-    // A reader that goes away ends --follow quietly.
+/// A reader that goes away ends --follow quietly.
+fn follow_ends_quietly_when_the_reader_goes(ctl: &Controller) {
     let mut child = ctl
         .command(&ctl.identity, &["audit", "--follow"])
         .stdout(Stdio::piped())
