@@ -248,15 +248,35 @@ fn assert_fails(args: &[&str], code: i32, needles: &[&str], secrets: &[&str]) {
     assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
 }
 
-#[test]
-fn binary_rejects_bad_input_with_exit_64() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (good, key) = keygen(dir.path(), "good.key");
-    let good = path_str(&good).to_owned();
-    let secret = key.to_string();
-    let unpadded = secret.trim_end_matches('=');
-    let secrets = [secret.as_str(), unpadded, &secret[..20]];
-    let spa = |key_file: &str, extra: &[&str]| -> Vec<String> {
+/// A good key file for the bad-input tests, and the forms its key could leak in.
+struct BadInput {
+    dir: tempfile::TempDir,
+    good: String,
+    secrets: [String; 3],
+}
+
+impl BadInput {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (good, key) = keygen(dir.path(), "good.key");
+        let good = path_str(&good).to_owned();
+        let secret = key.to_string();
+        let unpadded = secret.trim_end_matches('=').to_owned();
+        let prefix = secret[..20].to_owned();
+        Self {
+            dir,
+            good,
+            secrets: [secret, unpadded, prefix],
+        }
+    }
+
+    /// The key as written in the file.
+    fn secret(&self) -> &str {
+        &self.secrets[0]
+    }
+
+    /// `knocker spa 127.0.0.1 -u alice -k KEY_FILE -g gw1 EXTRA…`.
+    fn spa(&self, key_file: &str, extra: &[&str]) -> Vec<String> {
         let mut args = [
             "spa",
             "127.0.0.1",
@@ -271,16 +291,24 @@ fn binary_rejects_bad_input_with_exit_64() {
         .to_vec();
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         args
-    };
-    let check = |args: Vec<String>, needles: &[&str]| {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        assert_fails(&args, 64, needles, &secrets);
-    };
+    }
 
-    // Key files: missing, not base64, wrong length, two key lines.
-    let missing = dir.path().join("missing.key");
-    check(
-        spa(path_str(&missing), &["-A", "tcp/22"]),
+    /// `args` exit 64 with one error line holding every needle and no form of the key.
+    fn check(&self, args: Vec<String>, needles: &[&str]) {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
+        assert_fails(&args, 64, needles, &secrets);
+    }
+}
+
+/// Key files: missing, not base64, wrong length, two key lines.
+#[test]
+fn bad_key_files_exit_64() {
+    let t = BadInput::new();
+    let secret = t.secret();
+    let missing = t.dir.path().join("missing.key");
+    t.check(
+        t.spa(path_str(&missing), &["-A", "tcp/22"]),
         &["cannot read key file", "missing.key"],
     );
     let cases = [
@@ -297,41 +325,53 @@ fn binary_rejects_bad_input_with_exit_64() {
         ),
     ];
     for (name, text, needle) in cases {
-        let path = dir.path().join(name);
+        let path = t.dir.path().join(name);
         std::fs::write(&path, text).expect("write key file");
-        check(
-            spa(path_str(&path), &["-A", "tcp/22"]),
+        t.check(
+            t.spa(path_str(&path), &["-A", "tcp/22"]),
             &["invalid key file", name, needle],
         );
     }
+}
 
-    // Flags, each named with the offending value.
-    check(
-        spa(&good, &["-A", "tcp/22,sctp/9"]),
+/// Flags, each named with the offending value.
+#[test]
+fn bad_flags_exit_64_naming_the_value() {
+    let t = BadInput::new();
+    let good = t.good.as_str();
+    t.check(
+        t.spa(good, &["-A", "tcp/22,sctp/9"]),
         &["'sctp/9'", "--access"],
     );
-    check(spa(&good, &["-A", "tcp/0"]), &["'tcp/0'"]);
-    check(
-        spa(&good, &["-A", "tcp/22", "-t", "5x"]),
+    t.check(t.spa(good, &["-A", "tcp/0"]), &["'tcp/0'"]);
+    t.check(
+        t.spa(good, &["-A", "tcp/22", "-t", "5x"]),
         &["'5x'", "--timeout"],
     );
-    check(
-        spa(&good, &["-A", "tcp/22", "-t", "4294967296s"]),
+    t.check(
+        t.spa(good, &["-A", "tcp/22", "-t", "4294967296s"]),
         &["'4294967296s'", "at most 4294967295 seconds"],
     );
-    check(
-        spa(&good, &["-A", "tcp/22", "--allow-ip", "10.0.0.256"]),
+    t.check(
+        t.spa(good, &["-A", "tcp/22", "--allow-ip", "10.0.0.256"]),
         &["'10.0.0.256'", "--allow-ip"],
     );
-    check(spa(&good, &[]), &["--access"]);
+    t.check(t.spa(good, &[]), &["--access"]);
     let many: Vec<String> = (1..=17).map(|p| format!("tcp/{p}")).collect();
-    check(spa(&good, &["-A", &many.join(",")]), &["too many --access"]);
+    t.check(
+        t.spa(good, &["-A", &many.join(",")]),
+        &["too many --access"],
+    );
+}
 
-    // Unknown host and wrong family.
-    let mut args = spa(&good, &["-A", "tcp/22"]);
+/// Unknown host and wrong family.
+#[test]
+fn bad_hosts_exit_64() {
+    let t = BadInput::new();
+    let mut args = t.spa(&t.good, &["-A", "tcp/22"]);
     args[1] = "no-such-host.invalid".into();
-    check(args, &["'no-such-host.invalid'"]);
-    check(spa(&good, &["-A", "tcp/22", "-6"]), &["'127.0.0.1'"]);
+    t.check(args, &["'no-such-host.invalid'"]);
+    t.check(t.spa(&t.good, &["-A", "tcp/22", "-6"]), &["'127.0.0.1'"]);
 }
 
 #[test]
