@@ -216,13 +216,18 @@ fn assert_usage(args: &[&str], needles: &[&str]) {
     assert!(out.stdout.is_empty());
 }
 
-#[test]
-fn clear_errors() {
-    let dir = tempfile::tempdir().expect("dir");
-    let path = profile(
-        dir.path(),
+/// A profile with gw1, gw2 and `empty` (no address), in `dir`.
+fn three_gateways(dir: &Path) -> PathBuf {
+    profile(
+        dir,
         &[("gw1", "127.0.0.1"), ("gw2", "127.0.0.1"), ("empty", "")],
-    );
+    )
+}
+
+#[test]
+fn unknown_gateways_and_missing_profiles_are_named() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = three_gateways(dir.path());
     let prof = p(&path);
     assert_usage(
         &["open", "gw9", "--profile", prof],
@@ -241,6 +246,13 @@ fn clear_errors() {
         &["open", "gw1", "--profile", p(&missing)],
         &["cannot read profile", "missing.toml"],
     );
+}
+
+#[test]
+fn what_a_method_cannot_use_is_named() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = three_gateways(dir.path());
+    let prof = p(&path);
     for method in ["rotating", "otk"] {
         assert_usage(
             &["open", "gw1", "--profile", prof, "--method", method],
@@ -270,7 +282,11 @@ fn clear_errors() {
         &["open", "gw1", "--profile", prof, "-A", "icmp"],
         &["'icmp'"],
     );
+}
 
+#[test]
+fn profiles_without_keys_or_broken_are_named() {
+    let dir = tempfile::tempdir().expect("dir");
     let bare = dir.path().join("bare.toml");
     std::fs::write(
         &bare,
