@@ -165,7 +165,6 @@ pub fn write_key_file(path: &Path, key: &SpaKey, force: bool) -> Result<(), KeyF
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests unwrap by design
 mod tests {
     use super::*;
 

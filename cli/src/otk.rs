@@ -188,7 +188,6 @@ fn write_counter(path: &Path, value: u64) -> Result<(), CounterError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests unwrap by design
 mod tests {
     use std::collections::BTreeSet;
     use std::os::unix::fs::PermissionsExt as _;

@@ -169,7 +169,6 @@ pub fn send_spa(target: SocketAddr, packet: &[u8]) -> Result<(), SendSpaError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests unwrap by design
 mod tests {
     use super::*;
     use knockgate_proto::spa::{BodyError, open};

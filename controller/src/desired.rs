@@ -335,7 +335,6 @@ pub fn protected_ports<'a>(selected: impl IntoIterator<Item = &'a PolicyDef>) ->
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use knockgate_proto::api;

@@ -283,7 +283,6 @@ fn grant_change(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::convert::access_to_api;

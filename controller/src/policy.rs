@@ -277,7 +277,6 @@ fn knock_steps(sequence: &[String]) -> Result<Vec<KnockStep>, InvalidPolicy> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

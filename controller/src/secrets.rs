@@ -37,7 +37,6 @@ pub fn enrolment_token() -> Result<String, ServiceError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     #[test]
     fn tokens_never_look_like_flags() {

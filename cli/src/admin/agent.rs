@@ -253,7 +253,6 @@ async fn revoke(ctx: &mut Ctx<'_>, name: &str) -> Result<(), AdminError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests unwrap by design
 mod tests {
     use super::*;
 

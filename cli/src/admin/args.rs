@@ -237,7 +237,6 @@ pub fn access_text(access: &api::Access) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests unwrap by design
 mod tests {
     use super::*;
 

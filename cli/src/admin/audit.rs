@@ -199,7 +199,6 @@ impl AuditArgs {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests unwrap by design
 mod tests {
     use super::*;
 

@@ -167,7 +167,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Primed<S> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests unwrap by design
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt as _;

@@ -170,7 +170,6 @@ async fn revoke(ctx: &mut Ctx<'_>, args: GrantRevokeArgs) -> Result<(), AdminErr
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests unwrap by design
 mod tests {
     use super::*;
     use clap::Parser;

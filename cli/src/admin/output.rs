@@ -203,7 +203,6 @@ pub fn yes_no(value: bool) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests unwrap by design
 mod tests {
     use super::*;
 

@@ -87,7 +87,6 @@ fn generate_key() -> Result<SpaKey, KeygenCmdError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests unwrap by design
 mod tests {
     use super::*;
 

@@ -243,7 +243,6 @@ pub fn parse_timeout(s: &str) -> Result<u32, TimeoutError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests unwrap by design
 mod tests {
     use super::*;
     use clap::Parser;

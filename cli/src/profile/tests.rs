@@ -1,7 +1,6 @@
 //! Profile round trips, file modes, overwrite refusal, and key errors that
 //! never show the key.
 
-#![allow(clippy::unwrap_used)] // tests unwrap by design
 
 use std::os::unix::fs::PermissionsExt as _;
 

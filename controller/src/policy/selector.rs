@@ -74,7 +74,6 @@ pub fn validate_label(key: &str, value: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

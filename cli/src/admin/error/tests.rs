@@ -1,6 +1,5 @@
 //! Status and transport mapping: messages and exit codes.
 
-#![allow(clippy::unwrap_used)] // tests unwrap by design
 
 use super::*;
 use crate::admin::dial::RefusedAfterHandshake;

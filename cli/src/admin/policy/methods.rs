@@ -226,7 +226,6 @@ pub fn method_fields(p: &PolicySpec) -> Vec<(&'static str, String)> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests unwrap by design
 mod tests {
     use super::*;
     use clap::Parser;

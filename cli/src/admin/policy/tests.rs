@@ -1,6 +1,5 @@
 //! `policy add` parsing and checks, and the policy table.
 
-#![allow(clippy::unwrap_used)] // tests unwrap by design
 
 use super::*;
 use clap::Parser;

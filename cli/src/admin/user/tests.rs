@@ -1,6 +1,5 @@
 //! Profiles from credentials and the user table.
 
-#![allow(clippy::unwrap_used)] // tests unwrap by design
 
 use super::*;
 use knockgate_proto::api::{GatewayAddress, GatewayRotation};

@@ -1,6 +1,5 @@
 //! `knocker open` argument parsing and the flags each method refuses.
 
-#![allow(clippy::unwrap_used)] // tests unwrap by design
 
 use super::*;
 use crate::resolve::Family;
