@@ -106,24 +106,337 @@ fn events(agent: &AgentProc, name: &str) -> Vec<Value> {
 #[test]
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn rotating_sequences_and_one_time_keys_across_the_fleet() {
-    let fleet = Fleet::new(&["ctl", "gw1", "gw2", "client", "client2"]);
-    let work = Workdir::new();
-    let mut ctl = Controller::start(
-        &fleet.host(CTL).ns,
-        &work.path.join("ctl"),
-        &fleet.host(CTL).v4.to_string(),
-        None,
-    );
-    let _s1 = Listener::start(&fleet.host(GW1).ns, 22);
-    let _s2 = Listener::start(&fleet.host(GW2).ns, 22);
-    let (gw1, _) = enroll_and_start(&ctl, &fleet.host(GW1).ns, &work, "gw1", "role=edge");
-    let (gw2, _) = enroll_and_start(&ctl, &fleet.host(GW2).ns, &work, "gw2", "role=edge");
-    assert!(
-        wait_applied(&ctl, Duration::from_secs(10)),
-        "agents connected"
-    );
-    let profile_path = work.path.join("alice.toml");
-    let profile_arg = profile_path.to_str().expect("path").to_string();
+    let mut story = Story::start();
+    // --- Rotating: knocker opens gw1; the same knocks from another client open nothing. ---
+    let w = story.knocker_opens_gw1_and_its_sequence_is_spent();
+    story.only_the_current_window_opens(w);
+    // --- One-time keys: knocker's key 0 opens gw1 once; the same packet or key at gw2 opens nothing. ---
+    story.knocker_key_0_opens_gw1_only();
+    story.each_key_opens_exactly_one_gateway();
+    // --- Offline: "deny" refuses. ---
+    story.offline_deny_refuses();
+    // --- Offline: "local" grants; a key used twice offline shows up flagged. ---
+    story.offline_local_grants_and_reuse_is_flagged();
+}
+
+/// The fleet of the story: a controller, gw1 and gw2 (role=edge) enforcing alice's
+/// rotating and one-time-key policies, two clients, and alice's profile. Fields drop
+/// in order: the agents, the listeners, the controller, then the hosts.
+struct Story {
+    gw2: AgentProc,
+    gw1: AgentProc,
+    _sshd: [Listener; 2],
+    ctl: Controller,
+    /// alice's profile file, as `knocker --profile` takes it.
+    profile: String,
+    p: Profile,
+    _work: Workdir,
+    fleet: Fleet,
+}
+
+impl Story {
+    /// Starts the controller and both agents, adds alice and the `rot` (rotating,
+    /// 5 s windows) and `otk` (one-time keys, offline deny) policies, and writes her
+    /// profile.
+    fn start() -> Story {
+        let fleet = Fleet::new(&["ctl", "gw1", "gw2", "client", "client2"]);
+        let work = Workdir::new();
+        let ctl = Controller::start(
+            &fleet.host(CTL).ns,
+            &work.path.join("ctl"),
+            &fleet.host(CTL).v4.to_string(),
+            None,
+        );
+        let s1 = Listener::start(&fleet.host(GW1).ns, 22);
+        let s2 = Listener::start(&fleet.host(GW2).ns, 22);
+        let (gw1, _) = enroll_and_start(&ctl, &fleet.host(GW1).ns, &work, "gw1", "role=edge");
+        let (gw2, _) = enroll_and_start(&ctl, &fleet.host(GW2).ns, &work, "gw2", "role=edge");
+        assert!(
+            wait_applied(&ctl, Duration::from_secs(10)),
+            "agents connected"
+        );
+        let profile_path = work.path.join("alice.toml");
+        let profile = profile_path.to_str().expect("path").to_string();
+        add_alice_and_her_policies(&ctl);
+        // Keys only go out once: rotate to get a profile now that the policies exist.
+        let out = ctl.knockadm(&["user", "rotate-keys", "alice", "--profile-out", &profile]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            wait_applied(&ctl, Duration::from_secs(5)),
+            "policies applied"
+        );
+        let p = read_profile(&profile_path);
+        assert_eq!(p.params.window_secs as u64, WINDOW);
+        Story {
+            gw2,
+            gw1,
+            _sshd: [s2, s1],
+            ctl,
+            profile,
+            p,
+            _work: work,
+            fleet,
+        }
+    }
+
+    fn ns(&self, host: usize) -> &Netns {
+        &self.fleet.host(host).ns
+    }
+
+    fn addr(&self, host: usize) -> IpAddr {
+        self.fleet.host(host).addr()
+    }
+
+    fn ssh(&self, gw: usize) -> SocketAddr {
+        SocketAddr::new(self.addr(gw), 22)
+    }
+
+    fn spa_port(&self, gw: usize) -> SocketAddr {
+        SocketAddr::new(self.addr(gw), 62201)
+    }
+
+    /// `knocker open gw1 --method METHOD` from the first client, which must succeed.
+    fn knocker_open_gw1(&self, method: &str) {
+        let out = self
+            .ns(CLIENT)
+            .cmd(knockgate_tests::bin("knocker"))
+            .args([
+                "open",
+                "gw1",
+                "--method",
+                method,
+                "--profile",
+                &self.profile,
+            ])
+            .output()
+            .expect("knocker");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// knocker's rotating sequence opens gw1 for the first client; the same knocks
+    /// from the second client then open nothing, at gw1 (spent) or at gw2 (not its
+    /// sequence). Returns the window knocker used.
+    fn knocker_opens_gw1_and_its_sequence_is_spent(&self) -> u64 {
+        let (c1, c2) = (self.ns(CLIENT), self.ns(CLIENT2));
+        let (me1, me2) = (self.addr(CLIENT), self.addr(CLIENT2));
+        let p = &self.p;
+        // Start early in a window so the replay below lands in the same window.
+        wait_until(
+            "the start of a window",
+            Duration::from_secs(WINDOW + 1),
+            || unix_now().is_multiple_of(WINDOW),
+        );
+        let w = window_index(unix_now(), p.params.window_secs);
+        self.knocker_open_gw1("rotating");
+        assert!(
+            opens_within(c1, me1, self.ssh(GW1), Duration::from_secs(2)),
+            "rotating knock opens gw1:\n{}",
+            self.gw1.log_text()
+        );
+        // The window knocker actually used (it may have waited for the next one).
+        let used = events(&self.gw1, "knock.completed")
+            .iter()
+            .find(|e| e["method"] == "rotating")
+            .and_then(|e| e["window"].as_u64())
+            .expect("the completed rotating sequence names its window");
+        assert!(used == w || used == w + 1, "window {used}, expected {w}");
+        let w = used;
+        let seq = derive_sequence(&p.secret, "gw1", w, &p.params).expect("derive");
+        knock_from(c2, &self.addr(GW1).to_string(), &seq);
+        knock_from(c2, &self.addr(GW2).to_string(), &seq);
+        assert!(
+            !opens_within(c2, me2, self.ssh(GW1), Duration::from_millis(600)),
+            "a consumed sequence opens nothing at gw1"
+        );
+        assert!(
+            !can_connect(c2, me2, self.ssh(GW2)),
+            "gw1's sequence opens nothing at gw2"
+        );
+        w
+    }
+
+    /// Once its window `w` has passed (and the one after, the skew allowance), an
+    /// unused sequence opens nothing; the current one still works.
+    fn only_the_current_window_opens(&self, w: u64) {
+        let (c2, me2) = (self.ns(CLIENT2), self.addr(CLIENT2));
+        let gw2_ip = self.addr(GW2).to_string();
+        let p = &self.p;
+        let old = derive_sequence(&p.secret, "gw1", w, &p.params).expect("derive");
+        let fresh_gw2 = derive_sequence(&p.secret, "gw2", w + 2, &p.params).expect("derive");
+        wait_until("window w + 2", Duration::from_secs(3 * WINDOW), || {
+            window_index(unix_now(), p.params.window_secs) >= w + 2
+        });
+        knock_from(
+            c2,
+            &gw2_ip,
+            &derive_sequence(&p.secret, "gw2", w, &p.params).expect("derive"),
+        );
+        assert!(
+            !opens_within(c2, me2, self.ssh(GW2), Duration::from_millis(600)),
+            "last window's sequence opens nothing"
+        );
+        let _ = old;
+        knock_from(c2, &gw2_ip, &fresh_gw2);
+        assert!(
+            opens_within(c2, me2, self.ssh(GW2), Duration::from_secs(2)),
+            "the current window's sequence opens gw2:\n{}",
+            self.gw2.log_text()
+        );
+    }
+
+    /// knocker's one-time key 0 is accepted at gw1; key 0 sealed for gw2 then opens
+    /// nothing there.
+    fn knocker_key_0_opens_gw1_only(&self) {
+        self.knocker_open_gw1("otk");
+        wait_until("key 0 accepted at gw1", Duration::from_secs(3), || {
+            events(&self.gw1, "spa.accepted")
+                .iter()
+                .any(|e| e["method"] == "otk")
+        });
+        let again = otk_packet(&self.p.secret, 0, "gw2");
+        send_udp(self.ns(CLIENT), vec![(self.spa_port(GW2), again)]);
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            !events(&self.gw2, "spa.accepted")
+                .iter()
+                .any(|e| e["method"] == "otk"),
+            "key 0 at gw2 opens nothing"
+        );
+    }
+
+    /// Fifty rounds: the same key at gw1 and gw2 at the same instant opens exactly one.
+    fn each_key_opens_exactly_one_gateway(&self) {
+        for counter in 1..=50u64 {
+            send_udp(
+                self.ns(CLIENT2),
+                vec![
+                    (
+                        self.spa_port(GW1),
+                        otk_packet(&self.p.secret, counter, "gw1"),
+                    ),
+                    (
+                        self.spa_port(GW2),
+                        otk_packet(&self.p.secret, counter, "gw2"),
+                    ),
+                ],
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        wait_until("every round decided", Duration::from_secs(5), || {
+            let audit =
+                self.ctl
+                    .knockadm_json(&["audit", "--kind", "otk.claimed", "--limit", "1000"]);
+            audit.as_array().map_or(0, |a| a.len()) >= 51
+        });
+        let claimed =
+            self.ctl
+                .knockadm_json(&["audit", "--kind", "otk.claimed", "--limit", "1000"]);
+        let claimed = claimed.as_array().expect("array");
+        assert_eq!(claimed.len(), 51, "one winner per key: {claimed:?}");
+        let accepted: usize = [&self.gw1, &self.gw2]
+            .iter()
+            .map(|a| {
+                events(a, "spa.accepted")
+                    .iter()
+                    .filter(|e| e["method"] == "otk")
+                    .count()
+            })
+            .sum();
+        assert_eq!(accepted, 51, "exactly one gateway opened per key");
+    }
+
+    /// With the controller down, the `deny` offline rule refuses a one-time key.
+    fn offline_deny_refuses(&mut self) {
+        self.ctl.kill();
+        let packet = otk_packet(&self.p.secret, 51, "gw1");
+        send_udp(self.ns(CLIENT), vec![(self.spa_port(GW1), packet)]);
+        assert!(
+            self.gw1
+                .wait_event(
+                    |e| e["event"] == "spa.rejected" && e["reason"] == "otk_offline_denied",
+                    Duration::from_secs(5)
+                )
+                .is_some(),
+            "deny refuses offline:\n{}",
+            self.gw1.log_text()
+        );
+        self.ctl.run(&self.fleet.host(CTL).ns);
+    }
+
+    /// Under the `local` offline rule both gateways grant the same key while the
+    /// controller is down; once it is back, the reuse is flagged in the audit trail.
+    fn offline_local_grants_and_reuse_is_flagged(&mut self) {
+        self.ctl.knockadm(&["policy", "remove", "otk"]);
+        self.ctl.knockadm_json(&[
+            "policy",
+            "add",
+            "otk",
+            "--open",
+            "tcp/22",
+            "--users",
+            "alice",
+            "--agents",
+            "role=edge",
+            "--otk",
+            "--otk-offline",
+            "local",
+            "--timeout",
+            "30s",
+        ]);
+        assert!(
+            wait_applied(&self.ctl, Duration::from_secs(10)),
+            "local policy applied"
+        );
+        self.ctl.kill();
+        let key = 52;
+        let (c1, me1) = (self.ns(CLIENT), self.addr(CLIENT));
+        send_udp(
+            c1,
+            vec![(self.spa_port(GW1), otk_packet(&self.p.secret, key, "gw1"))],
+        );
+        send_udp(
+            self.ns(CLIENT2),
+            vec![(self.spa_port(GW2), otk_packet(&self.p.secret, key, "gw2"))],
+        );
+        assert!(
+            opens_within(c1, me1, self.ssh(GW1), Duration::from_secs(2))
+                || can_connect(c1, me1, self.ssh(GW1)),
+            "local grants offline at gw1"
+        );
+        assert!(
+            self.gw2
+                .wait_event(
+                    |e| e["event"] == "spa.accepted" && e["offline"] == true,
+                    Duration::from_secs(5)
+                )
+                .is_some(),
+            "local grants offline at gw2:\n{}",
+            self.gw2.log_text()
+        );
+        self.ctl.run(&self.fleet.host(CTL).ns);
+        wait_until(
+            "the reuse flagged in the audit trail",
+            Duration::from_secs(20),
+            || {
+                self.ctl
+                    .knockadm_json(&["audit", "--kind", "otk.reuse"])
+                    .as_array()
+                    .is_some_and(|a| !a.is_empty())
+            },
+        );
+    }
+}
+
+/// alice, and the `rot` and `otk` policies that admit her on role=edge.
+fn add_alice_and_her_policies(ctl: &Controller) {
     let out = ctl.knockadm(&["user", "add", "alice"]);
     assert!(
         out.status.success(),
@@ -160,246 +473,4 @@ fn rotating_sequences_and_one_time_keys_across_the_fleet() {
         "--timeout",
         "30s",
     ]);
-    // Keys only go out once: rotate to get a profile now that the policies exist.
-    let out = ctl.knockadm(&[
-        "user",
-        "rotate-keys",
-        "alice",
-        "--profile-out",
-        &profile_arg,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        wait_applied(&ctl, Duration::from_secs(5)),
-        "policies applied"
-    );
-    let p = read_profile(&profile_path);
-    assert_eq!(p.params.window_secs as u64, WINDOW);
-
-    let (c1, c2) = (&fleet.host(CLIENT).ns, &fleet.host(CLIENT2).ns);
-    let (me1, me2): (IpAddr, IpAddr) = (fleet.host(CLIENT).addr(), fleet.host(CLIENT2).addr());
-    let gw1_ip = fleet.host(GW1).addr().to_string();
-    let gw2_ip = fleet.host(GW2).addr().to_string();
-    let ssh1 = SocketAddr::new(fleet.host(GW1).addr(), 22);
-    let ssh2 = SocketAddr::new(fleet.host(GW2).addr(), 22);
-
-    // --- Rotating: knocker opens gw1; the same knocks from another client open nothing. ---
-    // Start early in a window so the replay below lands in the same window.
-    wait_until(
-        "the start of a window",
-        Duration::from_secs(WINDOW + 1),
-        || unix_now().is_multiple_of(WINDOW),
-    );
-    let w = window_index(unix_now(), p.params.window_secs);
-    let out = c1
-        .cmd(knockgate_tests::bin("knocker"))
-        .args([
-            "open",
-            "gw1",
-            "--method",
-            "rotating",
-            "--profile",
-            &profile_arg,
-        ])
-        .output()
-        .expect("knocker");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        opens_within(c1, me1, ssh1, Duration::from_secs(2)),
-        "rotating knock opens gw1:\n{}",
-        gw1.log_text()
-    );
-    // The window knocker actually used (it may have waited for the next one).
-    let used = events(&gw1, "knock.completed")
-        .iter()
-        .find(|e| e["method"] == "rotating")
-        .and_then(|e| e["window"].as_u64())
-        .expect("the completed rotating sequence names its window");
-    assert!(used == w || used == w + 1, "window {used}, expected {w}");
-    let w = used;
-    let seq = derive_sequence(&p.secret, "gw1", w, &p.params).expect("derive");
-    knock_from(c2, &gw1_ip, &seq);
-    knock_from(c2, &gw2_ip, &seq);
-    assert!(
-        !opens_within(c2, me2, ssh1, Duration::from_millis(600)),
-        "a consumed sequence opens nothing at gw1"
-    );
-    assert!(
-        !can_connect(c2, me2, ssh2),
-        "gw1's sequence opens nothing at gw2"
-    );
-    // Once its window has passed (and the one after, the skew allowance), an unused
-    // sequence opens nothing; the current one still works.
-    let old = derive_sequence(&p.secret, "gw1", w, &p.params).expect("derive");
-    let fresh_gw2 = derive_sequence(&p.secret, "gw2", w + 2, &p.params).expect("derive");
-    wait_until("window w + 2", Duration::from_secs(3 * WINDOW), || {
-        window_index(unix_now(), p.params.window_secs) >= w + 2
-    });
-    knock_from(
-        c2,
-        &gw2_ip,
-        &derive_sequence(&p.secret, "gw2", w, &p.params).expect("derive"),
-    );
-    assert!(
-        !opens_within(c2, me2, ssh2, Duration::from_millis(600)),
-        "last window's sequence opens nothing"
-    );
-    let _ = old;
-    knock_from(c2, &gw2_ip, &fresh_gw2);
-    assert!(
-        opens_within(c2, me2, ssh2, Duration::from_secs(2)),
-        "the current window's sequence opens gw2:\n{}",
-        gw2.log_text()
-    );
-
-    // --- One-time keys: knocker's key 0 opens gw1 once; the same packet or key at gw2 opens nothing. ---
-    let out = c1
-        .cmd(knockgate_tests::bin("knocker"))
-        .args(["open", "gw1", "--method", "otk", "--profile", &profile_arg])
-        .output()
-        .expect("knocker");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    wait_until("key 0 accepted at gw1", Duration::from_secs(3), || {
-        events(&gw1, "spa.accepted")
-            .iter()
-            .any(|e| e["method"] == "otk")
-    });
-    let again = otk_packet(&p.secret, 0, "gw2");
-    send_udp(
-        c1,
-        vec![(SocketAddr::new(fleet.host(GW2).addr(), 62201), again)],
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        !events(&gw2, "spa.accepted")
-            .iter()
-            .any(|e| e["method"] == "otk"),
-        "key 0 at gw2 opens nothing"
-    );
-
-    // Fifty rounds: the same key at gw1 and gw2 at the same instant opens exactly one.
-    for counter in 1..=50u64 {
-        let to1 = SocketAddr::new(fleet.host(GW1).addr(), 62201);
-        let to2 = SocketAddr::new(fleet.host(GW2).addr(), 62201);
-        send_udp(
-            c2,
-            vec![
-                (to1, otk_packet(&p.secret, counter, "gw1")),
-                (to2, otk_packet(&p.secret, counter, "gw2")),
-            ],
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    wait_until("every round decided", Duration::from_secs(5), || {
-        let audit = ctl.knockadm_json(&["audit", "--kind", "otk.claimed", "--limit", "1000"]);
-        audit.as_array().map_or(0, |a| a.len()) >= 51
-    });
-    let claimed = ctl.knockadm_json(&["audit", "--kind", "otk.claimed", "--limit", "1000"]);
-    let claimed = claimed.as_array().expect("array");
-    assert_eq!(claimed.len(), 51, "one winner per key: {claimed:?}");
-    let accepted: usize = [&gw1, &gw2]
-        .iter()
-        .map(|a| {
-            events(a, "spa.accepted")
-                .iter()
-                .filter(|e| e["method"] == "otk")
-                .count()
-        })
-        .sum();
-    assert_eq!(accepted, 51, "exactly one gateway opened per key");
-
-    // --- Offline: "deny" refuses. ---
-    ctl.kill();
-    send_udp(
-        c1,
-        vec![(
-            SocketAddr::new(fleet.host(GW1).addr(), 62201),
-            otk_packet(&p.secret, 51, "gw1"),
-        )],
-    );
-    let mut gw1 = gw1;
-    assert!(
-        gw1.wait_event(
-            |e| e["event"] == "spa.rejected" && e["reason"] == "otk_offline_denied",
-            Duration::from_secs(5)
-        )
-        .is_some(),
-        "deny refuses offline:\n{}",
-        gw1.log_text()
-    );
-    ctl.run(&fleet.host(CTL).ns);
-    // --- Offline: "local" grants; a key used twice offline shows up flagged. ---
-    ctl.knockadm(&["policy", "remove", "otk"]);
-    ctl.knockadm_json(&[
-        "policy",
-        "add",
-        "otk",
-        "--open",
-        "tcp/22",
-        "--users",
-        "alice",
-        "--agents",
-        "role=edge",
-        "--otk",
-        "--otk-offline",
-        "local",
-        "--timeout",
-        "30s",
-    ]);
-    assert!(
-        wait_applied(&ctl, Duration::from_secs(10)),
-        "local policy applied"
-    );
-    ctl.kill();
-    let key = 52;
-    send_udp(
-        c1,
-        vec![(
-            SocketAddr::new(fleet.host(GW1).addr(), 62201),
-            otk_packet(&p.secret, key, "gw1"),
-        )],
-    );
-    send_udp(
-        c2,
-        vec![(
-            SocketAddr::new(fleet.host(GW2).addr(), 62201),
-            otk_packet(&p.secret, key, "gw2"),
-        )],
-    );
-    assert!(
-        opens_within(c1, me1, ssh1, Duration::from_secs(2)) || can_connect(c1, me1, ssh1),
-        "local grants offline at gw1"
-    );
-    let mut gw2 = gw2;
-    assert!(
-        gw2.wait_event(
-            |e| e["event"] == "spa.accepted" && e["offline"] == true,
-            Duration::from_secs(5)
-        )
-        .is_some(),
-        "local grants offline at gw2:\n{}",
-        gw2.log_text()
-    );
-    ctl.run(&fleet.host(CTL).ns);
-    wait_until(
-        "the reuse flagged in the audit trail",
-        Duration::from_secs(20),
-        || {
-            ctl.knockadm_json(&["audit", "--kind", "otk.reuse"])
-                .as_array()
-                .is_some_and(|a| !a.is_empty())
-        },
-    );
 }
