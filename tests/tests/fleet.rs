@@ -4,9 +4,10 @@
 //! The same story runs on SQLite and on PostgreSQL.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use knockgate_tests::agent::Workdir;
+use knockgate_tests::agent::{AgentProc, Workdir};
 use knockgate_tests::controller::{Controller, enroll_and_start, wait_applied};
 use knockgate_tests::fleet::Fleet;
 use knockgate_tests::netns::{Netns, sh};
@@ -35,17 +36,293 @@ fn knocker(ns: &Netns, args: &[&str]) -> String {
 }
 
 fn story(db: Option<String>) {
-    let fleet = Fleet::new(&["ctl", "gw1", "gw2", "client"]);
-    let work = Workdir::new();
-    let ctl_addr = fleet.host(CTL).v4.to_string();
-    let mut ctl = Controller::start(&fleet.host(CTL).ns, &work.path.join("ctl"), &ctl_addr, db);
-    let _sshd1 = Listener::start(&fleet.host(GW1).ns, 22);
-    let _sshd2 = Listener::start(&fleet.host(GW2).ns, 22);
+    let mut story = FleetStory::start(db);
+    story.add_users_and_policies();
+    story.alice_opens_gw1_and_not_gw2();
+    story.disabling_alice_closes_and_refuses();
+    story.revoking_a_grant_closes_it();
+    story.agents_enforce_through_an_outage();
+}
 
-    // Enrol both agents with one-time tokens.
+/// The fleet of the story: the controller (on SQLite or PostgreSQL), gw1
+/// (role=edge) and gw2 (role=core) enrolled and running, the client, and alice's
+/// profile. Fields drop in order: the agents, the listeners, the controller, the
+/// work dir, then the hosts.
+struct FleetStory {
+    agents: Vec<AgentProc>,
+    _sshd: [Listener; 2],
+    ctl: Controller,
+    profile: PathBuf,
+    work: Workdir,
+    fleet: Fleet,
+}
+
+/// Whether every agent has applied the controller's current version.
+fn all_applied(ctl: &Controller) -> bool {
+    ctl.knockadm_json(&["agent", "list"])
+        .as_array()
+        .is_some_and(|a| {
+            a.iter()
+                .all(|x| x["applied_version"] == x["current_version"])
+        })
+}
+
+impl FleetStory {
+    /// Starts the controller and enrols both agents with one-time tokens.
+    fn start(db: Option<String>) -> FleetStory {
+        let fleet = Fleet::new(&["ctl", "gw1", "gw2", "client"]);
+        let work = Workdir::new();
+        let ctl_addr = fleet.host(CTL).v4.to_string();
+        let ctl = Controller::start(&fleet.host(CTL).ns, &work.path.join("ctl"), &ctl_addr, db);
+        let sshd1 = Listener::start(&fleet.host(GW1).ns, 22);
+        let sshd2 = Listener::start(&fleet.host(GW2).ns, 22);
+        let agents = enroll_both(&ctl, &fleet, &work);
+        assert!(
+            wait_applied(&ctl, Duration::from_secs(10)),
+            "both agents connected"
+        );
+        let profile = work.path.join("alice.toml");
+        FleetStory {
+            agents,
+            _sshd: [sshd2, sshd1],
+            ctl,
+            profile,
+            work,
+            fleet,
+        }
+    }
+
+    fn client(&self) -> &Netns {
+        &self.fleet.host(CLIENT).ns
+    }
+
+    fn me(&self) -> IpAddr {
+        self.fleet.host(CLIENT).addr()
+    }
+
+    fn ssh(&self, gw: usize) -> SocketAddr {
+        SocketAddr::new(self.fleet.host(gw).addr(), 22)
+    }
+
+    /// `knocker open gw1` with alice's profile, from the client.
+    fn alice_opens_gw1(&self) {
+        knocker(
+            self.client(),
+            &[
+                "open",
+                "gw1",
+                "--profile",
+                self.profile.to_str().expect("path"),
+            ],
+        );
+    }
+
+    /// bob with a policy on role=core (gw2 protects tcp/22 too, for him only), and
+    /// alice with her profile and a policy on role=edge only.
+    fn add_users_and_policies(&self) {
+        let ctl = &self.ctl;
+        // gw2 protects tcp/22 too, for bob only.
+        let out = ctl.knockadm(&["user", "add", "bob"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ctl.knockadm_json(&[
+            "policy",
+            "add",
+            "core",
+            "--open",
+            "tcp/22",
+            "--users",
+            "bob",
+            "--agents",
+            "role=core",
+            "--spa",
+        ]);
+        // A user and a policy for role=edge only.
+        let out = ctl.knockadm(&[
+            "user",
+            "add",
+            "alice",
+            "--profile-out",
+            self.profile.to_str().expect("path"),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ctl.knockadm_json(&[
+            "policy",
+            "add",
+            "ssh",
+            "--open",
+            "tcp/22",
+            "--users",
+            "alice",
+            "--agents",
+            "role=edge",
+            "--timeout",
+            "30s",
+            "--max-timeout",
+            "5m",
+            "--spa",
+            "--fwknop",
+        ]);
+        wait_until(
+            "both agents applied the policy",
+            Duration::from_secs(5),
+            || all_applied(ctl),
+        );
+    }
+
+    /// Both gateways are closed; alice's SPA opens gw1 and not gw2, and the audit
+    /// trail has both decisions.
+    fn alice_opens_gw1_and_not_gw2(&self) {
+        let (client, me) = (self.client(), self.me());
+        let (ssh1, ssh2) = (self.ssh(GW1), self.ssh(GW2));
+        assert!(
+            !can_connect(client, me, ssh1) && !can_connect(client, me, ssh2),
+            "closed before"
+        );
+
+        // alice's SPA opens gw1 and not gw2.
+        self.alice_opens_gw1();
+        assert!(
+            opens_within(client, me, ssh1, Duration::from_secs(2)),
+            "gw1 opens:\n{}",
+            self.agents[0].log_text()
+        );
+        let key_file = self.work.path.join("alice.key");
+        let alice = knockgate_cli::profile::read_profile(&self.profile).expect("profile");
+        std::fs::write(&key_file, alice.user.spa_key.clone().expect("spa_key")).expect("key file");
+        let gw2_addr = self.fleet.host(GW2).addr().to_string();
+        let key = key_file.to_str().expect("path");
+        knocker(
+            client,
+            &[
+                "spa",
+                &gw2_addr,
+                "--user",
+                "alice",
+                "--key-file",
+                key,
+                "--gateway",
+                "gw2",
+                "--access",
+                "tcp/22",
+            ],
+        );
+        assert!(
+            !opens_within(client, me, ssh2, Duration::from_millis(800)),
+            "gw2 must stay closed"
+        );
+        wait_until(
+            "both decisions in the audit trail",
+            Duration::from_secs(5),
+            || {
+                let a1 = audit(&self.ctl, &["--agent", "gw1", "--kind", "spa"]);
+                let a2 = audit(&self.ctl, &["--agent", "gw2", "--kind", "spa"]);
+                a1.iter()
+                    .any(|e| e["kind"] == "spa.accepted" && e["user"] == "alice")
+                    && a2.iter().any(|e| e["kind"] == "spa.rejected")
+            },
+        );
+    }
+
+    /// Disabling alice closes her open grant within a second and refuses her next packet.
+    fn disabling_alice_closes_and_refuses(&self) {
+        let (client, me, ssh1) = (self.client(), self.me(), self.ssh(GW1));
+        self.ctl.knockadm(&["user", "disable", "alice"]);
+        assert!(
+            closes_within(client, me, ssh1, Duration::from_millis(1500)),
+            "grant closed on disable"
+        );
+        self.alice_opens_gw1();
+        assert!(
+            !opens_within(client, me, ssh1, Duration::from_millis(800)),
+            "disabled user refused"
+        );
+    }
+
+    /// grant revoke closes a grant.
+    fn revoking_a_grant_closes_it(&self) {
+        let (client, me, ssh1) = (self.client(), self.me(), self.ssh(GW1));
+        let ctl = &self.ctl;
+        ctl.knockadm(&["user", "enable", "alice"]);
+        wait_until("gw1 applied the enable", Duration::from_secs(5), || {
+            all_applied(ctl)
+        });
+        self.alice_opens_gw1();
+        assert!(opens_within(client, me, ssh1, Duration::from_secs(2)));
+        let mut id = None;
+        wait_until("the grant reported", Duration::from_secs(5), || {
+            let grants = ctl.knockadm_json(&["grant", "list", "--user", "alice"]);
+            id = grants.as_array().and_then(|g| {
+                g.iter()
+                    .find(|x| x["closed_at"].is_null())
+                    .and_then(|x| x["id"].as_i64())
+            });
+            id.is_some()
+        });
+        let id = id.expect("grant id").to_string();
+        let out = ctl.knockadm(&["grant", "revoke", &id]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            closes_within(client, me, ssh1, Duration::from_millis(1500)),
+            "revoked grant closes within a second"
+        );
+    }
+
+    /// The controller goes away; agents keep enforcing; events made meanwhile arrive once.
+    fn agents_enforce_through_an_outage(&mut self) {
+        let accepted_before = audit(&self.ctl, &["--agent", "gw1", "--kind", "spa.accepted"]).len();
+        self.ctl.kill();
+        for _ in 0..3 {
+            self.alice_opens_gw1();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let (client, me) = (self.client(), self.me());
+        assert!(
+            opens_within(client, me, self.ssh(GW1), Duration::from_secs(2)),
+            "enforcing without the controller"
+        );
+        assert!(
+            !can_connect(client, me, self.ssh(GW2)),
+            "gw2 still closed without the controller"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        self.ctl.run(&self.fleet.host(CTL).ns);
+        let ctl = &self.ctl;
+        wait_until(
+            "events from the outage delivered",
+            Duration::from_secs(20),
+            || {
+                audit(ctl, &["--agent", "gw1", "--kind", "spa.accepted"]).len()
+                    >= accepted_before + 3
+            },
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        let accepted = audit(ctl, &["--agent", "gw1", "--kind", "spa.accepted"]);
+        assert_eq!(
+            accepted.len(),
+            accepted_before + 3,
+            "each event exactly once: {accepted:?}"
+        );
+    }
+}
+
+/// Enrols gw1 (role=edge) and gw2 (role=core) with one-time tokens and starts their
+/// agents; each token, used once, is refused the second time.
+fn enroll_both(ctl: &Controller, fleet: &Fleet, work: &Workdir) -> Vec<AgentProc> {
     let mut agents = Vec::new();
     for (name, idx, label) in [("gw1", GW1, "role=edge"), ("gw2", GW2, "role=core")] {
-        let (agent, token) = enroll_and_start(&ctl, &fleet.host(idx).ns, &work, name, label);
+        let (agent, token) = enroll_and_start(ctl, &fleet.host(idx).ns, work, name, label);
         agents.push(agent);
         // The token worked once: enrolling again with it is refused.
         let again = fleet
@@ -71,214 +348,7 @@ fn story(db: Option<String>) {
             "a token works once: {err}"
         );
     }
-    assert!(
-        wait_applied(&ctl, Duration::from_secs(10)),
-        "both agents connected"
-    );
-
-    // gw2 protects tcp/22 too, for bob only.
-    let out = ctl.knockadm(&["user", "add", "bob"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ctl.knockadm_json(&[
-        "policy",
-        "add",
-        "core",
-        "--open",
-        "tcp/22",
-        "--users",
-        "bob",
-        "--agents",
-        "role=core",
-        "--spa",
-    ]);
-    // A user and a policy for role=edge only.
-    let profile = work.path.join("alice.toml");
-    let out = ctl.knockadm(&[
-        "user",
-        "add",
-        "alice",
-        "--profile-out",
-        profile.to_str().expect("path"),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ctl.knockadm_json(&[
-        "policy",
-        "add",
-        "ssh",
-        "--open",
-        "tcp/22",
-        "--users",
-        "alice",
-        "--agents",
-        "role=edge",
-        "--timeout",
-        "30s",
-        "--max-timeout",
-        "5m",
-        "--spa",
-        "--fwknop",
-    ]);
-    wait_until(
-        "both agents applied the policy",
-        Duration::from_secs(5),
-        || {
-            ctl.knockadm_json(&["agent", "list"])
-                .as_array()
-                .is_some_and(|a| {
-                    a.iter()
-                        .all(|x| x["applied_version"] == x["current_version"])
-                })
-        },
-    );
-
-    let client = &fleet.host(CLIENT).ns;
-    let me: IpAddr = fleet.host(CLIENT).addr();
-    let ssh1 = SocketAddr::new(fleet.host(GW1).addr(), 22);
-    let ssh2 = SocketAddr::new(fleet.host(GW2).addr(), 22);
-    assert!(
-        !can_connect(client, me, ssh1) && !can_connect(client, me, ssh2),
-        "closed before"
-    );
-
-    // alice's SPA opens gw1 and not gw2.
-    knocker(
-        client,
-        &["open", "gw1", "--profile", profile.to_str().expect("path")],
-    );
-    assert!(
-        opens_within(client, me, ssh1, Duration::from_secs(2)),
-        "gw1 opens:\n{}",
-        agents[0].log_text()
-    );
-    let key_file = work.path.join("alice.key");
-    let alice = knockgate_cli::profile::read_profile(&profile).expect("profile");
-    std::fs::write(&key_file, alice.user.spa_key.clone().expect("spa_key")).expect("key file");
-    let gw2_addr = fleet.host(GW2).addr().to_string();
-    let key = key_file.to_str().expect("path");
-    knocker(
-        client,
-        &[
-            "spa",
-            &gw2_addr,
-            "--user",
-            "alice",
-            "--key-file",
-            key,
-            "--gateway",
-            "gw2",
-            "--access",
-            "tcp/22",
-        ],
-    );
-    assert!(
-        !opens_within(client, me, ssh2, Duration::from_millis(800)),
-        "gw2 must stay closed"
-    );
-    wait_until(
-        "both decisions in the audit trail",
-        Duration::from_secs(5),
-        || {
-            let a1 = audit(&ctl, &["--agent", "gw1", "--kind", "spa"]);
-            let a2 = audit(&ctl, &["--agent", "gw2", "--kind", "spa"]);
-            a1.iter()
-                .any(|e| e["kind"] == "spa.accepted" && e["user"] == "alice")
-                && a2.iter().any(|e| e["kind"] == "spa.rejected")
-        },
-    );
-
-    // Disabling alice closes her open grant within a second and refuses her next packet.
-    ctl.knockadm(&["user", "disable", "alice"]);
-    assert!(
-        closes_within(client, me, ssh1, Duration::from_millis(1500)),
-        "grant closed on disable"
-    );
-    knocker(
-        client,
-        &["open", "gw1", "--profile", profile.to_str().expect("path")],
-    );
-    assert!(
-        !opens_within(client, me, ssh1, Duration::from_millis(800)),
-        "disabled user refused"
-    );
-
-    // grant revoke closes a grant.
-    ctl.knockadm(&["user", "enable", "alice"]);
-    wait_until("gw1 applied the enable", Duration::from_secs(5), || {
-        ctl.knockadm_json(&["agent", "list"])
-            .as_array()
-            .is_some_and(|a| {
-                a.iter()
-                    .all(|x| x["applied_version"] == x["current_version"])
-            })
-    });
-    knocker(
-        client,
-        &["open", "gw1", "--profile", profile.to_str().expect("path")],
-    );
-    assert!(opens_within(client, me, ssh1, Duration::from_secs(2)));
-    let mut id = None;
-    wait_until("the grant reported", Duration::from_secs(5), || {
-        let grants = ctl.knockadm_json(&["grant", "list", "--user", "alice"]);
-        id = grants.as_array().and_then(|g| {
-            g.iter()
-                .find(|x| x["closed_at"].is_null())
-                .and_then(|x| x["id"].as_i64())
-        });
-        id.is_some()
-    });
-    let id = id.expect("grant id").to_string();
-    let out = ctl.knockadm(&["grant", "revoke", &id]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        closes_within(client, me, ssh1, Duration::from_millis(1500)),
-        "revoked grant closes within a second"
-    );
-
-    // The controller goes away; agents keep enforcing; events made meanwhile arrive once.
-    let accepted_before = audit(&ctl, &["--agent", "gw1", "--kind", "spa.accepted"]).len();
-    ctl.kill();
-    for _ in 0..3 {
-        knocker(
-            client,
-            &["open", "gw1", "--profile", profile.to_str().expect("path")],
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(
-        opens_within(client, me, ssh1, Duration::from_secs(2)),
-        "enforcing without the controller"
-    );
-    assert!(
-        !can_connect(client, me, ssh2),
-        "gw2 still closed without the controller"
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    ctl.run(&fleet.host(CTL).ns);
-    wait_until(
-        "events from the outage delivered",
-        Duration::from_secs(20),
-        || audit(&ctl, &["--agent", "gw1", "--kind", "spa.accepted"]).len() >= accepted_before + 3,
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    let accepted = audit(&ctl, &["--agent", "gw1", "--kind", "spa.accepted"]);
-    assert_eq!(
-        accepted.len(),
-        accepted_before + 3,
-        "each event exactly once: {accepted:?}"
-    );
-    drop(agents);
+    agents
 }
 
 #[test]
