@@ -248,6 +248,14 @@ fn saved_packet(path: &Path) -> Vec<u8> {
 #[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
 fn the_fwknop_client_opens_it_and_a_replay_is_refused_even_after_restart() {
     let mut s = setup();
+    let saved = fwknop_client_opens_it(&mut s);
+    a_thousand_replays_are_summarized(&mut s, &saved);
+    a_replay_after_restart_opens_nothing(&mut s, &saved);
+}
+
+/// The port is closed; the stock fwknop client opens it for alice. Returns the file
+/// the client saved its packet in.
+fn fwknop_client_opens_it(s: &mut Setup) -> PathBuf {
     assert!(
         !can_connect(&s.lab.client, Lab::CLIENT4.into(), ssh4()),
         "closed before"
@@ -272,22 +280,28 @@ fn the_fwknop_client_opens_it_and_a_replay_is_refused_even_after_restart() {
         (accepted["method"].as_str(), accepted["user"].as_str()),
         (Some("fwknop"), Some("alice"))
     );
-    // Replayed a thousand times: a few lines, the rest counted in the summary.
-    send_raw(&s.lab, vec![saved_packet(&saved); 1000]);
+    saved
+}
+
+/// How many replays the agent's refusal summaries have counted.
+fn replays_summarized(agent: &AgentProc) -> u64 {
+    agent
+        .events_named("spa.refused_summary")
+        .iter()
+        .filter_map(|v| v["counts"].as_str().map(str::to_owned))
+        .flat_map(|c| {
+            c.split(' ')
+                .filter_map(|kv| kv.strip_prefix("replay=")?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// Replayed a thousand times: a few lines, the rest counted in the summary.
+fn a_thousand_replays_are_summarized(s: &mut Setup, saved: &Path) {
+    send_raw(&s.lab, vec![saved_packet(saved); 1000]);
     let replay = s.wait("spa.rejected", Some("replay"));
     assert_eq!(replay["src"], "10.240.0.2");
-    let replays_summarized = |agent: &AgentProc| -> u64 {
-        agent
-            .events_named("spa.refused_summary")
-            .iter()
-            .filter_map(|v| v["counts"].as_str().map(str::to_owned))
-            .flat_map(|c| {
-                c.split(' ')
-                    .filter_map(|kv| kv.strip_prefix("replay=")?.parse::<u64>().ok())
-                    .collect::<Vec<_>>()
-            })
-            .sum()
-    };
     let deadline = std::time::Instant::now() + Duration::from_secs(12);
     while replays_summarized(&s.agent) < 1000 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
@@ -304,8 +318,11 @@ fn the_fwknop_client_opens_it_and_a_replay_is_refused_even_after_restart() {
         "{} replay lines told: {told:?}",
         told.len()
     );
-    // A clean stop keeps the grant; take it out while the agent is down (as if it had
-    // expired), so only the replay could open the port again. The replay cache is on disk.
+}
+
+/// A clean stop keeps the grant; take it out while the agent is down (as if it had
+/// expired), so only the replay could open the port again. The replay cache is on disk.
+fn a_replay_after_restart_opens_nothing(s: &mut Setup, saved: &Path) {
     assert!(s.agent.stop().success());
     let out = s
         .lab
@@ -322,7 +339,7 @@ fn the_fwknop_client_opens_it_and_a_replay_is_refused_even_after_restart() {
     );
     let cfg = s.work.path.join("agent.toml");
     s.agent = AgentProc::start(&s.lab, &cfg, &[]);
-    send_raw(&s.lab, vec![saved_packet(&saved)]);
+    send_raw(&s.lab, vec![saved_packet(saved)]);
     s.wait("spa.rejected", Some("replay"));
     assert!(
         !can_connect(&s.lab.client, Lab::CLIENT4.into(), ssh4()),
