@@ -339,6 +339,10 @@ mod tests {
             let got = err(r);
             assert!(got.starts_with(want), "{got} (wanted {want})");
         }
+    }
+
+    #[test]
+    fn the_tightest_rotating_settings_are_kept() {
         let tcp = PolicyDef::validate(
             "ssh",
             RawPolicy {
