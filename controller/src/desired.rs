@@ -337,11 +337,11 @@ pub fn protected_ports<'a>(selected: impl IntoIterator<Item = &'a PolicyDef>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use knockgate_proto::api;
     use crate::name::UserName;
     use crate::policy::RawPolicy;
     use crate::store::{Timestamp, UserKeys};
     use knockgate_proto::Access;
+    use knockgate_proto::api;
 
     fn user(name: &str, groups: &[&str], disabled: bool) -> User {
         User {

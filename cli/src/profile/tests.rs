@@ -1,7 +1,6 @@
 //! Profile round trips, file modes, overwrite refusal, and key errors that
 //! never show the key.
 
-
 use std::os::unix::fs::PermissionsExt as _;
 
 use knockgate_proto::rotation::{Protos, RotationParams};

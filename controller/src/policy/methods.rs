@@ -214,7 +214,6 @@ pub fn timing(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::super::PolicyDef;
     use super::*;

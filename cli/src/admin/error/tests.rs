@@ -1,6 +1,5 @@
 //! Status and transport mapping: messages and exit codes.
 
-
 use super::*;
 use crate::admin::dial::RefusedAfterHandshake;
 use std::path::PathBuf;

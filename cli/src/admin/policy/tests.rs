@@ -1,6 +1,5 @@
 //! `policy add` parsing and checks, and the policy table.
 
-
 use super::*;
 use clap::Parser;
 

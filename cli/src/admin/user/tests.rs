@@ -1,6 +1,5 @@
 //! Profiles from credentials and the user table.
 
-
 use super::*;
 use knockgate_proto::api::{GatewayAddress, GatewayRotation};
 

@@ -1,6 +1,5 @@
 //! `knocker open` argument parsing and the flags each method refuses.
 
-
 use super::*;
 use crate::resolve::Family;
 use clap::Parser;
