@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "test.sh: run as root: the end-to-end tests need network namespaces, nftables and pcap" >&2; exit 77; }
 bash deploy/install-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
+# A clean build from scratch: incremental caches only cost disk here.
+export CARGO_INCREMENTAL=0
 cargo fmt --all -- --check
 cargo build --workspace --bins --locked
 cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -20,6 +22,8 @@ for manifest in Cargo.toml fuzz/Cargo.toml; do
     { echo "test.sh: FAILED: cargo deny found a licence, ban or source violation in $manifest (see deny.toml)" >&2; exit 1; }
 done
 bash scripts/fuzz-smoke.sh
+# The sanitizer build of the fuzz workspace is not used again: give its disk back.
+rm -rf fuzz/target
 # The root-only suites (network namespaces, nftables, pcap, raw sockets) are marked
 # #[ignore = "needs root ..."] so that `cargo test` as a developer runs everything else and
 # passes; here, as root, they all run: none may be skipped.
