@@ -25,6 +25,8 @@ use raw::{RawConfig, locate};
 
 pub use material::{Material, MaterialDef, Otk, OtkDef, Sequence, SequenceDef};
 
+/// Where the agent keeps its state when the config does not say.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/knockgate";
 /// Default cap on tracked knock sources.
 pub const DEFAULT_MAX_SOURCES: usize = 65_536;
 /// No duration of a config (a grant, a window, a gap) may be longer: a typo such as
@@ -63,11 +65,17 @@ pub struct AgentSection {
     pub name: String,
     /// Interfaces to capture knocks on.
     pub interfaces: Vec<String>,
-    /// Where state that must survive a restart lives.
+    /// Where state that must survive a restart lives (default [`DEFAULT_STATE_DIR`], the
+    /// systemd unit's `StateDirectory=`).
+    #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
     /// Cap on source addresses with knock progress held (oldest evicted).
     #[serde(default = "default_max_sources")]
     pub max_sources: usize,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_STATE_DIR)
 }
 
 fn default_max_sources() -> usize {

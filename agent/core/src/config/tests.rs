@@ -1,5 +1,6 @@
 use super::*;
 use crate::packet::tcp_flags;
+use std::path::Path;
 
 const ISSUE_EXAMPLE: &str = r#"
 [agent]
@@ -41,6 +42,15 @@ fn the_issue_schema_is_accepted_as_written() {
     let rs = c.ruleset();
     assert_eq!(rs.protected.len(), 1);
     assert_eq!(rs.knock_ports.len(), 3, "icmp is not a port");
+}
+
+#[test]
+fn state_dir_defaults_to_the_units_state_directory() {
+    let text = ISSUE_EXAMPLE.replace("state_dir = \"/var/lib/knockgate\"", "");
+    assert!(!text.contains("state_dir"));
+    let c = Config::parse(&text).expect("parses without state_dir");
+    assert_eq!(c.agent.state_dir, Path::new(DEFAULT_STATE_DIR));
+    assert_eq!(DEFAULT_STATE_DIR, "/var/lib/knockgate");
 }
 
 #[test]
