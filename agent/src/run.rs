@@ -183,11 +183,18 @@ pub fn run(path: &Path, format: LogFormat, level: &str) -> Result<(), Failure> {
         backend = ?file.firewall.backend, %filter,
         controller = file.controller.as_ref().map_or("", |c| c.url.as_str()),
         controller_version = version, "agent started");
+    // systemd (Type=notify): the captures are open and the firewall is in place.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        warn!(error = %e, "cannot tell the service manager that the agent is ready");
+    }
 
     let restarting = rt
         .block_on(wait_for_signal(&agent.restart_wanted()))
         .map_err(Failure::runtime)?;
     info!(restarting, "shutting down");
+    if !restarting {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    }
     // The firewall stays as the engine left it (see Engine::run).
     let (_firewall, (knocks, dropped)) = agent.shutdown();
     rt.shutdown_timeout(Duration::from_secs(2));

@@ -47,9 +47,18 @@ pub struct RunArgs {
     /// Directory made by `init`.
     #[arg(long, value_name = "DIR")]
     pub data_dir: PathBuf,
-    /// Address to listen on.
+    /// Where the CA, server certificate and admin identity are read from (ca.pem,
+    /// ca-key.pem, server.pem, server-key.pem, admin.pem; read-only is fine, e.g. a
+    /// Kubernetes Secret); default: the data dir.
+    #[arg(long, value_name = "DIR")]
+    pub pki_dir: Option<PathBuf>,
+    /// Address to listen on (mutual TLS only).
     #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:7443")]
     pub listen: SocketAddr,
+    /// Also serve plain-HTTP health probes here: GET /healthz (alive) and /readyz (the
+    /// store answers); default: none.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub health_listen: Option<SocketAddr>,
     /// PostgreSQL URL (postgres://...) for replicas sharing one database; default: SQLite in the data dir.
     #[arg(
         long,

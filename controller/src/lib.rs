@@ -14,6 +14,7 @@ pub mod desired;
 pub mod error;
 pub mod event;
 pub mod fanout;
+pub mod health;
 pub mod name;
 pub mod pki;
 pub mod policy;

@@ -9,7 +9,7 @@ use clap::Parser as _;
 use knockgate_controller::cli::{Cli, Command, EXIT_USAGE, InitArgs, RunArgs, init_logging};
 use knockgate_controller::datadir::{self, DataDirError};
 use knockgate_controller::store::{DEFAULT_SQLITE_FILE, Store};
-use knockgate_controller::{Controller, serve};
+use knockgate_controller::{Controller, health, serve};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -79,7 +79,13 @@ fn run(args: RunArgs) -> ExitCode {
 }
 
 async fn run_async(args: RunArgs) -> anyhow::Result<()> {
-    let certs = datadir::load(&args.data_dir).context("failed to load the data dir")?;
+    let pki_dir = args.pki_dir.as_ref().unwrap_or(&args.data_dir);
+    let certs = datadir::load(pki_dir).with_context(|| {
+        format!(
+            "failed to load the CA and certificates from {}",
+            pki_dir.display()
+        )
+    })?;
     let database = match args.database_url {
         Some(url) => url,
         None => args
@@ -92,6 +98,16 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("failed to open the store")?;
     let backend = store.backend();
+    let health = match args.health_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("failed to listen on {addr} (--health-listen)"))?;
+            tracing::info!(listen = %addr, "health probes on /healthz and /readyz (plain HTTP)");
+            Some(tokio::spawn(health::serve(listener, store.clone())))
+        }
+        None => None,
+    };
     let state = Controller::with_agent_cert_lifetime(store, certs, args.agent_cert_lifetime)
         .await
         .context("failed to start")?;
@@ -103,9 +119,20 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         listen = %local, backend = ?backend, ca_sha256 = %state.ca.sha256_fingerprint(),
         "controller listening (mutual TLS)"
     );
-    serve(listener, state, shutdown_signal())
-        .await
-        .context("server failed")
+    // systemd (Type=notify): the store is open and migrated, the listeners are bound.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "cannot tell the service manager that the controller is ready");
+    }
+    let served = serve(listener, state, async {
+        shutdown_signal().await;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    })
+    .await
+    .context("server failed");
+    if let Some(task) = health {
+        task.abort();
+    }
+    served
 }
 
 /// Completes on SIGINT or SIGTERM.
