@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod capture;
+pub mod cli;
 pub mod control;
 pub mod engine;
 pub mod firewall;

@@ -24,7 +24,7 @@ pub mod user;
 use std::io::Write;
 use std::path::PathBuf;
 
-use clap::{Args, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use knockgate_proto::api::admin_client::AdminClient;
 use tonic::transport::Channel;
 
@@ -121,4 +121,23 @@ pub async fn run(
         Command::Audit(args) => args.run(&mut ctx).await,
         Command::Admin(cmd) => cmd.run(&mut ctx).await,
     }
+}
+
+/// knockadm: manage a knockgate fleet (agents, users, policies, grants) and
+/// read its audit trail, over mutual TLS with the controller.
+#[derive(Debug, Parser)]
+#[command(name = "knockadm", version, arg_required_else_help = true)]
+#[command(after_help = "\
+Exit status: 0 on success, 64 for a bad argument or identity file, 69 when the
+controller cannot be reached, 1 when the controller refuses the request.
+
+Run 'knockadm help <COMMAND>' for a command's options and examples.")]
+pub struct Cli {
+    /// How to reach the controller.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
 }

@@ -7,6 +7,8 @@ pub mod knock;
 pub mod open;
 pub mod spa;
 
+use clap::{Parser, Subcommand};
+
 pub use knockgate_proto::exit::{
     FAILURE as EXIT_FAILURE, UNAVAILABLE as EXIT_UNAVAILABLE, USAGE as EXIT_USAGE,
 };
@@ -53,4 +55,37 @@ pub fn clap_one_line(err: &clap::Error) -> String {
         .filter(|l| !l.is_empty())
         .collect();
     lines.join(" ")
+}
+
+/// knocker: the knockgate user client. Knocks on a knockgate (or knockd) gateway,
+/// or sends it a Single Packet Authorization, so it opens a protected service
+/// for your address.
+#[derive(Debug, Parser)]
+#[command(name = "knocker", version, arg_required_else_help = true)]
+#[command(after_help = "\
+Exit status: 0 on success, 64 for a bad argument, key file, profile or \
+unresolvable host, 1 when a knock or packet could not be sent.
+
+Run 'knocker help <COMMAND>' for a command's options and examples.")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// One variant per subcommand; each module in `knockgate_cli::cmd` owns its args.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Send a port-knock sequence (TCP SYNs, UDP datagrams, ICMP echoes) to HOST,
+    /// like knockd's `knock` client
+    Knock(knock::KnockArgs),
+    /// Send one native SPA packet to HOST, asking gateway NAME to open access
+    /// for you
+    Spa(spa::SpaArgs),
+    /// Generate a native SPA key: print it, or write it to a 0600 file
+    Keygen(keygen::KeygenArgs),
+    /// Ask a gateway from your knockgate profile to open access for you
+    /// (native SPA, fwknop's packet format, a one-time key or a rotating
+    /// knock sequence)
+    Open(open::OpenArgs),
 }

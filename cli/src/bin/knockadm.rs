@@ -9,26 +9,9 @@ use std::io;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser;
-use knockgate_cli::admin::{self, AdminError, Command, GlobalArgs};
+use clap::Parser as _;
+use knockgate_cli::admin::{self, AdminError, Cli};
 use knockgate_cli::cmd::{self, CommandError as _};
-
-/// knockadm: manage a knockgate fleet (agents, users, policies, grants) and
-/// read its audit trail, over mutual TLS with the controller.
-#[derive(Debug, Parser)]
-#[command(name = "knockadm", version, arg_required_else_help = true)]
-#[command(after_help = "\
-Exit status: 0 on success, 64 for a bad argument or identity file, 69 when the
-controller cannot be reached, 1 when the controller refuses the request.
-
-Run 'knockadm help <COMMAND>' for a command's options and examples.")]
-struct Cli {
-    #[command(flatten)]
-    global: GlobalArgs,
-
-    #[command(subcommand)]
-    command: Command,
-}
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
