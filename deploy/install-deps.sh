@@ -4,7 +4,11 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 # postgresql: the throwaway PostgreSQL of the controller's and the fleet's tests (initdb and
 # pg_ctl under /usr/lib/postgresql/15/bin); its cluster service is never started.
-pkgs=(libpcap-dev pkg-config nftables iproute2 knockd fwknop-client postgresql ca-certificates curl)
+# debootstrap, systemd-container, python3-venv: the deploy tests (a Debian 12 root booted
+# with systemd-nspawn for the packages and the Ansible role; Python venvs for Ansible and
+# the Helm chart's renderer).
+pkgs=(libpcap-dev pkg-config nftables iproute2 knockd fwknop-client postgresql ca-certificates curl
+  debootstrap systemd-container python3-venv)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

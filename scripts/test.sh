@@ -24,6 +24,13 @@ done
 bash scripts/fuzz-smoke.sh
 # The sanitizer build of the fuzz workspace is not used again: give its disk back.
 rm -rf fuzz/target
+# The deploy artefacts, for real: the Debian packages installed on a Debian 12 host booted
+# with systemd-nspawn (units verified and running), the Helm chart rendered by Helm's own
+# library and validated against the Kubernetes schemas, and the Ansible role applied with
+# molecule to another booted host. The debootstrap root is made once per run and cached in
+# /var/cache/knockgate-test (KNOCKGATE_CACHE), never committed.
+KNOCKGATE_BIN_DIR=target/debug bash deploy/test/debs.sh
+bash deploy/helm/test.sh
 # The root-only suites (network namespaces, nftables, pcap, raw sockets) are marked
 # #[ignore = "needs root ..."] so that `cargo test` as a developer runs everything else and
 # passes; here, as root, they all run: none may be skipped.
