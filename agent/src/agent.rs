@@ -12,13 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
+use crate::control::ControllerChannel;
 use knockgate_agent_core::config::{Config, Material};
 use knockgate_agent_core::detect::spa::SpaDetector;
 use knockgate_agent_core::ruleset::Access;
 use knockgate_proto::api::AgentConfig;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
-use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use crate::capture::{self, Counters, Tuning};
@@ -138,7 +138,7 @@ pub struct Io {
     /// What the captures listen for; the engine retunes it.
     pub tuning: Arc<Tuning>,
     /// The controller, for a managed agent.
-    pub controller: Option<Channel>,
+    pub controller: Option<ControllerChannel>,
     /// The firewall socket's netlink port, to watch the table for changes by others
     /// (nftables).
     pub watch: Option<u32>,
@@ -282,7 +282,7 @@ impl Agent {
 
 /// The controller tasks of a managed agent: sync, claims, report delivery, renewal.
 struct Tasks<'a> {
-    channel: &'a Channel,
+    channel: &'a ControllerChannel,
     spooler: &'a Spooler,
     claims: Option<(
         tokio::sync::mpsc::Receiver<crate::engine::ClaimJob>,
@@ -304,7 +304,6 @@ impl Tasks<'_> {
             interface: start.config.agent.interfaces.first().cloned(),
             reconnect_max: ctl.reconnect_max,
             current: start.cached.clone(),
-            url: ctl.url.clone(),
             live: self.live.clone(),
         };
         let channel = self.channel;

@@ -9,6 +9,7 @@ pub mod claim;
 pub mod convert;
 pub mod delta;
 pub mod enroll;
+pub mod failover;
 pub mod renew;
 pub mod sync;
 pub mod tls;
@@ -30,6 +31,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::engine::Update;
 use convert::PolicySet;
+pub use failover::ControllerChannel;
 
 /// The agent's private key in the state directory (0600).
 pub const STATE_KEY: &str = "agent-key.pem";
@@ -66,10 +68,23 @@ pub enum ControlError {
     BadUrl { url: String, reason: String },
 }
 
-/// A channel to the controller at `url`, authenticated with the agent's certificate
-/// from `state_dir` and trusting only the CA stored there at enrolment. It connects
-/// lazily and reconnects by itself; calls on it fail while the controller is away.
-pub fn channel(url: &str, state_dir: &Path) -> Result<Channel, ControlError> {
+/// A channel to the controller at `urls` (its replicas, in order; see [`failover`]),
+/// authenticated with the agent's certificate from `state_dir` and trusting only the CA
+/// stored there at enrolment. It connects lazily and reconnects by itself; calls on it
+/// fail while no replica can be reached.
+pub fn channel(urls: &[String], state_dir: &Path) -> Result<ControllerChannel, ControlError> {
+    let replicas = urls
+        .iter()
+        .map(|url| Ok((url.clone(), replica(url, state_dir)?)))
+        .collect::<Result<Vec<_>, ControlError>>()?;
+    ControllerChannel::new(replicas).ok_or_else(|| ControlError::BadUrl {
+        url: String::new(),
+        reason: "no controller URL".into(),
+    })
+}
+
+/// The channel to one replica.
+fn replica(url: &str, state_dir: &Path) -> Result<Channel, ControlError> {
     let read = |name: &str| {
         let path = state_dir.join(name);
         std::fs::read_to_string(&path).map_err(|source| {

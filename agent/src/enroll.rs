@@ -47,10 +47,10 @@ pub fn enroll(config_path: &Path, url: &str, token: &str, ca_sha256: &str) -> Re
                 config_path.display()
             );
         }
-        Some(c) if c.url != url => println!(
+        Some(c) if !c.urls.iter().any(|u| u == url) => println!(
             "note: {} keeps [controller] url = {:?}",
             config_path.display(),
-            c.url
+            c.urls
         ),
         Some(_) => {}
     }

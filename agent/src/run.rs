@@ -77,7 +77,7 @@ pub fn check(path: &Path) -> Result<(), Failure> {
         let enrolled = config.agent.state_dir.join(control::STATE_CERT).exists();
         println!(
             "  controller: {} ({})",
-            c.url,
+            c.urls.join(", "),
             if enrolled { "enrolled" } else { "not enrolled" }
         );
         match &cached {
@@ -147,7 +147,7 @@ pub fn run(path: &Path, format: LogFormat, level: &str) -> Result<(), Failure> {
     let controller = match &file.controller {
         Some(c) => {
             let _guard = rt.enter();
-            let channel = control::channel(&c.url, &state_dir)
+            let channel = control::channel(&c.urls, &state_dir)
                 .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
             Some(channel)
         }
@@ -181,7 +181,7 @@ pub fn run(path: &Path, format: LogFormat, level: &str) -> Result<(), Failure> {
     let agent = Agent::start(&file, start, io, rt.handle()).map_err(|e| start_failure(path, e))?;
     info!(agent = %file.agent.name, interfaces = ?file.agent.interfaces,
         backend = ?file.firewall.backend, %filter,
-        controller = file.controller.as_ref().map_or("", |c| c.url.as_str()),
+        controller = file.controller.as_ref().map_or(String::new(), |c| c.urls.join(" ")),
         controller_version = version, "agent started");
     // systemd (Type=notify): the captures are open and the firewall is in place.
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {

@@ -10,6 +10,8 @@ use crate::netns::{Netns, sh};
 /// An initialised data directory and, while running, the controller process.
 pub struct Controller {
     pub data: PathBuf,
+    /// knockadm's identity (`admin.pem`, in the data or PKI dir).
+    identity: PathBuf,
     pub ca_sha256: String,
     /// `https://ADDR:7443` as agents reach it.
     pub url: String,
@@ -35,12 +37,25 @@ impl Controller {
         db: Option<String>,
         extra: &[&str],
     ) -> Controller {
+        Self::start_named(ns, data, &[addr], db, extra)
+    }
+
+    /// [`Controller::start_with`], the server certificate naming every one of `addrs`
+    /// (the addresses of replicas that will share it); listens on the first.
+    pub fn start_named(
+        ns: &Netns,
+        data: &Path,
+        addrs: &[&str],
+        db: Option<String>,
+        extra: &[&str],
+    ) -> Controller {
         std::fs::create_dir_all(data.parent().unwrap_or(data)).expect("parent dir");
+        let addr = addrs[0];
         let out = sh(Command::new(crate::bin("knockgate-controller"))
             .arg("init")
             .arg("--data-dir")
             .arg(data)
-            .args(["--san", addr]));
+            .args(addrs.iter().flat_map(|a| ["--san", a])));
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let ca_sha256 = text
             .lines()
@@ -50,11 +65,34 @@ impl Controller {
             .to_string();
         let mut c = Controller {
             data: data.to_path_buf(),
+            identity: data.join("admin.pem"),
             ca_sha256,
             url: format!("https://{addr}:7443"),
             ns_path: ns.name.clone(),
             db,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            child: None,
+            log: data.with_extension("log"),
+        };
+        c.run(ns);
+        c
+    }
+
+    /// Another replica of this controller on the same PostgreSQL database, in `ns` at
+    /// `addr` (a name of the server certificate: see [`Controller::start_named`]): no
+    /// `init`, the CA and certificates read from this one's data dir with `--pki-dir`.
+    pub fn replica(&self, ns: &Netns, data: &Path, addr: &str) -> Controller {
+        std::fs::create_dir_all(data).expect("replica data dir");
+        let mut extra = self.extra.clone();
+        extra.extend(["--pki-dir".to_owned(), self.data.display().to_string()]);
+        let mut c = Controller {
+            data: data.to_path_buf(),
+            identity: self.identity.clone(),
+            ca_sha256: self.ca_sha256.clone(),
+            url: format!("https://{addr}:7443"),
+            ns_path: ns.name.clone(),
+            db: self.db.clone(),
+            extra,
             child: None,
             log: data.with_extension("log"),
         };
@@ -123,7 +161,7 @@ impl Controller {
         c.args(["netns", "exec", &self.ns_path])
             .arg(crate::bin("knockadm"))
             .env("KNOCKADM_CONTROLLER", "https://127.0.0.1:7443")
-            .env("KNOCKADM_IDENTITY", self.data.join("admin.pem"))
+            .env("KNOCKADM_IDENTITY", &self.identity)
             .args(args);
         c.output().expect("run knockadm")
     }

@@ -115,8 +115,9 @@ pub struct SpaSection {
 /// controller, live or cached from an earlier run, replaces them as a whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControllerSection {
-    /// `https://host:port` of the controller's gRPC API.
-    pub url: String,
+    /// `https://host:port` of the controller's gRPC API: one, or several replicas sharing
+    /// one database, tried in turn (the agent moves to the next when one cannot be reached).
+    pub urls: Vec<String>,
     /// Longest wait between two attempts to reach it.
     pub reconnect_max: Duration,
 }

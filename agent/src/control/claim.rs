@@ -14,11 +14,11 @@ use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::control::ControllerChannel;
 use knockgate_proto::api::ClaimRequest;
 use knockgate_proto::api::agent_control_client::AgentControlClient;
 use tokio::sync::{Notify, mpsc};
 use tonic::Code;
-use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use super::backoff::{BASE, Backoff};
@@ -44,7 +44,7 @@ pub struct ClaimParams {
 }
 
 /// Serve the engine's claims and deliver offline ones, forever (until the runtime stops).
-pub async fn run(channel: Channel, jobs: mpsc::Receiver<ClaimJob>, p: ClaimParams) {
+pub async fn run(channel: ControllerChannel, jobs: mpsc::Receiver<ClaimJob>, p: ClaimParams) {
     let ClaimParams {
         engine,
         live,
@@ -77,7 +77,7 @@ pub fn to_proto(c: &Claim) -> ClaimRequest {
 }
 
 async fn serve(
-    channel: Channel,
+    channel: ControllerChannel,
     mut jobs: mpsc::Receiver<ClaimJob>,
     engine: SyncSender<Input>,
     live: Arc<AtomicBool>,
@@ -104,7 +104,7 @@ async fn serve(
 }
 
 /// Ask the controller for one key, within [`CLAIM_DEADLINE`].
-pub async fn claim(mut client: AgentControlClient<Channel>, c: &Claim) -> ClaimOutcome {
+pub async fn claim(mut client: AgentControlClient<ControllerChannel>, c: &Claim) -> ClaimOutcome {
     match tokio::time::timeout(CLAIM_DEADLINE, client.claim(to_proto(c))).await {
         Ok(Ok(resp)) => {
             let r = resp.into_inner();
@@ -148,7 +148,7 @@ fn refusal(code: Code) -> bool {
 }
 
 async fn deliver(
-    channel: Channel,
+    channel: ControllerChannel,
     queue: Arc<Mutex<OfflineClaims>>,
     added: Arc<Notify>,
     reconnect_max: Duration,

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::control::ControllerChannel;
 use knockgate_proto::api::RenewRequest;
 use knockgate_proto::api::agent_control_client::AgentControlClient;
 use tokio::sync::Notify;
-use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use super::{STATE_CERT, STATE_KEY, STATE_RENEW_AFTER, enroll};
@@ -24,7 +24,12 @@ const CHECK_EVERY: Duration = Duration::from_secs(5);
 const RETRY: Duration = Duration::from_secs(60);
 
 /// Renew when due, forever; `restart` is notified once a new certificate is stored.
-pub async fn run(channel: Channel, state_dir: PathBuf, name: String, restart: Arc<Notify>) {
+pub async fn run(
+    channel: ControllerChannel,
+    state_dir: PathBuf,
+    name: String,
+    restart: Arc<Notify>,
+) {
     loop {
         let due = renew_after(&state_dir).is_none_or(|at| unix_ms(SystemTime::now()) >= at);
         if due {
@@ -52,7 +57,7 @@ fn renew_after(state_dir: &Path) -> Option<i64> {
     text.trim().parse::<i64>().ok().filter(|at| *at > 0)
 }
 
-async fn renew(channel: Channel, state_dir: &Path, name: &str) -> Result<(), String> {
+async fn renew(channel: ControllerChannel, state_dir: &Path, name: &str) -> Result<(), String> {
     let (key, csr_pem) = enroll::key_and_csr(name).map_err(|e| e.to_string())?;
     let resp = AgentControlClient::new(channel)
         .renew(RenewRequest { csr_pem })

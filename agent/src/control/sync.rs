@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
+use crate::control::ControllerChannel;
 use knockgate_agent_core::config::Config;
 use knockgate_proto::api::agent_control_client::AgentControlClient;
 use knockgate_proto::api::{
@@ -18,7 +19,6 @@ use knockgate_proto::api::{
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use super::backoff::{BASE, Backoff};
@@ -37,8 +37,6 @@ pub struct SyncParams {
     pub reconnect_max: Duration,
     /// The controller config the engine enforces now (from the cache), if any.
     pub current: Option<AgentConfig>,
-    /// For log lines.
-    pub url: String,
     /// Set while a stream is up (the controller counts as reachable for claims).
     pub live: Arc<AtomicBool>,
 }
@@ -52,7 +50,7 @@ enum End {
 }
 
 /// Keep the sync stream up forever (until the runtime stops).
-pub async fn run(channel: Channel, params: SyncParams) {
+pub async fn run(channel: ControllerChannel, params: SyncParams) {
     let mut backoff = Backoff::new(BASE, params.reconnect_max);
     let mut syncer = Syncer {
         p: params,
@@ -68,13 +66,13 @@ pub async fn run(channel: Channel, params: SyncParams) {
                 info!(%reason, "reconnecting to the controller for a full config");
             }
             Ok(End::Closed) if was_up => {
-                warn!(url = %syncer.p.url,
+                warn!(url = %channel.url(),
                     "the controller closed the sync stream; enforcing the last config and reconnecting");
             }
             Ok(End::Closed) => debug!("the controller closed the sync stream"),
             Err(status) if was_up || !syncer.warned => {
                 syncer.warned = true;
-                warn!(url = %syncer.p.url, code = ?status.code(), error = %status.message(),
+                warn!(url = %channel.url(), code = ?status.code(), error = %status.message(),
                     "controller unreachable; enforcing the last config and retrying");
             }
             Err(status) => debug!(code = ?status.code(), error = %status.message(),
@@ -95,7 +93,7 @@ struct Syncer {
 impl Syncer {
     async fn session(
         &mut self,
-        channel: &Channel,
+        channel: &ControllerChannel,
         backoff: &mut Backoff,
     ) -> Result<End, tonic::Status> {
         let (tx, rx) = mpsc::channel::<AgentMessage>(8);
@@ -117,7 +115,7 @@ impl Syncer {
                 self.p.live.store(true, Ordering::Release);
                 self.warned = false;
                 backoff.reset();
-                info!(url = %self.p.url, "connected to the controller");
+                info!(url = %channel.url(), "connected to the controller");
             }
             match msg.msg {
                 Some(controller_message::Msg::Config(c)) => {

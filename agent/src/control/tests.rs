@@ -71,7 +71,7 @@ async fn enrolment_pins_the_ca_and_names_each_failure() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
     // The enrolled credentials are good for mutual TLS.
-    let ch = channel(&fake.url(), &state).expect("channel");
+    let ch = channel(&[fake.url()], &state).expect("channel");
     let mut client = api::agent_control_client::AgentControlClient::new(ch);
     client
         .report(api::ReportRequest { events: vec![] })
@@ -204,7 +204,7 @@ impl SyncRig {
             firewall: Box::new(fw),
             captures: Vec::new(),
             tuning: crate::capture::Tuning::new(String::new(), None),
-            controller: Some(channel(&fake.url(), dir.path()).expect("channel")),
+            controller: Some(channel(&[fake.url()], dir.path()).expect("channel")),
             watch: None,
         };
         let start = Start::from_file(&base).expect("start");
@@ -419,7 +419,7 @@ async fn spooled_events_wait_for_the_controller_and_all_arrive() {
         reporter.emit(Record::new(Kind::GrantOpened, 0).with_detail("i", i));
     }
     tokio::spawn(report::sender::run(
-        channel(&url, dir.path()).expect("channel"),
+        channel(std::slice::from_ref(&url), dir.path()).expect("channel"),
         spooler.spool.clone(),
         spooler.appended.clone(),
         Duration::from_millis(300),
@@ -478,9 +478,36 @@ fn the_tls_name_is_the_bare_host() {
 #[test]
 fn an_agent_that_never_enrolled_is_told_so() {
     let dir = tempfile::tempdir().expect("tmp");
-    let e = channel("https://127.0.0.1:7443", dir.path()).expect_err("no credentials");
+    let e =
+        channel(&["https://127.0.0.1:7443".to_owned()], dir.path()).expect_err("no credentials");
     assert!(
         e.to_string().starts_with("not enrolled:") && e.to_string().contains("enroll"),
         "{e}"
     );
+}
+
+#[tokio::test]
+async fn calls_move_on_to_the_next_replica_when_one_cannot_be_reached() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pki = Arc::new(TestPki::new(&["127.0.0.1"]));
+    let fake = FakeController::start(pki.clone(), any_port()).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    install_agent_credentials(&pki, dir.path());
+    let down = format!("https://{}", free_port());
+    let ch = channel(&[down.clone(), fake.url()], dir.path()).expect("channel");
+    assert_eq!(ch.url(), down, "the first listed replica first");
+    let mut client = api::agent_control_client::AgentControlClient::new(ch.clone());
+    let report = api::ReportRequest { events: vec![] };
+    let status = client
+        .report(report.clone())
+        .await
+        .expect_err("the first replica is down");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(ch.url(), fake.url(), "moved on to the second replica");
+    client
+        .report(report.clone())
+        .await
+        .expect("the second replica answers");
+    client.report(report).await.expect("and keeps answering");
+    assert_eq!(ch.url(), fake.url(), "a replica that answers is kept");
 }

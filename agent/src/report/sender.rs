@@ -6,9 +6,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::control::ControllerChannel;
 use knockgate_proto::api::agent_control_client::AgentControlClient;
 use knockgate_proto::api::{self, ReportRequest};
-use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use super::spool::Spool;
@@ -21,7 +21,7 @@ const IDLE: Duration = Duration::from_secs(5);
 
 /// Run forever (until the runtime stops): deliver whatever the spool holds.
 pub async fn run(
-    channel: Channel,
+    channel: ControllerChannel,
     spool: Arc<Mutex<Spool>>,
     appended: Arc<tokio::sync::Notify>,
     reconnect_max: Duration,

@@ -41,23 +41,39 @@ pub(super) struct RawSpa {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawController {
-    pub url: String,
+    pub url: OneOrMany,
     pub reconnect_max: Option<Human>,
+}
+
+/// `url = "https://a:7443"`, or several replicas: `url = ["https://a:7443", "https://b:7443"]`.
+#[derive(Deserialize)]
+#[serde(untagged, expecting = "a URL or a list of URLs")]
+pub(super) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 impl RawController {
     pub(super) fn validate(self) -> Result<ControllerSection, ConfigError> {
-        let host = self
-            .url
-            .strip_prefix("https://")
-            .ok_or_else(|| invalid("controller.url", "must start with https://"))?;
-        let authority = host.split('/').next().unwrap_or("");
-        if authority.is_empty() || authority.starts_with(':') {
-            return Err(invalid("controller.url", "names no host"));
-        }
-        if authority.contains('@') || authority.chars().any(char::is_whitespace) {
-            return Err(invalid("controller.url", "must be https://HOST[:PORT]"));
-        }
+        let urls = match self.url {
+            OneOrMany::One(url) => {
+                check_url(&url).map_err(|why| invalid("controller.url", why))?;
+                vec![url]
+            }
+            OneOrMany::Many(urls) => {
+                if urls.is_empty() {
+                    return Err(invalid("controller.url", "names no controller"));
+                }
+                for (i, url) in urls.iter().enumerate() {
+                    let key = format!("controller.url[{i}]");
+                    check_url(url).map_err(|why| invalid(&key, why))?;
+                    if urls[..i].contains(url) {
+                        return Err(invalid(&key, "is listed twice"));
+                    }
+                }
+                urls
+            }
+        };
         let reconnect_max = self.reconnect_max.map_or(DEFAULT_RECONNECT_MAX, |h| h.0);
         if reconnect_max < Duration::from_millis(200) {
             return Err(invalid(
@@ -66,10 +82,25 @@ impl RawController {
             ));
         }
         Ok(ControllerSection {
-            url: self.url,
+            urls,
             reconnect_max,
         })
     }
+}
+
+/// `https://HOST[:PORT][/…]`, or why not.
+fn check_url(url: &str) -> Result<(), &'static str> {
+    let host = url
+        .strip_prefix("https://")
+        .ok_or("must start with https://")?;
+    let authority = host.split('/').next().unwrap_or("");
+    if authority.is_empty() || authority.starts_with(':') {
+        return Err("names no host");
+    }
+    if authority.contains('@') || authority.chars().any(char::is_whitespace) {
+        return Err("must be https://HOST[:PORT]");
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]

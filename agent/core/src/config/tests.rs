@@ -276,7 +276,7 @@ reconnect_max = "1m"
 fn a_controller_section_needs_no_policies() {
     let c = Config::parse(CONTROLLED).expect("parses");
     let ctl = c.controller.as_ref().expect("controller");
-    assert_eq!(ctl.url, "https://controller.example:7443");
+    assert_eq!(ctl.urls, ["https://controller.example:7443"]);
     assert_eq!(ctl.reconnect_max, Duration::from_secs(60));
     assert!(c.policies.is_empty() && c.users.is_empty());
     let c = Config::parse(&CONTROLLED.replace("reconnect_max = \"1m\"\n", "")).expect("parses");
@@ -297,6 +297,38 @@ fn a_controller_section_needs_no_policies() {
         "controller.reconnect_max: must be at least 200ms"
     );
     assert!(err(&CONTROLLED.replace("reconnect_max", "retry")).contains("retry"));
+}
+
+#[test]
+fn several_controller_replicas_are_listed_in_order() {
+    let urls = |list: &str| {
+        CONTROLLED.replace(
+            "url = \"https://controller.example:7443\"",
+            &format!("url = {list}"),
+        )
+    };
+    let c = Config::parse(&urls(
+        r#"["https://a.example:7443", "https://[fd00:4b47::2]:7443"]"#,
+    ))
+    .expect("parses");
+    assert_eq!(
+        c.controller.expect("controller").urls,
+        ["https://a.example:7443", "https://[fd00:4b47::2]:7443"]
+    );
+    assert_eq!(err(&urls("[]")), "controller.url: names no controller");
+    assert_eq!(
+        err(&urls(
+            r#"["https://a.example:7443", "http://b.example:7443"]"#
+        )),
+        "controller.url[1]: must start with https://"
+    );
+    assert_eq!(
+        err(&urls(
+            r#"["https://a.example:7443", "https://a.example:7443"]"#
+        )),
+        "controller.url[1]: is listed twice"
+    );
+    assert!(err(&urls("7443")).contains("a URL or a list of URLs"));
 }
 
 fn def(name: &str) -> PolicyDef {

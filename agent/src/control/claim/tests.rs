@@ -29,7 +29,7 @@ async fn claims_are_answered_and_reach_the_engine() {
     let fake = FakeController::start(pki.clone(), any_port()).await;
     let dir = tempfile::tempdir().expect("tmp");
     install_agent_credentials(&pki, dir.path());
-    let ch = channel(&fake.url(), dir.path()).expect("channel");
+    let ch = channel(&[fake.url()], dir.path()).expect("channel");
 
     let (engine, answers) = sync_channel(8);
     let (jobs_tx, jobs) = mpsc::channel(8);
@@ -112,7 +112,7 @@ async fn offline_claims_wait_for_the_controller_and_leave_the_queue() {
     let (engine, _answers) = sync_channel(8);
     let (_jobs_tx, jobs) = mpsc::channel(8);
     tokio::spawn(run(
-        channel(&url, dir.path()).expect("channel"),
+        channel(std::slice::from_ref(&url), dir.path()).expect("channel"),
         jobs,
         ClaimParams {
             engine,
