@@ -31,6 +31,7 @@ rm -rf fuzz/target
 # /var/cache/knockgate-test (KNOCKGATE_CACHE), never committed.
 KNOCKGATE_BIN_DIR=target/debug bash deploy/test/debs.sh
 bash deploy/helm/test.sh
+bash deploy/ansible/test.sh
 # The root-only suites (network namespaces, nftables, pcap, raw sockets) are marked
 # #[ignore = "needs root ..."] so that `cargo test` as a developer runs everything else and
 # passes; here, as root, they all run: none may be skipped.
