@@ -7,7 +7,8 @@
 //!   exit codes.
 //! - [`args`]: parsers for labels, selectors, durations and name lists.
 //! - [`output`]: tables for people, JSON for scripts.
-//! - [`agent`], [`user`], [`policy`], [`grant`], [`audit`]: one module per noun.
+//! - [`agent`], [`user`], [`policy`], [`grant`], [`audit`]: one module per noun;
+//!   [`status`]: the fleet at a glance.
 
 pub mod admins;
 pub mod agent;
@@ -19,6 +20,7 @@ pub mod error;
 pub mod grant;
 pub mod output;
 pub mod policy;
+pub mod status;
 pub mod user;
 
 use std::io::Write;
@@ -71,6 +73,9 @@ pub enum Command {
     /// Add, list and revoke admin identities (pinned like agents)
     #[command(subcommand)]
     Admin(admins::AdminCmd),
+    /// The fleet at a glance: agents by state, config versions, open grants,
+    /// recent refusals
+    Status(status::StatusArgs),
 }
 
 /// What a command runs with: the (lazily connected) controller, the output
@@ -120,6 +125,7 @@ pub async fn run(
         Command::Grant(cmd) => cmd.run(&mut ctx).await,
         Command::Audit(args) => args.run(&mut ctx).await,
         Command::Admin(cmd) => cmd.run(&mut ctx).await,
+        Command::Status(args) => args.run(&mut ctx).await,
     }
 }
 

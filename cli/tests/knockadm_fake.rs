@@ -15,7 +15,7 @@ use std::net::UdpSocket;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fake::{Controller, FWKNOP_HMAC_KEY, FWKNOP_KEY, SPA_KEY, event};
 use knockgate_proto::fwknop::{self, DigestType, FwknopKeys};
@@ -40,6 +40,78 @@ fn agents_as_table_and_json() {
     assert_eq!(json[0]["name"], "gw1");
     assert_eq!(json[1]["last_seen"], serde_json::Value::Null);
     assert_eq!(json[0]["labels"]["role"], "edge");
+}
+
+#[test]
+fn status_as_table_and_json() {
+    let ctl = Controller::start("127.0.0.1");
+    let table = ctl.ok(&["status"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines[..9],
+        [
+            "agents connected:       1",
+            "agents stale:           2",
+            "agents never connected: 1",
+            "agents not enrolled:    0",
+            "agents revoked:         1",
+            "config version:         7",
+            "agents behind:          3",
+            "open grants:            1",
+            "",
+        ]
+    );
+    assert!(
+        lines[9].starts_with("refusals since ") && lines[9].ends_with("Z:"),
+        "{table}"
+    );
+    assert_eq!(
+        lines[10..],
+        [
+            "KIND          REASON                COUNT",
+            "spa.rejected  bad_tag               4",
+            "auth.refused  agent gw3 is revoked  1",
+        ]
+    );
+    let asked = SystemTime::now();
+    let json: serde_json::Value =
+        serde_json::from_str(&ctl.ok(&["status", "--since", "2h", "-o", "json"])).expect("json");
+    assert_eq!(
+        json["agents"],
+        serde_json::json!({
+            "connected": 1, "stale": 2, "never_connected": 1, "not_enrolled": 0, "revoked": 1,
+            "behind": 3
+        })
+    );
+    assert_eq!(
+        (
+            json["config_version"].as_u64(),
+            json["open_grants"].as_u64()
+        ),
+        (Some(7), Some(1))
+    );
+    assert_eq!(
+        json["refusals"][0],
+        serde_json::json!({"kind": "spa.rejected", "reason": "bad_tag", "count": 4})
+    );
+    assert!(json["refusals_since"].is_string());
+    // The window goes out as a time: one hour ago by default, --since otherwise.
+    let queries = ctl.fake.status_queries.lock().expect("lock");
+    let ago = |q: &knockgate_proto::api::FleetStatusRequest| {
+        let now_ms = asked
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis();
+        i64::try_from(now_ms).expect("ms") - q.since_unix_ms
+    };
+    assert!(
+        (3_540_000..=3_660_000).contains(&ago(&queries[0])),
+        "{queries:?}"
+    );
+    assert!(
+        (7_140_000..=7_260_000).contains(&ago(&queries[1])),
+        "{queries:?}"
+    );
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //!
 //! Both backends run the same SQL text: `$n` placeholders, `RETURNING` and
 //! `ON CONFLICT` mean the same on both, and only the schema differs
-//! (`migrations/sqlite`, `migrations/postgres`). `on_pool!` expands a body
+//! (`migrations/sqlite`, `migrations/postgres`), and the JSON functions that
+//! read audit details when refusals are counted (`audit.rs`). `on_pool!` expands a body
 //! once per backend, so queries are written once yet typed natively. Every
 //! change that affects agents bumps the config version in its transaction.
 

@@ -15,6 +15,8 @@ mod pg;
 mod rotation;
 #[path = "server/security.rs"]
 mod security;
+#[path = "server/status.rs"]
+mod status;
 #[path = "server/story.rs"]
 mod story;
 
@@ -70,6 +72,7 @@ both!(
     rotation::rotating_sequences,
     otk::one_time_keys,
     otk::claim_race_one_server,
+    status::fleet_status,
 );
 
 /// Two replicas on one PostgreSQL database: agents claiming through

@@ -10,6 +10,8 @@ mod identity;
 mod otk;
 #[path = "store/pg.rs"]
 mod pg;
+#[path = "store/status.rs"]
+mod status;
 #[path = "store/trail.rs"]
 mod trail;
 
@@ -63,6 +65,7 @@ both!(
     trail::grants_open_close_and_revoke,
     otk::claim_race_has_one_winner,
     otk::claims_follow_the_stock,
+    status::refusals_are_counted_by_kind_and_reason,
 );
 
 /// Two controller replicas hold two pools on one database: still exactly one

@@ -28,6 +28,7 @@ pub struct Fake {
     pub events: Arc<Mutex<Vec<AuditEvent>>>,
     pub audit_queries: Arc<Mutex<Vec<AuditQuery>>>,
     pub added_agents: Arc<Mutex<Vec<AddAgentRequest>>>,
+    pub status_queries: Arc<Mutex<Vec<FleetStatusRequest>>>,
     pub gateway_address: String,
 }
 
@@ -219,6 +220,32 @@ impl Admin for Fake {
         // Newest first on purpose: knockadm must print oldest first anyway.
         events.reverse();
         Ok(Response::new(AuditPage { events }))
+    }
+    async fn fleet_status(&self, r: Request<FleetStatusRequest>) -> Reply<FleetStatusResponse> {
+        admin_only(&r)?;
+        self.status_queries
+            .lock()
+            .expect("lock")
+            .push(r.into_inner());
+        let refusal = |kind: &str, reason: &str, count| RefusalCount {
+            kind: kind.into(),
+            reason: reason.into(),
+            count,
+        };
+        Ok(Response::new(FleetStatusResponse {
+            agents_connected: 1,
+            agents_stale: 2,
+            agents_never_connected: 1,
+            agents_not_enrolled: 0,
+            agents_revoked: 1,
+            current_version: 7,
+            agents_behind: 3,
+            open_grants: 1,
+            refusals: vec![
+                refusal("spa.rejected", "bad_tag", 4),
+                refusal("auth.refused", "agent gw3 is revoked", 1),
+            ],
+        }))
     }
     // The admin-identity commands are tested against the real controller
     // (controller/tests/cli.rs); this stand-in does not hold admins.

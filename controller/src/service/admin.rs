@@ -6,6 +6,7 @@ mod admins;
 mod agents;
 mod grants;
 mod policies;
+mod status;
 mod users;
 
 use std::sync::Arc;
@@ -167,6 +168,12 @@ impl Admin for AdminService {
     }
     async fn query_audit(&self, req: Request<api::AuditQuery>) -> Reply<api::AuditPage> {
         handle!(self, req, grants::query_audit)
+    }
+    async fn fleet_status(
+        &self,
+        req: Request<api::FleetStatusRequest>,
+    ) -> Reply<api::FleetStatusResponse> {
+        handle!(self, req, status::fleet)
     }
     async fn add_admin(&self, req: Request<api::AddAdminRequest>) -> Reply<api::AddAdminResponse> {
         handle!(self, req, admins::add)

@@ -1,12 +1,13 @@
 //! The audit trail: append-only, de-duplicated by `(agent, agent_seq)` so
-//! agents can redeliver at least once.
+//! agents can redeliver at least once; and the refusals in it, counted.
 
 use sqlx::types::Json;
 
 use super::{
-    AppendOutcome, AuditEvent, AuditFilter, AuditId, NewAuditEvent, StoreError, Timestamp,
+    AppendOutcome, AuditEvent, AuditFilter, AuditId, NewAuditEvent, RefusalCount, RefusalKinds,
+    StoreError, Timestamp,
 };
-use super::{Store, on_pool, parse};
+use super::{Backend, Store, narrow, on_pool, parse};
 use crate::name::AgentName;
 
 type AuditRow = (
@@ -19,6 +20,51 @@ type AuditRow = (
     Option<String>,
     Json<serde_json::Value>,
 );
+
+/// The SQL that reads `detail`, the one part of the refusal count the backends spell
+/// differently. Agents write `detail`, so every read tolerates any JSON there: a value
+/// of the wrong type counts as absent, and a count is clamped to 0..=10⁹ (so no sum
+/// overflows).
+struct DetailSql {
+    /// `detail.reason` if a string, else `''`.
+    reason: &'static str,
+    /// `1 + detail.suppressed` if a number, else 1.
+    one_plus_suppressed: &'static str,
+    /// `audit` joined with one row `c` per entry of `detail.counts` if an object.
+    tally_from: &'static str,
+    /// The entry's key.
+    tally_reason: &'static str,
+    /// The entry's value if a number, else 0.
+    tally_count: &'static str,
+}
+
+const SQLITE_DETAIL: DetailSql = DetailSql {
+    reason: "CASE WHEN json_type(audit.detail, '$.reason') = 'text' \
+             THEN json_extract(audit.detail, '$.reason') ELSE '' END",
+    one_plus_suppressed: "1 + CASE WHEN json_type(audit.detail, '$.suppressed') = 'integer' \
+             THEN MIN(MAX(json_extract(audit.detail, '$.suppressed'), 0), 1000000000) ELSE 0 END",
+    // A table-valued function never fails on valid JSON, so the WHERE clause can keep
+    // the objects (and their text keys) only.
+    tally_from: "audit, json_each(audit.detail, '$.counts') AS c \
+             WHERE json_type(audit.detail, '$.counts') = 'object' AND",
+    tally_reason: "CAST(c.key AS TEXT)",
+    tally_count: "CASE WHEN c.type = 'integer' THEN MIN(MAX(c.value, 0), 1000000000) ELSE 0 END",
+};
+
+const POSTGRES_DETAIL: DetailSql = DetailSql {
+    reason: "CASE WHEN jsonb_typeof(audit.detail -> 'reason') = 'string' \
+             THEN audit.detail ->> 'reason' ELSE '' END",
+    one_plus_suppressed: "1 + CASE WHEN jsonb_typeof(audit.detail -> 'suppressed') = 'number' \
+             THEN LEAST(GREATEST((audit.detail ->> 'suppressed')::numeric, 0), 1000000000)::bigint \
+             ELSE 0 END",
+    // jsonb_each fails on a non-object and a WHERE clause need not run first: the
+    // guard is inside its argument.
+    tally_from: "audit CROSS JOIN LATERAL jsonb_each(CASE WHEN jsonb_typeof(audit.detail -> 'counts') \
+             = 'object' THEN audit.detail -> 'counts' ELSE '{}'::jsonb END) AS c WHERE",
+    tally_reason: "c.key",
+    tally_count: "CASE WHEN jsonb_typeof(c.value) = 'number' \
+             THEN LEAST(GREATEST((c.value #>> '{}')::numeric, 0), 1000000000)::bigint ELSE 0 END",
+};
 
 fn event_from_row(row: AuditRow) -> Result<AuditEvent, StoreError> {
     let (id, at, agent, agent_seq, kind, user, src, detail) = row;
@@ -109,5 +155,79 @@ impl Store {
         })
         .map_err(StoreError::Database)?;
         rows.into_iter().map(event_from_row).collect()
+    }
+
+    /// Refusals at or after `since` (all without it), counted by kind and reason in
+    /// the database, most first, at most `limit` kinds and reasons. Which rows count and
+    /// how is `kinds`; a controller kind counts only rows the controller wrote, a
+    /// reported kind only rows an agent reported, so neither can pass for the other.
+    pub async fn count_refusals(
+        &self,
+        kinds: &RefusalKinds<'_>,
+        since: Option<Timestamp>,
+        limit: u32,
+    ) -> Result<Vec<RefusalCount>, StoreError> {
+        let sql = match self.backend() {
+            Backend::Sqlite => &SQLITE_DETAIL,
+            Backend::Postgres => &POSTGRES_DETAIL,
+        };
+        let since = since.map_or(i64::MIN, Timestamp::unix_millis);
+        // (kinds, FROM … WHERE, origin, reason, count) of each UNION ALL branch.
+        let branches = [
+            (
+                kinds.controller,
+                "audit WHERE",
+                "IS NULL",
+                sql.reason,
+                sql.one_plus_suppressed,
+            ),
+            (
+                kinds.reported,
+                "audit WHERE",
+                "IS NOT NULL",
+                sql.reason,
+                "1",
+            ),
+            (
+                kinds.tallies,
+                sql.tally_from,
+                "IS NOT NULL",
+                sql.tally_reason,
+                sql.tally_count,
+            ),
+        ];
+        if branches.iter().all(|b| b.0.is_empty()) {
+            return Ok(Vec::new());
+        }
+        let rows = on_pool!(self, pool => {
+            let mut q = sqlx::QueryBuilder::new("SELECT kind, reason, CAST(SUM(n) AS BIGINT) AS total FROM (");
+            let mut union = "";
+            for (list, from, origin, reason, count) in branches.iter().filter(|b| !b.0.is_empty()) {
+                q.push(format_args!(
+                    "{union}SELECT audit.kind AS kind, {reason} AS reason, {count} AS n FROM {from} \
+                     audit.agent_seq {origin} AND audit.at >= "
+                ));
+                q.push_bind(since).push(" AND audit.kind IN (");
+                let mut each = q.separated(", ");
+                for kind in *list {
+                    each.push_bind(*kind);
+                }
+                q.push(")");
+                union = " UNION ALL ";
+            }
+            q.push(") r GROUP BY kind, reason HAVING SUM(n) > 0 ORDER BY total DESC, kind, reason LIMIT ");
+            q.push_bind(i64::from(limit));
+            q.build_query_as::<(String, String, i64)>().fetch_all(pool).await
+        })
+        .map_err(StoreError::Database)?;
+        rows.into_iter()
+            .map(|(kind, reason, n)| {
+                Ok(RefusalCount {
+                    kind,
+                    reason,
+                    count: narrow(n, "refusal count")?,
+                })
+            })
+            .collect()
     }
 }

@@ -25,6 +25,22 @@ type GrantRow = (
 const SELECT_GRANT: &str = "SELECT id, agent, agent_ref, user_name, src, proto, port, policy, \
      opened_at, expires_at, closed_at, close_reason, revoke_requested FROM grants WHERE TRUE";
 
+/// Narrows a query over `grants` ending in `WHERE TRUE` to `$filter`.
+macro_rules! push_grant_filter {
+    ($q:ident, $filter:expr) => {
+        if let Some(agent) = &$filter.agent {
+            $q.push(" AND agent = ").push_bind(agent.as_str());
+        }
+        if let Some(user) = &$filter.user {
+            $q.push(" AND user_name = ").push_bind(user.as_str());
+        }
+        if let Some(now) = $filter.active_at {
+            $q.push(" AND closed_at IS NULL AND expires_at > ")
+                .push_bind(now.unix_millis());
+        }
+    };
+}
+
 fn grant_from_row(row: GrantRow) -> Result<Grant, StoreError> {
     let (
         id,
@@ -126,20 +142,23 @@ impl Store {
     pub async fn list_grants(&self, filter: &GrantFilter) -> Result<Vec<Grant>, StoreError> {
         let rows = on_pool!(self, pool => {
             let mut q = sqlx::QueryBuilder::new(SELECT_GRANT);
-            if let Some(agent) = &filter.agent {
-                q.push(" AND agent = ").push_bind(agent.as_str());
-            }
-            if let Some(user) = &filter.user {
-                q.push(" AND user_name = ").push_bind(user.as_str());
-            }
-            if let Some(now) = filter.active_at {
-                q.push(" AND closed_at IS NULL AND expires_at > ").push_bind(now.unix_millis());
-            }
+            push_grant_filter!(q, filter);
             q.push(" ORDER BY id");
             q.build_query_as::<GrantRow>().fetch_all(pool).await
         })
         .map_err(StoreError::Database)?;
         rows.into_iter().map(grant_from_row).collect()
+    }
+
+    /// How many grants match `filter`.
+    pub async fn count_grants(&self, filter: &GrantFilter) -> Result<u64, StoreError> {
+        let n = on_pool!(self, pool => {
+            let mut q = sqlx::QueryBuilder::new("SELECT COUNT(*) FROM grants WHERE TRUE");
+            push_grant_filter!(q, filter);
+            q.build_query_scalar::<i64>().fetch_one(pool).await
+        })
+        .map_err(StoreError::Database)?;
+        narrow(n, "grant count")
     }
 
     /// Flags the target's grants that are open at `now` for early closing and

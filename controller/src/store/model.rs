@@ -176,6 +176,44 @@ pub struct Agent {
     pub connected: bool,
 }
 
+/// Where an agent stands; every agent is in exactly one state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AgentState {
+    /// Revoked: refused from now on, whatever else is true.
+    Revoked,
+    /// Added, not enrolled yet.
+    NotEnrolled,
+    /// Holds a sync stream now (`connected`, as `ListAgents` shows it).
+    Connected,
+    /// Not connected now, but seen before.
+    Stale,
+    /// Enrolled, never seen since.
+    NeverConnected,
+}
+
+impl Agent {
+    /// Its state.
+    pub fn state(&self) -> AgentState {
+        if self.revoked_at.is_some() {
+            AgentState::Revoked
+        } else if self.enrolled_at.is_none() {
+            AgentState::NotEnrolled
+        } else if self.connected {
+            AgentState::Connected
+        } else if self.last_seen.is_some() {
+            AgentState::Stale
+        } else {
+            AgentState::NeverConnected
+        }
+    }
+
+    /// Whether it is enrolled, not revoked, and has yet to apply `current`.
+    pub fn is_behind(&self, current: ConfigVersion) -> bool {
+        !matches!(self.state(), AgentState::Revoked | AgentState::NotEnrolled)
+            && self.applied_version < current
+    }
+}
+
 /// A stored policy; the spec's schema belongs to the controller's policy module.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Policy {
@@ -327,4 +365,28 @@ impl AuditFilter {
     pub const DEFAULT_LIMIT: u32 = 500;
     /// Largest page.
     pub const MAX_LIMIT: u32 = 10_000;
+}
+
+/// Which audit kinds count as refusals, by who writes their rows and how a row counts.
+#[derive(Clone, Copy, Debug)]
+pub struct RefusalKinds<'a> {
+    /// Written by the controller itself (no agent sequence number): a row counts as one
+    /// plus its `detail.suppressed` (the refusals a throttle left out), under its
+    /// `detail.reason`.
+    pub controller: &'a [&'a str],
+    /// Reported by agents: a row counts as one, under its `detail.reason`.
+    pub reported: &'a [&'a str],
+    /// Reported by agents as tallies: `detail.counts` maps each reason to a count.
+    pub tallies: &'a [&'a str],
+}
+
+/// How many refusals of one kind and reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusalCount {
+    /// The audit kind.
+    pub kind: String,
+    /// Its reason; empty when the rows gave none.
+    pub reason: String,
+    /// How many.
+    pub count: u64,
 }

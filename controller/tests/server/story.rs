@@ -44,7 +44,7 @@ fn names<T>(v: &[T], f: impl Fn(&T) -> &str) -> Vec<String> {
     v.iter().map(|x| f(x).to_owned()).collect()
 }
 
-fn grant_event(seq: u64, kind: &str, user: &str, grant_ref: &str) -> api::Event {
+pub fn grant_event(seq: u64, kind: &str, user: &str, grant_ref: &str) -> api::Event {
     api::Event {
         seq,
         at_unix_ms: Timestamp::now().unix_millis(),

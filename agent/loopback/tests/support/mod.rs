@@ -261,7 +261,7 @@ impl Agent {
             firewall: Box::new(fw),
             captures: Vec::new(),
             tuning: Tuning::new(String::new(), None),
-            controller: Some(control::channel(url, dir.path()).expect("channel")),
+            controller: Some(control::channel(&[url.to_owned()], dir.path()).expect("channel")),
             watch: None,
         };
         let start = Start::from_file(&file).expect("start");
