@@ -229,6 +229,29 @@ impl FleetStory {
                     && a2.iter().any(|e| e["kind"] == "spa.rejected")
             },
         );
+        self.status_shows_the_fleet();
+    }
+
+    /// `knockadm status`: both agents connected and current, alice's grant open, gw2's
+    /// refusal counted.
+    fn status_shows_the_fleet(&self) {
+        let mut last = Value::Null;
+        let ok = (0..50).any(|_| {
+            last = self.ctl.knockadm_json(&["status", "--since", "1h"]);
+            let spa_refused = last["refusals"].as_array().is_some_and(|r| {
+                r.iter()
+                    .any(|x| x["kind"] == "spa.rejected" && x["count"].as_u64() >= Some(1))
+            });
+            let done = last["agents"]["connected"] == 2
+                && last["agents"]["behind"] == 0
+                && last["open_grants"].as_u64() >= Some(1)
+                && spa_refused;
+            if !done {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            done
+        });
+        assert!(ok, "knockadm status: {last:#}");
     }
 
     /// Disabling alice closes her open grant within a second and refuses her next packet.
