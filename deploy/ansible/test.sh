@@ -83,7 +83,9 @@ timing "lint"
 
 # --- everything below is removed on exit --------------------------------------------------
 work=$(mktemp -d /tmp/kgt-ans.XXXXXX)
-ctl_pid='' nspawn_pid='' host_mounted=''
+# shellcheck source-path=SCRIPTDIR source=../test/nspawn.sh
+. "$repo/deploy/test/nspawn.sh"
+ctl_pid='' host_mounted=''
 cleanup() {
   local rc=$?
   set +e
@@ -92,11 +94,7 @@ cleanup() {
       echo "--- journal of knockgate-agent in the host" >&2
       nsenter --target="$init_pid" --mount --pid -- journalctl -u knockgate-agent --no-pager -n 60 >&2
     fi
-    # SIGTERM: nspawn asks the container's systemd to power off, then waits for it.
-    kill -TERM "$nspawn_pid"
-    for _ in $(seq 1 100); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$nspawn_pid" 2>/dev/null && kill -KILL "$nspawn_pid"
-    wait "$nspawn_pid" 2>/dev/null
+    stop_host
   fi
   if [ -n "$ctl_pid" ]; then
     [ "$rc" -ne 0 ] && { echo "--- controller log (tail)" >&2; tail -n 30 "$work/controller.log" >&2; }
@@ -178,37 +176,9 @@ else
   echo "no overlayfs: copying the root"
   cp -a "$root/." "$work/host/"
 fi
-# --register=no --keep-unit: no systemd as PID 1 and no D-Bus on this machine.
-# --capability=CAP_NET_ADMIN: nspawn keeps it out of the container's bounding set unless it
-# makes the network itself (--private-network); the agent needs it for its nftables table.
-systemd-nspawn -D "$work/host" -M $agent -b --register=no --keep-unit --capability=CAP_NET_ADMIN \
-  --network-namespace-path=/run/netns/$ns_gw --console=read-only \
-  </dev/null >"$work/console.log" 2>&1 &
-nspawn_pid=$!
-init_pid=''
-for _ in $(seq 1 100); do
-  init_pid=$(pgrep -P "$nspawn_pid" -x systemd || true)
-  [ -n "$init_pid" ] && break
-  kill -0 "$nspawn_pid" 2>/dev/null || { cat "$work/console.log" >&2; die "systemd-nspawn exited"; }
-  sleep 0.1
-done
-[ -n "$init_pid" ] || die "no container init under systemd-nspawn ($nspawn_pid)"
-in_host() { nsenter --target="$init_pid" --mount --pid --uts --ipc --net -- "$@"; }
-# Until its systemd answers (the private bus comes up a moment after boot starts) and
-# has finished booting.
-state=''
-for _ in $(seq 1 300); do
-  state=$(nsenter --target="$init_pid" --mount --pid -- systemctl is-system-running 2>/dev/null || true)
-  case $state in running | degraded | maintenance | stopping) break ;; esac
-  kill -0 "$nspawn_pid" 2>/dev/null || break
-  sleep 0.2
-done
-echo "host systemd (pid $init_pid): $state"
-case $state in
-  running) ;;
-  degraded) in_host systemctl --failed --no-pager ;;
-  *) tail -n 30 "$work/console.log" >&2; die "the host did not boot ($state)" ;;
-esac
+boot_host "$work/host" $agent "$work/console.log" --capability=CAP_NET_ADMIN \
+  --network-namespace-path=/run/netns/$ns_gw || die "booting the host failed"
+echo "host systemd (pid $init_pid): $host_state"
 timing "boot"
 
 # --- molecule -----------------------------------------------------------------------------

@@ -26,8 +26,9 @@ die() { echo "debs.sh: FAILED: $*" >&2; exit 1; }
 ok() { echo "debs.sh: ok: $*"; }
 [ "$(id -u)" -eq 0 ] || die "run as root (chroot, systemd-nspawn)"
 
+# shellcheck source-path=SCRIPTDIR source=nspawn.sh
+. "$here/nspawn.sh"
 work=$(mktemp -d /var/tmp/kgt-debs.XXXXXX)
-nspawn_pid=''
 cleanup() {
   rc=$?
   if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
@@ -35,10 +36,7 @@ cleanup() {
       nsenter --target="$init_pid" --mount --pid -- journalctl --no-pager -n 60 \
         -u knockgate-agent -u knockgate-controller >&2 || true
     fi
-    kill -TERM "$nspawn_pid"
-    for _ in $(seq 1 100); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$nspawn_pid" 2>/dev/null && kill -KILL "$nspawn_pid"
-    wait "$nspawn_pid" 2>/dev/null || true
+    stop_host
   fi
   umount -R "$work/host/proc" 2>/dev/null || true
   rm -rf --one-file-system "$work"
@@ -101,26 +99,8 @@ TOML
 umount "$h/proc"
 
 # --- boot it ------------------------------------------------------------------------------
-systemd-nspawn -D "$h" -M kgt-debs -b --register=no --keep-unit --private-network \
-  --console=read-only </dev/null >"$work/console.log" 2>&1 &
-nspawn_pid=$!
-init_pid=''
-for _ in $(seq 1 100); do
-  init_pid=$(pgrep -P "$nspawn_pid" -x systemd || true)
-  [ -n "$init_pid" ] && break
-  kill -0 "$nspawn_pid" 2>/dev/null || { cat "$work/console.log" >&2; die "systemd-nspawn exited"; }
-  sleep 0.1
-done
-[ -n "$init_pid" ] || die "no init under systemd-nspawn"
-in_host() { nsenter --target="$init_pid" --mount --pid --uts --ipc --net -- "$@"; }
-state=''
-for _ in $(seq 1 300); do
-  state=$(in_host systemctl is-system-running 2>/dev/null || true)
-  case $state in running | degraded) break ;; esac
-  sleep 0.2
-done
-case $state in running | degraded) ;; *) tail -n 30 "$work/console.log" >&2; die "the host did not boot ($state)" ;; esac
-ok "the host booted ($state)"
+boot_host "$h" kgt-debs "$work/console.log" --private-network || die "booting the host failed"
+ok "the host booted ($host_state)"
 
 verify=$(in_host systemd-analyze verify --man=no /lib/systemd/system/knockgate-agent.service \
   /lib/systemd/system/knockgate-controller.service 2>&1) || die "systemd-analyze verify: $verify"
@@ -141,6 +121,7 @@ ok "both units enabled and active (Type=notify: they said READY=1)"
 ready=$(in_host bash -c 'exec 3<>/dev/tcp/127.0.0.1/7444; printf "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n" >&3; head -n1 <&3' | tr -d '\r')
 [ "$ready" = "HTTP/1.1 200 OK" ] || die "controller /readyz: $ready"
 main=$(in_host systemctl show -P MainPID knockgate-controller)
+# shellcheck disable=SC2016 # awk's $2, not the shell's
 uid=$(in_host awk '/^Uid:/ {print $2}' "/proc/$main/status")
 [ "$uid" = "$(in_host id -u knockgate)" ] || die "the controller runs as uid $uid, not as knockgate"
 caps=$(in_host grep CapEff "/proc/$main/status" | awk '{print $2}')
