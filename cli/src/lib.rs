@@ -8,6 +8,7 @@
 //! - [`keyfile`]: reading and writing native SPA key files.
 //! - [`profile`]: the knocker profile knockadm writes and `knocker open` reads.
 //! - [`otk`]: the one-time key counter kept beside a profile.
+//! - [`durable`]: the one atomic, synced replacement of such small files.
 //! - [`cmd`]: one module per `knocker` subcommand (clap arguments and `run`).
 //! - [`admin`]: `knockadm`: the controller connection, one module per noun,
 //!   and table/JSON output.
@@ -17,6 +18,7 @@
 
 pub mod admin;
 pub mod cmd;
+pub mod durable;
 pub mod icmp;
 pub mod keyfile;
 pub mod knock;

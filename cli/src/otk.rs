@@ -11,8 +11,8 @@
 //! ahead by a few is still let in, and the stock moves past the skipped ones
 //! with its next claim. The lock file stays beside the counter.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read as _, Write as _};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read as _};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
@@ -157,39 +157,20 @@ fn read_counter(path: &Path) -> Result<u64, CounterError> {
 /// Replaces the counter file with `value`: a new 0600 file, synced, renamed
 /// over the old one, and the directory synced, so a crash leaves either value.
 fn write_counter(path: &Path, value: u64) -> Result<(), CounterError> {
+    // Only a holder of the lock gets here, so a leftover temporary file is from a crash.
     let tmp = sibling(path, ".tmp");
-    let write_error = |source| CounterError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    // Only a holder of the lock gets here, so a leftover is from a crash.
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-        Err(err) => return Err(write_error(err)),
-    }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(PROFILE_MODE)
-        .open(&tmp)
-        .map_err(write_error)?;
-    file.write_all(format!("{value}\n").as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(write_error)?;
-    fs::rename(&tmp, path).map_err(write_error)?;
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(write_error)
+    crate::durable::replace(path, &tmp, format!("{value}\n").as_bytes()).map_err(|source| {
+        CounterError::Write {
+            path: path.to_owned(),
+            source,
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
+    use std::fs;
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;

@@ -1,6 +1,7 @@
 //! The knocker profile: the TOML file `knockadm user add --profile-out`
-//! writes and `knocker open --profile` reads, and (in `profile/fwknoprc.rs`) the
-//! fwknop rc file written beside it for users of the stock `fwknop` client.
+//! writes (and `knockadm user profile NAME --update` brings up to date) and
+//! `knocker open --profile` reads, and (in `profile/fwknoprc.rs`) the fwknop rc
+//! file written beside it for users of the stock `fwknop` client.
 //!
 //! ```toml
 //! [user]
@@ -15,6 +16,11 @@
 //! name = "gw1"
 //! address = "203.0.113.7"  # host, IP, or host:port
 //!
+//! [[gateway.policy]]       # one per policy admitting the user there
+//! name = "ssh"
+//! open = ["tcp/22"]        # what it opens: `knocker open` asks for this without --access
+//! methods = ["spa", "fwknop", "rotating"]   # also "otk", "sequence" (a fixed sequence)
+//!
 //! [[gateway.rotating]]     # one per rotating policy admitting the user there
 //! policy = "ssh"
 //! length = 4
@@ -25,13 +31,15 @@
 //! exclude = [22]           # the gateway's protected ports
 //! ```
 //!
-//! The `[[gateway.rotating]]` entries (`profile/rotation.rs`) are copied from the
+//! The `[[gateway.policy]]` entries (`profile/policy.rs`) and the
+//! `[[gateway.rotating]]` entries (`profile/rotation.rs`) are copied from the
 //! controller, which derives the agents' sequences with exactly these settings;
-//! profiles written before them still read. One-time keys keep their counter
+//! profiles written before either still read. One-time keys keep their counter
 //! beside the profile (`crate::otk`).
 //!
 //! Both files hold secrets: they are created with mode 0600 and never
-//! overwritten. No error here carries a key.
+//! overwritten, except by [`replace_profile`] on an explicit `--update` (a new
+//! file renamed over the old one). No error here carries a key.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -48,9 +56,11 @@ use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
 mod fwknoprc;
+mod policy;
 mod rotation;
 
 pub use fwknoprc::{fwknoprc_path, render_fwknoprc, split_address};
+pub use policy::ProfileGatewayPolicy;
 pub use rotation::ProfileRotation;
 
 /// Mode of the profile and rc files: readable by their owner only.
@@ -118,6 +128,9 @@ pub struct ProfileGateway {
     /// Where to send packets: a host name, an IP, or `host:port`.
     #[serde(default)]
     pub address: String,
+    /// The policies admitting the user here: what each opens, and how.
+    #[serde(default, rename = "policy", skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<ProfileGatewayPolicy>,
     /// The rotating policies admitting the user here, as the controller derives them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rotating: Vec<ProfileRotation>,
@@ -188,7 +201,8 @@ pub enum ProfileError {
     },
     /// The gateway entry has no `[[gateway.rotating]]` entry.
     #[error(
-        "gateway '{gateway}' has no rotating policy in profile '{}' (none admitted you there          when it was written; 'knockadm user rotate-keys' writes a new one)",
+        "gateway '{gateway}' has no rotating policy in profile '{}' (none admitted you there \
+         when it was written; 'knockadm user profile NAME --update FILE' brings it up to date)",
         path.display()
     )]
     NoRotation {
@@ -233,7 +247,8 @@ pub enum ProfileError {
     },
 }
 
-fn known_list(known: &[String]) -> String {
+/// `a, b, c`, or `none`: how errors list what there is.
+pub(crate) fn known_list(known: &[String]) -> String {
     if known.is_empty() {
         "none".to_owned()
     } else {
@@ -408,6 +423,30 @@ pub fn write_profile(path: &Path, profile: &Profile) -> Result<PathBuf, ProfileE
     write_new(path, render_toml(profile, path)?.as_bytes())?;
     write_new(&rc_path, render_fwknoprc(profile).as_bytes())?;
     Ok(rc_path)
+}
+
+/// Replaces the profile at `path` and its `path.fwknoprc` with `profile`, each
+/// through a new 0600 file in the same directory, synced and renamed over the
+/// old one (then the directory synced), so a crash leaves the old or the new
+/// file, never half of one; returns the rc file's path. The only overwrite of a
+/// profile, for `knockadm user profile --update`.
+///
+/// # Errors
+/// [`ProfileError::Write`] naming the file that could not be replaced.
+pub fn replace_profile(path: &Path, profile: &Profile) -> Result<PathBuf, ProfileError> {
+    let rc_path = fwknoprc_path(path);
+    replace_file(path, render_toml(profile, path)?.as_bytes())?;
+    replace_file(&rc_path, render_fwknoprc(profile).as_bytes())?;
+    Ok(rc_path)
+}
+
+fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), ProfileError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    crate::durable::replace(path, Path::new(&tmp), bytes).map_err(|source| ProfileError::Write {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn write_new(path: &Path, bytes: &[u8]) -> Result<(), ProfileError> {

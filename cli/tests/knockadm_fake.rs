@@ -209,14 +209,20 @@ fn foreign_identities_are_refused() {
     ctl.fails(&misled, &["user", "list"], 1, "UnknownIssuer");
 }
 
-#[test]
-fn user_add_writes_a_profile_knocker_opens_with() {
+/// A UDP socket standing for gw1, its address, and a controller that lists gw1 there.
+fn gw1_and_controller() -> (UdpSocket, String, Controller) {
     let receiver = UdpSocket::bind("127.0.0.1:0").expect("bind");
     receiver
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
     let gw = receiver.local_addr().expect("addr").to_string();
     let ctl = Controller::start(&gw);
+    (receiver, gw, ctl)
+}
+
+#[test]
+fn user_add_writes_a_profile_knocker_opens_with() {
+    let (receiver, gw, ctl) = gw1_and_controller();
     let profile = ctl.dir.path().join("alice.toml");
     user_add_saves_private_files(&ctl, &profile, &gw);
 
@@ -356,6 +362,124 @@ fn json_carries_no_keys(ctl: &Controller) {
     assert_eq!(json["gateways"][0]["name"], "gw1");
     assert_eq!(json["fwknoprc"], format!("{}.fwknoprc", other.display()));
     assert!(!out.contains(&knockgate_cli::profile::encode_key(&SPA_KEY)));
+}
+
+#[test]
+fn user_profile_update_keeps_the_keys_and_lists_gateways_now() {
+    let (receiver, gw, ctl) = gw1_and_controller();
+    let profile = ctl.dir.path().join("alice.toml");
+    let path = profile.to_str().expect("utf-8");
+    ctl.ok(&["user", "add", "alice", "--profile-out", path]);
+    let user_table = |text: &str| text[..text.find("[[gateway]]").expect("gateway")].to_owned();
+    let before = std::fs::read_to_string(&profile).expect("profile");
+    std::fs::set_permissions(&profile, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+
+    let out = ctl.ok(&["user", "profile", "alice", "--update", path]);
+    assert!(
+        out.starts_with(&format!(
+            "profile {path} of user alice updated (fwknop: {path}.fwknoprc): \
+             gateways added: gw3; removed: none\nGATEWAY  ADDRESS"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "gw1      {gw}  changed  ssh (tcp/22: spa,fwknop,rotating,otk) web (tcp/443: spa,fwknop)"
+        )),
+        "{out}"
+    );
+    assert!(
+        !out.contains(&knockgate_cli::profile::encode_key(&SPA_KEY)),
+        "no key on stdout"
+    );
+    let after = std::fs::read_to_string(&profile).expect("profile");
+    assert_eq!(user_table(&after), user_table(&before), "the keys are kept");
+    assert!(
+        after.contains("[[gateway.policy]]\nname = \"web\"\nopen = [\"tcp/443\"]\n"),
+        "{after}"
+    );
+    assert!(
+        after.contains("[[gateway]]\nname = \"gw3\"\naddress = \"203.0.113.9\""),
+        "{after}"
+    );
+    assert!(
+        after.contains("[[gateway.rotating]]\npolicy = \"ssh\""),
+        "{after}"
+    );
+    let rc = std::fs::read_to_string(format!("{path}.fwknoprc")).expect("rc");
+    assert!(rc.contains("\n[gw3]\nSPA_SERVER 203.0.113.9\n"), "{rc}");
+    for file in [profile.clone(), ctl.dir.path().join("alice.toml.fwknoprc")] {
+        let mode = std::fs::metadata(&file).expect("file").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+    }
+
+    // Again, as JSON: nothing changes any more.
+    let out = ctl.ok(&["-o", "json", "user", "profile", "alice", "--update", path]);
+    let json: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(json["user"], "alice");
+    assert_eq!(json["added"], serde_json::json!([]));
+    assert_eq!(json["changed"], serde_json::json!([]));
+    assert_eq!(json["gateways"][1]["name"], "gw3");
+    assert_eq!(json["gateways"][1]["change"], "unchanged");
+    assert_eq!(json["fwknoprc"], format!("{path}.fwknoprc"));
+
+    // knocker now knows two policies at gw1 that spa opens, and one otk opens.
+    let out = Command::new(env!("CARGO_BIN_EXE_knocker"))
+        .args(["open", "gw1", "--profile", path])
+        .output()
+        .expect("run knocker");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        "knocker: error: gateway gw1: policies ssh (tcp/22), web (tcp/443) allow spa: pass --access"
+    );
+    let otk0 = knockgate_proto::scope::gateway_otk(&[3; 32], "gw1", 0).expect("derive");
+    let req = spa::open(&otk0, &knocker(&receiver, &profile, "otk")).expect("opens");
+    assert_eq!(req.access, [knockgate_proto::Access::tcp(22)]);
+
+    user_profile_update_refusals(&ctl, path);
+}
+
+/// The wrong user's profile, a missing file, an unknown or disabled user: one line each,
+/// and the profile untouched.
+fn user_profile_update_refusals(ctl: &Controller, path: &str) {
+    let before = std::fs::read_to_string(path).expect("profile");
+    let id = ctl.identity.clone();
+    ctl.fails(
+        &id,
+        &["user", "profile", "bob", "--update", path],
+        64,
+        &format!("profile '{path}' belongs to user 'alice', not 'bob'"),
+    );
+    let missing = ctl.dir.path().join("missing.toml");
+    let missing = missing.to_str().expect("utf-8");
+    ctl.fails(
+        &id,
+        &["user", "profile", "bob", "--update", missing],
+        64,
+        "cannot read profile",
+    );
+    for (name, code, needle) in [
+        ("zed", 1, "no user named zed"),
+        ("carol", 1, "user carol is disabled"),
+    ] {
+        let other = ctl.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&other, format!("[user]\nname = \"{name}\"\n")).expect("write");
+        let other = other.to_str().expect("utf-8");
+        ctl.fails(
+            &id,
+            &["user", "profile", name, "--update", other],
+            code,
+            needle,
+        );
+        assert_eq!(
+            std::fs::read_to_string(other).expect("profile"),
+            format!("[user]\nname = \"{name}\"\n")
+        );
+    }
+    ctl.fails(&id, &["user", "profile", "alice"], 64, "--update <FILE>");
+    assert_eq!(std::fs::read_to_string(path).expect("profile"), before);
 }
 
 #[test]

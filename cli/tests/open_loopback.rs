@@ -316,3 +316,37 @@ fn profiles_without_keys_or_broken_are_named() {
         &["invalid profile", "broken.toml"],
     );
 }
+
+#[test]
+fn without_access_the_profile_says_what_to_ask_for() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (socket, port) = receiver(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let path = profile(dir.path(), &[("gw1", &format!("127.0.0.1:{port}"))]);
+    let mut text = std::fs::read_to_string(&path).expect("profile");
+    text.push_str(
+        "\n[[gateway.policy]]\nname = \"web\"\nopen = [\"tcp/443\", \"tcp/80\"]\n\
+         methods = [\"spa\"]\n\n[[gateway.policy]]\nname = \"ssh\"\nopen = [\"tcp/22\"]\n\
+         methods = [\"fwknop\", \"rotating\"]\n",
+    );
+    std::fs::write(&path, text).expect("write");
+    let key = knockgate_proto::scope::gateway_spa_key(&SPA_KEY, "gw1").expect("derive");
+
+    // One policy allows spa: everything it opens.
+    let out = knocker(&["open", "gw1", "--profile", p(&path)]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let req = spa::open(&key, &receive(&socket)).expect("opens");
+    assert_eq!(req.access, vec![Access::tcp(80), Access::tcp(443)]);
+    // --access still wins.
+    let out = knocker(&["open", "gw1", "--profile", p(&path), "-A", "udp/53"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let req = spa::open(&key, &receive(&socket)).expect("opens");
+    assert_eq!(req.access, vec![Access::udp(53)]);
+    // No policy allows otk: named, nothing sent, no key reserved.
+    assert_usage(
+        &["open", "gw1", "--profile", p(&path), "-m", "otk"],
+        &[
+            "gateway gw1: no policy in the profile allows otk (policies: web (tcp/443, tcp/80) by spa, ssh (tcp/22) by fwknop, rotating): pass --access",
+        ],
+    );
+    assert!(!dir.path().join("alice.toml.otk").exists());
+}

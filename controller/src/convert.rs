@@ -249,6 +249,17 @@ pub fn credentials_to_api(u: &User, gateways: Vec<desired::Gateway<'_>>) -> api:
     }
 }
 
+/// A user's gateways without their keys, for UserGateways.
+pub fn user_gateways_to_api(
+    u: &User,
+    gateways: Vec<desired::Gateway<'_>>,
+) -> api::UserGatewaysResponse {
+    api::UserGatewaysResponse {
+        user: Some(user_to_api(u)),
+        gateways: gateways.iter().map(gateway_to_api).collect(),
+    }
+}
+
 /// A gateway of a profile → wire.
 fn gateway_to_api(g: &desired::Gateway<'_>) -> api::GatewayAddress {
     api::GatewayAddress {
@@ -258,6 +269,32 @@ fn gateway_to_api(g: &desired::Gateway<'_>) -> api::GatewayAddress {
             .rotating
             .iter()
             .map(|r| gateway_rotation_to_api(r.policy, r.rotation, &r.exclude))
+            .collect(),
+        policies: g
+            .policies
+            .iter()
+            .map(|p| gateway_policy_to_api(p))
+            .collect(),
+    }
+}
+
+/// A policy admitting the user at a gateway → wire: what it opens and the methods
+/// (`knocker open --method` words, and `sequence` for a fixed sequence) that open it.
+fn gateway_policy_to_api(p: &PolicyDef) -> api::GatewayPolicy {
+    let methods = [
+        (p.spa, "spa"),
+        (p.fwknop, "fwknop"),
+        (!p.sequence.is_empty(), "sequence"),
+        (p.rotating.is_some(), "rotating"),
+        (p.otk.is_some(), "otk"),
+    ];
+    api::GatewayPolicy {
+        name: p.name.to_string(),
+        open: p.open.iter().copied().map(access_to_api).collect(),
+        methods: methods
+            .into_iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, name)| name.to_owned())
             .collect(),
     }
 }

@@ -251,8 +251,9 @@ pub fn delta<'a>(old: &AgentView, new: &'a AgentView, base: u64, version: u64) -
 /// ever handed out once, so the profile must already know the gateways it may be let into
 /// later; being listed opens nothing.
 ///
-/// Each gateway carries the rotating policies there that admit `user`, with the settings
-/// and excluded ports [`material`] derives with, so the client computes the same sequences.
+/// Each gateway carries the policies there that admit `user` (so the client can choose
+/// what to ask for) and the rotating ones among them, with the settings and excluded
+/// ports [`material`] derives with, so the client computes the same sequences.
 pub fn gateways<'a>(
     user: &User,
     agents: &'a [Agent],
@@ -270,10 +271,14 @@ pub fn gateways<'a>(
     listed.sort_by_key(|a| !admits(a));
     listed
         .into_iter()
-        .map(|a| Gateway {
-            name: &a.name,
-            address: a.address.as_deref().unwrap_or_default(),
-            rotating: rotations(user, &a.labels, policies),
+        .map(|a| {
+            let (policies, rotating) = admitting(user, &a.labels, policies);
+            Gateway {
+                name: &a.name,
+                address: a.address.as_deref().unwrap_or_default(),
+                policies,
+                rotating,
+            }
         })
         .collect()
 }
@@ -284,6 +289,8 @@ pub struct Gateway<'a> {
     pub name: &'a AgentName,
     /// Where to knock.
     pub address: &'a str,
+    /// The policies there that admit the user, by name.
+    pub policies: Vec<&'a PolicyDef>,
     /// The rotating policies there that admit the user.
     pub rotating: Vec<GatewayRotation<'a>>,
 }
@@ -296,21 +303,22 @@ pub struct GatewayRotation<'a> {
     pub exclude: Vec<u16>,
 }
 
-/// The rotating policies selecting an agent with `labels` that admit `user`, by name.
-fn rotations<'a>(
+/// The policies selecting an agent with `labels` that admit `user`, by name, and the
+/// rotating ones among them.
+fn admitting<'a>(
     user: &User,
     labels: &BTreeMap<String, String>,
     policies: &'a [PolicyDef],
-) -> Vec<GatewayRotation<'a>> {
+) -> (Vec<&'a PolicyDef>, Vec<GatewayRotation<'a>>) {
     let selected: BTreeMap<&str, &PolicyDef> = policies
         .iter()
         .filter(|p| p.agents.matches(labels))
         .map(|p| (p.name.as_str(), p))
         .collect();
     let exclude = protected_ports(selected.values().copied());
-    selected
-        .values()
-        .filter(|p| p.admits(user))
+    let admitting: Vec<&PolicyDef> = selected.into_values().filter(|p| p.admits(user)).collect();
+    let rotating = admitting
+        .iter()
         .filter_map(|p| {
             p.rotating.as_ref().map(|rotation| GatewayRotation {
                 policy: &p.name,
@@ -318,7 +326,8 @@ fn rotations<'a>(
                 exclude: exclude.clone(),
             })
         })
-        .collect()
+        .collect();
+    (admitting, rotating)
 }
 
 /// The ports rotating knocks at a gateway never use: every port protected there by the
@@ -543,6 +552,27 @@ mod tests {
             gws[1].rotating.is_empty(),
             "gw2: no rotating policy selects it"
         );
+        // Every policy admitting alice there, with what it opens and how.
+        let policies_at = |i: usize| -> Vec<(String, Vec<u32>, Vec<String>)> {
+            gws[i]
+                .policies
+                .iter()
+                .map(|p| {
+                    let ports = p.open.iter().map(|a| a.port).collect();
+                    (p.name.clone(), ports, p.methods.clone())
+                })
+                .collect()
+        };
+        let rotating_only = vec!["rotating".to_owned()];
+        assert_eq!(
+            policies_at(0),
+            [
+                ("rdp".into(), vec![3389], rotating_only.clone()),
+                ("web".into(), vec![443], rotating_only)
+            ],
+            "not ssh: it admits only bob"
+        );
+        assert!(policies_at(1).is_empty());
 
         let gw1 = &agents[0];
         let inputs = material::Inputs {

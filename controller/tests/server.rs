@@ -11,6 +11,8 @@ mod harness;
 mod otk;
 #[path = "store/pg.rs"]
 mod pg;
+#[path = "server/profile.rs"]
+mod profile;
 #[path = "server/rotation.rs"]
 mod rotation;
 #[path = "server/security.rs"]
@@ -73,6 +75,7 @@ both!(
     otk::one_time_keys,
     otk::claim_race_one_server,
     status::fleet_status,
+    profile::user_gateways,
 );
 
 /// Two replicas on one PostgreSQL database: agents claiming through

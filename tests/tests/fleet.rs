@@ -41,6 +41,7 @@ fn story(db: Option<String>) {
     story.alice_opens_gw1_and_not_gw2();
     story.disabling_alice_closes_and_refuses();
     story.revoking_a_grant_closes_it();
+    story.profile_update_brings_a_later_policy();
     story.agents_enforce_through_an_outage();
 }
 
@@ -299,6 +300,63 @@ impl FleetStory {
         assert!(
             closes_within(client, me, ssh1, Duration::from_millis(1500)),
             "revoked grant closes within a second"
+        );
+    }
+
+    /// A policy added after alice's profile was written (web, tcp/8443 on gw1 by one-time
+    /// key) opens nothing with the old profile, which asks for tcp/22; `knockadm user
+    /// profile alice --update` keeps her keys and lists it, and `knocker open gw1` without
+    /// --access then asks for its port. Plain SPA still asks for ssh's tcp/22.
+    fn profile_update_brings_a_later_policy(&self) {
+        let (client, me, ctl) = (self.client(), self.me(), &self.ctl);
+        let _web = Listener::start(&self.fleet.host(GW1).ns, 8443);
+        let web = SocketAddr::new(self.fleet.host(GW1).addr(), 8443);
+        let profile = self.profile.to_str().expect("path");
+        ctl.knockadm_json(&[
+            "policy",
+            "add",
+            "web",
+            "--open",
+            "tcp/8443",
+            "--users",
+            "alice",
+            "--agents",
+            "role=edge",
+            "--timeout",
+            "30s",
+            "--otk",
+        ]);
+        wait_until("gw1 applied web", Duration::from_secs(5), || {
+            all_applied(ctl)
+        });
+        let otk = ["open", "gw1", "--profile", profile, "--method", "otk"];
+        knocker(client, &otk);
+        assert!(
+            !opens_within(client, me, web, Duration::from_millis(800)),
+            "the old profile asks for tcp/22"
+        );
+        let keys = |text: &str| text[..text.find("[[gateway]]").expect("gateway")].to_owned();
+        let before = std::fs::read_to_string(&self.profile).expect("profile");
+        let update = ctl.knockadm_json(&["user", "profile", "alice", "--update", profile]);
+        assert_eq!(update["removed"], serde_json::json!([]), "{update:#}");
+        let after = std::fs::read_to_string(&self.profile).expect("profile");
+        assert_eq!(keys(&after), keys(&before), "same keys");
+        assert!(
+            after.contains("name = \"web\"\nopen = [\"tcp/8443\"]"),
+            "{after}"
+        );
+        let accepted = || audit(ctl, &["--agent", "gw1", "--kind", "spa.accepted"]).len();
+        let accepted_before = accepted();
+        knocker(client, &otk);
+        assert!(
+            opens_within(client, me, web, Duration::from_secs(2)),
+            "web opens:\n{}",
+            self.agents[0].log_text()
+        );
+        wait_until(
+            "the grant in the audit trail",
+            Duration::from_secs(5),
+            || accepted() > accepted_before,
         );
     }
 

@@ -1,20 +1,25 @@
-//! `knockadm user add|list|show|disable|enable|remove|rotate-keys`. Adding a
-//! user or rotating their keys is the only time the controller returns the
-//! secrets: `--profile-out` saves them as a knocker profile (and fwknop rc
-//! file), checked writable before the controller is asked.
+//! `knockadm user add|list|show|disable|enable|remove|rotate-keys|profile`.
+//! Adding a user or rotating their keys is the only time the controller returns
+//! the secrets: `--profile-out` saves them as a knocker profile (and fwknop rc
+//! file), checked writable before the controller is asked. `user profile NAME
+//! --update FILE` (`user/update.rs`) brings a profile's gateways up to date
+//! without new keys.
+
+mod update;
 
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
-use knockgate_proto::api::{self, UserCredentials, UserInfo};
+use knockgate_proto::api::{self, GatewayAddress, UserCredentials, UserInfo};
 use serde::Serialize;
 use zeroize::Zeroize as _;
 
-use super::args::parse_name;
+use super::args::{access_text, parse_name};
 use super::output::{Table, rfc3339, time_cell, write_fields, write_json};
 use super::{AdminError, Ctx, Format, Subject};
 use crate::profile::{
-    Profile, ProfileGateway, ProfileRotation, ProfileUser, encode_key, ensure_free, write_profile,
+    Profile, ProfileGateway, ProfileGatewayPolicy, ProfileRotation, ProfileUser, encode_key,
+    ensure_free, write_profile,
 };
 
 /// `knockadm user …`.
@@ -51,6 +56,9 @@ pub enum UserCmd {
     /// Issue new keys for a user (the old ones stop working); with
     /// --profile-out, save them as a knocker profile
     RotateKeys(RotateArgs),
+    /// Bring a user's knocker profile up to date with the gateways and
+    /// policies that admit them now, keeping its keys
+    Profile(update::UserProfileArgs),
 }
 
 /// Arguments of `knockadm user add`.
@@ -134,6 +142,7 @@ impl UserCmd {
                 let path = args.profile_out.as_deref();
                 save_and_print(ctx, &args.name, creds, path, "has new keys")
             }
+            UserCmd::Profile(args) => update::run(ctx, args).await,
             UserCmd::List => list(ctx).await,
             UserCmd::Show { name } => {
                 let request = api::GetUserRequest { name: name.clone() };
@@ -295,28 +304,41 @@ pub fn profile_from(name: &str, creds: &UserCredentials) -> Profile {
             }),
             rotating_secret: key(&creds.rotating_secret),
         },
-        gateways: creds
-            .gateways
-            .iter()
-            .map(|g| ProfileGateway {
-                name: g.name.clone(),
-                address: g.address.clone(),
-                rotating: g
-                    .rotating
-                    .iter()
-                    .map(|r| ProfileRotation {
-                        policy: r.policy.clone(),
-                        length: r.length,
-                        protos: r.protos.clone(),
-                        port_lo: r.port_lo,
-                        port_hi: r.port_hi,
-                        window_secs: r.window_secs,
-                        exclude: r.exclude.clone(),
-                    })
-                    .collect(),
-            })
-            .collect(),
+        gateways: profile_gateways(&creds.gateways),
     }
+}
+
+/// The profile's `[[gateway]]` entries for the gateways the controller lists.
+fn profile_gateways(gateways: &[GatewayAddress]) -> Vec<ProfileGateway> {
+    gateways
+        .iter()
+        .map(|g| ProfileGateway {
+            name: g.name.clone(),
+            address: g.address.clone(),
+            policies: g
+                .policies
+                .iter()
+                .map(|p| ProfileGatewayPolicy {
+                    name: p.name.clone(),
+                    open: p.open.iter().map(access_text).collect(),
+                    methods: p.methods.clone(),
+                })
+                .collect(),
+            rotating: g
+                .rotating
+                .iter()
+                .map(|r| ProfileRotation {
+                    policy: r.policy.clone(),
+                    length: r.length,
+                    protos: r.protos.clone(),
+                    port_lo: r.port_lo,
+                    port_hi: r.port_hi,
+                    window_secs: r.window_secs,
+                    exclude: r.exclude.clone(),
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 /// What `user add` / `user rotate-keys` print as JSON.

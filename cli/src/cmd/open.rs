@@ -2,7 +2,9 @@
 //! profile to open access, with a native SPA packet (default), a packet in the
 //! stock fwknop client's format, a native SPA packet under a one-time key, or
 //! the rotating knock sequence of the current window (`open/rotating.rs`).
+//! Without `--access`, what to ask for comes from the profile (`open/access.rs`).
 
+mod access;
 mod rotating;
 
 use std::io::{self, Write};
@@ -67,8 +69,14 @@ impl Method {
 #[derive(Debug, Clone, Args)]
 #[command(after_help = "\
 The profile is the file 'knockadm user add --profile-out FILE' wrote; it holds
-your keys, the address of every gateway you may use and the settings of its
-rotating policies.
+your keys, the address of every gateway you may use, the policies admitting you
+there and the settings of its rotating policies ('knockadm user profile NAME
+--update FILE' brings it up to date after policies change).
+
+Without --access, knocker asks for everything the profile says your policy at
+the gateway opens, if exactly one policy there allows the method; with none or
+several it names them and asks for --access. A profile that lists no policies
+for the gateway (written before they were listed) asks for tcp/22.
 
 --method otk uses each one-time key once: the number of the next one is kept in
 FILE.otk (created at 0), moved on before the packet is sent. A key reserved but
@@ -97,8 +105,10 @@ pub struct OpenArgs {
     pub method: Method,
 
     /// Access to open: tcp/PORT or udp/PORT. Repeat the flag or separate
-    /// entries with commas (at most 16). Default: tcp/22. Not with rotating:
-    /// its policy says what opens
+    /// entries with commas (at most 16). Default: what the one policy at the
+    /// gateway allowing the method opens, per the profile (tcp/22 when the
+    /// profile lists no policies there). Not with rotating: its policy says
+    /// what opens
     #[arg(short = 'A', long, value_name = "PROTO/PORT", value_delimiter = ',',
           value_parser = parse_access)]
     pub access: Vec<Access>,
@@ -162,6 +172,9 @@ pub enum OpenCmdError {
         /// The method chosen.
         method: Method,
     },
+    /// No `--access`, and the profile does not say what to ask for (exit 64).
+    #[error(transparent)]
+    Access(#[from] access::ChooseAccessError),
     /// More `--access` entries than one packet carries (exit 64).
     #[error("too many --access entries: {0} (at most {MAX_ACCESS})")]
     TooManyAccess(usize),
@@ -211,6 +224,7 @@ impl CommandError for OpenCmdError {
             OpenCmdError::Counter(err) if err.is_corrupt() => EXIT_USAGE,
             OpenCmdError::Profile(_)
             | OpenCmdError::FlagNotForMethod { .. }
+            | OpenCmdError::Access(_)
             | OpenCmdError::TooManyAccess(_)
             | OpenCmdError::FwknopTimeout
             | OpenCmdError::FwknopUser(_)
@@ -320,12 +334,13 @@ impl OpenArgs {
         }
     }
 
-    /// The access asked for, sorted and deduplicated (tcp/22 when none).
-    fn access(&self) -> Result<Vec<Access>, OpenCmdError> {
-        let mut access = self.access.clone();
-        if access.is_empty() {
-            access.push(Access::tcp(22));
+    /// The access asked for, sorted and deduplicated; without `--access`, what
+    /// the profile says the policy at `gateway` allowing the method opens.
+    fn access(&self, gateway: &ProfileGateway) -> Result<Vec<Access>, OpenCmdError> {
+        if self.access.is_empty() {
+            return Ok(access::choose(gateway, self.method.name())?);
         }
+        let mut access = self.access.clone();
         access.sort_unstable();
         access.dedup();
         if access.len() > MAX_ACCESS {
@@ -343,7 +358,7 @@ impl OpenArgs {
         port: u16,
         out: &mut dyn Write,
     ) -> Result<(), OpenCmdError> {
-        let access = self.access()?;
+        let access = self.access(gateway)?;
         let sealed = match self.method {
             Method::Fwknop => self.seal_fwknop(profile, gateway, host, port, &access)?,
             Method::Otk => self.seal_otk(profile, gateway, host, port, &access)?,

@@ -3,6 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 
+use knockgate_proto::Access;
 use knockgate_proto::rotation::{Protos, RotationParams};
 
 use super::*;
@@ -23,11 +24,16 @@ fn profile() -> Profile {
             ProfileGateway {
                 name: "gw1".into(),
                 address: "203.0.113.7".into(),
+                policies: vec![
+                    policy("ssh", &["tcp/22"], &["spa", "fwknop", "rotating"]),
+                    policy("web", &["tcp/443", "tcp/80"], &["spa", "rotating"]),
+                ],
                 rotating: vec![rotation("ssh", "both"), rotation("web", "udp")],
             },
             ProfileGateway {
                 name: "gw2".into(),
                 address: "[2001:db8::2]:4000".into(),
+                policies: vec![],
                 rotating: vec![],
             },
         ],
@@ -43,6 +49,14 @@ fn rotation(policy: &str, protos: &str) -> ProfileRotation {
         port_hi: 60000,
         window_secs: 30,
         exclude: vec![22, 443],
+    }
+}
+
+fn policy(name: &str, open: &[&str], methods: &[&str]) -> ProfileGatewayPolicy {
+    ProfileGatewayPolicy {
+        name: name.into(),
+        open: open.iter().map(|s| (*s).to_owned()).collect(),
+        methods: methods.iter().map(|s| (*s).to_owned()).collect(),
     }
 }
 
@@ -81,6 +95,54 @@ fn write_then_read_round_trips_with_mode_0600() {
         "{text}"
     );
     assert_eq!(text.matches("[[gateway.rotating]]").count(), 2, "{text}");
+    assert!(
+        text.contains(
+            "[[gateway.policy]]\nname = \"web\"\nopen = [\"tcp/443\", \"tcp/80\"]\n\
+             methods = [\"spa\", \"rotating\"]\n"
+        ),
+        "{text}"
+    );
+    assert_eq!(text.matches("[[gateway.policy]]").count(), 2, "{text}");
+}
+
+#[test]
+fn policy_entries_say_what_opens_and_how() {
+    let p = profile();
+    let web = &p.gateways[0].policies[1];
+    assert!(web.allows("spa") && web.allows("rotating") && !web.allows("fwknop"));
+    assert_eq!(web.access().unwrap(), [Access::tcp(80), Access::tcp(443)]);
+    assert_eq!(web.label(), "web (tcp/443, tcp/80)");
+    let bad = policy("odd", &["tcp/22", "sctp/9"], &["spa"]);
+    let err = bad.access().unwrap_err();
+    assert!(err.starts_with("open entry \"sctp/9\""), "{err}");
+}
+
+#[test]
+fn replace_rewrites_both_files_atomically_with_mode_0600() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("alice.toml");
+    let mut old = profile();
+    old.gateways.truncate(1);
+    old.gateways[0].policies.clear();
+    write_profile(&path, &old).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let rc = replace_profile(&path, &profile()).unwrap();
+    assert_eq!(rc, fwknoprc_path(&path));
+    assert_eq!(read_profile(&path).unwrap(), profile());
+    assert_eq!(mode(&path), 0o600, "the new file, not the old mode");
+    assert_eq!(mode(&rc), 0o600);
+    assert!(std::fs::read_to_string(&rc).unwrap().contains("\n[gw2]\n"));
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "no temporary file left: {names:?}");
+
+    // A missing directory is a write error naming the file.
+    let missing = dir.path().join("gone").join("p.toml");
+    let err = replace_profile(&missing, &profile()).unwrap_err();
+    assert!(matches!(err, ProfileError::Write { .. }), "{err}");
 }
 
 #[test]
@@ -134,7 +196,7 @@ fn profiles_without_rotating_entries_still_read() {
     .unwrap();
     let p = read_profile(&path).unwrap();
     let gw1 = p.gateway("gw1", &path).unwrap();
-    assert!(gw1.rotating.is_empty());
+    assert!(gw1.rotating.is_empty() && gw1.policies.is_empty());
     assert!(p.spa_key(&path).is_ok());
     assert!(matches!(
         p.rotation(gw1, None, &path),
@@ -144,7 +206,10 @@ fn profiles_without_rotating_entries_still_read() {
     let again = dir.path().join("again.toml");
     write_profile(&again, &p).unwrap();
     let text = std::fs::read_to_string(&again).unwrap();
-    assert!(!text.contains("rotating]]"), "{text}");
+    assert!(
+        !text.contains("rotating]]") && !text.contains("policy]]"),
+        "{text}"
+    );
     assert_eq!(read_profile(&again).unwrap(), p);
 }
 

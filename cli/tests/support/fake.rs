@@ -89,7 +89,51 @@ impl Fake {
                     window_secs: 30,
                     exclude: vec![22],
                 }],
+                policies: vec![GatewayPolicy {
+                    name: "ssh".into(),
+                    open: vec![Access { proto: 1, port: 22 }],
+                    methods: ["spa", "fwknop", "rotating", "otk"]
+                        .map(String::from)
+                        .to_vec(),
+                }],
             }],
+        }))
+    }
+
+    /// The user's gateways now: gw1 as `credentials` lists it, with a second
+    /// policy (web) added since, and a new gateway gw3.
+    fn gateways(&self, name: &str) -> Reply<UserGatewaysResponse> {
+        match name {
+            "alice" => {}
+            "carol" => return Err(Status::invalid_argument("user carol is disabled")),
+            _ => return Err(Status::not_found(format!("user {name} not found"))),
+        }
+        let mut gw1 = self
+            .credentials(AddUserRequest {
+                name: name.into(),
+                groups: vec![],
+            })?
+            .into_inner()
+            .gateways
+            .remove(0);
+        let web = GatewayPolicy {
+            name: "web".into(),
+            open: vec![Access {
+                proto: 1,
+                port: 443,
+            }],
+            methods: vec!["spa".into(), "fwknop".into()],
+        };
+        gw1.policies.push(web.clone());
+        let gw3 = GatewayAddress {
+            name: "gw3".into(),
+            address: "203.0.113.9".into(),
+            rotating: vec![],
+            policies: vec![web],
+        };
+        Ok(Response::new(UserGatewaysResponse {
+            user: Some(user_info(name)),
+            gateways: vec![gw1, gw3],
         }))
     }
 }
@@ -169,6 +213,10 @@ impl Admin for Fake {
             name: r.into_inner().name,
             groups: vec![],
         })
+    }
+    async fn user_gateways(&self, r: Request<GetUserRequest>) -> Reply<UserGatewaysResponse> {
+        admin_only(&r)?;
+        self.gateways(&r.into_inner().name)
     }
     async fn add_policy(&self, r: Request<PolicySpec>) -> Reply<PolicySpec> {
         admin_only(&r)?;

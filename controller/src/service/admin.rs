@@ -136,6 +136,12 @@ impl Admin for AdminService {
     ) -> Reply<api::UserCredentials> {
         handle!(self, req, users::rotate_keys)
     }
+    async fn user_gateways(
+        &self,
+        req: Request<api::GetUserRequest>,
+    ) -> Reply<api::UserGatewaysResponse> {
+        handle!(self, req, users::gateways)
+    }
     async fn add_policy(&self, req: Request<api::PolicySpec>) -> Reply<api::PolicySpec> {
         handle!(self, req, policies::add)
     }

@@ -1,7 +1,7 @@
 //! Profiles from credentials and the user table.
 
 use super::*;
-use knockgate_proto::api::{GatewayAddress, GatewayRotation};
+use knockgate_proto::api::{Access, GatewayAddress, GatewayPolicy, GatewayRotation};
 
 fn creds() -> UserCredentials {
     UserCredentials {
@@ -30,6 +30,11 @@ fn creds() -> UserCredentials {
                 window_secs: 60,
                 exclude: vec![41003],
             }],
+            policies: vec![GatewayPolicy {
+                name: "ssh".into(),
+                open: vec![Access { proto: 1, port: 22 }, Access { proto: 2, port: 53 }],
+                methods: vec!["spa".into(), "rotating".into()],
+            }],
         }],
     }
 }
@@ -53,6 +58,14 @@ fn profile_from_credentials() {
             port_hi: 41015,
             window_secs: 60,
             exclude: vec![41003],
+        }]
+    );
+    assert_eq!(
+        p.gateways[0].policies,
+        [ProfileGatewayPolicy {
+            name: "ssh".into(),
+            open: vec!["tcp/22".into(), "udp/53".into()],
+            methods: vec!["spa".into(), "rotating".into()],
         }]
     );
 }

@@ -21,7 +21,13 @@ fn defaults() {
     assert_eq!(args.gateway, "gw1");
     assert_eq!(args.profile, PathBuf::from("p.toml"));
     assert_eq!(args.method, Method::Spa);
-    assert_eq!(args.access().unwrap(), vec![Access::tcp(22)]);
+    let listed_only = ProfileGateway {
+        name: "gw1".into(),
+        address: "192.0.2.1".into(),
+        policies: vec![],
+        rotating: vec![],
+    };
+    assert_eq!(args.access(&listed_only).unwrap(), vec![Access::tcp(22)]);
     assert_eq!(args.timeout, None);
     assert_eq!(args.port, None);
     assert_eq!((args.policy.as_deref(), args.delay), (None, None));

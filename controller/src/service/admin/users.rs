@@ -7,13 +7,14 @@ use knockgate_proto::api;
 use serde_json::json;
 
 use super::Ctx;
-use crate::convert::{credentials_to_api, user_to_api};
+use crate::convert::{credentials_to_api, user_gateways_to_api, user_to_api};
 use crate::desired;
 use crate::error::ServiceError;
 use crate::fanout::Revocation;
 use crate::name::{UserName, is_valid_name};
+use crate::policy::PolicyDef;
 use crate::secrets;
-use crate::store::{NewUser, RevokeTarget, Timestamp, User};
+use crate::store::{Agent, NewUser, RevokeTarget, Timestamp, User};
 
 fn groups(list: Vec<String>) -> Result<BTreeSet<String>, ServiceError> {
     list.into_iter()
@@ -30,13 +31,40 @@ fn groups(list: Vec<String>) -> Result<BTreeSet<String>, ServiceError> {
         .collect()
 }
 
-/// The user's credentials with the gateways that admit them.
-async fn credentials(ctx: &Ctx<'_>, user: &User) -> Result<api::UserCredentials, ServiceError> {
+/// The agents and policies [`desired::gateways`] lists a user's gateways from.
+async fn fleet(ctx: &Ctx<'_>) -> Result<(Vec<Agent>, Vec<PolicyDef>), ServiceError> {
     let agents = ctx.state.store.list_agents().await?;
     let policies = crate::service::load_policies(&ctx.state.store).await?;
+    Ok((agents, policies))
+}
+
+/// The user's credentials with the gateways that admit them.
+async fn credentials(ctx: &Ctx<'_>, user: &User) -> Result<api::UserCredentials, ServiceError> {
+    let (agents, policies) = fleet(ctx).await?;
     Ok(credentials_to_api(
         user,
         desired::gateways(user, &agents, &policies),
+    ))
+}
+
+/// The gateways a profile of the user lists, as [`credentials`] computes them, without
+/// the keys. A disabled user is refused: no policy admits them, so the list would say
+/// nothing opens anywhere.
+pub(super) async fn gateways(
+    ctx: &Ctx<'_>,
+    r: api::GetUserRequest,
+) -> Result<api::UserGatewaysResponse, ServiceError> {
+    let name = UserName::new(r.name)?;
+    let user = ctx.state.store.get_user(&name).await?;
+    if user.disabled {
+        return Err(ServiceError::invalid(format!(
+            "user {name} is disabled: enable them first ('knockadm user enable {name}')"
+        )));
+    }
+    let (agents, policies) = fleet(ctx).await?;
+    Ok(user_gateways_to_api(
+        &user,
+        desired::gateways(&user, &agents, &policies),
     ))
 }
 
