@@ -118,6 +118,11 @@ async fn accept_loop(
             tracing::debug!(%peer, "too many handshakes in progress; connection closed");
             continue;
         };
+        // gRPC writes small frames one after another (headers, data, trailers): without
+        // TCP_NODELAY, Nagle holds each behind the peer's delayed ACK (up to 40 ms a call).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
         let (acceptor, store, tx) = (acceptor.clone(), store.clone(), tx.clone());
         let throttle = Arc::clone(&throttle);
         tokio::spawn(async move {
