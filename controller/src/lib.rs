@@ -6,6 +6,7 @@
 //! ([`fanout`]). Entry point: [`server::serve`].
 #![forbid(unsafe_code)]
 
+pub mod applied;
 pub mod authz;
 pub mod cli;
 pub mod convert;
@@ -21,6 +22,7 @@ pub mod policy;
 pub mod secrets;
 pub mod server;
 pub mod service;
+pub mod snapshot;
 pub mod store;
 pub mod tls;
 pub mod trail;

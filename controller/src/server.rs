@@ -52,6 +52,10 @@ pub struct Controller {
     pub refusals: Arc<Throttle>,
     /// How long the agent certificates it signs are valid.
     pub agent_cert_lifetime: Duration,
+    /// What agents' configs are computed from, shared by the sync streams.
+    pub snapshots: crate::snapshot::Snapshots,
+    /// Agents' acknowledgements, written in batches.
+    pub applied: crate::applied::AppliedLog,
     tls: Arc<ServerConfig>,
 }
 
@@ -91,12 +95,15 @@ impl Controller {
         }
         let tls = tls::server_config(&ca, server_chain, server_key).map_err(ServerError::Tls)?;
         let hub = Hub::new(store.current_version().await.map_err(ServerError::Store)?);
+        let applied = crate::applied::AppliedLog::start(store.clone());
         Ok(Arc::new(Self {
             store,
             ca,
             hub,
             refusals: Arc::default(),
             agent_cert_lifetime: lifetime,
+            snapshots: crate::snapshot::Snapshots::default(),
+            applied,
             tls,
         }))
     }

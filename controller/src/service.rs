@@ -21,7 +21,7 @@ use crate::store::Store;
 /// Every stored policy that still validates. One that does not (a stored
 /// spec from an incompatible version) is left out, so it opens nothing, and
 /// logged.
-async fn load_policies(store: &Store) -> Result<Vec<PolicyDef>, ServiceError> {
+pub(crate) async fn load_policies(store: &Store) -> Result<Vec<PolicyDef>, ServiceError> {
     let mut out = Vec::new();
     for p in store.list_policies().await? {
         match PolicyDef::from_json(p.name.as_str(), &p.spec) {

@@ -20,25 +20,21 @@ use crate::desired::{self, AgentView};
 use crate::error::{ErrorChain, ServiceError};
 use crate::fanout::Registration;
 use crate::fanout::Revocation;
-use crate::name::{AgentName, UserName};
-use crate::policy::PolicyDef;
+use crate::name::AgentName;
 use crate::server::Controller;
-use crate::store::{ConfigVersion, GrantFilter, Timestamp, User};
+use crate::snapshot::Snapshot;
+use crate::store::{ConfigVersion, Timestamp};
 use crate::trail::{CONFIG_REFUSED, Entry};
 
 /// Wake this long after a window boundary, so the new window has begun by
 /// the wall clock too.
 const BOUNDARY_SLACK: Duration = Duration::from_millis(10);
 
-/// What the agent's config is computed from, as read at one config version.
-/// Every change to any of it bumps the version, so between bumps a window
-/// boundary only re-derives material, without reading the store.
+/// What the agent's config is computed from: the shared rows at one config version and
+/// this agent's labels among them.
 struct Inputs {
-    version: u64,
+    snapshot: Arc<Snapshot>,
     labels: BTreeMap<String, String>,
-    policies: Vec<PolicyDef>,
-    users: Vec<User>,
-    claimed: BTreeMap<UserName, u64>,
 }
 
 /// Completes at `deadline`, never without one.
@@ -209,10 +205,9 @@ impl Session {
                     .map_err(|_| Status::invalid_argument("applied.version is out of range"))?;
                 tracing::debug!(agent = %self.agent, version, "config applied");
                 self.state
-                    .store
-                    .set_applied_version(&self.agent, ConfigVersion(v))
-                    .await
-                    .map_err(internal)?;
+                    .applied
+                    .record(self.agent.clone(), ConfigVersion(v))
+                    .await;
             }
             Some(agent_message::Msg::Refused(api::Refused { version, reason })) => {
                 tracing::warn!(agent = %self.agent, version, reason, "agent refused a config");
@@ -242,28 +237,34 @@ impl Session {
     /// after a version change, also any grant revokes flagged in the store
     /// (so revokes made on other replicas arrive too).
     async fn refresh(&mut self) -> Result<(), Status> {
-        let store = &self.state.store;
-        // The version is read before the data: a config is never labelled
-        // newer than what it holds, and any later change bumps again.
-        let version = store.current_version().await.map_err(internal)?;
-        let version = u64::try_from(version.0).unwrap_or(0);
-        let reload = self.inputs.as_ref().is_none_or(|i| i.version != version);
+        let state = &self.state;
+        let wanted = u64::try_from(*state.hub.versions().borrow()).unwrap_or(0);
+        let snapshot = state
+            .snapshots
+            .at_least(&state.store, wanted)
+            .await
+            .map_err(internal)?;
+        let reload = self
+            .inputs
+            .as_ref()
+            .is_none_or(|i| i.snapshot.version != snapshot.version);
         if reload {
-            self.inputs = Some(self.load(version).await?);
+            let labels = self.labels(&snapshot).await?;
+            self.inputs = Some(Inputs { snapshot, labels });
         }
-        let Some(inputs) = &self.inputs else {
+        let Some(Inputs { snapshot, labels }) = &self.inputs else {
             return Err(internal(ServiceError::Internal("sync inputs missing")));
         };
-        let mut view =
-            desired::compute(&self.agent, &inputs.labels, &inputs.policies, &inputs.users);
+        let version = snapshot.version;
+        let mut view = desired::compute(&self.agent, labels, &snapshot.policies, &snapshot.users);
         let now = Timestamp::now();
         let (material, boundary) = self.deriver.derive(
             &material::Inputs {
                 gateway: &self.agent,
-                labels: &inputs.labels,
-                policies: &inputs.policies,
-                users: &inputs.users,
-                claimed: &inputs.claimed,
+                labels,
+                policies: &snapshot.policies,
+                users: &snapshot.users,
+                claimed: &snapshot.claimed,
             },
             now,
         );
@@ -284,48 +285,48 @@ impl Session {
             self.sent = Some((version, view));
         }
         if reload {
-            self.push_flagged_revokes().await?;
+            self.push_flagged_revokes().await;
         }
         Ok(())
     }
 
-    /// Reads what the config is computed from; refuses a revoked agent.
-    async fn load(&self, version: u64) -> Result<Inputs, Status> {
-        let store = &self.state.store;
-        let agent = store.get_agent(&self.agent).await.map_err(internal)?;
-        if agent.revoked_at.is_some()
-            || agent.cert_fingerprint.as_deref() != Some(self.fingerprint.as_str())
-        {
+    /// This agent's labels; refuses a revoked agent, or one whose certificate is no longer
+    /// the pinned one. A row the snapshot lacks or refuses (an agent enrolled or renewed
+    /// since it was read) is read afresh before anything is refused.
+    async fn labels(&self, snapshot: &Snapshot) -> Result<BTreeMap<String, String>, Status> {
+        let current = |a: &crate::store::Agent| {
+            a.revoked_at.is_none()
+                && a.cert_fingerprint.as_deref() == Some(self.fingerprint.as_str())
+        };
+        if let Some(agent) = snapshot.agents.get(&self.agent).filter(|a| current(a)) {
+            return Ok(agent.labels.clone());
+        }
+        let agent = self
+            .state
+            .store
+            .get_agent(&self.agent)
+            .await
+            .map_err(internal)?;
+        if !current(&agent) {
             return Err(Status::permission_denied(format!(
                 "agent {} is revoked",
                 self.agent
             )));
         }
-        Ok(Inputs {
-            version,
-            labels: agent.labels,
-            policies: super::load_policies(store).await.map_err(internal)?,
-            users: store.list_users().await.map_err(internal)?,
-            claimed: store.otk_highest_claims().await.map_err(internal)?,
-        })
+        Ok(agent.labels)
     }
 
     /// Pushes revokes of this agent's grants flagged since the last push.
-    async fn push_flagged_revokes(&mut self) -> Result<(), Status> {
-        let filter = GrantFilter {
-            agent: Some(self.agent.clone()),
-            user: None,
-            active_at: Some(Timestamp::now()),
-        };
-        let grant_refs: Vec<String> = self
-            .state
-            .store
-            .list_grants(&filter)
-            .await
-            .map_err(internal)?
+    async fn push_flagged_revokes(&mut self) {
+        let Some(inputs) = &self.inputs else { return };
+        let grant_refs: Vec<String> = inputs
+            .snapshot
+            .revoke_requested
+            .get(&self.agent)
             .into_iter()
-            .filter(|g| g.revoke_requested && !self.revoked_refs.contains(&g.agent_ref))
-            .map(|g| g.agent_ref)
+            .flatten()
+            .filter(|r| !self.revoked_refs.contains(*r))
+            .cloned()
             .collect();
         if !grant_refs.is_empty() {
             self.revoked_refs.extend(grant_refs.iter().cloned());
@@ -336,6 +337,5 @@ impl Session {
             self.send(controller_message::Msg::Revoke(revoke.into()))
                 .await;
         }
-        Ok(())
     }
 }

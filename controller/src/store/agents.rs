@@ -251,6 +251,29 @@ impl Store {
         )
     }
 
+    /// [`Store::set_applied_version`] for many agents in one transaction (unknown names
+    /// are skipped: an agent removed meanwhile).
+    pub async fn set_applied_versions(
+        &self,
+        acks: &[(AgentName, ConfigVersion)],
+    ) -> Result<(), StoreError> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            for (name, version) in acks {
+                sqlx::query(
+                    "UPDATE agents SET applied_version = CASE WHEN applied_version < $2 THEN $2 \
+                     ELSE applied_version END WHERE name = $1",
+                )
+                .bind(name.as_str())
+                .bind(version.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::Database)?;
+            }
+            tx.commit().await.map_err(StoreError::Database)
+        })
+    }
+
     /// Stores a token (by hash) that lets `agent` enrol once before `expires_at`.
     pub async fn create_token(
         &self,
