@@ -1,7 +1,9 @@
 //! Fleet sync: 100 simulated agents (real enrolment, real mutual TLS, one Sync stream each,
 //! on loopback) connected to one controller. Measures the time from `AddPolicy` until
 //! every agent has received the change and acknowledged it (median and p99 over rounds),
-//! and the controller's resident memory per connected agent.
+//! the controller's resident memory per connected agent, enrolment throughput (32
+//! enrolments in flight), and a reconnect storm: the controller is killed and restarted,
+//! and the time until every agent is back and has acknowledged its config.
 //!
 //! `cargo build --release --workspace --bins && cargo bench -p knockgate-tests --bench fleet_sync [-- --agents 100 --rounds 30]`
 
@@ -22,6 +24,15 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 const PORT: u16 = 47443;
 
 struct Ctl(Child, std::path::PathBuf);
+
+impl Ctl {
+    /// SIGKILL and start again on the same data dir and port: every agent reconnects.
+    fn restart(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        self.0 = run_controller(&self.1);
+    }
+}
 
 impl Drop for Ctl {
     fn drop(&mut self) {
@@ -64,7 +75,18 @@ fn pems(text: &str) -> (String, String, String) {
     )
 }
 
-async fn channel(ca: &str, identity: Option<(&str, &str)>) -> Channel {
+/// Simulated agent `i`'s own source address (127.1.0.1, 127.1.0.2, …: all loopback), so
+/// that, as in a real fleet, the controller's per-source handshake limit is per agent.
+fn source(i: usize) -> std::net::IpAddr {
+    assert!(i < 64_000, "at most 64,000 simulated agents");
+    std::net::Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250 + 1) as u8).into()
+}
+
+async fn try_channel(
+    ca: &str,
+    identity: Option<(&str, &str)>,
+    from: Option<std::net::IpAddr>,
+) -> Result<Channel, tonic::transport::Error> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca))
         .domain_name("localhost");
@@ -75,9 +97,13 @@ async fn channel(ca: &str, identity: Option<(&str, &str)>) -> Channel {
         .expect("endpoint")
         .tls_config(tls)
         .expect("tls")
+        .local_address(from)
         .connect()
         .await
-        .expect("connect")
+}
+
+async fn channel(ca: &str, identity: Option<(&str, &str)>) -> Channel {
+    try_channel(ca, identity, None).await.expect("connect")
 }
 
 /// What a simulated agent tells the measuring loop: its index, the config version
@@ -100,10 +126,18 @@ async fn main() {
     // Enrol and connect every simulated agent; each acks whatever config it receives.
     let (acks_tx, mut acks_rx) = mpsc::unbounded_channel::<Ack>();
     let (stop_tx, stop_rx) = watch::channel(false);
+    let enrolled = enroll_all(&admin, &ca, agents).await;
+    let t_enrol = enrolled.1;
     let mut tasks = Vec::new();
-    for i in 0..agents {
-        let (cert, key) = enroll(&mut admin, &ca, &format!("sim{i}")).await;
-        tasks.push(connect(&ca, &cert, &key, i, acks_tx.clone(), stop_rx.clone()).await);
+    for (i, (cert, key)) in enrolled.0.into_iter().enumerate() {
+        tasks.push(connect(
+            &ca,
+            cert,
+            key.serialize_pem(),
+            i,
+            acks_tx.clone(),
+            stop_rx.clone(),
+        ));
     }
     // Everyone has its first config.
     let mut first = 0;
@@ -121,12 +155,68 @@ async fn main() {
             lat.push(d);
         }
     }
+    // A reconnect storm: the controller restarts and every agent comes back at once.
+    let mut ctl = ctl;
+    ctl.restart();
+    let restarted = Instant::now();
+    let mut back = vec![false; agents];
+    let mut n = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while n < agents {
+        match tokio::time::timeout_at(deadline, acks_rx.recv()).await {
+            Ok(Some((i, _, at))) if at > restarted && !back[i] => {
+                back[i] = true;
+                n += 1;
+            }
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    let storm = restarted.elapsed();
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = t.await;
     }
     report(agents, rounds, lat, rss_before, rss_after);
+    println!(
+        "enrolment: {agents} agents in {:.1} s = {:.0} per second ({ENROL_AT_ONCE} at a time)",
+        t_enrol.as_secs_f64(),
+        agents as f64 / t_enrol.as_secs_f64()
+    );
+    println!(
+        "reconnect storm: {n} of {agents} agents back and acknowledged {:.2} s after a controller restart",
+        storm.as_secs_f64()
+    );
     drop(ctl);
+}
+
+/// Enrolments in flight at once.
+const ENROL_AT_ONCE: usize = 32;
+
+/// Adds and enrols `agents` agents, [`ENROL_AT_ONCE`] at a time; returns their
+/// credentials in order, and how long it took.
+async fn enroll_all(
+    admin: &AdminClient<Channel>,
+    ca: &str,
+    agents: usize,
+) -> (Vec<(String, rcgen::KeyPair)>, Duration) {
+    let t0 = Instant::now();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(ENROL_AT_ONCE));
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..agents {
+        let (mut admin, ca, slots) = (admin.clone(), ca.to_owned(), slots.clone());
+        set.spawn(async move {
+            let _slot = slots.acquire_owned().await.expect("semaphore");
+            (i, enroll(&mut admin, &ca, i).await)
+        });
+    }
+    let mut out: Vec<Option<(String, rcgen::KeyPair)>> = (0..agents).map(|_| None).collect();
+    while let Some(done) = set.join_next().await {
+        let (i, creds) = done.expect("enrolment task");
+        out[i] = Some(creds);
+    }
+    let creds = out.into_iter().map(|c| c.expect("enrolled")).collect();
+    (creds, t0.elapsed())
 }
 
 /// `knockgate-controller init` in a fresh data dir, then `run` on [`PORT`].
@@ -145,25 +235,26 @@ fn start_controller() -> Ctl {
         "init: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let child = Command::new(&bin)
+    let child = run_controller(&dir);
+    Ctl(child, dir)
+}
+
+fn run_controller(dir: &std::path::Path) -> Child {
+    Command::new(knockgate_tests::bin("knockgate-controller"))
         .arg("run")
         .arg("--data-dir")
-        .arg(&dir)
+        .arg(dir)
         .args(["--listen", &format!("127.0.0.1:{PORT}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("run");
-    Ctl(child, dir)
+        .expect("run")
 }
 
-/// Adds agent `name` and enrols it as a real agent would: a fresh key, a CSR,
+/// Adds agent `sim{i}` and enrols it (from its own address) as a real agent would: a fresh key, a CSR,
 /// the one-time token. Returns its certificate and key.
-async fn enroll(
-    admin: &mut AdminClient<Channel>,
-    ca: &str,
-    name: &str,
-) -> (String, rcgen::KeyPair) {
+async fn enroll(admin: &mut AdminClient<Channel>, ca: &str, i: usize) -> (String, rcgen::KeyPair) {
+    let name = &format!("sim{i}");
     let token = admin
         .add_agent(AddAgentRequest {
             name: name.to_owned(),
@@ -178,7 +269,10 @@ async fn enroll(
         .expect("params")
         .serialize_request(&key)
         .expect("csr");
-    let mut enroll = EnrollmentClient::new(channel(ca, None).await);
+    let ch = try_channel(ca, None, Some(source(i)))
+        .await
+        .expect("connect");
+    let mut enroll = EnrollmentClient::new(ch);
     let cert = enroll
         .enroll(EnrollRequest {
             token,
@@ -191,42 +285,56 @@ async fn enroll(
     (cert, key)
 }
 
-/// Opens simulated agent `i`'s Sync stream and spawns the task that acknowledges
-/// every config it receives (and tells `acks`) until `stop` changes.
-async fn connect(
+/// Simulated agent `i`: keeps a Sync stream open (reconnecting with a jittered backoff
+/// from 200 ms, as the agent does), acknowledges every config it receives and tells
+/// `acks`, until `stop` changes.
+fn connect(
     ca: &str,
-    cert: &str,
-    key: &rcgen::KeyPair,
+    cert: String,
+    key: String,
     i: usize,
     acks: mpsc::UnboundedSender<Ack>,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    let mut client = AgentControlClient::new(channel(ca, Some((cert, &key.serialize_pem()))).await);
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(AgentMessage {
-        msg: Some(agent_message::Msg::Hello(Hello::default())),
-    })
-    .await
-    .expect("hello");
-    let mut inbound = client
-        .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("sync")
-        .into_inner();
+    let ca = ca.to_owned();
     tokio::spawn(async move {
+        let mut delay = Duration::from_millis(200);
         loop {
-            tokio::select! {
-                m = inbound.message() => {
-                    let Ok(Some(m)) = m else { break };
-                    if let Some(controller_message::Msg::Config(c)) = m.msg {
-                        let _ = tx.send(AgentMessage { msg: Some(agent_message::Msg::Applied(Applied { version: c.version })) }).await;
-                        let _ = acks.send((i, c.version, Instant::now()));
+            if let Ok(ch) = try_channel(&ca, Some((&cert, &key)), Some(source(i))).await {
+                let mut client = AgentControlClient::new(ch);
+                let (tx, rx) = mpsc::channel(8);
+                let hello = AgentMessage {
+                    msg: Some(agent_message::Msg::Hello(Hello::default())),
+                };
+                let _ = tx.send(hello).await;
+                if let Ok(r) = client
+                    .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+                {
+                    let mut inbound = r.into_inner();
+                    delay = Duration::from_millis(200);
+                    loop {
+                        tokio::select! {
+                            m = inbound.message() => {
+                                let Ok(Some(m)) = m else { break };
+                                if let Some(controller_message::Msg::Config(c)) = m.msg {
+                                    let _ = tx.send(AgentMessage { msg: Some(agent_message::Msg::Applied(Applied { version: c.version })) }).await;
+                                    let _ = acks.send((i, c.version, Instant::now()));
+                                }
+                            }
+                            _ = stop.changed() => return,
+                        }
                     }
                 }
-                _ = stop.changed() => break,
             }
+            // Spread the retries: a fixed fraction of the delay per agent.
+            let jitter = delay.mul_f64((i % 97) as f64 / 97.0);
+            tokio::select! {
+                () = tokio::time::sleep(delay + jitter) => {}
+                _ = stop.changed() => return,
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
         }
-        drop(client);
     })
 }
 
