@@ -16,15 +16,10 @@ if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   exit 1
 fi
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --quiet
-# 16 codegen units instead of cargo-fuzz's 1: on 2 cores the sanitizer build of the agent
-# and the controller takes minutes less, and a smoke run does not need the last few percent
-# of speed (long runs: docs/DEVELOP.md, "Fuzzing"). `run` gets the same options, or it
-# would build everything again.
-opts=(--codegen-units 16)
-cargo +nightly fuzz build "${opts[@]}"
+cargo +nightly fuzz build
 for target in $(cargo +nightly fuzz list); do
   echo "fuzz-smoke: $target"
-  cargo +nightly fuzz run "${opts[@]}" "$target" -- -runs=200000 -max_len=512 -max_total_time=120 \
+  cargo +nightly fuzz run "$target" -- -runs=200000 -max_len=512 -max_total_time=120 \
     2> >(grep -E '^(Done|==|SUMMARY|thread)' >&2)
 done
 echo "fuzz-smoke: every target ran without a crash"
