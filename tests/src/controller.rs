@@ -233,6 +233,20 @@ pub fn enroll_and_start(
     name: &str,
     label: &str,
 ) -> (crate::agent::AgentProc, String) {
+    let (config, token) = enroll(ctl, ns, work, name, label);
+    (crate::agent::AgentProc::start_in(ns, &config, &[]), token)
+}
+
+/// `knockadm agent add NAME --label LABEL`, then `knockgate-agent enroll` on the host with
+/// the printed token and fingerprint. Returns the agent's config file (with
+/// `[controller]` added) and the token (spent).
+pub fn enroll(
+    ctl: &Controller,
+    ns: &Netns,
+    work: &crate::agent::Workdir,
+    name: &str,
+    label: &str,
+) -> (PathBuf, String) {
     let added = ctl.knockadm_json(&["agent", "add", name, "--label", label]);
     let token = added["token"].as_str().expect("token").to_string();
     let config = work.config_named(name, "");
@@ -246,7 +260,7 @@ pub fn enroll_and_start(
             "--ca-sha256",
             added["ca_sha256"].as_str().expect("fingerprint"),
         ]));
-    (crate::agent::AgentProc::start_in(ns, &config, &[]), token)
+    (config, token)
 }
 
 /// Wait until every agent is connected and has applied the controller's current version.

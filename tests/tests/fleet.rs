@@ -123,58 +123,23 @@ impl FleetStory {
     fn add_users_and_policies(&self) {
         let ctl = &self.ctl;
         // gw2 protects tcp/22 too, for bob only.
-        let out = ctl.knockadm(&["user", "add", "bob"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        ctl.knockadm_json(&[
-            "policy",
-            "add",
-            "core",
-            "--open",
-            "tcp/22",
-            "--users",
-            "bob",
-            "--agents",
-            "role=core",
-            "--spa",
-        ]);
-        // A user and a policy for role=edge only.
-        let out = ctl.knockadm(&[
-            "user",
-            "add",
-            "alice",
-            "--profile-out",
-            self.profile.to_str().expect("path"),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        ctl.knockadm_json(&[
-            "policy",
-            "add",
+        ctl.add_user("bob", &self.work.path);
+        ctl.add_ssh_policy("core", "bob", "role=core", &["--spa"]);
+        // A user and a policy for role=edge only (each waits until both agents applied it).
+        let profile = ctl.add_user("alice", &self.work.path);
+        assert_eq!(profile, self.profile);
+        ctl.add_ssh_policy(
             "ssh",
-            "--open",
-            "tcp/22",
-            "--users",
             "alice",
-            "--agents",
             "role=edge",
-            "--timeout",
-            "30s",
-            "--max-timeout",
-            "5m",
-            "--spa",
-            "--fwknop",
-        ]);
-        wait_until(
-            "both agents applied the policy",
-            Duration::from_secs(5),
-            || all_applied(ctl),
+            &[
+                "--timeout",
+                "30s",
+                "--max-timeout",
+                "5m",
+                "--spa",
+                "--fwknop",
+            ],
         );
     }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use knockgate_tests::agent::{AgentProc, Workdir};
-use knockgate_tests::controller::Controller;
+use knockgate_tests::controller::{Controller, enroll};
 use knockgate_tests::fleet::Fleet;
 use knockgate_tests::netns::{Netns, sh};
 use knockgate_tests::pg::Postgres;
@@ -35,16 +35,7 @@ fn enroll_listing(
     name: &str,
     urls: &[&str],
 ) -> AgentProc {
-    let added = via.knockadm_json(&["agent", "add", name, "--label", "role=edge"]);
-    let config = work.config_named(name, "");
-    sh(ns
-        .cmd(knockgate_tests::bin("knockgate-agent"))
-        .arg("enroll")
-        .arg("--config")
-        .arg(&config)
-        .args(["--controller", &via.url])
-        .args(["--token", added["token"].as_str().expect("token")])
-        .args(["--ca-sha256", added["ca_sha256"].as_str().expect("fp")]));
+    let (config, _token) = enroll(via, ns, work, name, "role=edge");
     let text = std::fs::read_to_string(&config).expect("config");
     let list: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
     let text = text.replace(
@@ -139,22 +130,11 @@ impl Replicas {
             enroll_listing(&ctl2, &fleet.host(GW2).ns, &work, "gw2", &[&u2, &u1]),
         ];
         let profile = ctl2.add_user("alice", &work.path);
-        ctl1.knockadm_json(&[
-            "policy",
-            "add",
-            "ssh",
-            "--open",
-            "tcp/22",
-            "--users",
-            "alice",
-            "--agents",
-            "role=edge",
-            "--spa",
-        ]);
+        ctl1.add_ssh_policy("ssh", "alice", "role=edge", &["--spa"]);
         wait_until(
-            "both agents applied the policy",
+            "both agents applied the policy, as the other replica sees it",
             Duration::from_secs(15),
-            || all_applied(&ctl1) && all_applied(&ctl2),
+            || all_applied(&ctl2),
         );
         Replicas {
             agents,
