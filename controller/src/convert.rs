@@ -208,14 +208,20 @@ fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-/// `Agent` → wire, with the controller's version and its open grant count.
-pub fn agent_to_api(a: &Agent, current_version: i64, active_grants: u32) -> api::AgentInfo {
+/// `Agent` → wire, with the controller's version and its open grant count,
+/// as of `now` (for the connection lease).
+pub fn agent_to_api(
+    a: &Agent,
+    current_version: i64,
+    active_grants: u32,
+    now: Timestamp,
+) -> api::AgentInfo {
     api::AgentInfo {
         name: a.name.to_string(),
         labels: a.labels.clone().into_iter().collect(),
         address: a.address.clone().unwrap_or_default(),
         enrolled: a.enrolled_at.is_some(),
-        connected: a.connected,
+        connected: a.is_connected(now),
         last_seen_unix_ms: a.last_seen.map_or(0, Timestamp::unix_millis),
         applied_version: to_u64(a.applied_version.0),
         current_version: to_u64(current_version),

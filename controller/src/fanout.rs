@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::error::ErrorChain;
 use crate::name::AgentName;
-use crate::store::{CONFIG_CHANNEL, ConfigVersion, Store};
+use crate::store::{CONFIG_CHANNEL, ConfigVersion, LEASE_RENEWAL, Store, Timestamp};
 
 /// Per-stream queue of pushed messages; a full queue drops the push (the
 /// store-backed revoke flags are re-sent on the next version change).
@@ -140,6 +140,11 @@ impl Hub {
         self.lock().contains_key(agent)
     }
 
+    /// The agents holding a live stream on this replica.
+    pub fn connected_agents(&self) -> Vec<AgentName> {
+        self.lock().keys().cloned().collect()
+    }
+
     /// Pushes `msg` to every live stream.
     pub fn push_all(&self, msg: &Revocation) {
         for (agent, by_id) in self.lock().iter() {
@@ -161,6 +166,30 @@ impl Hub {
         let mut rx = self.shutdown.subscribe();
         // The guard `wait_for` yields is dropped at once: it is not `Send`.
         let _ = rx.wait_for(|s| *s).await.map(|_| ());
+    }
+}
+
+/// Renews the connection lease of every agent streaming to this replica,
+/// every [`LEASE_RENEWAL`], until the hub shuts down. A replica that dies
+/// stops renewing, and its agents read as stale once the lease runs out,
+/// unless they reconnect elsewhere.
+pub async fn renew_leases(store: Store, hub: Arc<Hub>) {
+    let mut every = tokio::time::interval(LEASE_RENEWAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = hub.stopped() => return,
+        }
+        let agents = hub.connected_agents();
+        if agents.is_empty() {
+            continue;
+        }
+        if let Err(e) = store.renew_leases(&agents, Timestamp::now()).await {
+            tracing::warn!(agents = agents.len(), error = %ErrorChain(&e),
+                "failed to renew agent connection leases");
+        }
     }
 }
 

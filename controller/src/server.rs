@@ -120,6 +120,10 @@ pub async fn serve(
         state.store.clone(),
         Arc::clone(&state.hub),
     ));
+    let lease_task = tokio::spawn(fanout::renew_leases(
+        state.store.clone(),
+        Arc::clone(&state.hub),
+    ));
     let incoming = tls::incoming(
         listener,
         Arc::clone(&state.tls),
@@ -149,5 +153,6 @@ pub async fn serve(
         .map_err(ServerError::Serve);
     state.hub.shutdown();
     listen_task.abort();
+    lease_task.abort();
     result
 }

@@ -274,6 +274,28 @@ impl Store {
         })
     }
 
+    /// Renews the connection lease of agents whose streams this replica
+    /// holds: `last_seen = now` where `connected` is still recorded. One
+    /// transaction for all of them.
+    pub async fn renew_leases(
+        &self,
+        names: &[AgentName],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            for name in names {
+                sqlx::query("UPDATE agents SET last_seen = $2 WHERE name = $1 AND connected")
+                    .bind(name.as_str())
+                    .bind(now.unix_millis())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::Database)?;
+            }
+            tx.commit().await.map_err(StoreError::Database)
+        })
+    }
+
     /// Stores a token (by hash) that lets `agent` enrol once before `expires_at`.
     pub async fn create_token(
         &self,

@@ -172,9 +172,16 @@ pub struct Agent {
     pub last_seen: Option<Timestamp>,
     /// Highest config version the agent acknowledged.
     pub applied_version: ConfigVersion,
-    /// Whether it holds a sync stream right now.
+    /// A replica recorded an open sync stream (see [`Agent::is_connected`]).
     pub connected: bool,
 }
+
+/// How long an agent counts as connected after its replica last renewed the
+/// lease: a replica that dies (SIGKILL, power) cannot clear `connected`, so
+/// the flag is believed only while `last_seen` is this recent.
+pub const CONNECTION_LEASE: Duration = Duration::from_secs(90);
+/// How often a replica renews the leases of the streams it holds.
+pub const LEASE_RENEWAL: Duration = Duration::from_secs(30);
 
 /// Where an agent stands; every agent is in exactly one state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -183,22 +190,23 @@ pub enum AgentState {
     Revoked,
     /// Added, not enrolled yet.
     NotEnrolled,
-    /// Holds a sync stream now (`connected`, as `ListAgents` shows it).
+    /// Holds a sync stream now, on a replica that renewed its lease
+    /// (`connected`, as `ListAgents` shows it).
     Connected,
-    /// Not connected now, but seen before.
+    /// Not connected now (or its replica stopped renewing), but seen before.
     Stale,
     /// Enrolled, never seen since.
     NeverConnected,
 }
 
 impl Agent {
-    /// Its state.
-    pub fn state(&self) -> AgentState {
+    /// Its state at `now`.
+    pub fn state(&self, now: Timestamp) -> AgentState {
         if self.revoked_at.is_some() {
             AgentState::Revoked
         } else if self.enrolled_at.is_none() {
             AgentState::NotEnrolled
-        } else if self.connected {
+        } else if self.is_connected(now) {
             AgentState::Connected
         } else if self.last_seen.is_some() {
             AgentState::Stale
@@ -207,10 +215,18 @@ impl Agent {
         }
     }
 
+    /// Whether a replica holds its sync stream and renewed the lease on it
+    /// within [`CONNECTION_LEASE`] of `now`.
+    pub fn is_connected(&self, now: Timestamp) -> bool {
+        self.connected
+            && self
+                .last_seen
+                .is_some_and(|seen| seen.saturating_add(CONNECTION_LEASE) > now)
+    }
+
     /// Whether it is enrolled, not revoked, and has yet to apply `current`.
     pub fn is_behind(&self, current: ConfigVersion) -> bool {
-        !matches!(self.state(), AgentState::Revoked | AgentState::NotEnrolled)
-            && self.applied_version < current
+        self.revoked_at.is_none() && self.enrolled_at.is_some() && self.applied_version < current
     }
 }
 

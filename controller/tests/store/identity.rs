@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use knockgate_controller::name::{AgentName, PolicyName, UserName};
 use knockgate_controller::store::{
-    ConfigVersion, NewAgent, NewUser, Store, StoreError, TokenError, TokenHash, UserKeys,
+    AgentState, CONNECTION_LEASE, ConfigVersion, NewAgent, NewUser, Store, StoreError, TokenError,
+    TokenHash, UserKeys,
 };
 use serde_json::json;
 
@@ -160,6 +161,7 @@ pub async fn agent_enrols_once(store: &Store) {
     a_token_works_once_before_it_expires(store).await;
     enrolment_and_sightings_are_recorded(store).await;
     an_unpinned_address_follows_reports(store).await;
+    a_connection_is_believed_while_its_lease_is_renewed(store).await;
     labels_and_revocation_bump_the_version(store).await;
     a_revoked_agent_cannot_enrol_again(store).await;
     add_agent(store, "db-1").await;
@@ -333,6 +335,43 @@ async fn an_unpinned_address_follows_reports(store: &Store) {
         (web1.address.as_deref(), web1.address_pinned),
         (Some("203.0.113.9"), false),
         "unpinned, the reported address is used and kept"
+    );
+}
+
+/// `connected` counts only while the replica holding the stream renews the
+/// lease; one that died without clearing it leaves the agent stale, not
+/// connected. A lease is never renewed for an agent recorded as disconnected.
+async fn a_connection_is_believed_while_its_lease_is_renewed(store: &Store) {
+    let web1 = agent("web-1");
+    let lease = CONNECTION_LEASE.as_secs() as i64;
+    store.touch_agent(&web1, at(10), true, None).await.unwrap();
+    let a = store.get_agent(&web1).await.unwrap();
+    assert_eq!(a.state(at(10 + lease - 1)), AgentState::Connected);
+    assert_eq!(a.state(at(10 + lease)), AgentState::Stale, "lease ran out");
+    store
+        .renew_leases(&[web1.clone(), agent("ghost")], at(10 + lease))
+        .await
+        .unwrap();
+    let a = store.get_agent(&web1).await.unwrap();
+    assert_eq!(a.last_seen, Some(at(10 + lease)));
+    assert_eq!(
+        a.state(at(10 + lease + 1)),
+        AgentState::Connected,
+        "renewed"
+    );
+    store
+        .touch_agent(&web1, at(200), false, None)
+        .await
+        .unwrap();
+    store
+        .renew_leases(std::slice::from_ref(&web1), at(201))
+        .await
+        .unwrap();
+    let a = store.get_agent(&web1).await.unwrap();
+    assert_eq!(
+        (a.last_seen, a.state(at(201))),
+        (Some(at(200)), AgentState::Stale),
+        "a disconnected agent's lease is not renewed"
     );
 }
 

@@ -51,8 +51,9 @@ pub(super) async fn list(
 ) -> Result<api::ListAgentsResponse, ServiceError> {
     let store = &ctx.state.store;
     let version = store.current_version().await?;
+    let now = Timestamp::now();
     let open = GrantFilter {
-        active_at: Some(Timestamp::now()),
+        active_at: Some(now),
         ..GrantFilter::default()
     };
     let mut active: BTreeMap<AgentName, u32> = BTreeMap::new();
@@ -63,7 +64,10 @@ pub(super) async fn list(
         .list_agents()
         .await?
         .iter()
-        .map(|a| agent_to_api(a, version.0, active.get(&a.name).copied().unwrap_or(0)))
+        .map(|a| {
+            let grants = active.get(&a.name).copied().unwrap_or(0);
+            agent_to_api(a, version.0, grants, now)
+        })
         .collect();
     Ok(api::ListAgentsResponse { agents })
 }

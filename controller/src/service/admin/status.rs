@@ -42,8 +42,9 @@ pub(super) async fn fleet(
         current_version: u64::try_from(version.0).unwrap_or(0),
         ..api::FleetStatusResponse::default()
     };
+    let now = Timestamp::now();
     for agent in store.list_agents().await? {
-        let n = match agent.state() {
+        let n = match agent.state(now) {
             AgentState::Connected => &mut status.agents_connected,
             AgentState::Stale => &mut status.agents_stale,
             AgentState::NeverConnected => &mut status.agents_never_connected,
@@ -56,7 +57,7 @@ pub(super) async fn fleet(
         }
     }
     let open = GrantFilter {
-        active_at: Some(Timestamp::now()),
+        active_at: Some(now),
         ..GrantFilter::default()
     };
     status.open_grants = store.count_grants(&open).await?;
