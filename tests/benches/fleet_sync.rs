@@ -1,44 +1,81 @@
 //! Fleet sync: 100 simulated agents (real enrolment, real mutual TLS, one Sync stream each,
-//! on loopback) connected to one controller. Measures the time from `AddPolicy` until
-//! every agent has received the change and acknowledged it (median and p99 over rounds),
-//! the controller's resident memory per connected agent, enrolment throughput (32
-//! enrolments in flight), and a reconnect storm: the controller is killed and restarted,
-//! and the time until every agent is back and has acknowledged its config.
+//! on loopback) connected to one controller on SQLite, or split evenly between
+//! `--replicas N` controllers sharing a throwaway PostgreSQL (`--postgres` for one on
+//! PostgreSQL). Measures, in one run:
 //!
-//! `cargo build --release --workspace --bins && cargo bench -p knockgate-tests --bench fleet_sync [-- --agents 100 --rounds 30]`
+//! - enrolment throughput (32 enrolments in flight);
+//! - the controller's resident memory per connected agent (all replicas together);
+//! - the time from `AddPolicy` (on the first replica) until every agent has received the
+//!   change and acknowledged it (median and p99 over rounds);
+//! - a claim storm: every agent claims a one-time key at once (8 users, keys drawn so that
+//!   many agents race for the same key), claims decided per second and their latency, the
+//!   outcomes, exactly one winner per key, and the time until every agent holds the new stock;
+//! - a reconnect storm: every controller is killed and restarted, and the time until every
+//!   agent is back and has acknowledged its config.
+//!
+//! `cargo build --release --workspace --bins && cargo bench -p knockgate-tests --bench fleet_sync [-- --agents 100 --rounds 30 --replicas 2]`
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use knockgate_proto::api::admin_client::AdminClient;
 use knockgate_proto::api::agent_control_client::AgentControlClient;
 use knockgate_proto::api::enrollment_client::EnrollmentClient;
 use knockgate_proto::api::{
-    Access, AddAgentRequest, AgentMessage, Applied, EnrollRequest, Hello, PolicySpec, Proto,
-    agent_message, controller_message,
+    Access, AddAgentRequest, AddUserRequest, AgentMessage, Applied, ClaimRequest, EnrollRequest,
+    FleetStatusRequest, Hello, PolicySpec, Proto, agent_message, controller_message,
 };
 use knockgate_tests::bench_arg;
+use knockgate_tests::pg::Postgres;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+/// The first replica's port; replica `r` listens on `PORT + r`.
 const PORT: u16 = 47443;
 
-struct Ctl(Child, std::path::PathBuf);
+/// The controllers under test: one data dir each (the first made by `init`, the others
+/// reading its PKI with `--pki-dir`), and the PostgreSQL they share, if any.
+struct Ctl {
+    replicas: Vec<Child>,
+    root: PathBuf,
+    db: Option<String>,
+    /// Dropped after the replicas (field order).
+    _pg: Option<Postgres>,
+}
 
 impl Ctl {
-    /// SIGKILL and start again on the same data dir and port: every agent reconnects.
+    fn dir(&self, r: usize) -> PathBuf {
+        self.root.join(format!("r{r}"))
+    }
+
+    /// SIGKILL every replica and start them again on the same data dirs and ports: every
+    /// agent reconnects.
     fn restart(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        self.0 = run_controller(&self.1);
+        for c in &mut self.replicas {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for r in 0..self.replicas.len() {
+            self.replicas[r] = run_controller(&self.dir(r), &self.dir(0), r, self.db.as_deref());
+        }
+    }
+
+    /// Resident memory of all replicas together.
+    fn rss_kib(&self) -> u64 {
+        self.replicas.iter().map(|c| rss_kib(c.id())).sum()
     }
 }
 
 impl Drop for Ctl {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.1);
+        for c in &mut self.replicas {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
     }
 }
 
@@ -82,10 +119,16 @@ fn source(i: usize) -> std::net::IpAddr {
     std::net::Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250 + 1) as u8).into()
 }
 
+/// The port of the replica simulated agent `i` talks to: agents are split evenly.
+fn port_of(i: usize, replicas: usize) -> u16 {
+    PORT + (i % replicas) as u16
+}
+
 async fn try_channel(
     ca: &str,
     identity: Option<(&str, &str)>,
     from: Option<std::net::IpAddr>,
+    port: u16,
 ) -> Result<Channel, tonic::transport::Error> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca))
@@ -93,7 +136,7 @@ async fn try_channel(
     if let Some((c, k)) = identity {
         tls = tls.identity(Identity::from_pem(c, k));
     }
-    Endpoint::from_shared(format!("https://127.0.0.1:{PORT}"))
+    Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
         .expect("endpoint")
         .tls_config(tls)
         .expect("tls")
@@ -102,40 +145,59 @@ async fn try_channel(
         .await
 }
 
+/// A channel to the first replica, waiting up to 30 s for it to listen.
 async fn channel(ca: &str, identity: Option<(&str, &str)>) -> Channel {
-    try_channel(ca, identity, None).await.expect("connect")
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match try_channel(ca, identity, None, PORT).await {
+            Ok(ch) => return ch,
+            Err(e) if Instant::now() > deadline => panic!("connect: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
 
 /// What a simulated agent tells the measuring loop: its index, the config version
 /// it acknowledged, and when.
 type Ack = (usize, u64, Instant);
 
+/// Where every simulated agent's current channel is kept, for the claim storm.
+type Channels = Arc<Mutex<Vec<Option<Channel>>>>;
+
 #[tokio::main]
 async fn main() {
     let agents: usize = bench_arg("--agents").unwrap_or(100);
     let rounds: usize = bench_arg("--rounds").unwrap_or(30);
+    let replicas: usize = bench_arg("--replicas").unwrap_or(1).max(1);
+    let postgres = replicas > 1 || std::env::args().any(|a| a == "--postgres");
 
-    let ctl = start_controller();
-    let pid = ctl.0.id();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut ctl = start_controllers(replicas, postgres);
+    let store = if postgres { "PostgreSQL" } else { "SQLite" };
+    println!("fleet: {agents} agents, {replicas} controller replica(s) on {store}");
     let (admin_cert, admin_key, ca) =
-        pems(&std::fs::read_to_string(ctl.1.join("admin.pem")).expect("admin.pem"));
+        pems(&std::fs::read_to_string(ctl.dir(0).join("admin.pem")).expect("admin.pem"));
     let mut admin = AdminClient::new(channel(&ca, Some((&admin_cert, &admin_key))).await);
-    let rss_before = rss_kib(pid);
+    let rss_before = ctl.rss_kib();
 
     // Enrol and connect every simulated agent; each acks whatever config it receives.
     let (acks_tx, mut acks_rx) = mpsc::unbounded_channel::<Ack>();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let enrolled = enroll_all(&admin, &ca, agents).await;
+    let enrolled = enroll_all(&admin, &ca, agents, replicas).await;
     let t_enrol = enrolled.1;
+    let channels: Channels = Arc::new(Mutex::new(vec![None; agents]));
     let mut tasks = Vec::new();
     for (i, (cert, key)) in enrolled.0.into_iter().enumerate() {
+        let agent = Sim {
+            i,
+            port: port_of(i, replicas),
+            cert,
+            key: key.serialize_pem(),
+        };
         tasks.push(connect(
             &ca,
-            cert,
-            key.serialize_pem(),
-            i,
+            agent,
             acks_tx.clone(),
+            Arc::clone(&channels),
             stop_rx.clone(),
         ));
     }
@@ -147,7 +209,7 @@ async fn main() {
         }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let rss_after = rss_kib(pid);
+    let rss_after = ctl.rss_kib();
 
     let mut lat = Vec::new();
     for r in 0..rounds {
@@ -155,8 +217,9 @@ async fn main() {
             lat.push(d);
         }
     }
-    // A reconnect storm: the controller restarts and every agent comes back at once.
-    let mut ctl = ctl;
+    let claims = claim_storm(&mut admin, &channels, &mut acks_rx, agents).await;
+
+    // A reconnect storm: the controllers restart and every agent comes back at once.
     ctl.restart();
     let restarted = Instant::now();
     let mut back = vec![false; agents];
@@ -177,12 +240,13 @@ async fn main() {
     for t in tasks {
         let _ = t.await;
     }
-    report(agents, rounds, lat, rss_before, rss_after);
     println!(
         "enrolment: {agents} agents in {:.1} s = {:.0} per second ({ENROL_AT_ONCE} at a time)",
         t_enrol.as_secs_f64(),
         agents as f64 / t_enrol.as_secs_f64()
     );
+    report(agents, rounds, lat, rss_before, rss_after);
+    claims.report();
     println!(
         "reconnect storm: {n} of {agents} agents back and acknowledged {:.2} s after a controller restart",
         storm.as_secs_f64()
@@ -193,12 +257,13 @@ async fn main() {
 /// Enrolments in flight at once.
 const ENROL_AT_ONCE: usize = 32;
 
-/// Adds and enrols `agents` agents, [`ENROL_AT_ONCE`] at a time; returns their
-/// credentials in order, and how long it took.
+/// Adds and enrols `agents` agents, [`ENROL_AT_ONCE`] at a time, each at its own
+/// replica; returns their credentials in order, and how long it took.
 async fn enroll_all(
     admin: &AdminClient<Channel>,
     ca: &str,
     agents: usize,
+    replicas: usize,
 ) -> (Vec<(String, rcgen::KeyPair)>, Duration) {
     let t0 = Instant::now();
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(ENROL_AT_ONCE));
@@ -207,7 +272,7 @@ async fn enroll_all(
         let (mut admin, ca, slots) = (admin.clone(), ca.to_owned(), slots.clone());
         set.spawn(async move {
             let _slot = slots.acquire_owned().await.expect("semaphore");
-            (i, enroll(&mut admin, &ca, i).await)
+            (i, enroll(&mut admin, &ca, i, port_of(i, replicas)).await)
         });
     }
     let mut out: Vec<Option<(String, rcgen::KeyPair)>> = (0..agents).map(|_| None).collect();
@@ -219,15 +284,23 @@ async fn enroll_all(
     (creds, t0.elapsed())
 }
 
-/// `knockgate-controller init` in a fresh data dir, then `run` on [`PORT`].
-fn start_controller() -> Ctl {
-    let dir = std::env::temp_dir().join(format!("kgt-fleet-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+/// `knockgate-controller init` in a fresh data dir, then `run` of `replicas` replicas
+/// (PostgreSQL when `postgres`), the first on [`PORT`].
+fn start_controllers(replicas: usize, postgres: bool) -> Ctl {
+    let root = std::env::temp_dir().join(format!("kgt-fleet-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let pg = postgres.then(Postgres::start);
+    let mut ctl = Ctl {
+        replicas: Vec::new(),
+        db: pg.as_ref().map(Postgres::url),
+        _pg: pg,
+        root,
+    };
     let bin = knockgate_tests::bin("knockgate-controller");
     let out = Command::new(&bin)
         .arg("init")
         .arg("--data-dir")
-        .arg(&dir)
+        .arg(ctl.dir(0))
         .output()
         .expect("init");
     assert!(
@@ -235,25 +308,41 @@ fn start_controller() -> Ctl {
         "init: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let child = run_controller(&dir);
-    Ctl(child, dir)
+    for r in 0..replicas {
+        std::fs::create_dir_all(ctl.dir(r)).expect("replica dir");
+        let child = run_controller(&ctl.dir(r), &ctl.dir(0), r, ctl.db.as_deref());
+        ctl.replicas.push(child);
+    }
+    ctl
 }
 
-fn run_controller(dir: &std::path::Path) -> Child {
-    Command::new(knockgate_tests::bin("knockgate-controller"))
-        .arg("run")
+/// `run` replica `r` on `PORT + r`, its PKI read from `pki`.
+fn run_controller(dir: &Path, pki: &Path, r: usize, db: Option<&str>) -> Child {
+    let mut c = Command::new(knockgate_tests::bin("knockgate-controller"));
+    c.arg("run")
         .arg("--data-dir")
         .arg(dir)
-        .args(["--listen", &format!("127.0.0.1:{PORT}")])
-        .stdout(Stdio::null())
+        .arg("--pki-dir")
+        .arg(pki)
+        .args(["--listen", &format!("127.0.0.1:{}", PORT + r as u16)]);
+    if let Some(url) = db {
+        c.args(["--database-url", url]);
+    }
+    c.stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("run")
 }
 
-/// Adds agent `sim{i}` and enrols it (from its own address) as a real agent would: a fresh key, a CSR,
-/// the one-time token. Returns its certificate and key.
-async fn enroll(admin: &mut AdminClient<Channel>, ca: &str, i: usize) -> (String, rcgen::KeyPair) {
+/// Adds agent `sim{i}` and enrols it (from its own address, at the replica on `port`)
+/// as a real agent would: a fresh key, a CSR, the one-time token. Returns its
+/// certificate and key.
+async fn enroll(
+    admin: &mut AdminClient<Channel>,
+    ca: &str,
+    i: usize,
+    port: u16,
+) -> (String, rcgen::KeyPair) {
     let name = &format!("sim{i}");
     let token = admin
         .add_agent(AddAgentRequest {
@@ -269,7 +358,7 @@ async fn enroll(admin: &mut AdminClient<Channel>, ca: &str, i: usize) -> (String
         .expect("params")
         .serialize_request(&key)
         .expect("csr");
-    let ch = try_channel(ca, None, Some(source(i)))
+    let ch = try_channel(ca, None, Some(source(i)), port)
         .await
         .expect("connect");
     let mut enroll = EnrollmentClient::new(ch);
@@ -285,22 +374,31 @@ async fn enroll(admin: &mut AdminClient<Channel>, ca: &str, i: usize) -> (String
     (cert, key)
 }
 
-/// Simulated agent `i`: keeps a Sync stream open (reconnecting with a jittered backoff
-/// from 200 ms, as the agent does), acknowledges every config it receives and tells
-/// `acks`, until `stop` changes.
-fn connect(
-    ca: &str,
+/// One simulated agent: its index, its replica's port, its certificate and key.
+struct Sim {
+    i: usize,
+    port: u16,
     cert: String,
     key: String,
-    i: usize,
+}
+
+/// Simulated agent `agent.i`: keeps a Sync stream open (reconnecting with a jittered
+/// backoff from 200 ms, as the agent does), publishes its channel in `channels`,
+/// acknowledges every config it receives and tells `acks`, until `stop` changes.
+fn connect(
+    ca: &str,
+    agent: Sim,
     acks: mpsc::UnboundedSender<Ack>,
+    channels: Channels,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let ca = ca.to_owned();
     tokio::spawn(async move {
+        let Sim { i, port, cert, key } = agent;
         let mut delay = Duration::from_millis(200);
         loop {
-            if let Ok(ch) = try_channel(&ca, Some((&cert, &key)), Some(source(i))).await {
+            if let Ok(ch) = try_channel(&ca, Some((&cert, &key)), Some(source(i)), port).await {
+                channels.lock().expect("channels")[i] = Some(ch.clone());
                 let mut client = AgentControlClient::new(ch);
                 let (tx, rx) = mpsc::channel(8);
                 let hello = AgentMessage {
@@ -336,6 +434,200 @@ fn connect(
             delay = (delay * 2).min(Duration::from_secs(5));
         }
     })
+}
+
+/// Users whose one-time keys the claim storm races for.
+const OTK_USERS: usize = 8;
+/// One-time keys each user has in stock (the controller's `OTK_STOCK`).
+const OTK_STOCK: usize = 16;
+
+/// What the claim storm measured.
+struct Claims {
+    agents: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    outcomes: BTreeMap<String, usize>,
+    keys_won: usize,
+    stocked_after: Option<Duration>,
+}
+
+impl Claims {
+    fn report(&self) {
+        let mut lat = self.latencies.clone();
+        lat.sort();
+        let pct = |p: f64| {
+            lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
+                .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+        };
+        let outcomes: Vec<String> = self
+            .outcomes
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        println!(
+            "claim storm: {} claims by {} agents at once decided in {:.2} s = {:.0} per second; \
+             latency median {:.1} ms, p99 {:.1} ms; {}; {} keys, each won once",
+            lat.len(),
+            self.agents,
+            self.elapsed.as_secs_f64(),
+            lat.len() as f64 / self.elapsed.as_secs_f64(),
+            pct(0.5),
+            pct(0.99),
+            outcomes.join(", "),
+            self.keys_won,
+        );
+        match self.stocked_after {
+            Some(d) => println!(
+                "claim storm: every agent acknowledged the new stock {:.2} s after the first claim",
+                d.as_secs_f64()
+            ),
+            None => println!("claim storm: not every agent acknowledged the new stock within 60 s"),
+        }
+    }
+}
+
+/// Every agent claims one of [`OTK_USERS`] × [`OTK_STOCK`] one-time keys at once
+/// (agent `i` key `(i mod users, i / users mod stock)`, so agents race for keys);
+/// checks that each key is won at most once, then waits until every agent has
+/// acknowledged the config version the claims moved the stock to.
+async fn claim_storm(
+    admin: &mut AdminClient<Channel>,
+    channels: &Channels,
+    acks_rx: &mut mpsc::UnboundedReceiver<Ack>,
+    agents: usize,
+) -> Claims {
+    for u in 0..OTK_USERS {
+        admin
+            .add_user(AddUserRequest {
+                name: format!("otk{u}"),
+                groups: vec!["otk".to_owned()],
+            })
+            .await
+            .expect("add user");
+    }
+    admin
+        .add_policy(PolicySpec {
+            name: "otk".to_owned(),
+            open: vec![Access {
+                proto: Proto::Tcp as i32,
+                port: 22,
+            }],
+            groups: vec!["otk".to_owned()],
+            timeout_secs: 30,
+            otk: true,
+            ..Default::default()
+        })
+        .await
+        .expect("add otk policy");
+    settle(admin, acks_rx, agents).await;
+
+    let chans: Vec<Channel> = channels
+        .lock()
+        .expect("channels")
+        .iter()
+        .map(|c| c.clone().expect("every agent has a channel"))
+        .collect();
+    let t0 = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for (i, ch) in chans.into_iter().enumerate() {
+        let (user, counter) = (i % OTK_USERS, (i / OTK_USERS) % OTK_STOCK);
+        set.spawn(async move {
+            let started = Instant::now();
+            let r = AgentControlClient::new(ch)
+                .claim(ClaimRequest {
+                    user: format!("otk{user}"),
+                    counter: counter as u64,
+                    src: "10.240.0.9".to_owned(),
+                    at_unix_ms: 0,
+                    offline: false,
+                })
+                .await;
+            (
+                (user, counter),
+                started.elapsed(),
+                r.map(|r| r.into_inner()),
+            )
+        });
+    }
+    let mut latencies = Vec::with_capacity(agents);
+    let mut outcomes = BTreeMap::new();
+    let mut winners: BTreeMap<(usize, usize), usize> = BTreeMap::new();
+    while let Some(done) = set.join_next().await {
+        let (key, took, r) = done.expect("claim task");
+        let outcome = match r {
+            Ok(r) if r.granted => {
+                *winners.entry(key).or_default() += 1;
+                "won".to_owned()
+            }
+            Ok(r) => r.reason,
+            Err(status) => format!("error {:?}", status.code()),
+        };
+        latencies.push(took);
+        *outcomes.entry(outcome).or_default() += 1;
+    }
+    let elapsed = t0.elapsed();
+    assert!(
+        winners.values().all(|&n| n == 1),
+        "a one-time key was won more than once: {winners:?}"
+    );
+    let target = admin
+        .fleet_status(FleetStatusRequest::default())
+        .await
+        .expect("fleet status")
+        .into_inner()
+        .current_version;
+    let stocked_after = all_acked(acks_rx, agents, target, Duration::from_secs(60))
+        .await
+        .then(|| t0.elapsed());
+    Claims {
+        agents,
+        elapsed,
+        latencies,
+        outcomes,
+        keys_won: winners.len(),
+        stocked_after,
+    }
+}
+
+/// Waits until every agent acknowledged the current version.
+async fn settle(
+    admin: &mut AdminClient<Channel>,
+    acks_rx: &mut mpsc::UnboundedReceiver<Ack>,
+    agents: usize,
+) {
+    let v = admin
+        .fleet_status(FleetStatusRequest::default())
+        .await
+        .expect("fleet status")
+        .into_inner()
+        .current_version;
+    assert!(
+        all_acked(acks_rx, agents, v, Duration::from_secs(60)).await,
+        "agents did not settle on version {v}"
+    );
+}
+
+/// Whether every one of `agents` acknowledges `version` or later within `within`.
+async fn all_acked(
+    acks_rx: &mut mpsc::UnboundedReceiver<Ack>,
+    agents: usize,
+    version: u64,
+    within: Duration,
+) -> bool {
+    let mut done = vec![false; agents];
+    let mut n = 0;
+    let deadline = tokio::time::Instant::now() + within;
+    while n < agents {
+        match tokio::time::timeout_at(deadline, acks_rx.recv()).await {
+            Ok(Some((i, v, _))) if v >= version && !done[i] => {
+                done[i] = true;
+                n += 1;
+            }
+            Ok(Some(_)) => {}
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// Round `r`: adds a policy every agent receives and returns the time until the
