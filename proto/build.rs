@@ -13,15 +13,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc);
-    tonic_prost_build::configure().compile_with_config(
-        config,
-        &[
-            "knockgate/v1/common.proto",
-            "knockgate/v1/enrollment.proto",
-            "knockgate/v1/agent.proto",
-            "knockgate/v1/admin.proto",
-        ],
-        &["."],
-    )?;
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::LeanCodec")
+        .compile_with_config(
+            config,
+            &[
+                "knockgate/v1/common.proto",
+                "knockgate/v1/enrollment.proto",
+                "knockgate/v1/agent.proto",
+                "knockgate/v1/admin.proto",
+            ],
+            &["."],
+        )?;
     Ok(())
 }

@@ -14,6 +14,8 @@
 pub mod access;
 #[cfg(feature = "grpc")]
 pub mod api;
+#[cfg(feature = "grpc")]
+pub mod codec;
 pub mod event;
 pub mod exit;
 pub mod fwknop;
