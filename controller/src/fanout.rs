@@ -31,7 +31,9 @@ use crate::store::{CONFIG_CHANNEL, ConfigVersion, LEASE_RENEWAL, Store, Timestam
 /// store-backed revoke flags are re-sent on the next version change).
 const CONTROL_QUEUE: usize = 64;
 
-type Streams = BTreeMap<AgentName, BTreeMap<u64, mpsc::Sender<Revocation>>>;
+/// Revocations travel shared: one allocation however many streams they reach, and
+/// a pointer per queue slot (a stream's queue is allocated 32 slots at a time).
+type Streams = BTreeMap<AgentName, BTreeMap<u64, mpsc::Sender<Arc<Revocation>>>>;
 
 /// Grants to close at once: by the agent's ref, and every grant of these users.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -67,7 +69,7 @@ pub struct Registration {
     id: u64,
     /// Grant revokes pushed to this stream. `None` from `recv` means the
     /// agent was revoked and the stream must end.
-    pub pushes: mpsc::Receiver<Revocation>,
+    pub pushes: mpsc::Receiver<Arc<Revocation>>,
 }
 
 impl Drop for Registration {
@@ -146,10 +148,11 @@ impl Hub {
     }
 
     /// Pushes `msg` to every live stream.
-    pub fn push_all(&self, msg: &Revocation) {
+    pub fn push_all(&self, msg: Revocation) {
+        let msg = Arc::new(msg);
         for (agent, by_id) in self.lock().iter() {
             for tx in by_id.values() {
-                if tx.try_send(msg.clone()).is_err() {
+                if tx.try_send(Arc::clone(&msg)).is_err() {
                     tracing::warn!(%agent, "agent stream is not keeping up; grant revoke dropped");
                 }
             }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use knockgate_proto::api::{self, agent_control_server::AgentControl};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::authz::Principal;
@@ -47,7 +48,8 @@ fn agent_of<T>(req: &Request<T>) -> Result<(AgentName, String), ServiceError> {
 
 #[tonic::async_trait]
 impl AgentControl for AgentService {
-    type SyncStream = ReceiverStream<Result<api::ControllerMessage, Status>>;
+    type SyncStream =
+        std::pin::Pin<Box<dyn Stream<Item = Result<api::ControllerMessage, Status>> + Send>>;
 
     async fn sync(
         &self,
@@ -55,13 +57,13 @@ impl AgentControl for AgentService {
     ) -> Result<Response<Self::SyncStream>, Status> {
         let (agent, fingerprint) = agent_of(&req)?;
         let peer = req.remote_addr();
-        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let (tx, rx) = mpsc::channel::<super::sync::Outbound>(OUTBOUND_QUEUE);
         // Registered before the task reads the agent row, so a revoke either
         // finds this stream or is seen by that read.
         let registration = self.state.hub.register(agent.clone());
         let session = super::sync::Session::new(Arc::clone(&self.state), agent, fingerprint, tx);
         tokio::spawn(session.run(req.into_inner(), registration, peer));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|m| *m))))
     }
 
     async fn report(

@@ -45,12 +45,17 @@ async fn wake_at(deadline: Option<Instant>) {
     }
 }
 
+/// One message on its way to the agent, boxed: a stream's queue is allocated 32 slots
+/// at a time, and a pointer per slot instead of a whole message keeps an idle agent's
+/// queue small.
+pub(super) type Outbound = Box<Result<api::ControllerMessage, Status>>;
+
 /// The state of one live stream.
 pub(super) struct Session {
     state: Arc<Controller>,
     agent: AgentName,
     fingerprint: String,
-    tx: mpsc::Sender<Result<api::ControllerMessage, Status>>,
+    tx: mpsc::Sender<Outbound>,
     /// The last config sent and its version: what the next delta builds on.
     /// `None` after a refusal, so the next change sends a full config.
     sent: Option<(u64, AgentView)>,
@@ -86,7 +91,7 @@ impl Session {
         state: Arc<Controller>,
         agent: AgentName,
         fingerprint: String,
-        tx: mpsc::Sender<Result<api::ControllerMessage, Status>>,
+        tx: mpsc::Sender<Outbound>,
     ) -> Self {
         Self {
             state,
@@ -113,7 +118,7 @@ impl Session {
         drop(registration);
         if let Err(status) = end {
             tracing::info!(agent = %self.agent, code = ?status.code(), reason = status.message(), "agent stream closed");
-            let _ = self.tx.send(Err(status)).await;
+            let _ = self.tx.send(Box::new(Err(status))).await;
         }
         let hub = &self.state.hub;
         if self.touched && !hub.is_connected(&self.agent) {
@@ -173,7 +178,10 @@ impl Session {
                 }
                 () = wake_at(self.next_boundary) => self.refresh().await?,
                 push = registration.pushes.recv() => match push {
-                    Some(revoke) => self.send(controller_message::Msg::Revoke(revoke.into())).await,
+                    Some(revoke) => {
+                        let revoke = Arc::unwrap_or_clone(revoke);
+                        self.send(controller_message::Msg::Revoke(revoke.into())).await;
+                    }
                     None => return Err(Status::permission_denied(format!("agent {} is revoked", self.agent))),
                 },
                 m = inbound.message() => match m {
@@ -195,7 +203,7 @@ impl Session {
     async fn send(&self, msg: controller_message::Msg) {
         let msg = api::ControllerMessage { msg: Some(msg) };
         // A closed receiver means the agent is gone; the select loop notices.
-        let _ = self.tx.send(Ok(msg)).await;
+        let _ = self.tx.send(Box::new(Ok(msg))).await;
     }
 
     async fn handle(&mut self, msg: api::AgentMessage) -> Result<(), Status> {

@@ -48,7 +48,7 @@ pub(super) async fn revoke(
     };
     let revoked = store.request_grant_revoke(&target, now).await?;
     if let Some(user) = &user {
-        ctx.state.hub.push_all(&Revocation::user(user.clone()));
+        ctx.state.hub.push_all(Revocation::user(user.clone()));
     }
     ctx.changed(store.current_version().await?);
     let mut detail = detail;

@@ -118,7 +118,7 @@ async fn close_grants_of(ctx: &Ctx<'_>, name: &UserName) -> Result<u64, ServiceE
     let flagged = store
         .request_grant_revoke(&RevokeTarget::User(name.clone()), Timestamp::now())
         .await?;
-    ctx.state.hub.push_all(&Revocation::user(name.to_string()));
+    ctx.state.hub.push_all(Revocation::user(name.to_string()));
     ctx.changed(store.current_version().await?);
     Ok(flagged)
 }
