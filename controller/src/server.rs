@@ -87,11 +87,22 @@ impl Controller {
                 .map_err(ServerError::Store)?
                 .is_empty()
         {
-            store
+            match store
                 .add_admin(&name, &fingerprint, crate::store::Timestamp::now())
                 .await
-                .map_err(ServerError::Store)?;
-            tracing::info!(admin = %name, "pinned the initial admin identity");
+            {
+                Ok(()) => tracing::info!(admin = %name, "pinned the initial admin identity"),
+                // Replicas starting together on a fresh database race to pin the
+                // same identity: the loser accepts it only if it is the same one.
+                Err(StoreError::AlreadyExists { .. })
+                    if store
+                        .list_admins()
+                        .await
+                        .map_err(ServerError::Store)?
+                        .iter()
+                        .any(|a| a.name == name && a.cert_fingerprint == fingerprint) => {}
+                Err(e) => return Err(ServerError::Store(e)),
+            }
         }
         let tls = tls::server_config(&ca, server_chain, server_key).map_err(ServerError::Tls)?;
         let hub = Hub::new(store.current_version().await.map_err(ServerError::Store)?);

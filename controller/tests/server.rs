@@ -90,6 +90,33 @@ async fn postgres_replicas_claim_race() {
     a.shutdown().await.unwrap();
 }
 
+/// Replicas started together on a fresh database race to pin the initial admin
+/// identity: every one of them starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_replicas_start_together() {
+    harness::install_provider();
+    let url = pg::fresh_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    knockgate_controller::datadir::init(&data, &[]).unwrap();
+    let mut starts = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (url, data) = (url.clone(), data.clone());
+        starts.spawn(async move {
+            let store = Store::open(&url).await.unwrap();
+            let certs = knockgate_controller::datadir::load(&data).unwrap();
+            knockgate_controller::server::Controller::new(store, certs)
+                .await
+                .map(|_| ())
+        });
+    }
+    while let Some(started) = starts.join_next().await {
+        started.unwrap().expect("every replica starts");
+    }
+    let store = Store::open(&url).await.unwrap();
+    assert_eq!(store.list_admins().await.unwrap().len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_replicas_propagate_changes() {
     let url = pg::fresh_database().await;

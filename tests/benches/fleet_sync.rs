@@ -14,6 +14,7 @@
 //!   agent is back and has acknowledged its config.
 //!
 //! `cargo build --release --workspace --bins && cargo bench -p knockgate-tests --bench fleet_sync [-- --agents 100 --rounds 30 --replicas 2]`
+//! (`KGT_FLEET_LOG=1` shows the controllers' logs.)
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -329,7 +330,11 @@ fn run_controller(dir: &Path, pki: &Path, r: usize, db: Option<&str>) -> Child {
         c.args(["--database-url", url]);
     }
     c.stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(if std::env::var_os("KGT_FLEET_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .expect("run")
 }
