@@ -100,6 +100,9 @@ pub struct Opening {
     pub label: GrantLabel,
     /// A grant the firewall lost, put back (no new grant, no event of its own).
     pub restore: bool,
+    /// When the knock or packet that asked for it was captured (`None` for a restore):
+    /// what knock-to-open latency is measured from.
+    pub knocked_at: Option<Instant>,
 }
 
 /// Something to make durable before what depends on it happens. `Ticket`ed ones are
@@ -332,7 +335,7 @@ impl Gateway {
                 let policy = &self.config.policies[policy_idx];
                 let (name, open, timeout) =
                     (policy.name.clone(), policy.open.clone(), policy.timeout);
-                self.open_grants(&name, None, k.src, &open, timeout, now);
+                self.open_grants(&name, None, k.src, &open, timeout, k.at);
             } else if let Some((level, event)) = progress_event(d.outcome, subject, method) {
                 self.tell(level, false, now, event);
             }
@@ -349,7 +352,7 @@ impl Gateway {
         src: IpAddr,
         access: &[Access],
         timeout: Duration,
-        _now: Time,
+        knocked_at: Instant,
     ) {
         for a in access {
             let key = GrantKey {
@@ -363,6 +366,7 @@ impl Gateway {
                 timeout,
                 label,
                 restore: false,
+                knocked_at: Some(knocked_at),
             }));
         }
     }

@@ -187,6 +187,7 @@ impl Gateway {
                 timeout,
                 label,
                 restore: true,
+                knocked_at: None,
             }));
         }
     }

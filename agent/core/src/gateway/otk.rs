@@ -279,7 +279,7 @@ impl Gateway {
             latency_us: micros(now.mono.saturating_duration_since(at)),
         };
         self.tell(Level::Info, true, now, event);
-        self.open_grants(&policy, Some(&claim.user), addr, &access, timeout, now);
+        self.open_grants(&policy, Some(&claim.user), addr, &access, timeout, at);
     }
 
     fn otk_rejected(

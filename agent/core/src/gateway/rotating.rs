@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::time::Instant;
 
 use knockgate_proto::event::{Event, Method, Reason, Subject};
 use serde::{Deserialize, Serialize};
@@ -71,6 +72,8 @@ pub(super) struct RotatingState {
 pub(super) struct Completed {
     src: IpAddr,
     consumed: Consumed,
+    /// When its last knock was captured.
+    at: Instant,
 }
 
 impl RotatingState {
@@ -165,7 +168,7 @@ impl Gateway {
             let method = Method::Rotating;
             if *outcome == Outcome::Completed {
                 consumed = true;
-                self.rotating_completed(k.src, subject, key.window);
+                self.rotating_completed(k.src, subject, key.window, k.at);
             } else if let Some((level, event)) = progress_event(*outcome, subject, method) {
                 self.tell(level, false, now, event);
             }
@@ -177,7 +180,7 @@ impl Gateway {
         }
     }
 
-    fn rotating_completed(&mut self, src: IpAddr, subject: Subject, window: u64) {
+    fn rotating_completed(&mut self, src: IpAddr, subject: Subject, window: u64, at: Instant) {
         let (Some(user), Some(policy)) = (subject.user, subject.policy) else {
             return;
         };
@@ -195,6 +198,7 @@ impl Gateway {
         let completed = Completed {
             src,
             consumed: consumed.clone(),
+            at,
         };
         self.persist_then(Persist::Consumed(consumed), Then::Rotating(completed));
     }
@@ -215,6 +219,7 @@ impl Gateway {
                     window,
                     ..
                 },
+            at,
         } = c;
         let subject = Subject {
             src: Some(src),
@@ -240,7 +245,7 @@ impl Gateway {
             window: Some(window),
         };
         self.tell(Level::Info, true, now, event);
-        self.open_grants(&policy, Some(&user), src, &open, timeout, now);
+        self.open_grants(&policy, Some(&user), src, &open, timeout, at);
     }
 
     /// Once per wall second: forget consumed marks of windows gone by, and follow the

@@ -192,7 +192,7 @@ impl Gateway {
             grant.addr,
             &grant.access,
             grant.timeout,
-            now,
+            at,
         );
     }
 
