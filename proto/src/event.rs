@@ -307,6 +307,19 @@ impl Event {
         }
     }
 
+    /// The way of knocking it is about, if any.
+    #[must_use]
+    pub fn method(&self) -> Option<Method> {
+        match self {
+            Event::KnockProgressed { method, .. }
+            | Event::KnockReset { method, .. }
+            | Event::KnockCompleted { method, .. }
+            | Event::SpaAccepted { method, .. } => Some(*method),
+            Event::SpaRejected { method, .. } => *method,
+            _ => None,
+        }
+    }
+
     /// Who and what it is about.
     #[must_use]
     pub fn subject(&self) -> Option<&Subject> {
