@@ -1,10 +1,10 @@
-//! The `knockgate-controller` command line and its logging setup.
+//! The `knockgate-controller` command line.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use tracing_subscriber::EnvFilter;
+use clap::{Parser, Subcommand};
+pub use knockgate_telemetry::LogFormat;
 
 /// Exit status for a bad flag or config (sysexits `EX_USAGE`), as `exit` takes it.
 pub const EXIT_USAGE: i32 = knockgate_proto::exit::USAGE as i32;
@@ -80,25 +80,4 @@ fn parse_lifetime(s: &str) -> Result<std::time::Duration, String> {
         return Err("must be between 10s and 10 years".into());
     }
     Ok(d)
-}
-
-/// Log line format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-/// Logs to stderr with `RUST_LOG` (default `info`) in `format`.
-pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }

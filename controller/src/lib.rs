@@ -16,6 +16,7 @@ pub mod error;
 pub mod event;
 pub mod fanout;
 pub mod health;
+pub mod metrics;
 pub mod name;
 pub mod pki;
 pub mod policy;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use knockgate_controller::cli::{Cli, Command, EXIT_USAGE, InitArgs, RunArgs, init_logging};
+use knockgate_controller::cli::{Cli, Command, EXIT_USAGE, InitArgs, RunArgs};
 use knockgate_controller::datadir::{self, DataDirError};
 use knockgate_controller::store::{DEFAULT_SQLITE_FILE, Store};
 use knockgate_controller::{Controller, health, serve};
@@ -23,13 +23,26 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_logging(cli.log_format);
+    let telemetry = match knockgate_telemetry::init(&knockgate_telemetry::Setup {
+        service: "knockgate-controller",
+        format: cli.log_format,
+        level: "info".to_owned(),
+        instance: None,
+    }) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("knockgate-controller: {e}");
+            return exit(EXIT_USAGE);
+        }
+    };
     // Before anything builds a rustls config: one process-wide provider, ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    match cli.command {
+    let code = match cli.command {
         Command::Init(args) => init(&args),
         Command::Run(args) => run(args),
-    }
+    };
+    telemetry.shutdown();
+    code
 }
 
 fn exit(code: i32) -> ExitCode {

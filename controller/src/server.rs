@@ -147,10 +147,12 @@ pub async fn serve(
         tracing::info!("shutting down");
         hub.shutdown();
     };
+    crate::metrics::observe(&state.hub);
     let result = Server::builder()
         // Notices a vanished agent within half a minute, so its stream ends.
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(knockgate_telemetry::rpc::RpcLayer::new())
         .layer(AuthzLayer::new(Authz::new(state.store.clone())))
         .add_service(EnrollmentServer::new(EnrollService::new(Arc::clone(
             &state,

@@ -65,6 +65,22 @@ pub(super) async fn claim(
     agent: &AgentName,
     claim: NewOtkClaim,
 ) -> Result<api::ClaimResponse, ServiceError> {
+    let started = std::time::Instant::now();
+    let resp = decide(state, agent, claim).await?;
+    let outcome = if resp.granted {
+        "granted"
+    } else {
+        resp.reason.as_str()
+    };
+    crate::metrics::claim_decided(outcome, started.elapsed());
+    Ok(resp)
+}
+
+async fn decide(
+    state: &Controller,
+    agent: &AgentName,
+    claim: NewOtkClaim,
+) -> Result<api::ClaimResponse, ServiceError> {
     let (user_known, rules) = admitting_rules(state, agent, &claim).await?;
     if rules.is_empty() {
         return refuse_not_admitted(state, agent, &claim, user_known).await;

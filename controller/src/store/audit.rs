@@ -117,6 +117,9 @@ impl Store {
             .await
         })
         .map_err(StoreError::Database)?;
+        if id.is_some() {
+            crate::metrics::audit_row(&event.kind);
+        }
         Ok(id.map_or(AppendOutcome::Duplicate, |id| {
             AppendOutcome::Inserted(AuditId(id))
         }))
