@@ -197,6 +197,7 @@ impl Agent {
         adopt(&mut engine);
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
+        crate::metrics::observe(&engine.gauges(), &counters);
         let running = spawn_captures(captures, &tx, &stop, &counters, &tuning)?;
         if let Some(port) = watch {
             watch_firewall(port, tx.clone())?;

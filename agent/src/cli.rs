@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::logging::LogFormat;
+use knockgate_telemetry::LogFormat;
 
 /// The agent's command line.
 #[derive(Parser)]

@@ -27,6 +27,7 @@ use tracing::{info, warn};
 
 use self::stores::Stores;
 use crate::firewall::{Firewall, FirewallError};
+use crate::metrics::{DecisionTrace, Gauges, Metrics};
 use crate::otk_store::{BurnedKeys, OfflineClaims};
 use crate::replay_store::ReplayStore;
 use crate::report::{Reporter, unix_ms};
@@ -94,6 +95,8 @@ pub struct Engine {
     tuning: Option<Arc<crate::capture::Tuning>>,
     claims: Option<ClaimLink>,
     clock: Box<dyn Clock>,
+    metrics: Metrics,
+    trace: DecisionTrace,
 }
 
 impl Engine {
@@ -117,7 +120,14 @@ impl Engine {
             tuning: None,
             claims: None,
             clock,
+            metrics: Metrics::new(),
+            trace: DecisionTrace::default(),
         })
+    }
+
+    /// The values its gauges read.
+    pub fn gauges(&self) -> Arc<Gauges> {
+        Arc::clone(&self.metrics.gauges)
     }
 
     /// Judge time windows and packet ages by `clock` instead of the system's.
@@ -199,8 +209,10 @@ impl Engine {
     pub fn run(mut self, rx: Receiver<Input>) -> Box<dyn Firewall> {
         loop {
             let now = self.now();
+            self.trace.begin(None);
             self.gateway.handle_timeout(now);
             self.drain(now);
+            self.trace.finish();
             let wait = self
                 .gateway
                 .poll_timeout()
@@ -222,6 +234,10 @@ impl Engine {
     /// One input, and everything it leads to.
     pub fn handle_input(&mut self, input: Input) {
         let now = self.now();
+        self.trace.begin(match &input {
+            Input::Knock(k) => Some(k.at),
+            _ => None,
+        });
         match input {
             Input::Knock(k) => self.gateway.handle_packet(&k, now),
             Input::Apply { update, done } => {
@@ -242,6 +258,7 @@ impl Engine {
             Input::Shutdown => {}
         }
         self.drain(now);
+        self.trace.finish();
     }
 
     /// Enforce `update`: the firewall's ruleset first (one atomic change), and only if
@@ -273,6 +290,11 @@ impl Engine {
         while let Some(action) = self.gateway.poll_action() {
             self.execute(action, now);
         }
+        let open = u64::try_from(self.gateway.grants().len()).unwrap_or(u64::MAX);
+        self.metrics
+            .gauges
+            .grants_open
+            .store(open, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn execute(&mut self, action: Action, now: Time) {
@@ -283,12 +305,20 @@ impl Engine {
                     key,
                     timeout,
                     label,
-                    ..
+                    restore,
+                    knocked_at,
                 } = &open;
+                let started = Instant::now();
                 let r = self
                     .firewall
                     .open(key, *timeout, label)
                     .map_err(|e| e.to_string());
+                if !restore {
+                    self.trace.firewall_write(started, r.is_ok());
+                }
+                if let (Ok(()), Some(at)) = (&r, knocked_at) {
+                    self.metrics.opened(*at);
+                }
                 gw.handle_opened(open, r, now);
             }
             Action::Close(key) => {
@@ -337,6 +367,10 @@ impl Engine {
             }
             Action::Notice(n) => {
                 tell::log(&n);
+                self.metrics.event(&n);
+                if n.report {
+                    self.trace.decision(&n);
+                }
                 if let (true, Some(r)) = (n.report, &mut self.reporter) {
                     r.emit(n.event.to_record(n.at_ms));
                 }

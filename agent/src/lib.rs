@@ -12,7 +12,7 @@ pub mod cli;
 pub mod control;
 pub mod engine;
 pub mod firewall;
-pub mod logging;
+pub mod metrics;
 pub mod otk_store;
 pub mod privilege;
 pub mod replay_store;

@@ -12,11 +12,11 @@ use knockgate_agent::control;
 use knockgate_agent::firewall::command::CommandFirewall;
 use knockgate_agent::firewall::nft::NftFirewall;
 use knockgate_agent::firewall::{Firewall, FirewallError};
-use knockgate_agent::logging::{self, LogFormat};
 use knockgate_agent::privilege;
 use knockgate_agent::state;
 use knockgate_agent_core::config::{Backend, Config};
 use knockgate_agent_core::filter::capture_filter;
+use knockgate_telemetry::{LogFormat, Setup};
 use tracing::{info, warn};
 
 use crate::Failure;
@@ -124,8 +124,14 @@ pub fn check(path: &Path) -> Result<(), Failure> {
 }
 
 pub fn run(path: &Path, format: LogFormat, level: &str) -> Result<(), Failure> {
-    logging::init(format, level).map_err(Failure::usage)?;
     let file = load(path)?;
+    let telemetry = knockgate_telemetry::init(&Setup {
+        service: "knockgate-agent",
+        format,
+        level: level.to_owned(),
+        instance: Some(file.agent.name.clone()),
+    })
+    .map_err(|e| Failure::usage(e.to_string()))?;
     let missing = privilege::missing();
     if !missing.is_empty() {
         return Err(Failure::noperm(format!(
@@ -202,6 +208,7 @@ pub fn run(path: &Path, format: LogFormat, level: &str) -> Result<(), Failure> {
     info!(
         "stopped; protected ports stay closed and grants expire on their own (`knockgate-agent uninstall` removes the table)"
     );
+    telemetry.shutdown();
     if restarting {
         return Err(reexec());
     }

@@ -238,7 +238,9 @@ fn message(msg: agent_message::Msg) -> AgentMessage {
     AgentMessage { msg: Some(msg) }
 }
 
+/// `Applied{version}`, and the config version gauge says so.
 fn applied(version: u64) -> AgentMessage {
+    crate::metrics::CONFIG_VERSION.store(version, std::sync::atomic::Ordering::Relaxed);
     message(agent_message::Msg::Applied(Applied { version }))
 }
 
