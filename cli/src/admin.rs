@@ -27,8 +27,6 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use knockgate_proto::api::admin_client::AdminClient;
-use tonic::transport::Channel;
 
 pub use client::{Connector, DEFAULT_CONTROLLER, DEFAULT_IDENTITY, Identity, IdentityError};
 pub use error::{AdminError, Subject};
@@ -78,6 +76,22 @@ pub enum Command {
     Status(status::StatusArgs),
 }
 
+impl Command {
+    /// The noun, as typed (it names the command's trace).
+    #[must_use]
+    pub fn noun(&self) -> &'static str {
+        match self {
+            Command::Agent(_) => "agent",
+            Command::User(_) => "user",
+            Command::Policy(_) => "policy",
+            Command::Grant(_) => "grant",
+            Command::Audit(_) => "audit",
+            Command::Admin(_) => "admin",
+            Command::Status(_) => "status",
+        }
+    }
+}
+
 /// What a command runs with: the (lazily connected) controller, the output
 /// format, and where output goes.
 pub struct Ctx<'a> {
@@ -94,7 +108,7 @@ impl Ctx<'_> {
     ///
     /// # Errors
     /// [`AdminError`] for a bad identity, URL or unreachable controller.
-    pub async fn client(&mut self) -> Result<AdminClient<Channel>, AdminError> {
+    pub async fn client(&mut self) -> Result<client::Admin, AdminError> {
         self.conn.client().await
     }
 

@@ -52,6 +52,15 @@ pub fn request<T>(msg: T) -> tonic::Request<T> {
     req
 }
 
+/// A tonic interceptor that sends the current span's trace context with every call.
+pub type Injecting = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
+
+/// The [`Injecting`] interceptor: `Client::with_interceptor(channel, INJECT)`.
+pub const INJECT: Injecting = |mut req| {
+    inject_context(&tracing::Span::current().context(), req.metadata_mut());
+    Ok(req)
+};
+
 /// The trace context a caller sent in `metadata` (empty when none).
 pub fn extract(metadata: &MetadataMap) -> Context {
     opentelemetry::global::get_text_map_propagator(|p| p.extract(&Extract(metadata)))

@@ -219,12 +219,20 @@ pub fn parse_controller_url(url: &str) -> Result<Uri, AdminError> {
     Ok(uri)
 }
 
+/// The admin client: every call carries the current trace context.
+pub type Admin = AdminClient<
+    tonic::service::interceptor::InterceptedService<
+        Channel,
+        knockgate_telemetry::propagate::Injecting,
+    >,
+>;
+
 /// The controller to talk to and the identity to present, connected on
 /// first use.
 pub struct Connector {
     url: String,
     identity: PathBuf,
-    client: Option<AdminClient<Channel>>,
+    client: Option<Admin>,
 }
 
 impl Connector {
@@ -252,7 +260,7 @@ impl Connector {
     /// # Errors
     /// [`AdminError::BadUrl`], [`AdminError::Identity`],
     /// [`AdminError::Unreachable`], [`AdminError::Tls`], [`AdminError::Refused`].
-    pub async fn client(&mut self) -> Result<AdminClient<Channel>, AdminError> {
+    pub async fn client(&mut self) -> Result<Admin, AdminError> {
         if let Some(client) = &self.client {
             return Ok(client.clone());
         }
@@ -291,7 +299,7 @@ impl Connector {
             .connect_with_connector(dialer)
             .await
             .map_err(|err| AdminError::from_transport(&self.url, &err))?;
-        let client = AdminClient::new(channel);
+        let client = AdminClient::with_interceptor(channel, knockgate_telemetry::propagate::INJECT);
         self.client = Some(client.clone());
         Ok(client)
     }

@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use knockgate_cli::admin::{self, AdminError, Cli};
 use knockgate_cli::cmd::{self, CommandError as _};
+use tracing::Instrument as _;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -38,6 +39,27 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), (anyhow::Error, u8)> {
+    // No log lines unless RUST_LOG asks; traces and metrics when OTEL_* asks.
+    let telemetry = knockgate_telemetry::init(&knockgate_telemetry::Setup {
+        service: "knockadm",
+        format: knockgate_telemetry::LogFormat::Text,
+        level: "off".to_owned(),
+        instance: None,
+    })
+    .map_err(|err| (anyhow::Error::new(err), cmd::EXIT_USAGE))?;
+    let result = run_traced(cli);
+    telemetry.shutdown();
+    result
+}
+
+/// One trace per command: the controller's handling of each call is part of it.
+fn run_traced(cli: Cli) -> Result<(), (anyhow::Error, u8)> {
+    let span = tracing::info_span!(
+        target: "knockgate_cli",
+        "knockadm",
+        otel.name = format!("knockadm {}", cli.command.noun()),
+        otel.kind = "client",
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -46,7 +68,7 @@ fn run(cli: Cli) -> Result<(), (anyhow::Error, u8)> {
     let stdout = io::stdout();
     let mut out = stdout.lock();
     runtime
-        .block_on(admin::run(cli.global, cli.command, &mut out))
+        .block_on(admin::run(cli.global, cli.command, &mut out).instrument(span))
         .map_err(|err: AdminError| {
             let code = err.exit_code();
             (anyhow::Error::new(err), code)
