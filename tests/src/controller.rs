@@ -163,6 +163,7 @@ impl Controller {
             .env("KNOCKADM_CONTROLLER", "https://127.0.0.1:7443")
             .env("KNOCKADM_IDENTITY", &self.identity)
             .args(args);
+        crate::otel::apply(&mut c);
         c.output().expect("run knockadm")
     }
 

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod controller;
 pub mod fleet;
 pub mod netns;
+pub mod otel;
 pub mod pg;
 pub mod probe;
 

@@ -40,6 +40,7 @@ impl Netns {
     pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.name]).arg(program);
+        crate::otel::apply(&mut c);
         c
     }
 
