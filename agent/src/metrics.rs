@@ -31,6 +31,9 @@ pub struct Gauges {
     pub grants_open: AtomicU64,
 }
 
+/// Events spooled for the controller and not acknowledged yet, set by the spool.
+pub static SPOOL_DEPTH: AtomicU64 = AtomicU64::new(0);
+
 /// The controller config version applied last (0 without one), set by the sync task.
 pub static CONFIG_VERSION: AtomicU64 = AtomicU64::new(0);
 
@@ -65,7 +68,8 @@ impl Metrics {
         }
     }
 
-    /// Counts `n` (a summary of refusals counts each one it summarizes).
+    /// Counts `n`. Every refusal is a notice of its own (most of them not logged or
+    /// reported under a flood), so a refusal summary counts once, as itself.
     pub fn event(&self, n: &Notice) {
         let e = &n.event;
         let mut attrs = vec![KeyValue::new("event", e.kind().as_str())];
@@ -74,14 +78,6 @@ impl Metrics {
         }
         if let Some(p) = e.subject().and_then(|s| s.policy.clone()) {
             attrs.push(KeyValue::new("policy", p));
-        }
-        if let knockgate_proto::event::Event::SpaRefusedSummary { counts, .. } = e {
-            for (reason, count) in counts {
-                let mut a = attrs.clone();
-                a.push(KeyValue::new("reason", reason.as_str()));
-                self.events.add(*count, &a);
-            }
-            return;
         }
         if let Some(r) = e.reason() {
             attrs.push(KeyValue::new("reason", r.as_str()));
@@ -116,6 +112,11 @@ pub fn observe(gauges: &Arc<Gauges>, capture: &Arc<Counters>) {
         .with_unit("{version}")
         .with_description("The controller config version applied")
         .with_callback(|o| o.observe(CONFIG_VERSION.load(Ordering::Relaxed), &[]))
+        .build();
+    m.u64_observable_gauge("knockgate.spool.depth")
+        .with_unit("{event}")
+        .with_description("Events waiting to be delivered to the controller")
+        .with_callback(|o| o.observe(SPOOL_DEPTH.load(Ordering::Relaxed), &[]))
         .build();
     let c = Arc::clone(capture);
     m.u64_observable_counter("knockgate.capture.packets")

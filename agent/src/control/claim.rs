@@ -19,7 +19,7 @@ use knockgate_proto::api::ClaimRequest;
 use knockgate_proto::api::agent_control_client::AgentControlClient;
 use tokio::sync::{Notify, mpsc};
 use tonic::Code;
-use tracing::{debug, info, warn};
+use tracing::{Instrument as _, debug, info, warn};
 
 use super::backoff::{BASE, Backoff};
 use crate::engine::{ClaimJob, ClaimOutcome, Input};
@@ -104,8 +104,19 @@ async fn serve(
 }
 
 /// Ask the controller for one key, within [`CLAIM_DEADLINE`].
-pub async fn claim(mut client: AgentControlClient<ControllerChannel>, c: &Claim) -> ClaimOutcome {
-    match tokio::time::timeout(CLAIM_DEADLINE, client.claim(to_proto(c))).await {
+pub async fn claim(client: AgentControlClient<ControllerChannel>, c: &Claim) -> ClaimOutcome {
+    // A span of its own, whose context travels with the call: the controller's handling
+    // of the claim is part of this trace.
+    let span = tracing::info_span!("otk.claim", otel.kind = "client", knockgate.user = %c.user);
+    claim_in_span(client, c).instrument(span).await
+}
+
+async fn claim_in_span(
+    mut client: AgentControlClient<ControllerChannel>,
+    c: &Claim,
+) -> ClaimOutcome {
+    let request = knockgate_telemetry::propagate::request(to_proto(c));
+    match tokio::time::timeout(CLAIM_DEADLINE, client.claim(request)).await {
         Ok(Ok(resp)) => {
             let r = resp.into_inner();
             if r.granted {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::control::ControllerChannel;
 use knockgate_proto::api::agent_control_client::AgentControlClient;
 use knockgate_proto::api::{self, ReportRequest};
-use tracing::{debug, info, warn};
+use tracing::{Instrument as _, debug, info, warn};
 
 use super::spool::Spool;
 use crate::control::backoff::{BASE, Backoff};
@@ -46,7 +46,14 @@ pub async fn run(
         let request = ReportRequest {
             events: batch.into_iter().map(api::Event::from).collect(),
         };
-        let result = client.report(request).await;
+        let span = tracing::info_span!("report", otel.kind = "client", events = last - first + 1);
+        let result = async {
+            client
+                .report(knockgate_telemetry::propagate::request(request))
+                .await
+        }
+        .instrument(span)
+        .await;
         let stored = match result {
             Ok(resp) => resp.into_inner().stored_through_seq.min(last),
             Err(status) => {

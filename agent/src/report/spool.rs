@@ -76,6 +76,7 @@ impl Spool {
         }
         write_atomically(&path, &kept)?;
         let file = state::open_append(&path)?;
+        crate::metrics::SPOOL_DEPTH.store(pending as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(Spool {
             dir: dir.to_path_buf(),
             file,
@@ -91,6 +92,12 @@ impl Spool {
     /// Events waiting for the controller.
     pub fn pending(&self) -> usize {
         self.pending
+    }
+
+    /// Tells the spool depth gauge.
+    fn publish(&self) {
+        crate::metrics::SPOOL_DEPTH
+            .store(self.pending as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The number the next appended event gets.
@@ -119,6 +126,7 @@ impl Spool {
         }
         self.len += buf.len() as u64;
         self.pending += events.len();
+        self.publish();
         Ok(())
     }
 
@@ -167,6 +175,7 @@ impl Spool {
             }
         }
         self.peeked.clear();
+        self.publish();
         self.compact_if_worth_it().map(|_| ())
     }
 
@@ -210,6 +219,7 @@ impl Spool {
         }
         self.read_offset = offset;
         self.pending = self.pending.saturating_sub(dropped as usize);
+        self.publish();
         // What a peek in flight read past the dropped lines still counts.
         self.peeked.retain(|&(_, end)| end > offset);
         if self.compact_if_worth_it()? {
