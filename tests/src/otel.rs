@@ -20,14 +20,19 @@ thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// From now on, processes this thread starts through the harness export to `endpoint`,
-/// metrics every half second and spans within 100 ms.
-pub fn export_to(endpoint: &str) {
+/// From now on, processes this thread starts through the harness export traces to
+/// `traces` and metrics to `metrics` (the per-signal variables), metrics every half
+/// second and spans within 100 ms.
+pub fn export_to(traces: &str, metrics: &str) {
     EXPORT.with(|e| {
         *e.borrow_mut() = vec![
             (
-                "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
-                endpoint.to_owned(),
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT".to_owned(),
+                traces.to_owned(),
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT".to_owned(),
+                metrics.to_owned(),
             ),
             ("OTEL_METRIC_EXPORT_INTERVAL".to_owned(), "500".to_owned()),
             ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "100".to_owned()),
@@ -67,35 +72,61 @@ fn rotel_agent() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
-/// A running rotel receiving OTLP/gRPC on port 4317 of every address of `ns`.
+/// A running rotel in a test host's namespace.
 pub struct Rotel {
     child: Child,
     out: PathBuf,
 }
 
 impl Rotel {
-    /// Starts it in `ns`, printing to `out`, and waits until it listens.
-    pub fn start(ns: &Netns, out: &Path) -> Rotel {
+    /// A receiver of traces on OTLP/gRPC port 4317 of every address of `ns`, printing
+    /// every span to `out` (the spans go nowhere else).
+    pub fn traces(ns: &Netns, out: &Path) -> Rotel {
+        Self::start(
+            ns,
+            out,
+            4317,
+            &[
+                "--debug-log",
+                "traces",
+                "--debug-log-verbosity",
+                "detailed",
+                "--exporter",
+                "blackhole",
+            ],
+        )
+    }
+
+    /// A collector of metrics on OTLP/gRPC port 4327 of every address of `ns`, forwarding
+    /// them to `store` (VictoriaMetrics' base URL) over OTLP/HTTP, as
+    /// `deploy/otel/rotel.env` does.
+    pub fn metrics_to(ns: &Netns, out: &Path, store: &str) -> Rotel {
+        let endpoint = format!("{store}/opentelemetry");
+        Self::start(
+            ns,
+            out,
+            4327,
+            &[
+                "--exporter",
+                "otlp",
+                "--otlp-exporter-protocol",
+                "http",
+                "--otlp-exporter-endpoint",
+                &endpoint,
+            ],
+        )
+    }
+
+    fn start(ns: &Netns, out: &Path, port: u16, args: &[&str]) -> Rotel {
         let agent = rotel_agent();
         let file = std::fs::File::create(out).expect("rotel output");
         let child = Command::new("ip")
             .args(["netns", "exec", &ns.name])
             .arg(agent)
-            .args([
-                "start",
-                "--otlp-grpc-endpoint",
-                "0.0.0.0:4317",
-                "--otlp-http-endpoint",
-                "127.0.0.1:4318",
-                "--debug-log",
-                "traces",
-                "--debug-log",
-                "metrics",
-                "--debug-log-verbosity",
-                "detailed",
-                "--exporter",
-                "blackhole",
-            ])
+            .arg("start")
+            .args(["--otlp-grpc-endpoint", &format!("0.0.0.0:{port}")])
+            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{}", port + 1)])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("dup"))
             .stderr(file)
@@ -105,16 +136,7 @@ impl Rotel {
             child,
             out: out.to_path_buf(),
         };
-        let listening = ns.run(|| {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-            while std::time::Instant::now() < deadline {
-                if std::net::TcpStream::connect("127.0.0.1:4317").is_ok() {
-                    return true;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            false
-        });
+        let listening = listens(ns, port);
         assert!(listening, "rotel did not listen:\n{}", rotel.text());
         rotel
     }
@@ -135,6 +157,145 @@ impl Drop for Rotel {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether something accepts on 127.0.0.1:`port` in `ns` within 15 s.
+fn listens(ns: &Netns, port: u16) -> bool {
+    ns.run(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while std::time::Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        false
+    })
+}
+
+/// VictoriaMetrics (a Prometheus-compatible store with OTLP ingestion) on
+/// 127.0.0.1:8428 in a test host's namespace, with OpenTelemetry's Prometheus naming.
+pub struct VictoriaMetrics {
+    child: Child,
+    ns: String,
+    log: PathBuf,
+}
+
+impl VictoriaMetrics {
+    /// Fetches it once (`deploy/test/victoria-metrics.sh`) and starts it, its data in `dir`.
+    pub fn start(ns: &Netns, dir: &Path) -> VictoriaMetrics {
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/test/victoria-metrics.sh");
+        let out = crate::netns::sh(Command::new("bash").arg(script));
+        let bin = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let log = dir.join("victoria-metrics.log");
+        let file = std::fs::File::create(&log).expect("vm log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(bin)
+            .arg(format!(
+                "-storageDataPath={}",
+                dir.join("vm-data").display()
+            ))
+            .args([
+                "-httpListenAddr=127.0.0.1:8428",
+                "-search.latencyOffset=0s",
+                "-opentelemetry.usePrometheusNaming",
+            ])
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("dup"))
+            .stderr(file)
+            .spawn()
+            .expect("start victoria-metrics");
+        let vm = VictoriaMetrics {
+            child,
+            ns: ns.name.clone(),
+            log,
+        };
+        assert!(
+            listens(ns, 8428),
+            "victoria-metrics did not listen:\n{}",
+            std::fs::read_to_string(&vm.log).unwrap_or_default()
+        );
+        vm
+    }
+
+    /// The base URL the collector sends to (inside the namespace).
+    pub fn url(&self) -> &'static str {
+        "http://127.0.0.1:8428"
+    }
+
+    /// The result of an instant PromQL/MetricsQL query: `(labels, value)` per series.
+    pub fn query(&self, expr: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+        let path = format!("/api/v1/query?query={}", percent_encode(expr));
+        let ns = format!("/run/netns/{}", self.ns);
+        let body = std::thread::spawn(move || {
+            crate::netns::enter(&ns);
+            http_get("127.0.0.1:8428", &path)
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("query {expr}: {e}: {body}"));
+        assert_eq!(v["status"], "success", "query {expr}: {body}");
+        v["data"]["result"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .map(|s| {
+                        let labels = s["metric"]
+                            .as_object()
+                            .map(|m| {
+                                m.iter()
+                                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_owned()))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        let value = s["value"][1]
+                            .as_str()
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(f64::NAN);
+                        (labels, value)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The sum of `expr`'s series (0 when it has none).
+    pub fn sum(&self, expr: &str) -> f64 {
+        self.query(expr).iter().map(|(_, v)| v).sum()
+    }
+}
+
+impl Drop for VictoriaMetrics {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A plain HTTP/1.0 GET; the body.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the store");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("response");
+    resp.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
 }
 
 /// One span as the receiver printed it.

@@ -1,9 +1,12 @@
-//! Telemetry end to end: a real OTLP receiver (rotel) in the controller's namespace, the
-//! controller and an enrolled agent exporting to it through the standard variables, and a
-//! user and an admin doing what they do. What arrives is checked as an operator would
-//! look at it: the traces (names, attributes, parents across agent, knockadm and
-//! controller) and the metrics. A second test shows that, with no endpoint set, nothing
-//! is exported and no connection is tried.
+//! Telemetry end to end: in the controller's namespace a real OTLP receiver for traces
+//! (rotel, printing every span) and a real collector (rotel) feeding a real metrics store
+//! (VictoriaMetrics); the controller, an enrolled agent and knockadm exporting there
+//! through the standard variables; a user and an admin doing what they do. What arrives is
+//! checked as an operator would look at it: the traces (names, attributes, parents across
+//! agent, knockadm and controller), the metrics as the store answers for them, and every
+//! query of every shipped dashboard (`deploy/grafana`), each of which must return data. A
+//! second test shows that, with no endpoint set, nothing is exported and no connection is
+//! tried.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,7 +15,7 @@ use knockgate_tests::agent::Workdir;
 use knockgate_tests::controller::{Controller, enroll_and_start, wait_applied};
 use knockgate_tests::fleet::Fleet;
 use knockgate_tests::netns::sh;
-use knockgate_tests::otel::{Received, Rotel, SpanRec, export_to};
+use knockgate_tests::otel::{Received, Rotel, SpanRec, VictoriaMetrics, export_to};
 use knockgate_tests::probe::{Listener, opens_within};
 use knockgate_tests::wait_until;
 
@@ -47,12 +50,16 @@ fn span<'a>(got: &'a Received, service: &str, name: &str) -> &'a SpanRec {
 fn traces_and_metrics_reach_a_collector() {
     let fleet = Fleet::new(&["ctl", "gw1", "client"]);
     let work = Workdir::new();
-    let rotel = Rotel::start(&fleet.host(CTL).ns, &work.path.join("rotel.out"));
-    export_to(&format!("http://{}:4317", fleet.host(CTL).v4));
+    let ctl_ns = &fleet.host(CTL).ns;
+    let vm = VictoriaMetrics::start(ctl_ns, &work.path);
+    let rotel = Rotel::traces(ctl_ns, &work.path.join("rotel-traces.out"));
+    let _collector = Rotel::metrics_to(ctl_ns, &work.path.join("rotel-metrics.out"), vm.url());
+    let at = fleet.host(CTL).v4;
+    export_to(&format!("http://{at}:4317"), &format!("http://{at}:4327"));
     let ctl_addr = fleet.host(CTL).v4.to_string();
     let ctl = Controller::start(&fleet.host(CTL).ns, &work.path.join("ctl"), &ctl_addr, None);
     let _sshd = Listener::start(&fleet.host(GW1).ns, 22);
-    let (agent, _) = enroll_and_start(&ctl, &fleet.host(GW1).ns, &work, "gw1", "role=edge");
+    let (agent, token) = enroll_and_start(&ctl, &fleet.host(GW1).ns, &work, "gw1", "role=edge");
     assert!(wait_applied(&ctl, Duration::from_secs(10)), "gw1 connected");
     let profile = ctl.add_user("alice", &work.path);
     ctl.add_ssh_policy("ssh", "alice", "role=edge", &["--spa", "--otk"]);
@@ -93,6 +100,26 @@ fn traces_and_metrics_reach_a_collector() {
         &["open", "gw1", "--profile", profile, "--method", "otk"],
     );
     ctl.knockadm_json(&["status"]);
+    // Someone flushes the agent's table (it is put back), an admin asks for a user that
+    // does not exist, and a spent enrolment token is tried again.
+    sh(fleet
+        .host(GW1)
+        .ns
+        .cmd("nft")
+        .args(["flush", "table", "inet", "knockgate"]));
+    assert!(!ctl.knockadm(&["user", "show", "nobody"]).status.success());
+    let again = fleet
+        .host(GW1)
+        .ns
+        .cmd(knockgate_tests::bin("knockgate-agent"))
+        .arg("enroll")
+        .arg("--config")
+        .arg(work.config_named("gw1-again", ""))
+        .args(["--controller", &ctl.url, "--token", &token])
+        .args(["--ca-sha256", &ctl.ca_sha256])
+        .output()
+        .expect("enroll again");
+    assert!(!again.status.success(), "a spent token is refused");
 
     let mut got = Received::default();
     wait_until(
@@ -106,8 +133,6 @@ fn traces_and_metrics_reach_a_collector() {
             has("knockgate-agent", "spa.rejected")
                 && has("knockgate-agent", "otk.claim")
                 && has("knockadm", "knockadm status")
-                && !got.points("knockgate.otk.claims").is_empty()
-                && !got.points("knockgate.knock_to_open.duration").is_empty()
         },
     );
 
@@ -181,68 +206,106 @@ fn traces_and_metrics_reach_a_collector() {
         "knockadm's trace continues on the controller: {handled:?}"
     );
 
-    // The metrics an operator graphs, with sane values: the latest value of each series
-    // (counters are cumulative), summed over the series `pick` selects.
-    let value = |metric: &str, pick: &dyn Fn(&knockgate_tests::otel::PointRec) -> bool| {
-        let mut series: std::collections::BTreeMap<String, f64> = Default::default();
-        for p in got.points(metric).into_iter().filter(|p| pick(p)) {
-            series.insert(format!("{}{:?}", p.service, p.attrs), p.value);
-        }
-        series.values().sum::<f64>()
+    // The metrics an operator graphs, as the store answers for them, with sane values.
+    let agent_events = |e: &str| {
+        format!(
+            r#"sum(knockgate_events_total{{service_name="knockgate-agent",service_instance_id="gw1",event="{e}"}})"#
+        )
     };
-    let any = |_: &knockgate_tests::otel::PointRec| true;
-    let event = |kind: &'static str| {
-        move |p: &knockgate_tests::otel::PointRec| {
-            p.service == "knockgate-agent" && p.attrs.get("event").map(String::as_str) == Some(kind)
-        }
-    };
+    wait_until("the metrics in the store", Duration::from_secs(15), || {
+        vm.sum(&agent_events("firewall.repaired")) >= 1.0
+            && vm.sum("sum(knockgate_otk_claims_total{outcome=\"granted\"})") >= 1.0
+            && vm.sum(r#"sum(knockgate_audit_rows_total{kind="enrol.refused"})"#) >= 1.0
+    });
     assert!(
-        value("knockgate.events", &event("spa.accepted")) >= 2.0,
+        vm.sum(&agent_events("spa.accepted")) >= 2.0,
         "SPA and OTK accepted"
     );
-    assert!(value("knockgate.events", &event("spa.rejected")) >= 1.0);
+    assert!(vm.sum(&agent_events("spa.rejected")) >= 1.0);
     assert!(
-        value("knockgate.events", &event("grant.opened"))
-            + value("knockgate.events", &event("grant.extended"))
-            >= 2.0,
+        vm.sum(&agent_events("grant.opened")) + vm.sum(&agent_events("grant.extended")) >= 2.0,
         "the OTK knock opens again (extending the SPA's grant)"
     );
     assert!(
-        value("knockgate.knock_to_open.duration", &any) >= 2.0,
-        "one per opening"
+        vm.sum("sum(knockgate_knock_to_open_duration_seconds_count)") >= 2.0,
+        "one latency per opening"
     );
-    assert!(value("knockgate.grants.open", &any) >= 1.0);
-    assert!(value("knockgate.capture.packets", &any) >= 3.0);
+    let p99 = vm.sum(
+        "histogram_quantile(0.99, sum by (le) (knockgate_knock_to_open_duration_seconds_bucket))",
+    );
+    assert!(p99 > 0.0 && p99 < 1.0, "knock-to-open p99 {p99} s");
+    assert!(vm.sum("sum(knockgate_grants_open)") >= 1.0);
+    assert!(vm.sum("sum(knockgate_capture_packets_total)") >= 3.0);
+    assert!(vm.sum(r#"max(knockgate_config_version{service_name="knockgate-agent"})"#) >= 1.0);
+    assert_eq!(vm.sum("sum(knockgate_agents_connected)"), 1.0);
     assert!(
-        value("knockgate.config.version", &|p| p.service
-            == "knockgate-agent")
+        vm.sum(r#"sum(rpc_server_call_duration_seconds_count{rpc_method="Claim",rpc_grpc_status_code="0"})"#)
             >= 1.0
     );
-    assert!(value("knockgate.agents.connected", &any) == 1.0);
     assert!(
-        value("knockgate.otk.claims", &|p| p
-            .attrs
-            .get("outcome")
-            .map(String::as_str)
-            == Some("granted"))
-            >= 1.0
+        vm.sum(r#"sum(rpc_server_call_duration_seconds_count{rpc_method="GetUser",rpc_grpc_status_code="5"})"#)
+            >= 1.0,
+        "a refused call counts with its status"
     );
-    assert!(value("knockgate.audit.rows", &any) >= 1.0);
-    assert!(
-        value("rpc.server.call.duration", &|p| {
-            p.attrs.get("rpc.method").map(String::as_str) == Some("Claim")
-                && p.attrs.get("rpc.grpc.status_code").map(String::as_str) == Some("0")
-        }) >= 1.0
-    );
-    for p in &got.points {
-        for key in p.attrs.keys() {
+    for (labels, _) in vm.query(r#"{__name__=~"knockgate_.*|rpc_.*"}"#) {
+        for key in labels.keys() {
             assert!(
-                !["user", "src", "client.address", "agent"].contains(&key.as_str()),
-                "metric {} has an unbounded label {key}",
-                p.metric
+                !["user", "src", "client_address", "agent"].contains(&key.as_str()),
+                "{} has an unbounded label {key}",
+                labels["__name__"]
             );
         }
     }
+
+    // Traffic goes on: the same again, now that every series has a first sample, so that
+    // rates (and the latency quantiles made from them) have something to show.
+    knocker(&fleet, &["open", "gw1", "--profile", profile]);
+    knocker(
+        &fleet,
+        &["open", "gw1", "--profile", profile, "--method", "otk"],
+    );
+    ctl.knockadm_json(&["status"]);
+    wait_until(
+        "latency quantiles in the store",
+        Duration::from_secs(15),
+        || {
+            !vm.query("histogram_quantile(0.99, sum by (le) (rate(knockgate_otk_claim_duration_seconds_bucket[1m])))").is_empty()
+            && !vm.query("histogram_quantile(0.99, sum by (le) (rate(knockgate_knock_to_open_duration_seconds_bucket[1m])))").is_empty()
+        },
+    );
+
+    // Every query of every shipped dashboard panel returns data.
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    sh(std::process::Command::new("python3")
+        .arg(repo.join("deploy/grafana/build.py"))
+        .arg("--check"));
+    let mut empty = Vec::new();
+    let mut queries = 0;
+    for file in std::fs::read_dir(repo.join("deploy/grafana/dashboards")).expect("dashboards") {
+        let path = file.expect("entry").path();
+        let dash: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+        for p in dash["panels"].as_array().expect("panels") {
+            for t in p["targets"].as_array().expect("targets") {
+                let expr = t["expr"]
+                    .as_str()
+                    .expect("expr")
+                    .replace("$__rate_interval", "1m")
+                    .replace("$__range", "10m")
+                    .replace("$gateway", ".*");
+                queries += 1;
+                if vm.query(&expr).is_empty() {
+                    empty.push(format!("{} / {}: {expr}", dash["title"], p["title"]));
+                }
+            }
+        }
+    }
+    assert!(queries >= 20, "only {queries} dashboard queries");
+    assert!(
+        empty.is_empty(),
+        "dashboard queries without data:\n{}",
+        empty.join("\n")
+    );
 }
 
 /// With no endpoint set, nothing is exported: a listener on the default OTLP port sees no
