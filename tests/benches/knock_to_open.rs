@@ -11,7 +11,10 @@
 //! - `flood`: 10 valid knock sequences while a generator sends 200,000 junk UDP datagrams
 //!   per second at a knock port;
 //! - `spa-flood`: 10 valid native SPA packets while 200,000 fwknop-shaped junk datagrams
-//!   per second hit the SPA port (each costs the agent an HMAC).
+//!   per second hit the SPA port (each costs the agent an HMAC);
+//! - `telemetry`: `sequence`, `spa` and `flood` with an agent that exports nothing, then
+//!   with one exporting traces and metrics over OTLP to a collector (rotel) in its
+//!   namespace, and the ratio of the medians.
 //!
 //! Every generator is bounded by count and time.
 
@@ -28,7 +31,7 @@ use knockgate_proto::spa::SpaKey;
 use knockgate_tests::agent::{AgentProc, Workdir, ssh_policy};
 use knockgate_tests::bench_arg;
 use knockgate_tests::netns::{Lab, sh};
-use knockgate_tests::probe::{Listener, first_connect, report};
+use knockgate_tests::probe::{Listener, first_connect, report, report_median};
 
 const SEQ: [&str; 4] = ["tcp/7000", "udp/8000", "icmp", "tcp/9000"];
 const SPA_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -58,6 +61,10 @@ fn main() {
          [[policy]]\nname = \"ssh-spa\"\nopen = [\"tcp/22\"]\ntimeout = \"30s\"\nusers = [\"alice\"]\nspa = true\nfwknop = true\n"
     );
     let config = work.config(&format!("{}\n{spa}", ssh_policy("30s", &SEQ)));
+    if mode == "telemetry" {
+        telemetry_off_and_on(&lab, &config, runs, &work);
+        return;
+    }
     let agent = AgentProc::start(&lab, &config, &["--log-level", "info"]);
     println!(
         "knock-to-open: agent {}, pid {}",
@@ -96,6 +103,62 @@ fn main() {
         );
     }
     drop(agent);
+}
+
+/// The sequence, SPA and flood figures with telemetry off, then on; the ratios of medians.
+fn telemetry_off_and_on(lab: &Lab, config: &std::path::Path, runs: usize, work: &Workdir) {
+    let mut medians: Vec<(&str, f64, f64)> = Vec::new();
+    let mut sink = None;
+    for on in [false, true] {
+        if on {
+            sink = Some(knockgate_tests::otel::Rotel::sink(
+                &lab.gw,
+                &work.path.join("sink.out"),
+            ));
+            knockgate_tests::otel::export_to("http://127.0.0.1:4317", "http://127.0.0.1:4317");
+        }
+        let label = if on { "on" } else { "off" };
+        let agent = AgentProc::start(lab, config, &["--log-level", "info"]);
+        let mut i = 0;
+        for (name, method) in [("sequence", Method::Sequence), ("spa", Method::Native)] {
+            let (lat, failed) = measure(lab, runs, method, work);
+            let m = report_median(&format!("{name}, telemetry {label}"), &lat, failed);
+            record(&mut medians, &mut i, name, on, m);
+        }
+        let junk = Junk::start(lab, 8000, false, 200_000, Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(300));
+        let (lat, failed) = measure(lab, 10, Method::Sequence, work);
+        let (sent, secs) = junk.stop();
+        let m = report_median(&format!("flood, telemetry {label}"), &lat, failed);
+        println!(
+            "  junk generator: {:.0} datagrams per second",
+            sent as f64 / secs
+        );
+        record(&mut medians, &mut i, "flood", on, m);
+        drop(agent);
+    }
+    drop(sink);
+    for (name, off, on) in medians {
+        println!(
+            "telemetry on/off, {name}: median {on:.3} / {off:.3} ms = {:.2}",
+            on / off
+        );
+    }
+}
+
+fn record(
+    medians: &mut Vec<(&'static str, f64, f64)>,
+    i: &mut usize,
+    name: &'static str,
+    on: bool,
+    m: f64,
+) {
+    if on {
+        medians[*i].2 = m;
+    } else {
+        medians.push((name, m, f64::NAN));
+    }
+    *i += 1;
 }
 
 /// `runs` knocks, each from a clean slate (grants flushed), timed to first connect.

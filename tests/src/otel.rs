@@ -97,6 +97,12 @@ impl Rotel {
         )
     }
 
+    /// A receiver of traces and metrics on OTLP/gRPC port 4317 of every address of `ns`
+    /// that keeps nothing (for benches).
+    pub fn sink(ns: &Netns, out: &Path) -> Rotel {
+        Self::start(ns, out, 4317, &["--exporter", "blackhole"])
+    }
+
     /// A collector of metrics on OTLP/gRPC port 4327 of every address of `ns`, forwarding
     /// them to `store` (VictoriaMetrics' base URL) over OTLP/HTTP, as
     /// `deploy/otel/rotel.env` does.

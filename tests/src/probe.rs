@@ -137,6 +137,11 @@ pub fn first_connect(dst: SocketAddr, t0: Instant, limit: Duration) -> Option<Du
 
 /// Print one benchmark line: how many opened, median, p90, min, max (milliseconds).
 pub fn report(mode: &str, lat: &[Duration], failed: usize) {
+    report_median(mode, lat, failed);
+}
+
+/// [`report`], and the median in ms.
+pub fn report_median(mode: &str, lat: &[Duration], failed: usize) -> f64 {
     let mut v: Vec<f64> = lat.iter().map(|d| d.as_secs_f64() * 1e3).collect();
     v.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| {
@@ -153,4 +158,5 @@ pub fn report(mode: &str, lat: &[Duration], failed: usize) {
         v.first().copied().unwrap_or(f64::NAN),
         v.last().copied().unwrap_or(f64::NAN)
     );
+    pct(0.5)
 }
