@@ -33,13 +33,27 @@ impl Env {
     }
 }
 
-/// The signals exported.
+/// How a signal travels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP over gRPC (the default).
+    #[default]
+    Grpc,
+    /// OTLP over HTTP, protobuf bodies.
+    HttpProtobuf,
+}
+
+/// The signals exported, and how.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Signals {
     /// Traces go out.
     pub traces: bool,
     /// Metrics go out.
     pub metrics: bool,
+    /// How traces travel.
+    pub traces_protocol: Protocol,
+    /// How metrics travel.
+    pub metrics_protocol: Protocol,
 }
 
 impl Signals {
@@ -73,27 +87,25 @@ impl Signals {
                 }),
             }
         };
-        let signals = Signals {
+        let protocol = |var: &'static str| -> Result<Option<Protocol>, TelemetryError> {
+            match env.get(var) {
+                None => Ok(None),
+                Some("grpc") => Ok(Some(Protocol::Grpc)),
+                Some("http/protobuf") => Ok(Some(Protocol::HttpProtobuf)),
+                Some(other) => Err(TelemetryError::Env {
+                    var,
+                    value: other.to_owned(),
+                    why: "this build speaks grpc or http/protobuf",
+                }),
+            }
+        };
+        let generic = protocol("OTEL_EXPORTER_OTLP_PROTOCOL")?.unwrap_or_default();
+        Ok(Signals {
             traces: on("TRACES", "OTEL_TRACES_EXPORTER")?,
             metrics: on("METRICS", "OTEL_METRICS_EXPORTER")?,
-        };
-        for var in [
-            "OTEL_EXPORTER_OTLP_PROTOCOL",
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-            "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
-        ] {
-            match env.get(var) {
-                None | Some("grpc") => {}
-                Some(other) => {
-                    return Err(TelemetryError::Env {
-                        var,
-                        value: other.to_owned(),
-                        why: "this build speaks OTLP over gRPC only (set grpc, or unset it)",
-                    });
-                }
-            }
-        }
-        Ok(signals)
+            traces_protocol: protocol("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")?.unwrap_or(generic),
+            metrics_protocol: protocol("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL")?.unwrap_or(generic),
+        })
     }
 }
 
@@ -124,6 +136,7 @@ mod tests {
         let both = Signals {
             traces: true,
             metrics: true,
+            ..Signals::default()
         };
         assert_eq!(
             signals(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")]).unwrap(),
@@ -137,7 +150,8 @@ mod tests {
             .unwrap(),
             Signals {
                 traces: false,
-                metrics: true
+                metrics: true,
+                ..Signals::default()
             }
         );
         assert_eq!(
@@ -148,7 +162,8 @@ mod tests {
             .unwrap(),
             Signals {
                 traces: false,
-                metrics: true
+                metrics: true,
+                ..Signals::default()
             }
         );
         assert_eq!(
@@ -162,15 +177,29 @@ mod tests {
     }
 
     #[test]
+    fn protocols_are_chosen_per_signal() {
+        let s = signals(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (s.traces_protocol, s.metrics_protocol),
+            (Protocol::Grpc, Protocol::HttpProtobuf)
+        );
+    }
+
+    #[test]
     fn values_this_build_cannot_honour_are_errors() {
         let e = signals(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
         ])
         .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "OTEL_EXPORTER_OTLP_PROTOCOL=\"http/protobuf\": this build speaks OTLP over gRPC only (set grpc, or unset it)"
+            "OTEL_EXPORTER_OTLP_PROTOCOL=\"http/json\": this build speaks grpc or http/protobuf"
         );
         let e = signals(&[("OTEL_METRICS_EXPORTER", "prometheus")]).unwrap_err();
         assert!(

@@ -32,7 +32,7 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
-pub use env::Signals;
+pub use env::{Protocol, Signals};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -197,12 +197,42 @@ fn start_exporting(
         .enable_all()
         .build()
         .map_err(|e| TelemetryError::Exporter(format!("cannot start its runtime: {e}")))?;
-    // The exporters' gRPC channels spawn onto the runtime current at build time.
-    let built = {
-        let _in = rt.enter();
-        build_providers(setup, signals, vars)
+    let resource = resource(setup, vars);
+    // gRPC channels spawn onto the runtime current when they are built; the HTTP client
+    // runs its own thread and must be built outside any runtime.
+    let grpc = |p: env::Protocol| p == env::Protocol::Grpc;
+    let tracer = if signals.traces {
+        let exporter = if grpc(signals.traces_protocol) {
+            let _in = rt.enter();
+            span_exporter(signals.traces_protocol)
+        } else {
+            span_exporter(signals.traces_protocol)
+        }?;
+        Some(
+            SdkTracerProvider::builder()
+                .with_resource(resource.clone())
+                .with_batch_exporter(exporter)
+                .build(),
+        )
+    } else {
+        None
     };
-    let (tracer, meter) = built?;
+    let meter = if signals.metrics {
+        let exporter = if grpc(signals.metrics_protocol) {
+            let _in = rt.enter();
+            metric_exporter(signals.metrics_protocol)
+        } else {
+            metric_exporter(signals.metrics_protocol)
+        }?;
+        Some(
+            SdkMeterProvider::builder()
+                .with_resource(resource)
+                .with_periodic_exporter(exporter)
+                .build(),
+        )
+    } else {
+        None
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("otlp-export".into())
@@ -227,46 +257,38 @@ fn start_exporting(
     })
 }
 
-type Providers = (Option<SdkTracerProvider>, Option<SdkMeterProvider>);
+fn exporter_error(e: opentelemetry_otlp::ExporterBuildError) -> TelemetryError {
+    TelemetryError::Exporter(e.to_string())
+}
 
-fn build_providers(
-    setup: &Setup,
-    signals: Signals,
-    vars: &env::Env,
-) -> Result<Providers, TelemetryError> {
-    use opentelemetry_otlp::{MetricExporter, SpanExporter};
-    let resource = resource(setup, vars);
-    let exporter_error =
-        |e: opentelemetry_otlp::ExporterBuildError| TelemetryError::Exporter(e.to_string());
-    let tracer = if signals.traces {
-        let exporter = SpanExporter::builder()
-            .with_tonic()
-            .build()
-            .map_err(exporter_error)?;
-        Some(
-            SdkTracerProvider::builder()
-                .with_resource(resource.clone())
-                .with_batch_exporter(exporter)
-                .build(),
-        )
-    } else {
-        None
-    };
-    let meter = if signals.metrics {
-        let exporter = MetricExporter::builder()
-            .with_tonic()
-            .build()
-            .map_err(exporter_error)?;
-        Some(
-            SdkMeterProvider::builder()
-                .with_resource(resource)
-                .with_periodic_exporter(exporter)
-                .build(),
-        )
-    } else {
-        None
-    };
-    Ok((tracer, meter))
+/// The span exporter for `protocol`; endpoints, headers and timeouts from the variables.
+fn span_exporter(
+    protocol: env::Protocol,
+) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+    use opentelemetry_otlp::{SpanExporter, WithExportConfig as _};
+    match protocol {
+        env::Protocol::Grpc => SpanExporter::builder().with_tonic().build(),
+        env::Protocol::HttpProtobuf => SpanExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .build(),
+    }
+    .map_err(exporter_error)
+}
+
+/// The metric exporter for `protocol`; endpoints, headers and timeouts from the variables.
+fn metric_exporter(
+    protocol: env::Protocol,
+) -> Result<opentelemetry_otlp::MetricExporter, TelemetryError> {
+    use opentelemetry_otlp::{MetricExporter, WithExportConfig as _};
+    match protocol {
+        env::Protocol::Grpc => MetricExporter::builder().with_tonic().build(),
+        env::Protocol::HttpProtobuf => MetricExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .build(),
+    }
+    .map_err(exporter_error)
 }
 
 impl Telemetry {

@@ -115,7 +115,10 @@ fn telemetry_off_and_on(lab: &Lab, config: &std::path::Path, runs: usize, work: 
                 &lab.gw,
                 &work.path.join("sink.out"),
             ));
-            knockgate_tests::otel::export_to("http://127.0.0.1:4317", "http://127.0.0.1:4317");
+            knockgate_tests::otel::export_to(
+                "http://127.0.0.1:4317",
+                knockgate_tests::otel::MetricsTo::Grpc("http://127.0.0.1:4317"),
+            );
         }
         let label = if on { "on" } else { "off" };
         let agent = AgentProc::start(lab, config, &["--log-level", "info"]);

@@ -20,23 +20,33 @@ thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// From now on, processes this thread starts through the harness export traces to
-/// `traces` and metrics to `metrics` (the per-signal variables), metrics every half
-/// second and spans within 100 ms.
-pub fn export_to(traces: &str, metrics: &str) {
+/// Where metrics go: a collector's OTLP/gRPC port, or an OTLP/HTTP metrics URL (such as
+/// VictoriaMetrics' own `/opentelemetry/v1/metrics`).
+#[derive(Clone, Copy, Debug)]
+pub enum MetricsTo<'a> {
+    Grpc(&'a str),
+    Http(&'a str),
+}
+
+/// From now on, processes this thread starts through the harness export traces over
+/// OTLP/gRPC to `traces` and metrics to `metrics` (the per-signal variables), metrics
+/// every half second and spans within 100 ms.
+pub fn export_to(traces: &str, metrics: MetricsTo<'_>) {
+    let (metrics, protocol) = match metrics {
+        MetricsTo::Grpc(url) => (url, "grpc"),
+        MetricsTo::Http(url) => (url, "http/protobuf"),
+    };
     EXPORT.with(|e| {
-        *e.borrow_mut() = vec![
-            (
-                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT".to_owned(),
-                traces.to_owned(),
-            ),
-            (
-                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT".to_owned(),
-                metrics.to_owned(),
-            ),
-            ("OTEL_METRIC_EXPORT_INTERVAL".to_owned(), "500".to_owned()),
-            ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "100".to_owned()),
-        ];
+        *e.borrow_mut() = [
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces),
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", metrics),
+            ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", protocol),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
     });
 }
 
@@ -179,8 +189,8 @@ fn listens(ns: &Netns, port: u16) -> bool {
     })
 }
 
-/// VictoriaMetrics (a Prometheus-compatible store with OTLP ingestion) on
-/// 127.0.0.1:8428 in a test host's namespace, with OpenTelemetry's Prometheus naming.
+/// VictoriaMetrics (a Prometheus-compatible store with OTLP/HTTP ingestion) on port 8428
+/// of every address of a test host's namespace, with OpenTelemetry's Prometheus naming.
 pub struct VictoriaMetrics {
     child: Child,
     ns: String,
@@ -204,7 +214,7 @@ impl VictoriaMetrics {
                 dir.join("vm-data").display()
             ))
             .args([
-                "-httpListenAddr=127.0.0.1:8428",
+                "-httpListenAddr=:8428",
                 "-search.latencyOffset=0s",
                 "-opentelemetry.usePrometheusNaming",
             ])

@@ -15,7 +15,7 @@ use knockgate_tests::agent::Workdir;
 use knockgate_tests::controller::{Controller, enroll_and_start, wait_applied};
 use knockgate_tests::fleet::Fleet;
 use knockgate_tests::netns::sh;
-use knockgate_tests::otel::{Received, Rotel, SpanRec, VictoriaMetrics, export_to};
+use knockgate_tests::otel::{MetricsTo, Received, Rotel, SpanRec, VictoriaMetrics, export_to};
 use knockgate_tests::probe::{Listener, opens_within};
 use knockgate_tests::wait_until;
 
@@ -53,9 +53,10 @@ fn traces_and_metrics_reach_a_collector() {
     let ctl_ns = &fleet.host(CTL).ns;
     let vm = VictoriaMetrics::start(ctl_ns, &work.path);
     let rotel = Rotel::traces(ctl_ns, &work.path.join("rotel-traces.out"));
-    let _collector = Rotel::metrics_to(ctl_ns, &work.path.join("rotel-metrics.out"), vm.url());
+    // Traces over OTLP/gRPC to the receiver, metrics over OTLP/HTTP straight into the store.
     let at = fleet.host(CTL).v4;
-    export_to(&format!("http://{at}:4317"), &format!("http://{at}:4327"));
+    let metrics = format!("http://{at}:8428/opentelemetry/v1/metrics");
+    export_to(&format!("http://{at}:4317"), MetricsTo::Http(&metrics));
     let ctl_addr = fleet.host(CTL).v4.to_string();
     let ctl = Controller::start(&fleet.host(CTL).ns, &work.path.join("ctl"), &ctl_addr, None);
     let _sshd = Listener::start(&fleet.host(GW1).ns, 22);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use knockgate_tests::agent::{AgentProc, Workdir};
 use knockgate_tests::controller::{Controller, enroll_and_start, wait_applied};
 use knockgate_tests::fleet::Fleet;
-use knockgate_tests::otel::{Rotel, VictoriaMetrics, export_to};
+use knockgate_tests::otel::{MetricsTo, Rotel, VictoriaMetrics, export_to};
 use knockgate_tests::probe::{Listener, can_connect, opens_within};
 
 use crate::{print_indented, show, step};
@@ -59,7 +59,10 @@ fn start_telemetry(fleet: &Fleet, work: &Workdir) -> Telemetry {
     let traces = Rotel::traces(ns, &work.path.join("spans.txt"));
     let collector = Rotel::metrics_to(ns, &work.path.join("collector.txt"), vm.url());
     let at = fleet.host(CTL).v4;
-    export_to(&format!("http://{at}:4317"), &format!("http://{at}:4327"));
+    export_to(
+        &format!("http://{at}:4317"),
+        MetricsTo::Grpc(&format!("http://{at}:4327")),
+    );
     println!(
         "    every process below exports: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=http://{at}:4317, \
          OTEL_EXPORTER_OTLP_METRICS_ENDPOINT=http://{at}:4327"
