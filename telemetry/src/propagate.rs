@@ -61,6 +61,28 @@ pub const INJECT: Injecting = |mut req| {
     Ok(req)
 };
 
+/// `cx` as a string map (a carrier inside a message, where there is no metadata).
+pub fn to_map(cx: &Context) -> std::collections::HashMap<String, String> {
+    let mut map = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(cx, &mut map));
+    map
+}
+
+/// The current span's trace context as a string map.
+pub fn current_to_map() -> std::collections::HashMap<String, String> {
+    to_map(&tracing::Span::current().context())
+}
+
+/// Makes `span` (new, not entered yet) a child of `parent`; nothing without telemetry.
+pub fn set_parent(span: &tracing::Span, parent: Context) {
+    let _ = span.set_parent(parent);
+}
+
+/// The trace context carried in `map` (empty when none).
+pub fn from_map(map: &std::collections::HashMap<String, String>) -> Context {
+    opentelemetry::global::get_text_map_propagator(|p| p.extract(map))
+}
+
 /// The trace context a caller sent in `metadata` (empty when none).
 pub fn extract(metadata: &MetadataMap) -> Context {
     opentelemetry::global::get_text_map_propagator(|p| p.extract(&Extract(metadata)))

@@ -180,6 +180,21 @@ fn traces_and_metrics_reach_a_collector() {
             );
         }
     }
+    // A config push (alice's policy) is one trace across controller and agent.
+    let applied: Vec<&SpanRec> = got
+        .spans
+        .iter()
+        .filter(|s| s.service == "knockgate-agent" && s.name == "config.apply")
+        .collect();
+    assert!(
+        applied.iter().any(|a| got.spans.iter().any(|p| {
+            p.service == "knockgate-controller"
+                && p.name == "config.push"
+                && p.trace == a.trace
+                && p.id == a.parent
+        })),
+        "an agent's config.apply continues the controller's config.push"
+    );
     let refused = span(&got, "knockgate-agent", "spa.rejected");
     assert!(
         refused.attrs.contains_key("knockgate.reason"),

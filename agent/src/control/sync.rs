@@ -19,7 +19,7 @@ use knockgate_proto::api::{
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
-use tracing::{debug, info, warn};
+use tracing::{Instrument as _, debug, info, warn};
 
 use super::backoff::{BASE, Backoff};
 use super::{cache, delta, prepare};
@@ -119,7 +119,16 @@ impl Syncer {
             }
             match msg.msg {
                 Some(controller_message::Msg::Config(c)) => {
-                    let (reply, resync) = self.handle_config(c).await;
+                    // Part of the controller's push: one trace across both.
+                    let span = tracing::info_span!(
+                        "config.apply",
+                        otel.kind = "consumer",
+                        version = c.version,
+                        full = c.full
+                    );
+                    let parent = knockgate_telemetry::propagate::from_map(&msg.trace_context);
+                    knockgate_telemetry::propagate::set_parent(&span, parent);
+                    let (reply, resync) = self.handle_config(c).instrument(span).await;
                     if tx.send(reply).await.is_err() {
                         return Ok(End::Closed);
                     }

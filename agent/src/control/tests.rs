@@ -135,6 +135,7 @@ async fn next_reply(s: &mut super::fake_controller::Session) -> agent_message::M
 fn config(c: AgentConfig) -> ControllerMessage {
     ControllerMessage {
         msg: Some(controller_message::Msg::Config(c)),
+        ..Default::default()
     }
 }
 
@@ -353,7 +354,10 @@ impl SyncRig {
         };
         let msg = controller_message::Msg::Revoke(revoke);
         s.to_agent
-            .send(ControllerMessage { msg: Some(msg) })
+            .send(ControllerMessage {
+                msg: Some(msg),
+                ..Default::default()
+            })
             .expect("send");
         let asked = Instant::now();
         eventually("the revoked grant to close", || {

@@ -14,6 +14,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::{Status, Streaming};
+use tracing::Instrument as _;
 
 use crate::desired::material::{self, Deriver};
 use crate::desired::{self, AgentView};
@@ -201,7 +202,10 @@ impl Session {
     }
 
     async fn send(&self, msg: controller_message::Msg) {
-        let msg = api::ControllerMessage { msg: Some(msg) };
+        let msg = api::ControllerMessage {
+            msg: Some(msg),
+            trace_context: knockgate_telemetry::propagate::current_to_map(),
+        };
         // A closed receiver means the agent is gone; the select loop notices.
         let _ = self.tx.send(Box::new(Ok(msg))).await;
     }
@@ -289,7 +293,11 @@ impl Session {
         if let Some(config) = config {
             tracing::debug!(agent = %self.agent, version, full = config.full,
                 material = config.material_changed, "sending config");
-            self.send(controller_message::Msg::Config(config)).await;
+            let span = tracing::info_span!("config.push", otel.kind = "producer",
+                agent = %self.agent, version, full = config.full);
+            self.send(controller_message::Msg::Config(config))
+                .instrument(span)
+                .await;
             self.sent = Some((version, view));
         }
         if reload {
