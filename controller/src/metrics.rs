@@ -12,6 +12,7 @@ use opentelemetry::metrics::{Counter, Histogram};
 use crate::fanout::Hub;
 
 struct Instruments {
+    store: Histogram<f64>,
     claims: Counter<u64>,
     claim_duration: Histogram<f64>,
     audit_rows: Counter<u64>,
@@ -22,6 +23,15 @@ fn instruments() -> &'static Instruments {
     I.get_or_init(|| {
         let m = knockgate_telemetry::meter();
         Instruments {
+            store: m
+                .f64_histogram("knockgate.store.duration")
+                .with_unit("s")
+                .with_description("Time of the store's hot operations, by operation")
+                .with_boundaries(vec![
+                    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+                    0.25, 1.0,
+                ])
+                .build(),
             claims: m
                 .u64_counter("knockgate.otk.claims")
                 .with_unit("{claim}")
@@ -42,6 +52,31 @@ fn instruments() -> &'static Instruments {
                 .build(),
         }
     })
+}
+
+/// Times one store operation named `op` until it is dropped.
+pub struct StoreTimer {
+    op: &'static str,
+    started: std::time::Instant,
+}
+
+impl StoreTimer {
+    /// Starts timing `op` (`snapshot.load`, `audit.append`, …).
+    pub fn start(op: &'static str) -> Self {
+        StoreTimer {
+            op,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Drop for StoreTimer {
+    fn drop(&mut self) {
+        instruments().store.record(
+            self.started.elapsed().as_secs_f64(),
+            &[KeyValue::new("operation", self.op)],
+        );
+    }
 }
 
 /// A claim was decided: `outcome` is `granted` or the refusal's reason.

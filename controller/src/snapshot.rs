@@ -39,6 +39,7 @@ impl Snapshot {
     /// # Errors
     /// The store's.
     pub async fn load(store: &Store) -> Result<Snapshot, ServiceError> {
+        let _timer = crate::metrics::StoreTimer::start("snapshot.load");
         let version = u64::try_from(store.current_version().await?.0).unwrap_or(0);
         let agents = store
             .list_agents()

@@ -120,6 +120,12 @@ DASHBOARDS = {
                   [q("histogram_quantile(0.99, sum by (le, rpc_method) "
                      "(rate(rpc_server_call_duration_seconds_bucket{" + CONTROLLER
                      + "}[$__rate_interval])))", "{{rpc_method}}")], "s"),
+            panel("Store latency p99 by operation", "timeseries",
+                  [q("histogram_quantile(0.99, sum by (le, operation) "
+                     "(rate(knockgate_store_duration_seconds_bucket{" + CONTROLLER
+                     + "}[$__rate_interval])))", "{{operation}}")], "s",
+                  "The store's hot operations: snapshot loads, audit appends, claims, "
+                  "applied-version writes, agent contacts."),
             panel("Audit rows by kind", "timeseries",
                   [q("sum by (kind) (rate(knockgate_audit_rows_total[$__rate_interval]))",
                      "{{kind}}")], "ops"),

@@ -251,6 +251,7 @@ fn traces_and_metrics_reach_a_collector() {
     );
     assert!(p99 > 0.0 && p99 < 1.0, "knock-to-open p99 {p99} s");
     assert!(vm.sum("sum(knockgate_grants_open)") >= 1.0);
+    assert!(vm.sum(r#"sum(knockgate_store_duration_seconds_count{operation="otk.claim"})"#) >= 1.0);
     assert!(vm.sum("sum(knockgate_capture_packets_total)") >= 3.0);
     assert!(vm.sum(r#"max(knockgate_config_version{service_name="knockgate-agent"})"#) >= 1.0);
     assert_eq!(vm.sum("sum(knockgate_agents_connected)"), 1.0);

@@ -225,6 +225,7 @@ impl Store {
         connected: bool,
         reported_address: Option<&str>,
     ) -> Result<(), StoreError> {
+        let _timer = crate::metrics::StoreTimer::start("agent.touch");
         update_agent!(
             self,
             name,
@@ -257,6 +258,7 @@ impl Store {
         &self,
         acks: &[(AgentName, ConfigVersion)],
     ) -> Result<(), StoreError> {
+        let _timer = crate::metrics::StoreTimer::start("applied.write");
         on_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             for (name, version) in acks {

@@ -94,6 +94,7 @@ impl Store {
     /// Appends an event. A second event with the same `(agent, agent_seq)` is
     /// not stored and yields [`AppendOutcome::Duplicate`].
     pub async fn append_audit(&self, event: &NewAuditEvent) -> Result<AppendOutcome, StoreError> {
+        let _timer = crate::metrics::StoreTimer::start("audit.append");
         let seq = event
             .agent_seq
             .map(i64::try_from)

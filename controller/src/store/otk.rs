@@ -96,6 +96,7 @@ impl Store {
         stock: u64,
         now: Timestamp,
     ) -> Result<ClaimOutcome, StoreError> {
+        let _timer = crate::metrics::StoreTimer::start("otk.claim");
         let counter = i64::try_from(claim.counter).map_err(|_| StoreError::OutOfRange {
             what: "one-time key counter",
         })?;
