@@ -575,12 +575,7 @@ async fn claim_storm(
         winners.values().all(|&n| n == 1),
         "a one-time key was won more than once: {winners:?}"
     );
-    let target = admin
-        .fleet_status(FleetStatusRequest::default())
-        .await
-        .expect("fleet status")
-        .into_inner()
-        .current_version;
+    let target = current_version(admin).await;
     let stocked_after = all_acked(acks_rx, agents, target, Duration::from_secs(60))
         .await
         .then(|| t0.elapsed());
@@ -594,18 +589,23 @@ async fn claim_storm(
     }
 }
 
+/// The controller's config version now.
+async fn current_version(admin: &mut AdminClient<Channel>) -> u64 {
+    admin
+        .fleet_status(FleetStatusRequest::default())
+        .await
+        .expect("fleet status")
+        .into_inner()
+        .current_version
+}
+
 /// Waits until every agent acknowledged the current version.
 async fn settle(
     admin: &mut AdminClient<Channel>,
     acks_rx: &mut mpsc::UnboundedReceiver<Ack>,
     agents: usize,
 ) {
-    let v = admin
-        .fleet_status(FleetStatusRequest::default())
-        .await
-        .expect("fleet status")
-        .into_inner()
-        .current_version;
+    let v = current_version(admin).await;
     assert!(
         all_acked(acks_rx, agents, v, Duration::from_secs(60)).await,
         "agents did not settle on version {v}"

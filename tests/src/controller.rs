@@ -264,6 +264,25 @@ pub fn enroll(
     (config, token)
 }
 
+/// `knockgate-agent enroll` on the host again with a `token` already spent (under a fresh
+/// config file named `NAME-again`); what it printed and how it exited.
+pub fn enroll_again(
+    ctl: &Controller,
+    ns: &Netns,
+    work: &crate::agent::Workdir,
+    name: &str,
+    token: &str,
+) -> std::process::Output {
+    ns.cmd(crate::bin("knockgate-agent"))
+        .arg("enroll")
+        .arg("--config")
+        .arg(work.config_named(&format!("{name}-again"), ""))
+        .args(["--controller", &ctl.url, "--token", token])
+        .args(["--ca-sha256", &ctl.ca_sha256])
+        .output()
+        .expect("enroll again")
+}
+
 /// Wait until every agent is connected and has applied the controller's current version.
 pub fn wait_applied(ctl: &Controller, within: Duration) -> bool {
     let deadline = Instant::now() + within;

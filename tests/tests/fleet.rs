@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use knockgate_tests::agent::{AgentProc, Workdir};
-use knockgate_tests::controller::{Controller, enroll_and_start, wait_applied};
+use knockgate_tests::controller::{Controller, enroll_again, enroll_and_start, wait_applied};
 use knockgate_tests::fleet::Fleet;
 use knockgate_tests::netns::{Netns, sh};
 use knockgate_tests::pg::Postgres;
@@ -371,23 +371,7 @@ fn enroll_both(ctl: &Controller, fleet: &Fleet, work: &Workdir) -> Vec<AgentProc
         let (agent, token) = enroll_and_start(ctl, &fleet.host(idx).ns, work, name, label);
         agents.push(agent);
         // The token worked once: enrolling again with it is refused.
-        let again = fleet
-            .host(idx)
-            .ns
-            .cmd(knockgate_tests::bin("knockgate-agent"))
-            .arg("enroll")
-            .arg("--config")
-            .arg(work.config_named(&format!("{name}-again"), ""))
-            .args([
-                "--controller",
-                &ctl.url,
-                "--token",
-                &token,
-                "--ca-sha256",
-                &ctl.ca_sha256,
-            ])
-            .output()
-            .expect("enroll again");
+        let again = enroll_again(ctl, &fleet.host(idx).ns, work, name, &token);
         let err = String::from_utf8_lossy(&again.stderr);
         assert!(
             !again.status.success() && err.contains("token"),

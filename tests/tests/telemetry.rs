@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use knockgate_tests::agent::Workdir;
-use knockgate_tests::controller::{Controller, enroll_and_start, wait_applied};
+use knockgate_tests::controller::{Controller, enroll_again, enroll_and_start, wait_applied};
 use knockgate_tests::fleet::Fleet;
 use knockgate_tests::netns::sh;
 use knockgate_tests::otel::{MetricsTo, Received, Rotel, SpanRec, VictoriaMetrics, export_to};
@@ -109,17 +109,7 @@ fn traces_and_metrics_reach_a_collector() {
         .cmd("nft")
         .args(["flush", "table", "inet", "knockgate"]));
     assert!(!ctl.knockadm(&["user", "show", "nobody"]).status.success());
-    let again = fleet
-        .host(GW1)
-        .ns
-        .cmd(knockgate_tests::bin("knockgate-agent"))
-        .arg("enroll")
-        .arg("--config")
-        .arg(work.config_named("gw1-again", ""))
-        .args(["--controller", &ctl.url, "--token", &token])
-        .args(["--ca-sha256", &ctl.ca_sha256])
-        .output()
-        .expect("enroll again");
+    let again = enroll_again(&ctl, &fleet.host(GW1).ns, &work, "gw1", &token);
     assert!(!again.status.success(), "a spent token is refused");
 
     let mut got = Received::default();
