@@ -5,7 +5,8 @@
 
 pub mod material;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use knockgate_proto::fwknop::HmacType;
 use knockgate_proto::knock::FlagFilter;
@@ -21,8 +22,9 @@ pub use material::Material;
 /// The policies and user credentials one agent holds, by name.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AgentView {
-    /// Policies selecting the agent, with their users expanded.
-    pub policies: BTreeMap<String, AgentPolicy>,
+    /// Policies selecting the agent, with their users expanded: the same value for every
+    /// agent a policy selects, shared ([`Shared`]), so views compare by pointer.
+    pub policies: BTreeMap<String, Arc<AgentPolicy>>,
     /// Credentials of every user some of those policies admit.
     pub users: BTreeMap<String, AgentUser>,
     /// Rotating sequences and one-time keys (empty until derived).
@@ -87,6 +89,48 @@ struct Needs {
     fwknop: bool,
 }
 
+/// Every policy as the agents it selects enforce it, and the users it admits (indices into
+/// the users it was built from). Neither depends on the agent, so a snapshot builds this
+/// once for all of them; an entry equal to the previous snapshot's keeps its allocation,
+/// so an agent's old and new views compare by pointer where nothing changed.
+#[derive(Debug, Default)]
+pub struct Shared {
+    entries: Vec<(Arc<AgentPolicy>, Vec<usize>)>,
+}
+
+impl Shared {
+    /// Built from `policies` and `users`, reusing `previous` where equal.
+    pub fn new(policies: &[PolicyDef], users: &[User], previous: Option<&Shared>) -> Shared {
+        let before: HashMap<&str, &Arc<AgentPolicy>> = previous
+            .map(|s| {
+                s.entries
+                    .iter()
+                    .map(|(p, _)| (p.name.as_str(), p))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let entries = policies
+            .iter()
+            .map(|p| {
+                let admitted: Vec<usize> = users
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, u)| p.admits(u))
+                    .map(|(i, _)| i)
+                    .collect();
+                let names: Vec<&User> = admitted.iter().map(|&i| &users[i]).collect();
+                let built = agent_policy(p, &names);
+                let policy = match before.get(built.name.as_str()) {
+                    Some(old) if ***old == built => Arc::clone(old),
+                    _ => Arc::new(built),
+                };
+                (policy, admitted)
+            })
+            .collect();
+        Shared { entries }
+    }
+}
+
 /// The view of agent `gateway` with `labels`. Each user's keys are derived for this
 /// gateway alone (`knockgate_proto::scope`): what one agent holds opens nothing at
 /// another.
@@ -96,19 +140,38 @@ pub fn compute(
     policies: &[PolicyDef],
     users: &[User],
 ) -> AgentView {
+    compute_shared(
+        gateway,
+        labels,
+        policies,
+        users,
+        &Shared::new(policies, users, None),
+    )
+}
+
+/// [`compute`] with the agent-independent part built already (`shared`, from the same
+/// `policies` and `users`).
+pub fn compute_shared(
+    gateway: &AgentName,
+    labels: &BTreeMap<String, String>,
+    policies: &[PolicyDef],
+    users: &[User],
+    shared: &Shared,
+) -> AgentView {
     let mut view = AgentView::default();
     let mut needs: BTreeMap<&str, (Needs, &User)> = BTreeMap::new();
-    for p in policies.iter().filter(|p| p.agents.matches(labels)) {
-        let admitted: Vec<&User> = users.iter().filter(|u| p.admits(u)).collect();
-        for u in &admitted {
+    for (p, (policy, admitted)) in policies.iter().zip(&shared.entries) {
+        if !p.agents.matches(labels) {
+            continue;
+        }
+        for u in admitted.iter().map(|&i| &users[i]) {
             let (n, _) = needs
                 .entry(u.name.as_str())
                 .or_insert((Needs::default(), u));
             n.spa |= p.spa;
             n.fwknop |= p.fwknop;
         }
-        view.policies
-            .insert(p.name.to_string(), agent_policy(p, &admitted));
+        view.policies.insert(p.name.to_string(), Arc::clone(policy));
     }
     for (name, (n, u)) in needs {
         view.users
@@ -206,7 +269,7 @@ pub fn full(view: &AgentView, version: u64) -> Change<'_> {
         version,
         full: true,
         base_version: 0,
-        policies: view.policies.values().collect(),
+        policies: view.policies.values().map(|p| &**p).collect(),
         users: view.users.values().collect(),
         removed_policies: Vec::new(),
         removed_users: Vec::new(),
@@ -237,7 +300,10 @@ pub fn delta<'a>(old: &AgentView, new: &'a AgentView, base: u64, version: u64) -
         version,
         full: false,
         base_version: base,
-        policies: changed(&old.policies, &new.policies),
+        policies: changed(&old.policies, &new.policies)
+            .into_iter()
+            .map(|p| &**p)
+            .collect(),
         users: changed(&old.users, &new.users),
         removed_policies: removed(&old.policies, &new.policies),
         removed_users: removed(&old.users, &new.users),
@@ -402,6 +468,51 @@ mod tests {
         v.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
     }
 
+    /// Agents share each policy's value; a later snapshot keeps the unchanged ones, so
+    /// an agent's old and new views differ only where a policy changed.
+    #[test]
+    fn policies_are_shared_between_agents_and_snapshots() {
+        let users = vec![user("alice", &["ops"], false), user("bob", &[], false)];
+        let policies = vec![
+            policy("ssh", &["alice"], &[], "role=edge", true, false),
+            policy("web", &[], &["ops"], "", false, true),
+        ];
+        let first = Shared::new(&policies, &users, None);
+        let edge = labels(&[("role", "edge")]);
+        let (gw1, gw2) = (
+            AgentName::new("gw1").unwrap(),
+            AgentName::new("gw2").unwrap(),
+        );
+        let a = compute_shared(&gw1, &edge, &policies, &users, &first);
+        let b = compute_shared(&gw2, &edge, &policies, &users, &first);
+        assert_eq!(
+            a,
+            compute(&gw1, &edge, &policies, &users),
+            "the same view as before"
+        );
+        assert!(Arc::ptr_eq(&a.policies["ssh"], &b.policies["ssh"]));
+        assert_ne!(a.users, b.users, "keys stay scoped to each gateway");
+
+        let mut changed = policies.clone();
+        changed[1] = policy("web", &["bob"], &["ops"], "", false, true);
+        let second = Shared::new(&changed, &users, Some(&first));
+        let c = compute_shared(&gw1, &edge, &changed, &users, &second);
+        assert!(
+            Arc::ptr_eq(&a.policies["ssh"], &c.policies["ssh"]),
+            "unchanged: kept"
+        );
+        assert!(!Arc::ptr_eq(&a.policies["web"], &c.policies["web"]));
+        assert_eq!(c.policies["web"].users, ["alice", "bob"]);
+        let d = delta(&a, &c, 1, 2);
+        assert_eq!(
+            d.policies
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>(),
+            ["web"]
+        );
+    }
+
     #[test]
     fn selects_expands_groups_and_drops_disabled() {
         let users = [
@@ -448,7 +559,7 @@ mod tests {
         let gw1 = AgentName::new("gw1").unwrap();
         let view = compute(&gw1, &labels(&[]), &[p], &[user("alice", &[], false)]);
         let w = &view.policies["web"];
-        let wire = api::Policy::from(w);
+        let wire = api::Policy::from(&**w);
         assert_eq!((wire.min_gap_ms, wire.max_gap_ms), (100, 900));
         assert_eq!(wire.tcp_flags, "syn,!fin,!ack");
         assert_eq!(wire.sequence, ["tcp/7000"]);

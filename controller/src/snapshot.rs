@@ -31,6 +31,8 @@ pub struct Snapshot {
     pub claimed: BTreeMap<UserName, u64>,
     /// Per agent, the refs of its live grants an admin asked to revoke.
     pub revoke_requested: HashMap<AgentName, Vec<String>>,
+    /// The policies as agents enforce them, built once for all of them.
+    pub shared: crate::desired::Shared,
 }
 
 impl Snapshot {
@@ -39,6 +41,17 @@ impl Snapshot {
     /// # Errors
     /// The store's.
     pub async fn load(store: &Store) -> Result<Snapshot, ServiceError> {
+        Self::load_after(store, None).await
+    }
+
+    /// [`Snapshot::load`], sharing with `previous` the policies that did not change.
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn load_after(
+        store: &Store,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, ServiceError> {
         let _timer = crate::metrics::StoreTimer::start("snapshot.load");
         let version = u64::try_from(store.current_version().await?.0).unwrap_or(0);
         let agents = store
@@ -60,13 +73,17 @@ impl Snapshot {
                     .push(g.agent_ref);
             }
         }
+        let policies = crate::service::load_policies(store).await?;
+        let users = store.list_users().await?;
+        let shared = crate::desired::Shared::new(&policies, &users, previous.map(|p| &p.shared));
         Ok(Snapshot {
             version,
             agents,
-            policies: crate::service::load_policies(store).await?,
-            users: store.list_users().await?,
+            policies,
+            users,
             claimed: store.otk_highest_claims().await?,
             revoke_requested,
+            shared,
         })
     }
 }
@@ -92,7 +109,7 @@ impl Snapshots {
         if let Some(s) = latest.as_ref().filter(|s| s.version >= version) {
             return Ok(Arc::clone(s));
         }
-        let fresh = Arc::new(Snapshot::load(store).await?);
+        let fresh = Arc::new(Snapshot::load_after(store, latest.as_deref()).await?);
         *latest = Some(Arc::clone(&fresh));
         Ok(fresh)
     }

@@ -268,7 +268,13 @@ impl Session {
             return Err(internal(ServiceError::Internal("sync inputs missing")));
         };
         let version = snapshot.version;
-        let mut view = desired::compute(&self.agent, labels, &snapshot.policies, &snapshot.users);
+        let mut view = desired::compute_shared(
+            &self.agent,
+            labels,
+            &snapshot.policies,
+            &snapshot.users,
+            &snapshot.shared,
+        );
         let now = Timestamp::now();
         let (material, boundary) = self.deriver.derive(
             &material::Inputs {
