@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use sqlx::types::Json;
 
 use super::{Agent, BeginWrite, ConfigVersion, NewAgent, StoreError, Timestamp, TokenHash};
-use super::{Store, bump_version, map_write_err, on_pool, opt_ts};
+use super::{Backend, Store, bump_version, map_write_err, on_pool, opt_ts};
 use crate::name::AgentName;
 
 /// Why an enrolment token was refused.
@@ -237,64 +237,83 @@ impl Store {
         )
     }
 
-    /// Records the config version the agent acknowledged; never moves backwards.
-    pub async fn set_applied_version(
-        &self,
-        name: &AgentName,
-        version: ConfigVersion,
-    ) -> Result<(), StoreError> {
-        update_agent!(
-            self,
-            name,
-            "UPDATE agents SET applied_version = CASE WHEN applied_version < $2 THEN $2 \
-             ELSE applied_version END WHERE name = $1",
-            version.0
-        )
-    }
-
-    /// [`Store::set_applied_version`] for many agents in one transaction (unknown names
-    /// are skipped: an agent removed meanwhile).
+    /// Records the config versions agents acknowledged, never moving one backwards; an
+    /// unknown name (an agent removed meanwhile) is skipped.
     pub async fn set_applied_versions(
         &self,
         acks: &[(AgentName, ConfigVersion)],
     ) -> Result<(), StoreError> {
         let _timer = crate::metrics::StoreTimer::start("applied.write");
-        on_pool!(self, pool => {
-            let mut tx = pool.begin_write().await?;
-            for (name, version) in acks {
-                sqlx::query(
-                    "UPDATE agents SET applied_version = CASE WHEN applied_version < $2 THEN $2 \
-                     ELSE applied_version END WHERE name = $1",
-                )
-                .bind(name.as_str())
-                .bind(version.0)
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::Database)?;
+        if acks.is_empty() {
+            return Ok(());
+        }
+        // One statement for the whole batch, the rows passed as one JSON array: a
+        // statement per row cost the store (and this process) a round trip each.
+        let rows = serde_json::Value::Array(
+            acks.iter()
+                .map(|(name, v)| serde_json::json!({ "n": name.as_str(), "v": v.0 }))
+                .collect(),
+        )
+        .to_string();
+        let sql = match self.backend() {
+            Backend::Sqlite => {
+                "UPDATE agents SET applied_version = max(agents.applied_version, a.v) \
+                 FROM (SELECT value->>'n' AS n, max(value->>'v') AS v FROM json_each($1) \
+                 GROUP BY 1) AS a \
+                 WHERE agents.name = a.n"
             }
-            tx.commit().await.map_err(StoreError::Database)
+            Backend::Postgres => {
+                "UPDATE agents SET applied_version = GREATEST(agents.applied_version, a.v) \
+                 FROM (SELECT n, max(v) AS v FROM json_to_recordset($1::json) AS r(n text, v bigint) \
+                 GROUP BY n) AS a WHERE agents.name = a.n"
+            }
+        };
+        on_pool!(self, pool => {
+            sqlx::query(sql)
+                .bind(&rows)
+                .execute(pool)
+                .await
+                .map(|_| ())
+                .map_err(StoreError::Database)
         })
     }
 
     /// Renews the connection lease of agents whose streams this replica
     /// holds: `last_seen = now` where `connected` is still recorded. One
-    /// transaction for all of them.
+    /// statement for all of them.
     pub async fn renew_leases(
         &self,
         names: &[AgentName],
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        on_pool!(self, pool => {
-            let mut tx = pool.begin_write().await?;
-            for name in names {
-                sqlx::query("UPDATE agents SET last_seen = $2 WHERE name = $1 AND connected")
-                    .bind(name.as_str())
-                    .bind(now.unix_millis())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StoreError::Database)?;
+        if names.is_empty() {
+            return Ok(());
+        }
+        let names = serde_json::Value::Array(
+            names
+                .iter()
+                .map(|n| serde_json::Value::from(n.as_str()))
+                .collect(),
+        )
+        .to_string();
+        let sql = match self.backend() {
+            Backend::Sqlite => {
+                "UPDATE agents SET last_seen = $2 \
+                 WHERE connected AND name IN (SELECT value FROM json_each($1))"
             }
-            tx.commit().await.map_err(StoreError::Database)
+            Backend::Postgres => {
+                "UPDATE agents SET last_seen = $2 \
+                 WHERE connected AND name IN (SELECT json_array_elements_text($1::json))"
+            }
+        };
+        on_pool!(self, pool => {
+            sqlx::query(sql)
+                .bind(&names)
+                .bind(now.unix_millis())
+                .execute(pool)
+                .await
+                .map(|_| ())
+                .map_err(StoreError::Database)
         })
     }
 

@@ -162,6 +162,7 @@ pub async fn agent_enrols_once(store: &Store) {
     enrolment_and_sightings_are_recorded(store).await;
     an_unpinned_address_follows_reports(store).await;
     a_connection_is_believed_while_its_lease_is_renewed(store).await;
+    acknowledgements_are_written_as_one_batch(store).await;
     labels_and_revocation_bump_the_version(store).await;
     a_revoked_agent_cannot_enrol_again(store).await;
     add_agent(store, "db-1").await;
@@ -287,11 +288,11 @@ async fn enrolment_and_sightings_are_recorded(store: &Store) {
         .await
         .unwrap();
     store
-        .set_applied_version(&agent("web-1"), ConfigVersion(5))
+        .set_applied_versions(&[(agent("web-1"), ConfigVersion(5))])
         .await
         .unwrap();
     store
-        .set_applied_version(&agent("web-1"), ConfigVersion(3))
+        .set_applied_versions(&[(agent("web-1"), ConfigVersion(3))])
         .await
         .unwrap();
     let web1 = store.get_agent(&agent("web-1")).await.unwrap();
@@ -372,6 +373,37 @@ async fn a_connection_is_believed_while_its_lease_is_renewed(store: &Store) {
         (a.last_seen, a.state(at(201))),
         (Some(at(200)), AgentState::Stale),
         "a disconnected agent's lease is not renewed"
+    );
+}
+
+/// A batch of acknowledgements, in one statement: each agent's applied version moves to
+/// the highest it acknowledged, never back; a name with no agent changes nothing.
+async fn acknowledgements_are_written_as_one_batch(store: &Store) {
+    let web1 = agent("web-1");
+    let before = store.get_agent(&web1).await.unwrap().applied_version;
+    let ahead = ConfigVersion(before.0 + 7);
+    store
+        .set_applied_versions(&[
+            (web1.clone(), ahead),
+            (agent("ghost"), ConfigVersion(9)),
+            (web1.clone(), ConfigVersion(before.0 + 2)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(store.get_agent(&web1).await.unwrap().applied_version, ahead);
+    store
+        .set_applied_versions(&[(web1.clone(), ConfigVersion(before.0 + 5))])
+        .await
+        .unwrap();
+    store.set_applied_versions(&[]).await.unwrap();
+    assert_eq!(
+        store.get_agent(&web1).await.unwrap().applied_version,
+        ahead,
+        "never backwards"
+    );
+    assert!(
+        store.get_agent(&agent("ghost")).await.is_err(),
+        "no row made"
     );
 }
 
