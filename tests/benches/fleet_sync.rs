@@ -13,7 +13,8 @@
 //! - a reconnect storm: every controller is killed and restarted, and the time until every
 //!   agent is back and has acknowledged its config.
 //!
-//! `cargo build --release --workspace --bins && cargo bench -p knockgate-tests --bench fleet_sync [-- --agents 100 --rounds 30 --replicas 2]`
+//! `cargo build --release --workspace --bins && cargo bench -p knockgate-tests --bench fleet_sync [-- --agents 100 --rounds 30 --replicas 2 --controller PATH]`
+//! (`--controller`: an older controller build to compare with.)
 //! (`KGT_FLEET_LOG=1` shows the controllers' logs.)
 
 use std::collections::BTreeMap;
@@ -31,6 +32,7 @@ use knockgate_proto::api::{
 };
 use knockgate_tests::bench_arg;
 use knockgate_tests::pg::Postgres;
+use knockgate_tests::procfs;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -66,7 +68,12 @@ impl Ctl {
 
     /// Resident memory of all replicas together.
     fn rss_kib(&self) -> u64 {
-        self.replicas.iter().map(|c| rss_kib(c.id())).sum()
+        self.replicas.iter().map(|c| procfs::rss_kib(c.id())).sum()
+    }
+
+    /// CPU time of all replicas together, so far.
+    fn cpu_time(&self) -> Duration {
+        self.replicas.iter().map(|c| procfs::cpu_time(c.id())).sum()
     }
 }
 
@@ -78,17 +85,6 @@ impl Drop for Ctl {
         }
         let _ = std::fs::remove_dir_all(&self.root);
     }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// (admin cert, admin key, CA cert) from the controller's admin.pem bundle.
@@ -213,9 +209,12 @@ async fn main() {
     let rss_after = ctl.rss_kib();
 
     let mut lat = Vec::new();
+    let mut cpu = Vec::new();
     for r in 0..rounds {
+        let before = ctl.cpu_time();
         if let Some(d) = round(&mut admin, &mut acks_rx, agents, r).await {
             lat.push(d);
+            cpu.push(ctl.cpu_time() - before);
         }
     }
     let claims = claim_storm(&mut admin, &channels, &mut acks_rx, agents).await;
@@ -246,7 +245,7 @@ async fn main() {
         t_enrol.as_secs_f64(),
         agents as f64 / t_enrol.as_secs_f64()
     );
-    report(agents, rounds, lat, rss_before, rss_after);
+    report(agents, rounds, lat, cpu, rss_before, rss_after);
     claims.report();
     println!(
         "reconnect storm: {n} of {agents} agents back and acknowledged {:.2} s after a controller restart",
@@ -297,8 +296,7 @@ fn start_controllers(replicas: usize, postgres: bool) -> Ctl {
         _pg: pg,
         root,
     };
-    let bin = knockgate_tests::bin("knockgate-controller");
-    let out = Command::new(&bin)
+    let out = Command::new(controller_bin())
         .arg("init")
         .arg("--data-dir")
         .arg(ctl.dir(0))
@@ -317,9 +315,15 @@ fn start_controllers(replicas: usize, postgres: bool) -> Ctl {
     ctl
 }
 
+/// The controller binary: `--controller PATH` (an older build, to compare), else this
+/// workspace's.
+fn controller_bin() -> PathBuf {
+    bench_arg("--controller").unwrap_or_else(|| knockgate_tests::bin("knockgate-controller"))
+}
+
 /// `run` replica `r` on `PORT + r`, its PKI read from `pki`.
 fn run_controller(dir: &Path, pki: &Path, r: usize, db: Option<&str>) -> Child {
-    let mut c = Command::new(knockgate_tests::bin("knockgate-controller"));
+    let mut c = Command::new(controller_bin());
     c.arg("run")
         .arg("--data-dir")
         .arg(dir)
@@ -684,20 +688,34 @@ async fn round(
     Some(last - t0)
 }
 
-/// The two result lines: sync latency over the complete rounds, and the
-/// controller's memory per connected agent.
-fn report(agents: usize, rounds: usize, mut lat: Vec<Duration>, rss_before: u64, rss_after: u64) {
+/// The result lines: sync latency and the controllers' CPU time over the complete
+/// rounds, and the controller's memory per connected agent.
+fn report(
+    agents: usize,
+    rounds: usize,
+    mut lat: Vec<Duration>,
+    mut cpu: Vec<Duration>,
+    rss_before: u64,
+    rss_after: u64,
+) {
     lat.sort();
+    cpu.sort();
     let pct = |p: f64| {
         lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
             .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
     };
+    let cpu_median = cpu.get(cpu.len() / 2).copied().unwrap_or_default();
     println!(
         "fleet sync: {agents} agents, {} of {rounds} rounds complete; policy add -> all acked: median {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         lat.len(),
         pct(0.5),
         pct(0.99),
         pct(1.0)
+    );
+    println!(
+        "fleet sync: controller CPU per round (all replicas, median) {:.0} ms = {:.1} us per agent",
+        cpu_median.as_secs_f64() * 1e3,
+        cpu_median.as_secs_f64() * 1e6 / agents as f64
     );
     println!(
         "controller RSS: {} KiB idle, {} KiB with {agents} agents connected = {:.1} KiB per agent",

@@ -12,6 +12,7 @@ pub mod netns;
 pub mod otel;
 pub mod pg;
 pub mod probe;
+pub mod procfs;
 
 use std::path::PathBuf;
 
