@@ -44,6 +44,24 @@ impl Netns {
         c
     }
 
+    /// Names that programs run with [`Netns::cmd`] resolve in this namespace: `ip netns
+    /// exec` mounts `/etc/netns/NAME/hosts` over `/etc/hosts` (removed on drop). One
+    /// `(address, name)` per line, in order: a name given twice has both addresses.
+    pub fn hosts(&self, entries: &[(std::net::IpAddr, &str)]) {
+        let dir = self.etc();
+        std::fs::create_dir_all(&dir).expect("/etc/netns dir");
+        let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
+        for (addr, name) in entries {
+            text.push_str(&format!("{addr} {name}\n"));
+        }
+        std::fs::write(dir.join("hosts"), text).expect("hosts file");
+    }
+
+    /// `/etc/netns/NAME`: files `ip netns exec` mounts over their `/etc` namesakes.
+    fn etc(&self) -> std::path::PathBuf {
+        std::path::Path::new("/etc/netns").join(&self.name)
+    }
+
     /// Run `f` on a fresh thread that has entered this namespace, and return its result.
     /// Sockets made there live in the namespace.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -75,6 +93,7 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
+        let _ = std::fs::remove_dir_all(self.etc());
     }
 }
 

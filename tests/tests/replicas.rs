@@ -1,11 +1,13 @@
 //! Two controller replicas on one PostgreSQL database behind two addresses, two agents
-//! that list both (`[controller] url = [...]`, each its own replica first), and a client,
-//! each in its own namespace on one bridge. The replica gw1 is connected to is killed:
-//! gw1 is back in sync through the other within 5 s, a policy changed on the survivor
-//! reaches both agents, and the events gw1 made during the switch arrive exactly once.
+//! and a client, each in its own namespace on one bridge. gw1 lists both replicas' URLs
+//! (`[controller] url = [...]`), gw2 one name that resolves to both addresses; both start
+//! on ctl1 (first in each list). ctl1 is killed: both agents are back in sync through
+//! ctl2 within 5 s, a policy changed on the survivor reaches both, and the events gw1
+//! made during the switch arrive exactly once.
 //! (One-time keys claimed through two replicas stay single-use:
 //! `controller/tests/server/otk.rs`.)
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -22,6 +24,9 @@ const CTL2: usize = 1;
 const GW1: usize = 2;
 const GW2: usize = 3;
 const CLIENT: usize = 4;
+
+/// The one name gw2 knows the controller by: both replicas' addresses, ctl1's first.
+const NAME: &str = "controllers.kgt";
 
 /// How long an agent may take to be back in sync through the surviving replica.
 const FAILOVER: Duration = Duration::from_secs(5);
@@ -119,15 +124,21 @@ impl Replicas {
         let ctl1 = Controller::start_named(
             &fleet.host(CTL1).ns,
             &work.path.join("ctl1"),
-            &[&a1, &a2],
+            &[&a1, &a2, NAME],
             Some(pg.url()),
             &[],
         );
         let ctl2 = ctl1.replica(&fleet.host(CTL2).ns, &work.path.join("ctl2"), &a2);
         let (u1, u2) = (ctl1.url.clone(), ctl2.url.clone());
+        let gw2 = &fleet.host(GW2).ns;
+        gw2.hosts(&[
+            (fleet.host(CTL1).addr(), NAME),
+            (fleet.host(CTL2).addr(), NAME),
+        ]);
+        let by_name = format!("https://{NAME}:7443");
         let agents = vec![
             enroll_listing(&ctl1, &fleet.host(GW1).ns, &work, "gw1", &[&u1, &u2]),
-            enroll_listing(&ctl2, &fleet.host(GW2).ns, &work, "gw2", &[&u2, &u1]),
+            enroll_listing(&ctl2, gw2, &work, "gw2", &[&by_name]),
         ];
         let profile = ctl2.add_user("alice", &work.path);
         ctl1.add_ssh_policy("ssh", "alice", "role=edge", &["--spa"]);
@@ -147,9 +158,11 @@ impl Replicas {
         }
     }
 
-    /// Each agent connected to the replica it lists first.
-    fn each_agent_on_its_own_replica(&mut self) {
-        for (agent, url) in self.agents.iter_mut().zip([&self.ctl1.url, &self.ctl2.url]) {
+    /// Both agents connected to ctl1: gw1 by its first URL, gw2 by the first address of
+    /// the name.
+    fn both_agents_on_ctl1(&mut self) {
+        let by_name = format!("https://{NAME}:7443");
+        for (agent, url) in self.agents.iter_mut().zip([&self.ctl1.url, &by_name]) {
             let connected = agent.wait_event(
                 |e| e["message"] == "connected to the controller" && e["url"] == url.as_str(),
                 Duration::from_secs(5),
@@ -160,11 +173,39 @@ impl Replicas {
                 agent.log_text()
             );
         }
+        let peers = self.gw2_peers();
+        assert_eq!(peers, [self.fleet.host(CTL1).addr()], "gw2 is on ctl1");
     }
 
-    /// ctl1 dies; gw1 syncs through ctl2 within FAILOVER; a policy changed on ctl2
-    /// meanwhile reaches both agents; gw1's events of the switch arrive exactly once.
-    fn gw1_fails_over_to_ctl2(&mut self) {
+    /// The controller addresses gw2 holds connections to.
+    fn gw2_peers(&self) -> Vec<IpAddr> {
+        let out = sh(self.fleet.host(GW2).ns.cmd("ss").args([
+            "-Htn",
+            "state",
+            "established",
+            "dport",
+            "7443",
+        ]));
+        let mut peers: Vec<IpAddr> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .nth(3)?
+                    .rsplit_once(':')?
+                    .0
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        peers.sort();
+        peers.dedup();
+        peers
+    }
+
+    /// ctl1 dies; both agents sync through ctl2 within FAILOVER (gw1 by its second URL,
+    /// gw2 by the name's second address); a policy changed on ctl2 meanwhile reaches both;
+    /// gw1's events of the switch arrive exactly once.
+    fn ctl1_dies_both_fail_over(&mut self) {
         let before = spa_accepted(&self.ctl2);
         let client = &self.fleet.host(CLIENT).ns;
         self.ctl1.kill();
@@ -203,6 +244,8 @@ impl Replicas {
             "gw1 through ctl2:\n{}",
             gw1.log_text()
         );
+        let peers = self.gw2_peers();
+        assert_eq!(peers, [self.fleet.host(CTL2).addr()], "gw2 moved to ctl2");
         wait_until(
             "the switch's events delivered",
             Duration::from_secs(10),
@@ -217,6 +260,6 @@ impl Replicas {
 #[ignore = "needs root: network namespaces, nftables, pcap, PostgreSQL (scripts/test.sh runs it)"]
 fn an_agent_fails_over_to_the_surviving_replica() {
     let mut r = Replicas::start();
-    r.each_agent_on_its_own_replica();
-    r.gw1_fails_over_to_ctl2();
+    r.both_agents_on_ctl1();
+    r.ctl1_dies_both_fail_over();
 }
