@@ -49,14 +49,16 @@ pub fn fwknoprc_path(profile: &Path) -> PathBuf {
 /// packet sniffed on its way to one gateway is refused at every other. No stanza names
 /// the address to open: `ALLOW_IP source` would let anyone who copies the packet resend
 /// it from their own address, so the user names theirs with `-a` (or `-R`, or `-s`
-/// knowingly).
+/// knowingly). `ACCESS` is what the first policy admitting fwknop there opens; the others
+/// are listed in a comment with the `-A` that asks for them, and a gateway where no
+/// known policy admits fwknop gets no `ACCESS` line (nothing is guessed).
 #[must_use]
 pub fn render_fwknoprc(profile: &Profile) -> Zeroizing<String> {
     let user = &profile.user;
     let mut text = Zeroizing::new(format!(
         "# fwknop client stanzas for knockgate user {}: keep this file secret.\n\
-         # Use: fwknop --rc-file THIS_FILE -n GATEWAY -a YOUR_ADDRESS (edit ACCESS to the\n\
-         # ports you need). Each gateway has keys of its own.\n",
+         # Use: fwknop --rc-file THIS_FILE -n GATEWAY -a YOUR_ADDRESS [-A PROTO/PORT].\n\
+         # Each gateway has keys of its own.\n",
         user.name
     ));
     if profile.gateways.is_empty() {
@@ -85,11 +87,28 @@ pub fn render_fwknoprc(profile: &Profile) -> Zeroizing<String> {
         let _ = write!(
             text,
             "SPOOF_USER {}\nKEY_BASE64 {}\nHMAC_KEY_BASE64 {}\nUSE_HMAC Y\n\
-             HMAC_DIGEST_TYPE {digest}\nACCESS tcp/22\n",
+             HMAC_DIGEST_TYPE {digest}\n",
             user.name,
             key.as_str(),
             hmac_key.as_str(),
         );
+        let mut fwknop = gw.policies.iter().filter(|p| p.allows("fwknop"));
+        match fwknop.next() {
+            Some(first) => {
+                let _ = writeln!(text, "ACCESS {}", first.open.join(","));
+                for other in fwknop {
+                    let _ = writeln!(
+                        text,
+                        "# also here, policy {}: -A {}",
+                        other.name,
+                        other.open.join(",")
+                    );
+                }
+            }
+            None => text.push_str(
+                "# no policy known here admits fwknop: name the access with -A PROTO/PORT\n",
+            ),
+        }
     }
     text
 }

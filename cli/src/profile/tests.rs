@@ -300,6 +300,9 @@ fn fwknoprc_has_one_stanza_per_gateway() {
         "{}",
         rc.as_str()
     );
+    // ACCESS is what fwknop opens there, never a guess: gw2 admits nothing known.
+    assert_eq!(rc.matches("\nACCESS ").count(), 1, "{}", rc.as_str());
+    assert!(rc.contains("HMAC_DIGEST_TYPE SHA256\n# no policy known here admits fwknop"));
     // Lines are either comments, blank, a stanza header or `VAR value`.
     for line in rc.lines() {
         assert!(
@@ -456,4 +459,21 @@ fn debug_never_shows_keys() {
     let debug = format!("{p:?}");
     assert!(!debug.contains(&encode_key(&SPA)), "{debug}");
     assert!(debug.contains("alice"));
+}
+
+#[test]
+fn fwknoprc_access_is_what_the_policies_open_with_fwknop() {
+    let mut p = profile();
+    p.gateways[0].policies = vec![
+        policy("rdp", &["tcp/3389"], &["spa"]),
+        policy("web", &["tcp/443", "tcp/80"], &["fwknop"]),
+        policy("vpn", &["udp/51820"], &["fwknop", "spa"]),
+    ];
+    let rc = render_fwknoprc(&p);
+    assert!(
+        rc.contains("ACCESS tcp/443,tcp/80\n# also here, policy vpn: -A udp/51820\n"),
+        "{}",
+        rc.as_str()
+    );
+    assert!(!rc.contains("3389"), "rdp does not admit fwknop");
 }
