@@ -6,9 +6,10 @@ export DEBIAN_FRONTEND=noninteractive
 # pg_ctl under /usr/lib/postgresql/15/bin); its cluster service is never started.
 # debootstrap, systemd-container, python3-venv: the deploy tests (a Debian 12 root booted
 # with systemd-nspawn for the packages and the Ansible role; Python venvs for Ansible and
-# the Helm chart's renderer).
+# the Helm chart's renderer). p0f: its signature database, /etc/p0f/p0f.fp, which the agent
+# reads for `require_os` (the p0f daemon is not used).
 pkgs=(libpcap-dev pkg-config nftables iproute2 knockd fwknop-client postgresql ca-certificates curl
-  debootstrap systemd-container python3-venv)
+  debootstrap systemd-container python3-venv p0f)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

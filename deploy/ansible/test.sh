@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The knockgate_agent role against a real systemd host, with molecule (root, Debian 12).
 #
-#   KNOCKGATE_BIN_DIR=target/debug deploy/ansible/test.sh
+#   KNOCKGATE_BIN_DIR=target/debug [KGT_ANS_INSTALL=deb|binary] deploy/ansible/test.sh
 #
 # - ansible-lint --profile production on the role, the playbook and the scenario;
 # - a controller in network namespace kgt-ans-ctl (10.240.77.1), a client in kgt-ans-cli
@@ -11,7 +11,9 @@
 #   machine's own network namespace, and nothing is routed anywhere;
 # - the agent registered with `knockadm agent add gw-ansible` and given a policy protecting
 #   tcp/22 behind the knock sequence tcp/7000,tcp/8000,tcp/9000;
-# - molecule: converge (binary install, enrol, start), idempotence (changed=0), verify (unit
+# - molecule: converge (install, enrol, start: by default the knockgate-agent package built
+#   here from those binaries with deploy/build-debs.sh, as operators install it;
+#   KGT_ANS_INSTALL=binary copies the binary instead), idempotence (changed=0), verify (unit
 #   active, agent connected with its config applied, tcp/22 closed from the client, open
 #   after a knock); check mode before (must not fail) and after (changed=0) converging.
 # Everything it makes is removed on exit, also on failure.
@@ -43,6 +45,8 @@ die() { echo "test.sh: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "run as root (network namespaces, systemd-nspawn)"
 cd "$repo"
 bin=$(realpath -m "${KNOCKGATE_BIN_DIR:-target/debug}")
+install=${KGT_ANS_INSTALL:-deb}
+case $install in deb|binary) ;; *) echo "test.sh: KGT_ANS_INSTALL must be deb or binary, not '$install'" >&2; exit 64 ;; esac
 for b in knockgate-agent knockgate-controller knockadm knocker; do
   [ -x "$bin/$b" ] || die "$bin/$b is missing: build the binaries (cargo build --workspace --bins) or set KNOCKGATE_BIN_DIR"
 done
@@ -165,6 +169,17 @@ knockadm policy add ssh --open tcp/22 --sequence tcp/7000,tcp/8000,tcp/9000 --ag
 knockadm policy list
 timing "controller"
 
+# --- the package -------------------------------------------------------------------------
+deb=''
+if [ "$install" = deb ]; then
+  say "knockgate-agent package (deploy/build-debs.sh, binaries from $bin)"
+  deb=$(KNOCKGATE_BIN_DIR=$bin bash "$repo/deploy/build-debs.sh" --fast --out "$work/debs" |
+    grep '/knockgate-agent_.*\.deb$')
+  [ -f "$deb" ] || die "build-debs.sh made no knockgate-agent package"
+  echo "$deb"
+  timing "package"
+fi
+
 # --- the systemd host ---------------------------------------------------------------------
 say "systemd host in $ns_gw: an overlay on (or a copy of) $root"
 # The cached root stays pristine: the host writes to an overlay's upper layer in $work.
@@ -182,6 +197,7 @@ echo "host systemd (pid $init_pid): $host_state"
 timing "boot"
 
 # --- molecule -----------------------------------------------------------------------------
+export KGT_ANS_INSTALL=$install KGT_ANS_DEB=$deb
 export KGT_ANS_NSPAWN_PID=$init_pid KGT_ANS_BIN_DIR=$bin KGT_ANS_CA_SHA256=$ca_sha256 \
   KGT_ANS_CTL_DIR=$ctl_dir KGT_ANS_TOKEN=$token
 export ANSIBLE_NOCOLOR=1 PY_COLORS=0 ANSIBLE_FORCE_COLOR=0
