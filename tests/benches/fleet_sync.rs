@@ -13,7 +13,7 @@
 //! - a reconnect storm: every controller is killed and restarted, and the time until every
 //!   agent is back and has acknowledged its config.
 //!
-//! `cargo build --release --workspace --bins && cargo bench -p knockgate-tests --bench fleet_sync [-- --agents 100 --rounds 30 --replicas 2 --controller PATH]`
+//! `cargo build --release --workspace --bins && cargo bench -p knockgate-tests --bench fleet_sync [-- --agents 1000,4000,10000 --rounds 30 --replicas 2 --controller PATH]`
 //! (`--controller`: an older controller build to compare with.)
 //! (`KGT_FLEET_LOG=1` shows the controllers' logs.)
 
@@ -163,11 +163,32 @@ type Channels = Arc<Mutex<Vec<Option<Channel>>>>;
 
 #[tokio::main]
 async fn main() {
-    let agents: usize = bench_arg("--agents").unwrap_or(100);
+    // `--agents 1000,4000,10000`: one fleet after the other, each with fresh controllers.
+    let sizes: String = bench_arg("--agents").unwrap_or_else(|| "100".to_owned());
+    let sizes: Vec<usize> = sizes
+        .split(',')
+        .map(|n| match n.trim().parse() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                eprintln!("fleet_sync: --agents: expected counts like 1000,4000, not {n:?}");
+                std::process::exit(64);
+            }
+        })
+        .collect();
     let rounds: usize = bench_arg("--rounds").unwrap_or(30);
     let replicas: usize = bench_arg("--replicas").unwrap_or(1).max(1);
     let postgres = replicas > 1 || std::env::args().any(|a| a == "--postgres");
+    for (i, agents) in sizes.into_iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        fleet(agents, rounds, replicas, postgres).await;
+    }
+}
 
+/// One fleet of `agents` simulated agents against fresh controllers: every measurement,
+/// printed.
+async fn fleet(agents: usize, rounds: usize, replicas: usize, postgres: bool) {
     let mut ctl = start_controllers(replicas, postgres);
     let store = if postgres { "PostgreSQL" } else { "SQLite" };
     println!("fleet: {agents} agents, {replicas} controller replica(s) on {store}");
