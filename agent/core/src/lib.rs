@@ -17,6 +17,7 @@
 //!   per-key state.
 #![forbid(unsafe_code)]
 
+pub mod p0f;
 pub mod packet;
 
 pub mod detect;
