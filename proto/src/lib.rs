@@ -23,6 +23,7 @@ pub mod knock;
 pub mod policy;
 pub mod rotation;
 pub mod scope;
+pub mod sealed;
 pub mod spa;
 
 pub use access::{Access, ParseAccessError, Proto};
