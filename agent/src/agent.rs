@@ -338,7 +338,7 @@ fn engine(
     managed: bool,
 ) -> Result<Engine, StartError> {
     let state_dir = &file.agent.state_dir;
-    let spa = if start.config.uses_spa() || managed {
+    let spa = if start.config.uses_spa_detector() || managed {
         let mut detector = SpaDetector::new(&start.config);
         let now = knockgate_proto::unix_secs(SystemTime::now());
         let store = ReplayStore::open(state_dir, detector.replay_cache(), now)

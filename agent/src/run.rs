@@ -15,7 +15,6 @@ use knockgate_agent::firewall::{Firewall, FirewallError};
 use knockgate_agent::privilege;
 use knockgate_agent::state;
 use knockgate_agent_core::config::{Backend, Config};
-use knockgate_agent_core::filter::capture_filter;
 use knockgate_telemetry::{LogFormat, Setup};
 use tracing::{info, warn};
 
@@ -116,10 +115,7 @@ pub fn check(path: &Path) -> Result<(), Failure> {
     if config.policies.iter().any(|p| p.rotating.is_some()) {
         println!("  rotating knock ports: captured per window, never dropped");
     }
-    println!(
-        "  capture filter: {}",
-        capture_filter(&config.capture_kinds())
-    );
+    println!("  capture filter: {}", config.capture_filter(&[]));
     Ok(())
 }
 
@@ -169,7 +165,7 @@ pub fn run(path: &Path, format: LogFormat, level: &str) -> Result<(), Failure> {
             "no controller config to enforce: keeping the ports protected last time until one arrives");
     }
     // Open every capture before touching the firewall: a bad interface installs nothing.
-    let filter = capture_filter(&start.config.capture_kinds());
+    let filter = start.config.capture_filter(&[]);
     let tuning = Tuning::new(filter.clone(), start.config.spa_port());
     let mut captures = Vec::new();
     for iface in &start.config.agent.interfaces {

@@ -78,6 +78,7 @@ impl TryFrom<api::PolicySpec> for PolicyDef {
             min_gap_ms,
             max_gap_ms,
             tcp_flags,
+            sealed,
         } = spec;
         let open = open
             .iter()
@@ -113,6 +114,7 @@ impl TryFrom<api::PolicySpec> for PolicyDef {
             min_gap_ms,
             max_gap_ms,
             tcp_flags,
+            sealed,
         };
         PolicyDef::validate(&name, raw)
     }
@@ -150,6 +152,7 @@ pub fn policy_to_api(p: &PolicyDef) -> api::PolicySpec {
         min_gap_ms: raw.min_gap_ms,
         max_gap_ms: raw.max_gap_ms,
         tcp_flags: raw.tcp_flags,
+        sealed: raw.sealed,
     }
 }
 
@@ -290,6 +293,7 @@ fn gateway_policy_to_api(p: &PolicyDef) -> api::GatewayPolicy {
     let methods = [
         (p.spa, "spa"),
         (p.fwknop, "fwknop"),
+        (p.sealed, "sealed"),
         (!p.sequence.is_empty(), "sequence"),
         (p.rotating.is_some(), "rotating"),
         (p.otk.is_some(), "otk"),
@@ -505,6 +509,7 @@ impl From<&desired::AgentPolicy> for api::Policy {
             min_gap_ms: p.min_gap_ms,
             max_gap_ms: p.max_gap_ms,
             tcp_flags: p.tcp_flags.map(|f| f.to_string()).unwrap_or_default(),
+            sealed: p.sealed,
         }
     }
 }

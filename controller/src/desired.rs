@@ -42,6 +42,8 @@ pub struct AgentPolicy {
     pub users: Vec<String>,
     pub spa: bool,
     pub fwknop: bool,
+    /// Sealed knock sequences open it (under the users' native SPA keys).
+    pub sealed: bool,
     pub sequence: Vec<KnockStep>,
     pub sequence_timeout_secs: u32,
     pub min_gap_ms: u32,
@@ -168,7 +170,8 @@ pub fn compute_shared(
             let (n, _) = needs
                 .entry(u.name.as_str())
                 .or_insert((Needs::default(), u));
-            n.spa |= p.spa;
+            // Sealed sequences are sealed under the native SPA key.
+            n.spa |= p.spa || p.sealed;
             n.fwknop |= p.fwknop;
         }
         view.policies.insert(p.name.to_string(), Arc::clone(policy));
@@ -190,6 +193,7 @@ fn agent_policy(p: &PolicyDef, admitted: &[&User]) -> AgentPolicy {
         users: admitted.iter().map(|u| u.name.to_string()).collect(),
         spa: p.spa,
         fwknop: p.fwknop,
+        sealed: p.sealed,
         sequence: p.sequence.clone(),
         sequence_timeout_secs: p.sequence_timeout_secs,
         min_gap_ms: p.min_gap_ms,

@@ -59,6 +59,8 @@ pub struct RawPolicy {
     pub spa: bool,
     /// fwknop SPA opens it.
     pub fwknop: bool,
+    /// Sealed knock sequences (`proto/sealed.md`) open it.
+    pub sealed: bool,
     /// Knock sequence, `tcp/7000`, `udp/8000`, `icmp`.
     pub sequence: Vec<String>,
     /// Whole sequence within this (0 = the agent's default).
@@ -108,6 +110,8 @@ pub struct PolicyDef {
     pub spa: bool,
     /// fwknop SPA opens it.
     pub fwknop: bool,
+    /// Sealed knock sequences open it (under the users' SPA keys).
+    pub sealed: bool,
     /// Knock sequence (may be empty when SPA or fwknop opens it).
     pub sequence: Vec<KnockStep>,
     /// Whole sequence within this (0 = the agent's default).
@@ -138,10 +142,16 @@ impl PolicyDef {
         let rotating = methods::rotation(&raw, &open)?;
         let otk = methods::otk(&raw)?;
         let (min_gap_ms, max_gap_ms, tcp_flags) = methods::timing(&raw, &sequence, &rotating)?;
-        if !raw.spa && !raw.fwknop && sequence.is_empty() && rotating.is_none() && otk.is_none() {
+        if !raw.spa
+            && !raw.fwknop
+            && !raw.sealed
+            && sequence.is_empty()
+            && rotating.is_none()
+            && otk.is_none()
+        {
             return Err(invalid(
-                "spa/fwknop/sequence/rotating/otk",
-                "at least one knock method is required (spa, fwknop, a sequence, rotating or otk)",
+                "spa/fwknop/sealed/sequence/rotating/otk",
+                "at least one knock method is required (spa, fwknop, sealed, a sequence, rotating or otk)",
             ));
         }
         Ok(Self {
@@ -154,6 +164,7 @@ impl PolicyDef {
             max_timeout_secs,
             spa: raw.spa,
             fwknop: raw.fwknop,
+            sealed: raw.sealed,
             sequence,
             sequence_timeout_secs: raw.sequence_timeout_secs,
             rotating,
@@ -181,6 +192,7 @@ impl PolicyDef {
             max_timeout_secs: self.max_timeout_secs,
             spa: self.spa,
             fwknop: self.fwknop,
+            sealed: self.sealed,
             sequence: self.sequence.iter().map(ToString::to_string).collect(),
             sequence_timeout_secs: self.sequence_timeout_secs,
             min_gap_ms: self.min_gap_ms,
@@ -416,7 +428,7 @@ mod tests {
                 spa: false,
                 ..raw()
             })
-            .starts_with("spa/fwknop/sequence/rotating/otk:")
+            .starts_with("spa/fwknop/sealed/sequence/rotating/otk:")
         );
         assert!(
             PolicyDef::validate("Bad", raw())

@@ -90,6 +90,8 @@ vocabulary! {
         Fwknop = "fwknop",
         /// A native packet sealed with a one-time key.
         Otk = "otk",
+        /// A sealed knock sequence: the request carried in the ports (`proto/sealed.md`).
+        Sealed = "sealed",
     }
 }
 

@@ -13,7 +13,10 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::ops::RangeInclusive;
+
 use knockgate_proto::fwknop::FwknopKeys;
+use knockgate_proto::sealed;
 use knockgate_proto::spa::SpaKey;
 use serde::Deserialize;
 
@@ -33,6 +36,7 @@ pub const DEFAULT_MAX_SOURCES: usize = 65_536;
 /// `3000000h`, or a controller bug, is refused instead of opening a port for centuries.
 pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 pub use knockgate_proto::policy::DEFAULT_SPA_PORT;
+pub use knockgate_proto::sealed::DEFAULT_BASE_PORT as DEFAULT_SEALED_BASE_PORT;
 /// Default oldest (or most future-dated) SPA packet accepted.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(120);
 /// Default cap on remembered SPA packets (valid ones only; junk never enters).
@@ -102,12 +106,15 @@ pub struct FirewallSection {
     pub close_command: Option<String>,
 }
 
-/// Where SPA packets arrive and how old they may be.
+/// Where SPA packets arrive and how old they may be (sealed knock sequences are judged
+/// by the same age and replay rules).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpaSection {
     pub port: u16,
     pub max_age: Duration,
     pub replay_cache_max: usize,
+    /// The first port of the sealed knock range (`sealed::RANGE` ports from here).
+    pub sealed_base_port: u16,
 }
 
 /// The controller this agent takes its policies and users from. With it, the file's own
@@ -152,6 +159,8 @@ pub struct Policy {
     /// One-time SPA keys (pushed by the controller) open it; what to do when the
     /// controller cannot be asked whether a key is still unused.
     pub otk: Option<OtkOffline>,
+    /// Sealed knock sequences under the users' SPA keys open it (`proto/sealed.md`).
+    pub sealed: bool,
 }
 
 pub use knockgate_proto::policy::OtkOffline;
@@ -179,6 +188,8 @@ pub struct PolicyDef {
     pub window_secs: Option<u32>,
     /// One-time keys open it, with this rule for an unreachable controller.
     pub otk: Option<OtkOffline>,
+    /// Sealed knock sequences open it.
+    pub sealed: bool,
 }
 
 /// Where users and policies come from. The file is held to rules that catch an
@@ -243,15 +254,28 @@ impl Config {
                 port: DEFAULT_SPA_PORT,
                 max_age: DEFAULT_MAX_AGE,
                 replay_cache_max: DEFAULT_REPLAY_CACHE_MAX,
+                sealed_base_port: DEFAULT_SEALED_BASE_PORT,
             },
             Some(s) => SpaSection {
                 port: s.port.unwrap_or(DEFAULT_SPA_PORT),
                 max_age: s.max_age.map_or(DEFAULT_MAX_AGE, |h| h.0),
                 replay_cache_max: s.replay_cache_max.unwrap_or(DEFAULT_REPLAY_CACHE_MAX),
+                sealed_base_port: s.sealed_base_port.unwrap_or(DEFAULT_SEALED_BASE_PORT),
             },
         };
         if spa.port == 0 {
             return Err(invalid("spa.port", "must be 1-65535"));
+        }
+        let last = u32::from(spa.sealed_base_port) + u32::from(sealed::RANGE) - 1;
+        if spa.sealed_base_port == 0 || last > u32::from(u16::MAX) {
+            return Err(invalid(
+                "spa.sealed_base_port",
+                format!(
+                    "must be 1-{}: the range is {} ports",
+                    u16::MAX - sealed::RANGE + 1,
+                    sealed::RANGE
+                ),
+            ));
         }
         if spa.max_age.is_zero() {
             return Err(invalid("spa.max_age", "must be longer than zero"));
@@ -350,8 +374,54 @@ impl Config {
                     format!("{spa_port} is the SPA port"),
                 ));
             }
+            if let Some(range) = self.sealed_ports() {
+                let inside = |port: u16| range.contains(&port);
+                if let Some(a) = p.open.iter().find(|a| inside(a.port)) {
+                    return Err(invalid(
+                        format!("policy[{i}].open"),
+                        format!(
+                            "{a} is in the sealed knock range {}-{}",
+                            range.start(),
+                            range.end()
+                        ),
+                    ));
+                }
+                if let Some(s) = steps
+                    .iter()
+                    .find(|s| matches!(s, KnockStep::Port { port, .. } if inside(*port)))
+                {
+                    return Err(invalid(
+                        format!("policy[{i}].sequence"),
+                        format!(
+                            "{s} is in the sealed knock range {}-{}",
+                            range.start(),
+                            range.end()
+                        ),
+                    ));
+                }
+                if self.uses_spa() && inside(self.spa.port) {
+                    return Err(invalid(
+                        "spa.port",
+                        format!(
+                            "{} is in the sealed knock range {}-{}",
+                            self.spa.port,
+                            range.start(),
+                            range.end()
+                        ),
+                    ));
+                }
+            }
         }
         Ok(())
+    }
+
+    /// The sealed knock range, when any policy is opened by sealed sequences.
+    pub fn sealed_ports(&self) -> Option<RangeInclusive<u16>> {
+        let base = self.spa.sealed_base_port;
+        self.policies
+            .iter()
+            .any(|p| p.sealed)
+            .then(|| base..=base.saturating_add(sealed::RANGE - 1))
     }
 
     /// Whether any policy is opened by SPA (native, fwknop or one-time keys).
@@ -359,6 +429,11 @@ impl Config {
         self.policies
             .iter()
             .any(|p| p.spa || p.fwknop || p.otk.is_some())
+    }
+
+    /// Whether the SPA detector is needed: SPA, or sealed sequences (judged by it).
+    pub fn uses_spa_detector(&self) -> bool {
+        self.uses_spa() || self.policies.iter().any(|p| p.sealed)
     }
 
     /// The timings of each policy rotating sequences open, by policy index.
@@ -412,6 +487,13 @@ impl Config {
             });
         }
         kinds
+    }
+
+    /// The capture filter for the static policies, the sealed range and `extra` knocks
+    /// (the rotating ones of the current windows).
+    pub fn capture_filter(&self, extra: &[KnockStep]) -> String {
+        let kinds = self.capture_kinds();
+        crate::filter::capture_filter(kinds.iter().chain(extra), self.sealed_ports())
     }
 
     /// The knock doors and the policy index each belongs to.

@@ -2,5 +2,6 @@
 
 pub mod progress;
 pub mod rotating;
+pub mod sealed;
 pub mod sequence;
 pub mod spa;

@@ -2,13 +2,17 @@
 //! ports and ICMP echo requests ever reach user space.
 
 use std::collections::BTreeSet;
+use std::ops::RangeInclusive;
 
 use crate::packet::KnockStep;
 use crate::ruleset::Proto;
 
-/// A pcap filter matching exactly the knocks `kinds` can be (inbound direction is set on
-/// the capture handle, not here).
-pub fn capture_filter<'a>(kinds: impl IntoIterator<Item = &'a KnockStep>) -> String {
+/// A pcap filter matching exactly the knocks `kinds` can be, and any TCP or UDP knock on
+/// the `sealed` port range (inbound direction is set on the capture handle, not here).
+pub fn capture_filter<'a>(
+    kinds: impl IntoIterator<Item = &'a KnockStep>,
+    sealed: Option<RangeInclusive<u16>>,
+) -> String {
     let mut tcp = BTreeSet::new();
     let mut udp = BTreeSet::new();
     let mut icmp = false;
@@ -35,6 +39,13 @@ pub fn capture_filter<'a>(kinds: impl IntoIterator<Item = &'a KnockStep>) -> Str
             let list: Vec<String> = ports.iter().map(u16::to_string).collect();
             terms.push(format!("({name} dst port ({}))", list.join(" or ")));
         }
+    }
+    if let Some(r) = sealed {
+        terms.push(format!(
+            "((tcp or udp) and dst portrange {}-{})",
+            r.start(),
+            r.end()
+        ));
     }
     if icmp {
         // ICMP type 8 / ICMPv6 type 128: echo requests only, never replies.
@@ -70,10 +81,14 @@ mod tests {
             },
         ];
         assert_eq!(
-            capture_filter(&kinds),
+            capture_filter(&kinds, None),
             "(tcp dst port (7000 or 9000)) or (udp dst port (8000)) or \
              (icmp and icmp[icmptype] == icmp-echo) or (icmp6 and ip6[40] == 128)"
         );
-        assert_eq!(capture_filter(&[]), "less 1");
+        assert_eq!(capture_filter(&[], None), "less 1");
+        assert_eq!(
+            capture_filter(&kinds[..1], Some(20000..=28447)),
+            "(tcp dst port (9000)) or ((tcp or udp) and dst portrange 20000-28447)"
+        );
     }
 }

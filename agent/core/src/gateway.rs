@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use knockgate_proto::event::{self, Event, Granted, Reason, Subject};
 
 use crate::config::{Config, Policy};
+use crate::detect::sealed::{Assembler, Step};
 use crate::detect::sequence::{Decision, DoorError, Outcome, SequenceMatcher};
 use crate::detect::spa::SpaDetector;
 use crate::grants::{Grant, GrantLabel, Grants, Held, Opened};
@@ -159,6 +160,8 @@ pub struct Gateway {
     door_policy: Vec<usize>,
     matcher: SequenceMatcher,
     spa: Option<spa::SpaState>,
+    /// Knocks on the sealed range, per source, while any policy takes sealed sequences.
+    sealed: Option<Assembler>,
     grants: Grants,
     decisions: Vec<Decision>,
     rotating: rotating::RotatingState,
@@ -198,6 +201,9 @@ impl Gateway {
             door_policy,
             matcher,
             spa: spa.map(|d| spa::SpaState::new(d, config.spa.port, config.uses_spa(), now)),
+            sealed: config
+                .sealed_ports()
+                .map(|r| Assembler::new(*r.start(), config.agent.max_sources)),
             grants: Grants::with_ref_prefix(run_id),
             decisions: Vec::new(),
             rotating: rotating::RotatingState::new(config.agent.max_sources),
@@ -315,8 +321,20 @@ impl Gateway {
         self.tell(Level::Info, true, now, event);
     }
 
-    /// One knock through the fixed-sequence matcher, and whatever it completes.
+    /// One knock: on the sealed range it is collected (and a whole sequence judged);
+    /// anything else goes through the fixed-sequence matcher, and whatever it completes
+    /// opens.
     fn handle_knock(&mut self, k: &KnockMsg, now: Time) {
+        if let Some(asm) = &mut self.sealed {
+            match asm.handle_knock(k.src, k.kind, k.tcp_flags, k.at) {
+                Step::Outside => {}
+                Step::Collecting => return,
+                Step::Complete { len, bytes } => {
+                    self.handle_sealed(k.src, &bytes[..len], k.at, now);
+                    return;
+                }
+            }
+        }
         let mut decisions = std::mem::take(&mut self.decisions);
         decisions.clear();
         self.matcher

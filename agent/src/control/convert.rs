@@ -164,6 +164,7 @@ fn policy(at: &str, p: &api::Policy) -> Result<PolicyDef, InvalidConfig> {
         min_gap_ms,
         max_gap_ms,
         tcp_flags,
+        sealed,
     } = p;
     let field = |f: &str| format!("{at}.{f}");
     let ms = |n: u32| (n != 0).then(|| Duration::from_millis(u64::from(n)));
@@ -204,6 +205,7 @@ fn policy(at: &str, p: &api::Policy) -> Result<PolicyDef, InvalidConfig> {
         // 0: the default (30 s); only meaningful with rotating.
         window_secs: (*window_secs != 0 && *rotating).then_some(*window_secs),
         otk,
+        sealed: *sealed,
     })
 }
 

@@ -6,6 +6,7 @@
 
 mod access;
 mod rotating;
+mod sealed;
 
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -52,6 +53,9 @@ pub enum Method {
     /// Native SPA under the next one-time key (derived from the profile's
     /// rotating_secret; the counter is kept in FILE.otk)
     Otk,
+    /// A sealed knock sequence: the request encrypted into the ports of 17
+    /// to 33 TCP knocks, under the profile's spa_key (proto/sealed.md)
+    Sealed,
 }
 
 impl Method {
@@ -61,6 +65,7 @@ impl Method {
             Method::Fwknop => "fwknop",
             Method::Rotating => "rotating",
             Method::Otk => "otk",
+            Method::Sealed => "sealed",
         }
     }
 }
@@ -86,11 +91,18 @@ one used, so a client that skipped ahead is still let in.
 --method rotating sends the current window's sequence; if the window is about to
 end, it waits for the next one so the sequence does not straddle the boundary.
 
+--method sealed knocks 17 TCP ports (21 with an IPv4 --allow-ip, 33 with IPv6)
+whose numbers carry the request, encrypted and authenticated: nothing about the
+sequence is configured at the gateway, and no two sequences are alike. The
+gateway opens the address the knocks come from, as this host sees it; behind a
+NAT, give your public address with --allow-ip.
+
 Examples:
   knocker open gw1 --profile ~/.config/knockgate/alice.toml
   knocker open gw1 --profile alice.toml --method fwknop -A tcp/22,udp/51820 -t 10m
   knocker open gw1 --profile alice.toml --method otk -A tcp/22 -t 60s
-  knocker open gw1 --profile alice.toml --method rotating --policy ssh --verbose")]
+  knocker open gw1 --profile alice.toml --method rotating --policy ssh --verbose
+  knocker open gw1 --profile alice.toml --method sealed -A tcp/22")]
 pub struct OpenArgs {
     /// Gateway to open, by its name in the profile
     #[arg(value_name = "GATEWAY")]
@@ -128,8 +140,8 @@ pub struct OpenArgs {
     #[arg(long, value_name = "NAME")]
     pub policy: Option<String>,
 
-    /// Rotating only: wait this long between two knocks: 50ms, 1s, … (a bare
-    /// number is milliseconds). Default: 20ms
+    /// Rotating and sealed only: wait this long between two knocks: 50ms, 1s,
+    /// … (a bare number is milliseconds). Default: 20ms rotating, 1ms sealed
     #[arg(short, long, value_name = "DURATION", value_parser = parse_delay)]
     pub delay: Option<Duration>,
 
@@ -144,6 +156,11 @@ pub struct OpenArgs {
     /// opens the gateway for the sender of the copy. Not with rotating
     #[arg(long)]
     pub source_any: bool,
+
+    /// Sealed only: the first port of the gateway's sealed range (its
+    /// spa.sealed_base_port). Default: 20000
+    #[arg(long, value_name = "PORT")]
+    pub base_port: Option<u16>,
 
     /// Send over IPv4 only
     #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
@@ -178,6 +195,12 @@ pub enum OpenCmdError {
     /// More `--access` entries than one packet carries (exit 64).
     #[error("too many --access entries: {0} (at most {MAX_ACCESS})")]
     TooManyAccess(usize),
+    /// A sealed sequence carries exactly one access (exit 64).
+    #[error("a sealed sequence asks for exactly one access: give one --access (not {0})")]
+    SealedAccess(usize),
+    /// The sealed range from `--base-port` does not fit below port 65536 (exit 64).
+    #[error("--base-port {0}: the sealed range of {n} ports must end by 65535", n = knockgate_proto::sealed::RANGE)]
+    SealedBase(u16),
     /// A `--timeout` fwknop cannot carry (exit 64).
     #[error("--timeout must be at most {FWKNOP_MAX_TIMEOUT} seconds with --method fwknop")]
     FwknopTimeout,
@@ -226,6 +249,8 @@ impl CommandError for OpenCmdError {
             | OpenCmdError::FlagNotForMethod { .. }
             | OpenCmdError::Access(_)
             | OpenCmdError::TooManyAccess(_)
+            | OpenCmdError::SealedAccess(_)
+            | OpenCmdError::SealedBase(_)
             | OpenCmdError::FwknopTimeout
             | OpenCmdError::FwknopUser(_)
             | OpenCmdError::FwknopIpv6
@@ -305,6 +330,7 @@ impl OpenArgs {
         }
         match self.method {
             Method::Rotating => rotating::run(self, &profile, gateway, host, out),
+            Method::Sealed => sealed::run(self, &profile, gateway, host, out),
             Method::Spa | Method::Fwknop | Method::Otk => {
                 let port = self.port.or(address_port).unwrap_or(DEFAULT_SPA_PORT);
                 self.send_packet(&profile, gateway, host, port, out)
@@ -316,14 +342,17 @@ impl OpenArgs {
     /// ignoring what the user asked for.
     fn check_flags(&self) -> Result<(), OpenCmdError> {
         let rotating = self.method == Method::Rotating;
+        let sealed = self.method == Method::Sealed;
         let misplaced = [
             ("--access", rotating && !self.access.is_empty()),
-            ("--timeout", rotating && self.timeout.is_some()),
-            ("--port", rotating && self.port.is_some()),
+            ("--timeout", (rotating || sealed) && self.timeout.is_some()),
+            ("--port", (rotating || sealed) && self.port.is_some()),
             ("--allow-ip", rotating && self.allow_ip.is_some()),
-            ("--source-any", rotating && self.source_any),
+            // A sealed sequence always binds an address: the sender's, or --allow-ip.
+            ("--source-any", (rotating || sealed) && self.source_any),
             ("--policy", !rotating && self.policy.is_some()),
-            ("--delay", !rotating && self.delay.is_some()),
+            ("--delay", !(rotating || sealed) && self.delay.is_some()),
+            ("--base-port", !sealed && self.base_port.is_some()),
         ];
         match misplaced.iter().find(|(_, bad)| *bad) {
             Some((flag, _)) => Err(OpenCmdError::FlagNotForMethod {
@@ -362,8 +391,8 @@ impl OpenArgs {
         let sealed = match self.method {
             Method::Fwknop => self.seal_fwknop(profile, gateway, host, port, &access)?,
             Method::Otk => self.seal_otk(profile, gateway, host, port, &access)?,
-            // `run` sends rotating sequences elsewhere; only Spa gets here.
-            Method::Spa | Method::Rotating => {
+            // `run` sends knock sequences elsewhere; only Spa gets here.
+            Method::Spa | Method::Rotating | Method::Sealed => {
                 self.seal_spa(profile, gateway, host, port, &access)?
             }
         };

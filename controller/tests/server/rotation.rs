@@ -153,7 +153,7 @@ async fn bad_settings_name_their_field(admin: &mut AdminClient<Channel>) {
         ),
         (
             policy("x", &[22], &[], ""),
-            "spa/fwknop/sequence/rotating/otk",
+            "spa/fwknop/sealed/sequence/rotating/otk",
         ),
     ] {
         let status = assert_code(admin.add_policy(bad).await, Code::InvalidArgument);

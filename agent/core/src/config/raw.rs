@@ -36,6 +36,7 @@ pub(super) struct RawSpa {
     pub port: Option<u16>,
     pub max_age: Option<Human>,
     pub replay_cache_max: Option<usize>,
+    pub sealed_base_port: Option<u16>,
 }
 
 #[derive(Deserialize)]
@@ -132,6 +133,8 @@ pub(super) struct RawPolicy {
     pub spa: bool,
     #[serde(default)]
     pub fwknop: bool,
+    #[serde(default)]
+    pub sealed: bool,
 }
 
 impl RawUser {
@@ -182,6 +185,7 @@ impl RawPolicy {
             users: self.users,
             spa: self.spa,
             fwknop: self.fwknop,
+            sealed: self.sealed,
             // Both need material only the controller can push.
             rotating: false,
             window_secs: None,

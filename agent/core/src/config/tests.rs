@@ -239,7 +239,7 @@ fn spa_errors_name_the_key_and_never_echo_secrets() {
     let e = err(&SPA_EXAMPLE.replace("users = [\"alice\"]", "users = []"));
     assert_eq!(
         e,
-        "policy[0].users: spa and fwknop policies must name the users they admit"
+        "policy[0].users: spa, fwknop and sealed policies must name the users they admit"
     );
     let e = err(&SPA_EXAMPLE.replace("max_timeout = \"5m\"", "max_timeout = \"5s\""));
     assert_eq!(e, "policy[0].max_timeout: is shorter than timeout");
@@ -351,6 +351,7 @@ fn def(name: &str) -> PolicyDef {
         rotating: false,
         window_secs: None,
         otk: None,
+        sealed: false,
     }
 }
 
@@ -459,13 +460,58 @@ fn the_controller_may_send_spa_policies_without_users_and_sequence_policies_with
         .expect_err("not in a file");
     assert_eq!(
         e.to_string(),
-        "policy[0].users: spa and fwknop policies must name the users they admit"
+        "policy[0].users: spa, fwknop and sealed policies must name the users they admit"
     );
     let e = base
         .with_policies(Origin::File, vec![], vec![named])
         .expect_err("not in a file");
     assert_eq!(
         e.to_string(),
-        "policy[0].users: users only apply with spa = true or fwknop = true"
+        "policy[0].users: users only apply with spa, fwknop or sealed = true"
     );
+}
+
+#[test]
+fn sealed_policies_capture_their_range_and_refuse_overlaps() {
+    let sealed = SPA_EXAMPLE
+        .replace("fwknop = true ", "sealed = true ")
+        .replace("spa = true ", "spa = false ");
+    let c = Config::parse(&sealed).expect("parses");
+    assert!(c.policies[0].sealed && !c.policies[0].spa);
+    assert!(
+        c.uses_spa_detector() && !c.uses_spa(),
+        "no SPA port to capture"
+    );
+    assert_eq!(c.sealed_ports(), Some(20000..=28447));
+    assert_eq!(
+        c.capture_filter(&[]),
+        "((tcp or udp) and dst portrange 20000-28447)"
+    );
+    let moved = sealed.replace(
+        "max_age = \"120s\"",
+        "max_age = \"120s\"\nsealed_base_port = 40000",
+    );
+    assert_eq!(
+        Config::parse(&moved).expect("parses").sealed_ports(),
+        Some(40000..=48447)
+    );
+    let e = err(&sealed.replace(
+        "max_age = \"120s\"",
+        "max_age = \"120s\"\nsealed_base_port = 60000",
+    ));
+    assert_eq!(
+        e,
+        "spa.sealed_base_port: must be 1-57088: the range is 8448 ports"
+    );
+    let e = err(&sealed.replace("open = [\"tcp/22\"]", "open = [\"tcp/22\", \"tcp/20022\"]"));
+    assert_eq!(
+        e,
+        "policy[0].open: tcp/20022 is in the sealed knock range 20000-28447"
+    );
+    // The sealed key is the user's SPA key: a user without one cannot be admitted.
+    let e = err(&sealed.replace(
+        "spa_key = \"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"\n",
+        "",
+    ));
+    assert!(e.contains("spa_key for spa and sealed"), "{e}");
 }

@@ -65,6 +65,7 @@ pub(super) fn policy(
         fwknop: p.fwknop,
         rotating,
         otk: p.otk,
+        sealed: p.sealed,
     })
 }
 
@@ -92,10 +93,10 @@ fn basics(p: &PolicyDef, key: &dyn Fn(&str) -> String) -> Result<Duration, Confi
     if max_timeout < p.timeout {
         return Err(invalid(key("max_timeout"), "is shorter than timeout"));
     }
-    if p.sequence.is_empty() && !p.spa && !p.fwknop && !p.rotating && p.otk.is_none() {
+    if p.sequence.is_empty() && !p.spa && !p.fwknop && !p.sealed && !p.rotating && p.otk.is_none() {
         return Err(invalid(
             key("sequence"),
-            "give a knock sequence, or set spa = true or fwknop = true",
+            "give a knock sequence, or set spa, fwknop or sealed = true",
         ));
     }
     Ok(max_timeout)
@@ -182,11 +183,11 @@ fn members(
     users: &[User],
     origin: Origin,
 ) -> Result<BTreeSet<usize>, ConfigError> {
-    let uses_spa = p.spa || p.fwknop || p.rotating || p.otk.is_some();
+    let uses_spa = p.spa || p.fwknop || p.sealed || p.rotating || p.otk.is_some();
     if origin == Origin::File && !uses_spa && !p.users.is_empty() {
         return Err(invalid(
             format!("policy[{i}].users"),
-            "users only apply with spa = true or fwknop = true",
+            "users only apply with spa, fwknop or sealed = true",
         ));
     }
     let named = if uses_spa { &p.users[..] } else { &[][..] };
@@ -200,7 +201,7 @@ fn members(
         };
         let u = &users[idx];
         // Rotating sequences and one-time keys come as material, not as user keys.
-        let usable = (p.spa && u.spa_key.is_some())
+        let usable = ((p.spa || p.sealed) && u.spa_key.is_some())
             || (p.fwknop && u.fwknop.is_some())
             || p.rotating
             || p.otk.is_some();
@@ -208,7 +209,7 @@ fn members(
             return Err(invalid(
                 format!("policy[{i}].users[{j}]"),
                 format!(
-                    "user {name:?} has no key for this policy's methods (spa_key for spa, fwknop_key for fwknop)"
+                    "user {name:?} has no key for this policy's methods (spa_key for spa and sealed, fwknop_key for fwknop)"
                 ),
             ));
         }
@@ -217,7 +218,7 @@ fn members(
     if origin == Origin::File && uses_spa && members.is_empty() {
         return Err(invalid(
             format!("policy[{i}].users"),
-            "spa and fwknop policies must name the users they admit",
+            "spa, fwknop and sealed policies must name the users they admit",
         ));
     }
     Ok(members)

@@ -19,6 +19,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use knockgate_proto::fwknop::{self, FwknopError, FwknopPacket, PreparedKeys};
+use knockgate_proto::sealed::{self, SealedKeys};
 use knockgate_proto::spa::{self, KeyId, SpaError, SpaKey};
 
 use crate::config::{Config, Otk};
@@ -36,6 +37,7 @@ struct SpaPolicy {
     native: bool,
     fwknop: bool,
     otk: bool,
+    sealed: bool,
 }
 
 impl SpaPolicy {
@@ -44,6 +46,7 @@ impl SpaPolicy {
             Method::Native => self.native,
             Method::Fwknop => self.fwknop,
             Method::Otk => self.otk,
+            Method::Sealed => self.sealed,
         }
     }
 }
@@ -61,6 +64,13 @@ pub struct SpaDetector {
     replay: ReplayCache,
     /// Each user's replay-cache owner number, by user index.
     owners: Vec<Owner>,
+    /// Users sealed policies admit, with their sealed keys.
+    sealed: Vec<(usize, SealedKeys)>,
+    /// Slots in `sealed` and sequence lengths by their hints, for the hint windows of
+    /// acceptable ages.
+    sealed_hints: HashMap<[u8; sealed::HINT_LEN], Vec<(usize, usize)>>,
+    /// The hint window `sealed_hints` was computed for.
+    sealed_window: Option<u64>,
 }
 
 impl SpaDetector {
@@ -87,7 +97,7 @@ impl SpaDetector {
             .policies
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.spa || p.fwknop || p.otk.is_some())
+            .filter(|(_, p)| p.spa || p.fwknop || p.otk.is_some() || p.sealed)
             .map(|(index, p)| SpaPolicy {
                 index,
                 open: p.open.iter().copied().collect(),
@@ -97,7 +107,20 @@ impl SpaDetector {
                 native: p.spa,
                 fwknop: p.fwknop,
                 otk: p.otk.is_some(),
+                sealed: p.sealed,
             })
+            .collect();
+        let sealed = config
+            .users
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                config
+                    .policies
+                    .iter()
+                    .any(|p| p.sealed && p.users.contains(i))
+            })
+            .filter_map(|(i, u)| u.spa_key.as_ref().map(|k| (i, SealedKeys::derive(k))))
             .collect();
         SpaDetector {
             gateway: config.agent.name.clone(),
@@ -109,6 +132,9 @@ impl SpaDetector {
             policies,
             replay: ReplayCache::new(config.spa.replay_cache_max),
             owners: config.users.iter().map(|u| owner_of(&u.name)).collect(),
+            sealed,
+            sealed_hints: HashMap::new(),
+            sealed_window: None,
         }
     }
 
@@ -257,6 +283,98 @@ impl SpaDetector {
             now,
         )
         .map_err(|r| reject(r, Some(user)))
+    }
+
+    /// Judge the bytes of a whole sealed knock sequence from `src` at `now` (unix
+    /// seconds). The clear hint picks the candidate users (none: junk, refused for the
+    /// price of a table lookup); each candidate costs two HMACs. `Ok(None)`: the hint is
+    /// of a longer sequence, whose remaining knocks may still come.
+    pub fn handle_sealed(
+        &mut self,
+        src: IpAddr,
+        bytes: &[u8],
+        now: u64,
+    ) -> Result<Option<SpaGrant>, Rejection> {
+        let reject = |reason, user| Rejection {
+            reason,
+            method: Some(Method::Sealed),
+            user,
+        };
+        self.refresh_hints(now);
+        let hint = [
+            bytes.first().copied().unwrap_or(0),
+            bytes.get(1).copied().unwrap_or(0),
+        ];
+        let Some(slots) = self.sealed_hints.get(&hint) else {
+            return Err(reject(Reason::UnknownKey, None));
+        };
+        // The hint says how long its sequence is: shorter ones wait for their knocks.
+        if !slots.iter().any(|&(_, len)| len == bytes.len()) {
+            return Ok(None);
+        }
+        let found = slots
+            .iter()
+            .filter(|&&(_, len)| len == bytes.len())
+            .find_map(|&(slot, _)| {
+                let (user, keys) = self.sealed.get(slot)?;
+                sealed::open(keys, &self.gateway, src, bytes)
+                    .ok()
+                    .map(|req| (*user, req))
+            });
+        let Some((user, req)) = found else {
+            return Err(reject(Reason::BadTag, None));
+        };
+        let timestamp = u64::from(req.timestamp);
+        self.check_age(timestamp, now)
+            .map_err(|r| reject(r, Some(user)))?;
+        // The tag is unique per request; the last byte keeps sealed entries apart from
+        // native ones (key id ‖ nonce) in the one replay cache.
+        let mut rkey = [0u8; 32];
+        let tag_at = bytes.len().saturating_sub(sealed::TAG_LEN);
+        rkey[..sealed::TAG_LEN].copy_from_slice(&bytes[tag_at..]);
+        rkey[31] = b'S';
+        let addr = req.allow_ip.unwrap_or(src);
+        self.decide(
+            Method::Sealed,
+            user,
+            addr,
+            &[req.access],
+            0,
+            rkey,
+            timestamp,
+            now,
+        )
+        .map(Some)
+        .map_err(|r| reject(r, Some(user)))
+    }
+
+    /// Whether any user can send sealed sequences here.
+    pub fn takes_sealed(&self) -> bool {
+        !self.sealed.is_empty()
+    }
+
+    /// The hints of every sealed user for every hint window a sequence of acceptable age
+    /// (`max_age` either side of `now`) can be stamped in, recomputed when the window
+    /// turns.
+    fn refresh_hints(&mut self, now: u64) {
+        let window = now / sealed::HINT_WINDOW_SECS;
+        if self.sealed_window == Some(window) {
+            return;
+        }
+        self.sealed_window = Some(window);
+        self.sealed_hints.clear();
+        let first = now.saturating_sub(self.max_age) / sealed::HINT_WINDOW_SECS;
+        let last = now.saturating_add(self.max_age) / sealed::HINT_WINDOW_SECS;
+        for (slot, (_, keys)) in self.sealed.iter().enumerate() {
+            for w in first..=last {
+                for len in sealed::LENGTHS {
+                    let slots = self.sealed_hints.entry(keys.hint(w, len)).or_default();
+                    if !slots.contains(&(slot, len)) {
+                        slots.push((slot, len));
+                    }
+                }
+            }
+        }
     }
 
     fn check_age(&self, timestamp: u64, now: u64) -> Result<(), Reason> {

@@ -20,7 +20,6 @@ use super::{Action, Gateway, KnockMsg, Level, Persist, Then, Time, progress_even
 use crate::config::Material;
 use crate::detect::progress::Outcome;
 use crate::detect::rotating::{DoorKey, RotatingDetector, RotatingDoor};
-use crate::filter::capture_filter;
 use crate::packet::KnockStep;
 
 /// One used sequence, as recorded: with the unix second after which it could not be
@@ -272,9 +271,8 @@ impl Gateway {
         if self.rotating.tuned.as_ref() == Some(&live) {
             return;
         }
-        let mut kinds = self.config.capture_kinds();
-        kinds.extend(live.iter().copied());
-        let filter = capture_filter(&kinds);
+        let extra: Vec<_> = live.iter().copied().collect();
+        let filter = self.config.capture_filter(&extra);
         self.actions.push_back(Action::Retune {
             filter,
             spa_port: self.config.spa_port(),

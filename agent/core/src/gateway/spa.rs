@@ -139,6 +139,33 @@ impl Gateway {
         }
     }
 
+    /// The bytes of a whole sealed knock sequence from `src`, judged like a datagram. When
+    /// its body says it is longer, its knocks stay collected for the rest (or until they
+    /// expire); anything else refused is told, and the knocks are forgotten.
+    pub(super) fn handle_sealed(&mut self, src: IpAddr, bytes: &[u8], at: Instant, now: Time) {
+        let Some(spa) = self.spa.as_mut() else {
+            return;
+        };
+        match spa.detector.handle_sealed(src, bytes, now.unix_secs()) {
+            Ok(None) => {}
+            Ok(Some(grant)) => {
+                if let Some(asm) = &mut self.sealed {
+                    asm.forget(&src);
+                }
+                let (key, expires) = grant.replay;
+                let accepted = Accepted { src, grant, at };
+                self.persist_then(Persist::Replay { key, expires }, Then::Spa(accepted));
+            }
+            Err(r) => {
+                if let Some(asm) = &mut self.sealed {
+                    asm.forget(&src);
+                }
+                spa.refused[r.reason as usize] += 1;
+                self.refused(src, r, now);
+            }
+        }
+    }
+
     /// The replay entry of an accepted packet is durable (or not: then it is refused).
     pub(super) fn spa_recorded(&mut self, a: Accepted, result: Result<(), String>, now: Time) {
         let Accepted { src, grant, at } = a;

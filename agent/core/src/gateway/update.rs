@@ -14,6 +14,7 @@ use knockgate_proto::event::Reason;
 
 use super::{Gateway, Time};
 use crate::config::{Config, ConfigError, Material, MaterialDef};
+use crate::detect::sealed::Assembler;
 use crate::detect::sequence::{DoorError, SequenceMatcher};
 use crate::detect::spa::SpaDetector;
 use crate::ruleset::Ruleset;
@@ -94,7 +95,7 @@ impl Gateway {
             self.set_material(material, now);
             return Ok(Apply::Done);
         }
-        if update.config.uses_spa() && self.spa.is_none() {
+        if update.config.uses_spa_detector() && self.spa.is_none() {
             return Err("SPA policies need the replay store, which this agent did not open".into());
         }
         let ruleset = update.ruleset.clone();
@@ -130,6 +131,11 @@ impl Gateway {
         if let Some(state) = &mut self.spa {
             state.replace(spa, uses_spa);
         }
+        self.sealed = match (config.sealed_ports(), self.sealed.take()) {
+            (Some(range), Some(held)) if held.range() == range => Some(held),
+            (Some(range), _) => Some(Assembler::new(*range.start(), config.agent.max_sources)),
+            (None, _) => None,
+        };
         self.config = config;
         // The static knocks may have changed: retune whatever the rotating ones are.
         self.rotating.force_retune();

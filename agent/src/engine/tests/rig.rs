@@ -83,6 +83,7 @@ pub fn users_and_policies() -> (Vec<User>, Vec<PolicyDef>) {
         rotating: false,
         window_secs: None,
         otk: None,
+        sealed: false,
     };
     let mut rot = policy("rot", "tcp/2222", &["alice", "bob"]);
     rot.rotating = true;

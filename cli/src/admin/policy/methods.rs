@@ -35,6 +35,11 @@ pub struct MethodArgs {
     #[arg(long)]
     pub fwknop: bool,
 
+    /// Accept sealed knock sequences: the request encrypted in the knocked ports
+    /// (`knocker open --method sealed`), under the users' SPA keys
+    #[arg(long)]
+    pub sealed: bool,
+
     /// Accept this fixed knock sequence: tcp/PORT, udp/PORT or icmp, in order
     #[arg(long, value_name = "KNOCKS", value_delimiter = ',')]
     pub sequence: Vec<KnockStep>,
@@ -98,14 +103,17 @@ impl MethodArgs {
     /// # Errors
     /// [`AdminError::Input`] when no method is chosen.
     pub fn apply(&self, spec: &mut PolicySpec) -> Result<(), AdminError> {
-        if !(self.spa || self.fwknop || self.rotating || self.otk) && self.sequence.is_empty() {
+        if !(self.spa || self.fwknop || self.sealed || self.rotating || self.otk)
+            && self.sequence.is_empty()
+        {
             return Err(AdminError::Input(
-                "policy needs at least one method: --spa, --fwknop, --sequence, --rotating or --otk"
+                "policy needs at least one method: --spa, --fwknop, --sealed, --sequence, --rotating or --otk"
                     .to_owned(),
             ));
         }
         spec.spa = self.spa;
         spec.fwknop = self.fwknop;
+        spec.sealed = self.sealed;
         spec.sequence = self.sequence.iter().map(ToString::to_string).collect();
         spec.sequence_timeout_secs = if self.sequence.is_empty() {
             0
@@ -153,6 +161,7 @@ pub fn methods(p: &PolicySpec) -> String {
     for (on, name) in [
         (p.spa, "spa"),
         (p.fwknop, "fwknop"),
+        (p.sealed, "sealed"),
         (!p.sequence.is_empty(), "sequence"),
         (p.rotating, "rotating"),
         (p.otk, "otk"),

@@ -40,6 +40,7 @@ fn policy(name: &str, users: &[&str]) -> PolicyDef {
         rotating: false,
         window_secs: None,
         otk: None,
+        sealed: false,
     }
 }
 

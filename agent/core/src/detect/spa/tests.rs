@@ -18,7 +18,11 @@ const BOB_FW: (&str, &str) = (
 const NOW: u64 = 1_800_000_000;
 
 fn config() -> Config {
-    let text = format!(
+    Config::parse(&config_text()).expect("config")
+}
+
+fn config_text() -> String {
+    format!(
         r#"
 [agent]
 name = "gw1"
@@ -46,8 +50,7 @@ spa = true
 fwknop = true
 "#,
         BOB_FW.0, BOB_FW.1, ALICE_FW.0, ALICE_FW.1
-    );
-    Config::parse(&text).expect("config")
+    )
 }
 
 fn src() -> IpAddr {
@@ -326,6 +329,7 @@ fn with_otks() -> (SpaDetector, [SpaKey; 2]) {
         rotating: false,
         window_secs: None,
         otk: Some(OtkOffline::Deny),
+        sealed: false,
     });
     let mut ssh = defs[0].clone();
     ssh.name = "ssh-spa".into();
@@ -403,4 +407,74 @@ fn a_one_time_key_opens_only_otk_policies_and_leaves_the_stock() {
         .handle_datagram(src(), &sealed(&keys[0], "tcp/443", 6), NOW + 500)
         .unwrap_err();
     assert_eq!((r.reason, r.method), (Reason::Stale, Some(Method::Otk)));
+}
+
+/// `config()` with sealed sequences opening the policy instead of fwknop.
+fn sealed_detector() -> SpaDetector {
+    let text = config_text().replace("fwknop = true", "sealed = true");
+    SpaDetector::new(&Config::parse(&text).expect("config"))
+}
+
+fn sealed_bytes(key: &str, gateway: &str, ts: u64, nonce: u16, allow: Option<&str>) -> Vec<u8> {
+    use knockgate_proto::sealed::{self, Request, SealedKeys};
+    let keys = SealedKeys::derive(&SpaKey::parse(key).unwrap());
+    let req = Request {
+        timestamp: u32::try_from(ts).unwrap(),
+        nonce,
+        access: "tcp/22".parse().unwrap(),
+        allow_ip: allow.map(|a| a.parse().unwrap()),
+    };
+    sealed::seal(&keys, gateway, src(), &req).bytes().to_vec()
+}
+
+#[test]
+fn sealed_sequences_are_judged_like_packets() {
+    let mut d = sealed_detector();
+    let bytes = sealed_bytes(ALICE_SPA, "gw1", NOW, 1, None);
+    let grant = d
+        .handle_sealed(src(), &bytes, NOW)
+        .unwrap()
+        .expect("a grant");
+    assert_eq!(grant.method, Method::Sealed);
+    assert_eq!(grant.user, 1, "alice");
+    assert_eq!(grant.addr, src());
+    assert_eq!(grant.access, ["tcp/22".parse().unwrap()]);
+    assert_eq!(grant.timeout, Duration::from_secs(30));
+    let why = |r: Result<Option<SpaGrant>, Rejection>| r.unwrap_err().reason.as_str();
+    assert_eq!(why(d.handle_sealed(src(), &bytes, NOW)), "replay");
+    // Another source: the tag binds the sender's address.
+    let elsewhere: IpAddr = "10.240.0.9".parse().unwrap();
+    let fresh = sealed_bytes(ALICE_SPA, "gw1", NOW, 2, None);
+    assert_eq!(why(d.handle_sealed(elsewhere, &fresh, NOW)), "bad_tag");
+    // Sealed for another gateway, by an unknown key, too old, too new.
+    let gw2 = sealed_bytes(ALICE_SPA, "gw2", NOW, 3, None);
+    assert_eq!(why(d.handle_sealed(src(), &gw2, NOW)), "bad_tag");
+    let stranger = sealed_bytes(
+        "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+        "gw1",
+        NOW,
+        4,
+        None,
+    );
+    assert_eq!(why(d.handle_sealed(src(), &stranger, NOW)), "unknown_key");
+    // Stale: older than max_age (120 s), though its hint window is still looked up.
+    let old = sealed_bytes(ALICE_SPA, "gw1", NOW - 100, 5, None);
+    assert_eq!(why(d.handle_sealed(src(), &old, NOW + 30)), "stale");
+    // bob holds an SPA key but no sealed policy admits him: his hint is unknown here.
+    let bob = sealed_bytes(BOB_SPA, "gw1", NOW, 6, None);
+    assert_eq!(why(d.handle_sealed(src(), &bob, NOW)), "unknown_key");
+}
+
+#[test]
+fn a_longer_sealed_sequence_is_waited_for() {
+    let mut d = sealed_detector();
+    let bytes = sealed_bytes(ALICE_SPA, "gw1", NOW, 1, Some("203.0.113.9"));
+    assert_eq!(bytes.len(), 21);
+    // Its first 17 knocks: the hint says 21, so this is not judged yet.
+    assert_eq!(d.handle_sealed(src(), &bytes[..17], NOW), Ok(None));
+    let grant = d
+        .handle_sealed(src(), &bytes, NOW)
+        .unwrap()
+        .expect("a grant");
+    assert_eq!(grant.addr, "203.0.113.9".parse::<IpAddr>().unwrap());
 }

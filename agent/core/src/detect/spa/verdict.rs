@@ -16,6 +16,8 @@ pub enum Method {
     Fwknop,
     /// A native packet sealed with a one-time key.
     Otk,
+    /// A sealed knock sequence (judged like a packet once its knocks are together).
+    Sealed,
 }
 
 impl Method {
@@ -31,6 +33,7 @@ impl From<Method> for event::Method {
             Method::Native => event::Method::Spa,
             Method::Fwknop => event::Method::Fwknop,
             Method::Otk => event::Method::Otk,
+            Method::Sealed => event::Method::Sealed,
         }
     }
 }
