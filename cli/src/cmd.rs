@@ -5,6 +5,7 @@
 pub mod keygen;
 pub mod knock;
 pub mod open;
+pub mod proxy;
 pub mod spa;
 
 use clap::{Parser, Subcommand};
@@ -64,7 +65,8 @@ pub fn clap_one_line(err: &clap::Error) -> String {
 #[command(name = "knocker", version, arg_required_else_help = true)]
 #[command(after_help = "\
 Exit status: 0 on success, 64 for a bad argument, key file, profile or \
-unresolvable host, 1 when a knock or packet could not be sent.
+unresolvable host, 1 when a knock or packet could not be sent (or, for \
+proxy, no connection was accepted).
 
 Run 'knocker help <COMMAND>' for a command's options and examples.")]
 pub struct Cli {
@@ -88,4 +90,8 @@ pub enum Command {
     /// (native SPA, fwknop's packet format, a one-time key or a rotating
     /// knock sequence)
     Open(open::OpenArgs),
+    /// Open access at a gateway as `open` does, then connect to HOST:PORT and
+    /// relay standard input and output over the connection (ssh's
+    /// ProxyCommand)
+    Proxy(proxy::ProxyArgs),
 }

@@ -48,6 +48,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Spa(args) => args.run(&mut out)?,
         Command::Keygen(args) => args.run(&mut out)?,
         Command::Open(args) => args.run(&mut out)?,
+        Command::Proxy(args) => args.run(io::stdin(), &mut out, &mut io::stderr())?,
     }
     Ok(())
 }
