@@ -347,8 +347,10 @@ fn engine(
     } else {
         None
     };
+    let p0f = crate::fingerprint::load(&start.config).map_err(StartError::Config)?;
     let engine = Engine::new(&start.config, firewall, spa)
         .map_err(|e| StartError::Config(e.to_string()))?
+        .with_p0f(p0f)
         .with_rotating_store(state_dir)
         .map_err(state_error(
             "load the used rotating sequences from state_dir",

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use knockgate_agent_core::p0f;
 use knockgate_agent_core::packet::{self, KnockStep, LinkType};
 use knockgate_agent_core::ruleset::Proto;
 use pcap::{Active, BreakLoop, Capture, Direction, Linktype};
@@ -87,6 +88,9 @@ pub fn open(iface: &str, filter: &str) -> Result<Opened, CaptureError> {
 pub struct Tuning {
     generation: AtomicU64,
     state: Mutex<(String, Option<u16>)>,
+    /// Whether TCP knocks come with their SYN's p0f fields (a policy requires an OS);
+    /// read per packet, so no wake-up is needed.
+    fingerprint: AtomicBool,
     /// One per capture thread. A blocked read does not return on libpcap's read timeout
     /// when no packet passes the filter, so a change must wake it.
     wakers: Mutex<Vec<BreakLoop>>,
@@ -106,6 +110,7 @@ impl Tuning {
         Arc::new(Tuning {
             generation: AtomicU64::new(0),
             state: Mutex::new((filter, spa_port)),
+            fingerprint: AtomicBool::new(false),
             wakers: Mutex::new(Vec::new()),
         })
     }
@@ -126,6 +131,11 @@ impl Tuning {
                 w.breakloop();
             }
         }
+    }
+
+    /// Hand TCP knocks on with their SYN's p0f fields, or not.
+    pub fn set_fingerprint(&self, on: bool) {
+        self.fingerprint.store(on, Ordering::Relaxed);
     }
 
     fn generation(&self) -> u64 {
@@ -208,7 +218,11 @@ pub fn spawn(
             };
             let spa = KnockStep::Port { proto: Proto::Udp, port: spa_port.unwrap_or(0) };
             let payload = (spa_port.is_some() && k.kind == spa).then(|| Box::from(k.payload));
-            let msg = KnockMsg { at: Instant::now(), src: k.src, kind: k.kind, tcp_flags: k.tcp_flags, payload };
+            let tcp = matches!(k.kind, KnockStep::Port { proto: Proto::Tcp, .. });
+            let syn = (tcp && tuning.fingerprint.load(Ordering::Relaxed))
+                .then(|| p0f::syn(link, frame.data).map(Box::new))
+                .flatten();
+            let msg = KnockMsg { at: Instant::now(), src: k.src, kind: k.kind, tcp_flags: k.tcp_flags, payload, syn };
             counters.knocks.fetch_add(1, Ordering::Relaxed);
             match tx.try_send(Input::Knock(msg)) {
                 Ok(()) => {}

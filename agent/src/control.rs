@@ -153,8 +153,10 @@ pub fn prepare(base: &Config, full: &AgentConfig) -> Result<Update, String> {
     let config = base
         .with_policies(Origin::Controller, set.users, set.policies)
         .map_err(|e| e.to_string())?;
+    let p0f = crate::fingerprint::load(&config)?;
     Update::build(config)
         .map_err(|e| e.to_string())?
         .with_material(set.material)
         .map_err(|e| e.to_string())
+        .map(|u| u.with_p0f(p0f))
 }

@@ -143,6 +143,12 @@ impl Engine {
     }
 
     /// Retune the capture threads when a new config changes what they listen for.
+    /// Judge `require_os` by `db` (see [`crate::fingerprint::load`]).
+    pub fn with_p0f(mut self, db: Option<Arc<knockgate_agent_core::p0f::Database>>) -> Self {
+        self.gateway.set_p0f(db);
+        self
+    }
+
     pub fn with_tuning(mut self, tuning: Arc<crate::capture::Tuning>) -> Self {
         self.gateway.enable_tuning();
         self.tuning = Some(tuning);
@@ -360,8 +366,13 @@ impl Engine {
                 let r = self.firewall.list().map_err(|e| e.to_string());
                 gw.handle_listed(r.map(|h| h.into_iter().map(|h| h.key).collect()), now);
             }
-            Action::Retune { filter, spa_port } => {
+            Action::Retune {
+                filter,
+                spa_port,
+                fingerprint,
+            } => {
                 if let Some(t) = &self.tuning {
+                    t.set_fingerprint(fingerprint);
                     t.set(filter, spa_port);
                 }
             }

@@ -11,6 +11,7 @@ pub mod capture;
 pub mod cli;
 pub mod control;
 pub mod engine;
+pub mod fingerprint;
 pub mod firewall;
 pub mod metrics;
 pub mod otk_store;

@@ -167,6 +167,7 @@ pub fn run(path: &Path, format: LogFormat, level: &str) -> Result<(), Failure> {
     // Open every capture before touching the firewall: a bad interface installs nothing.
     let filter = start.config.capture_filter(&[]);
     let tuning = Tuning::new(filter.clone(), start.config.spa_port());
+    tuning.set_fingerprint(start.config.fingerprints());
     let mut captures = Vec::new();
     for iface in &start.config.agent.interfaces {
         captures.push(capture::open(iface, &filter).map_err(|e| Failure::runtime(e.into()))?);

@@ -79,6 +79,7 @@ impl TryFrom<api::PolicySpec> for PolicyDef {
             max_gap_ms,
             tcp_flags,
             sealed,
+            require_os,
         } = spec;
         let open = open
             .iter()
@@ -115,6 +116,7 @@ impl TryFrom<api::PolicySpec> for PolicyDef {
             max_gap_ms,
             tcp_flags,
             sealed,
+            require_os,
         };
         PolicyDef::validate(&name, raw)
     }
@@ -153,6 +155,7 @@ pub fn policy_to_api(p: &PolicyDef) -> api::PolicySpec {
         max_gap_ms: raw.max_gap_ms,
         tcp_flags: raw.tcp_flags,
         sealed: raw.sealed,
+        require_os: raw.require_os,
     }
 }
 
@@ -510,6 +513,7 @@ impl From<&desired::AgentPolicy> for api::Policy {
             max_gap_ms: p.max_gap_ms,
             tcp_flags: p.tcp_flags.map(|f| f.to_string()).unwrap_or_default(),
             sealed: p.sealed,
+            require_os: p.require_os.clone(),
         }
     }
 }

@@ -44,6 +44,8 @@ pub struct AgentPolicy {
     pub fwknop: bool,
     /// Sealed knock sequences open it (under the users' native SPA keys).
     pub sealed: bool,
+    /// OS names the sequence's SYNs must be fingerprinted as.
+    pub require_os: Vec<String>,
     pub sequence: Vec<KnockStep>,
     pub sequence_timeout_secs: u32,
     pub min_gap_ms: u32,
@@ -194,6 +196,7 @@ fn agent_policy(p: &PolicyDef, admitted: &[&User]) -> AgentPolicy {
         spa: p.spa,
         fwknop: p.fwknop,
         sealed: p.sealed,
+        require_os: p.require_os.clone(),
         sequence: p.sequence.clone(),
         sequence_timeout_secs: p.sequence_timeout_secs,
         min_gap_ms: p.min_gap_ms,

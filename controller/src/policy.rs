@@ -61,6 +61,8 @@ pub struct RawPolicy {
     pub fwknop: bool,
     /// Sealed knock sequences (`proto/sealed.md`) open it.
     pub sealed: bool,
+    /// The sequence's TCP SYNs must fingerprint (p0f) as one of these OS names.
+    pub require_os: Vec<String>,
     /// Knock sequence, `tcp/7000`, `udp/8000`, `icmp`.
     pub sequence: Vec<String>,
     /// Whole sequence within this (0 = the agent's default).
@@ -112,6 +114,8 @@ pub struct PolicyDef {
     pub fwknop: bool,
     /// Sealed knock sequences open it (under the users' SPA keys).
     pub sealed: bool,
+    /// OS names (p0f labels) the sequence's TCP SYNs must be fingerprinted as; empty: any.
+    pub require_os: Vec<String>,
     /// Knock sequence (may be empty when SPA or fwknop opens it).
     pub sequence: Vec<KnockStep>,
     /// Whole sequence within this (0 = the agent's default).
@@ -142,6 +146,7 @@ impl PolicyDef {
         let rotating = methods::rotation(&raw, &open)?;
         let otk = methods::otk(&raw)?;
         let (min_gap_ms, max_gap_ms, tcp_flags) = methods::timing(&raw, &sequence, &rotating)?;
+        let require_os = methods::require_os(&raw.require_os, &sequence)?;
         if !raw.spa
             && !raw.fwknop
             && !raw.sealed
@@ -165,6 +170,7 @@ impl PolicyDef {
             spa: raw.spa,
             fwknop: raw.fwknop,
             sealed: raw.sealed,
+            require_os,
             sequence,
             sequence_timeout_secs: raw.sequence_timeout_secs,
             rotating,
@@ -193,6 +199,7 @@ impl PolicyDef {
             spa: self.spa,
             fwknop: self.fwknop,
             sealed: self.sealed,
+            require_os: self.require_os.clone(),
             sequence: self.sequence.iter().map(ToString::to_string).collect(),
             sequence_timeout_secs: self.sequence_timeout_secs,
             min_gap_ms: self.min_gap_ms,
@@ -422,6 +429,22 @@ mod tests {
                 ..raw()
             })
             .starts_with("sequence[0]:")
+        );
+        assert!(
+            err(RawPolicy {
+                require_os: vec!["Linux".into()],
+                sequence: vec!["udp/7000".into()],
+                ..raw()
+            })
+            .starts_with("require_os: needs a TCP knock")
+        );
+        assert!(
+            err(RawPolicy {
+                require_os: vec![String::new()],
+                sequence: vec!["tcp/7000".into()],
+                ..raw()
+            })
+            .starts_with("require_os[0]:")
         );
         assert!(
             err(RawPolicy {

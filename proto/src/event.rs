@@ -131,6 +131,8 @@ vocabulary! {
         GapTooShort = "gap_too_short",
         GapTooLong = "gap_too_long",
         TcpFlags = "tcp_flags",
+        /// The sequence's TCP SYNs were not fingerprinted as an OS its policy requires.
+        OsMismatch = "os_mismatch",
     }
 }
 
@@ -190,6 +192,8 @@ pub enum Event {
         subject: Subject,
         method: Method,
         window: Option<u64>,
+        /// The OS the sequence's SYNs were fingerprinted as, when its policy requires one.
+        os: Option<String>,
     },
     /// A completed sequence that must not open (it could not be recorded as used).
     KnockRejected {
@@ -378,10 +382,15 @@ impl Event {
             }
             Event::KnockRetransmit { stage, .. } => put("stage", (*stage).into()),
             Event::KnockReset { method, .. } => put("method", method.as_str().into()),
-            Event::KnockCompleted { method, window, .. } => {
+            Event::KnockCompleted {
+                method, window, os, ..
+            } => {
                 put("method", method.as_str().into());
                 if let Some(w) = window {
                     put("window", (*w).into());
+                }
+                if let Some(os) = os {
+                    put("os", os.as_str().into());
                 }
             }
             Event::KnockRejected { error, .. }

@@ -76,6 +76,17 @@ pub struct AgentSection {
     /// Cap on source addresses with knock progress held (oldest evicted).
     #[serde(default = "default_max_sources")]
     pub max_sources: usize,
+    /// The p0f v3 signature database `require_os` is judged by (read only when a policy
+    /// requires an OS).
+    #[serde(default = "default_p0f_db")]
+    pub p0f_db: PathBuf,
+}
+
+/// Debian's p0f package puts its signatures here.
+pub const DEFAULT_P0F_DB: &str = "/etc/p0f/p0f.fp";
+
+fn default_p0f_db() -> PathBuf {
+    PathBuf::from(DEFAULT_P0F_DB)
 }
 
 fn default_state_dir() -> PathBuf {
@@ -161,6 +172,9 @@ pub struct Policy {
     pub otk: Option<OtkOffline>,
     /// Sealed knock sequences under the users' SPA keys open it (`proto/sealed.md`).
     pub sealed: bool,
+    /// The sequence's TCP SYNs must come from one of these operating systems (p0f label
+    /// names, compared ignoring ASCII case); empty: any.
+    pub require_os: Vec<String>,
 }
 
 pub use knockgate_proto::policy::OtkOffline;
@@ -190,6 +204,8 @@ pub struct PolicyDef {
     pub otk: Option<OtkOffline>,
     /// Sealed knock sequences open it.
     pub sealed: bool,
+    /// OS names the sequence's SYNs must be fingerprinted as (p0f labels).
+    pub require_os: Vec<String>,
 }
 
 /// Where users and policies come from. The file is held to rules that catch an
@@ -293,8 +309,9 @@ impl Config {
         let policies = raw
             .policy
             .into_iter()
-            .map(raw::RawPolicy::into_def)
-            .collect();
+            .enumerate()
+            .map(|(i, p)| p.into_def(i, text))
+            .collect::<Result<_, _>>()?;
         let base = Config {
             agent,
             firewall,
@@ -429,6 +446,11 @@ impl Config {
         self.policies
             .iter()
             .any(|p| p.spa || p.fwknop || p.otk.is_some())
+    }
+
+    /// Whether any policy requires an OS: then TCP knocks are fingerprinted.
+    pub fn fingerprints(&self) -> bool {
+        self.policies.iter().any(|p| !p.require_os.is_empty())
     }
 
     /// Whether the SPA detector is needed: SPA, or sealed sequences (judged by it).

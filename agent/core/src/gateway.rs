@@ -13,6 +13,7 @@
 //! `rotating` and `guard` (keeping the firewall whole).
 
 mod guard;
+mod os;
 mod otk;
 mod rotating;
 mod spa;
@@ -20,6 +21,7 @@ mod update;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use knockgate_proto::event::{self, Event, Granted, Reason, Subject};
@@ -29,6 +31,7 @@ use crate::detect::sealed::{Assembler, Step};
 use crate::detect::sequence::{Decision, DoorError, Outcome, SequenceMatcher};
 use crate::detect::spa::SpaDetector;
 use crate::grants::{Grant, GrantLabel, Grants, Held, Opened};
+use crate::p0f::{Database, Syn};
 use crate::packet::KnockStep;
 use crate::replay::{ReplayCache, ReplayKey};
 use crate::ruleset::{Access, GrantKey, Ruleset};
@@ -71,6 +74,8 @@ pub struct KnockMsg {
     pub tcp_flags: u8,
     /// The datagram body, kept only for the SPA port.
     pub payload: Option<Box<[u8]>>,
+    /// The fields p0f reads from a TCP SYN, only while a policy requires an OS.
+    pub syn: Option<Box<Syn>>,
 }
 
 /// An event to tell: always logged, at `level`; also reported when `report` is set.
@@ -143,10 +148,12 @@ pub enum Action {
     Install(Ruleset),
     /// List the grants the firewall holds; answer with [`Gateway::handle_listed`].
     List,
-    /// Point the capture at these knocks and this SPA port.
+    /// Point the capture at these knocks and this SPA port; with `fingerprint`, TCP
+    /// SYNs come with their p0f fields.
     Retune {
         filter: String,
         spa_port: Option<u16>,
+        fingerprint: bool,
     },
     /// Tell this.
     Notice(Notice),
@@ -162,6 +169,8 @@ pub struct Gateway {
     spa: Option<spa::SpaState>,
     /// Knocks on the sealed range, per source, while any policy takes sealed sequences.
     sealed: Option<Assembler>,
+    /// SYN fingerprints, per source, while any policy requires an OS.
+    os: Option<os::OsState>,
     grants: Grants,
     decisions: Vec<Decision>,
     rotating: rotating::RotatingState,
@@ -204,6 +213,7 @@ impl Gateway {
             sealed: config
                 .sealed_ports()
                 .map(|r| Assembler::new(*r.start(), config.agent.max_sources)),
+            os: None,
             grants: Grants::with_ref_prefix(run_id),
             decisions: Vec::new(),
             rotating: rotating::RotatingState::new(config.agent.max_sources),
@@ -215,6 +225,17 @@ impl Gateway {
             awaiting: BTreeMap::new(),
             next_ticket: 0,
         })
+    }
+
+    /// Judge `require_os` by `db` (the p0f database the config's `agent.p0f_db` names,
+    /// loaded by the shell), or by nothing: then a policy that requires an OS opens
+    /// nothing (fail closed).
+    pub fn set_p0f(&mut self, db: Option<Arc<Database>>) {
+        self.os = match (db, self.os.take()) {
+            (Some(db), Some(held)) if held.uses(&db) => Some(held),
+            (Some(db), _) => Some(os::OsState::new(db, self.config.agent.max_sources)),
+            (None, _) => None,
+        };
     }
 
     /// Emit [`Action::Retune`] whenever what capture must see changes.
@@ -335,6 +356,9 @@ impl Gateway {
                 }
             }
         }
+        if let (Some(os), Some(syn)) = (&mut self.os, &k.syn) {
+            os.observe(k.src, syn, k.at);
+        }
         let mut decisions = std::mem::take(&mut self.decisions);
         decisions.clear();
         self.matcher
@@ -344,10 +368,24 @@ impl Gateway {
             let subject = subject(k.src, None, &self.config.policies[policy_idx].name);
             let method = event::Method::Sequence;
             if d.outcome == Outcome::Completed {
+                let os = match self.os_verdict(k.src, policy_idx, k.at) {
+                    Ok(os) => os,
+                    Err(error) => {
+                        let reason = Reason::OsMismatch;
+                        let event = Event::KnockRejected {
+                            subject,
+                            reason,
+                            error,
+                        };
+                        self.tell(Level::Info, true, now, event);
+                        continue;
+                    }
+                };
                 let event = Event::KnockCompleted {
                     subject,
                     method,
                     window: None,
+                    os,
                 };
                 self.tell(Level::Info, true, now, event);
                 let policy = &self.config.policies[policy_idx];
@@ -359,6 +397,40 @@ impl Gateway {
             }
         }
         self.decisions = decisions;
+    }
+
+    /// Whether the sequence of policy `policy_idx` that `src` completed at `at` came from
+    /// a required OS: `Ok(None)` when the policy requires none, `Ok(Some(label))` when it
+    /// does and every SYN matched, else what was seen.
+    fn os_verdict(
+        &mut self,
+        src: IpAddr,
+        policy_idx: usize,
+        at: Instant,
+    ) -> Result<Option<String>, String> {
+        let Some(policy) = self.config.policies.get(policy_idx) else {
+            return Ok(None);
+        };
+        if policy.require_os.is_empty() {
+            return Ok(None);
+        }
+        let Some(os) = &mut self.os else {
+            return Err("no p0f database is loaded to fingerprint the knocks".into());
+        };
+        let window = policy
+            .door
+            .as_ref()
+            .map_or(Duration::ZERO, |d| d.sequence_timeout);
+        let since = at.checked_sub(window).unwrap_or(at);
+        let verdict = os.verdict(src, &policy.require_os, since);
+        os.forget(&src);
+        match verdict {
+            Ok(label) => Ok(Some(label)),
+            Err(seen) => Err(format!(
+                "its SYNs look like {seen}; the policy requires {}",
+                policy.require_os.join(" or ")
+            )),
+        }
     }
 
     /// Ask the shell to open `access` for `src` for `timeout` on behalf of `user` (None

@@ -41,6 +41,7 @@ pub const MAX_DIST: u8 = 35;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Match<'a> {
     label: &'a Label,
+    label_id: usize,
     line: usize,
     /// A catch-all (`g:`) label: no specific one matched exactly.
     pub generic: bool,
@@ -75,6 +76,12 @@ impl<'a> Match<'a> {
     /// The 1-based line of the matching `sig` in the database text.
     pub fn line(&self) -> usize {
         self.line
+    }
+
+    /// The label's number in its database ([`Database::label_text`] and
+    /// [`Database::label_name`] give it back): a match that outlives its borrow.
+    pub fn label_id(&self) -> usize {
+        self.label_id
     }
 }
 
@@ -159,6 +166,7 @@ impl Database {
         };
         Match {
             label,
+            label_id: sig.label,
             line: sig.line,
             generic: label.generic,
             fuzzy,

@@ -165,6 +165,7 @@ fn policy(at: &str, p: &api::Policy) -> Result<PolicyDef, InvalidConfig> {
         max_gap_ms,
         tcp_flags,
         sealed,
+        require_os,
     } = p;
     let field = |f: &str| format!("{at}.{f}");
     let ms = |n: u32| (n != 0).then(|| Duration::from_millis(u64::from(n)));
@@ -206,6 +207,7 @@ fn policy(at: &str, p: &api::Policy) -> Result<PolicyDef, InvalidConfig> {
         window_secs: (*window_secs != 0 && *rotating).then_some(*window_secs),
         otk,
         sealed: *sealed,
+        require_os: require_os.clone(),
     })
 }
 

@@ -146,6 +146,7 @@ fn knock(src: &str, kind: KnockStep, payload: Option<Vec<u8>>) -> Input {
         kind,
         tcp_flags: tcp_flags::SYN,
         payload: payload.map(Into::into),
+        syn: None,
     })
 }
 

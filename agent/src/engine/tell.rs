@@ -57,6 +57,7 @@ pub fn log(n: &Notice) {
         stage = num("stage"),
         of = num("of"),
         window = num("window"),
+        os = text("os"),
         counter = num("counter"),
         offline = flag("offline"),
         allow_ip = text("allow_ip"),

@@ -20,6 +20,7 @@ fn knock(e: &mut Engine, at: Instant, kind: KnockStep) {
         kind,
         tcp_flags: tcp_flags::SYN,
         payload: None,
+        syn: None,
     }));
 }
 
@@ -93,6 +94,7 @@ fn spa_from(e: &mut Engine, src: &str, secret: u8, nonce: [u8; 16]) {
         },
         tcp_flags: 0,
         payload: Some(packet.into()),
+        syn: None,
     }));
 }
 

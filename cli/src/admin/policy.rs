@@ -20,7 +20,7 @@ pub use methods::{MethodArgs, OtkOffline, RotatingProtos};
 #[derive(Debug, Clone, Subcommand)]
 pub enum PolicyCmd {
     /// Add a policy
-    Add(PolicyAddArgs),
+    Add(Box<PolicyAddArgs>),
     /// List policies
     List,
     /// Show one policy
@@ -40,13 +40,15 @@ pub enum PolicyCmd {
 /// Arguments of `knockadm policy add`.
 #[derive(Debug, Clone, Args)]
 #[command(after_help = "\
-At least one method is needed: --spa, --fwknop, --sequence, --rotating or --otk.
+At least one method is needed: --spa, --fwknop, --sealed, --sequence, --rotating or --otk.
 
 Examples:
   knockadm policy add ssh --open tcp/22 --groups ops --agents role=edge --spa --fwknop
   knockadm policy add vpn --open udp/51820 --users alice,bob --timeout 1m --max-timeout 1h --spa
   knockadm policy add legacy --open tcp/22 --users carol --sequence tcp/7000,udp/8000,icmp
-  knockadm policy add admin --open tcp/443 --groups ops --rotating --window 1m --otk")]
+  knockadm policy add admin --open tcp/443 --groups ops --rotating --window 1m --otk
+  knockadm policy add linux-only --open tcp/22 --sequence tcp/7000,tcp/8000 --require-os Linux
+  knockadm policy add sealed-ssh --open tcp/22 --groups ops --sealed")]
 pub struct PolicyAddArgs {
     /// The policy's name
     #[arg(value_parser = parse_name)]

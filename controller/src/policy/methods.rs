@@ -213,6 +213,45 @@ pub fn timing(
     Ok((raw.min_gap_ms, raw.max_gap_ms, tcp_flags))
 }
 
+/// The OS names a policy's sequence SYNs must be fingerprinted as: each a p0f label name
+/// (printable, at most 64 characters), and only with a fixed sequence that has a TCP knock
+/// (the OS is read from its SYNs).
+pub(super) fn require_os(
+    names: &[String],
+    sequence: &[KnockStep],
+) -> Result<Vec<String>, InvalidPolicy> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tcp = sequence.iter().any(|s| {
+        matches!(
+            s,
+            KnockStep::Port {
+                proto: knockgate_proto::Proto::Tcp,
+                ..
+            }
+        )
+    });
+    if !tcp {
+        return Err(invalid(
+            "require_os",
+            "needs a TCP knock in the sequence: the OS is read from the knocks' TCP SYNs",
+        ));
+    }
+    for (i, name) in names.iter().enumerate() {
+        if name.is_empty()
+            || name.len() > 64
+            || !name.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+        {
+            return Err(invalid(
+                format!("require_os[{i}]"),
+                "expected an OS name as p0f labels it, such as \"Linux\" or \"Windows\"",
+            ));
+        }
+    }
+    Ok(names.to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::PolicyDef;

@@ -135,6 +135,7 @@ pub(super) struct RawPolicy {
     pub fwknop: bool,
     #[serde(default)]
     pub sealed: bool,
+    pub require_os: Option<toml::Spanned<Vec<String>>>,
 }
 
 impl RawUser {
@@ -171,13 +172,33 @@ impl RawUser {
 }
 
 impl RawPolicy {
-    pub(super) fn into_def(self) -> PolicyDef {
-        PolicyDef {
+    /// The policy as written in `text`, the `[[policy]]` number `i`. A `require_os`
+    /// without a TCP knock to fingerprint is refused here already, naming its line.
+    pub(super) fn into_def(self, i: usize, text: &str) -> Result<PolicyDef, ConfigError> {
+        let sequence: Vec<KnockStep> = self.sequence.into_iter().map(|s| s.0).collect();
+        let require_os = match self.require_os {
+            None => Vec::new(),
+            Some(spanned) => {
+                let line = text[..spanned.span().start.min(text.len())]
+                    .matches('\n')
+                    .count()
+                    + 1;
+                let names = spanned.into_inner();
+                if !names.is_empty() && !super::validate::has_tcp_knock(&sequence) {
+                    return Err(invalid(
+                        format!("policy[{i}].require_os"),
+                        format!("line {line}: {}", super::validate::NEEDS_TCP_KNOCK),
+                    ));
+                }
+                names
+            }
+        };
+        Ok(PolicyDef {
             name: self.name,
             open: self.open.into_iter().map(|s| s.0).collect(),
             timeout: self.timeout.0,
             max_timeout: self.max_timeout.map(|h| h.0),
-            sequence: self.sequence.into_iter().map(|s| s.0).collect(),
+            sequence,
             sequence_timeout: self.sequence_timeout.map(|h| h.0),
             min_gap: self.min_gap.map(|h| h.0),
             max_gap: self.max_gap.map(|h| h.0),
@@ -186,11 +207,12 @@ impl RawPolicy {
             spa: self.spa,
             fwknop: self.fwknop,
             sealed: self.sealed,
+            require_os,
             // Both need material only the controller can push.
             rotating: false,
             window_secs: None,
             otk: None,
-        }
+        })
     }
 }
 

@@ -352,6 +352,7 @@ fn def(name: &str) -> PolicyDef {
         window_secs: None,
         otk: None,
         sealed: false,
+        require_os: vec![],
     }
 }
 
@@ -514,4 +515,23 @@ fn sealed_policies_capture_their_range_and_refuse_overlaps() {
         "",
     ));
     assert!(e.contains("spa_key for spa and sealed"), "{e}");
+}
+
+#[test]
+fn require_os_needs_a_tcp_knock_and_says_where() {
+    let base = "[agent]\nname = \"gw1\"\ninterfaces = [\"eth0\"]\n\n[[policy]]\nname = \"ssh\"\nopen = [\"tcp/22\"]\ntimeout = \"30s\"\n";
+    let ok = format!("{base}sequence = [\"udp/7000\", \"tcp/8000\"]\nrequire_os = [\"Linux\"]\n");
+    let c = Config::parse(&ok).expect("parses");
+    assert_eq!(c.policies[0].require_os, ["Linux"]);
+    assert!(c.fingerprints());
+    assert_eq!(c.agent.p0f_db, std::path::Path::new("/etc/p0f/p0f.fp"));
+    let udp_only = format!("{base}sequence = [\"udp/7000\", \"icmp\"]\nrequire_os = [\"Linux\"]\n");
+    assert_eq!(
+        err(&udp_only),
+        "policy[0].require_os: line 10: needs a TCP knock in the sequence: the OS is read from the knocks' TCP SYNs"
+    );
+    let blank = format!("{base}sequence = [\"tcp/7000\"]\nrequire_os = [\"\"]\n");
+    assert!(err(&blank).starts_with("policy[0].require_os[0]: expected an OS name"));
+    let none = format!("{base}sequence = [\"tcp/7000\"]\n");
+    assert!(!Config::parse(&none).expect("parses").fingerprints());
 }

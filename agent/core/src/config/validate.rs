@@ -11,6 +11,7 @@ use super::{
 };
 use crate::detect::rotating::RotatingPolicy;
 use crate::detect::sequence::Door;
+use crate::packet::KnockStep;
 
 /// Users are named 1-64 characters, uniquely, and no two share a native SPA key (its
 /// key id is how a packet finds its user).
@@ -53,6 +54,7 @@ pub(super) fn policy(
     let max_timeout = basics(&p, &key)?;
     let rotating = rotating(&p, &key)?;
     let door = door(&p, &key)?;
+    require_os(&p, &key)?;
     let members = members(i, &p, users, origin)?;
     Ok(Policy {
         name: p.name,
@@ -66,7 +68,47 @@ pub(super) fn policy(
         rotating,
         otk: p.otk,
         sealed: p.sealed,
+        require_os: p.require_os,
     })
+}
+
+/// Why `require_os` needs a fixed sequence with a TCP knock.
+pub(super) const NEEDS_TCP_KNOCK: &str =
+    "needs a TCP knock in the sequence: the OS is read from the knocks' TCP SYNs";
+
+/// Whether `sequence` has a TCP knock, whose SYN can be fingerprinted.
+pub(super) fn has_tcp_knock(sequence: &[KnockStep]) -> bool {
+    sequence.iter().any(|s| {
+        matches!(
+            s,
+            KnockStep::Port {
+                proto: crate::ruleset::Proto::Tcp,
+                ..
+            }
+        )
+    })
+}
+
+/// `require_os` names OSes, and only where a TCP SYN of a fixed sequence shows one.
+fn require_os(p: &PolicyDef, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    if p.require_os.is_empty() {
+        return Ok(());
+    }
+    if !has_tcp_knock(&p.sequence) {
+        return Err(invalid(key("require_os"), NEEDS_TCP_KNOCK));
+    }
+    for (j, name) in p.require_os.iter().enumerate() {
+        if name.is_empty()
+            || name.len() > 64
+            || !name.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+        {
+            return Err(invalid(
+                key(&format!("require_os[{j}]")),
+                "expected an OS name as p0f labels it, such as \"Linux\" or \"Windows\"",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Name, ports, timeouts and that some method opens it; the effective `max_timeout`.

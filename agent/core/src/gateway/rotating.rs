@@ -242,6 +242,7 @@ impl Gateway {
             subject,
             method: Method::Rotating,
             window: Some(window),
+            os: None,
         };
         self.tell(Level::Info, true, now, event);
         self.open_grants(&policy, Some(&user), src, &open, timeout, at);
@@ -276,6 +277,7 @@ impl Gateway {
         self.actions.push_back(Action::Retune {
             filter,
             spa_port: self.config.spa_port(),
+            fingerprint: self.config.fingerprints(),
         });
         self.rotating.tuned = Some(live);
     }

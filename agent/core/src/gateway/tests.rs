@@ -126,6 +126,7 @@ impl Shell {
                 kind: KnockStep::Port { proto, port },
                 tcp_flags: tcp_flags::SYN,
                 payload: None,
+                syn: None,
             };
             self.gw.handle_packet(&k, self.now(ms));
             self.drain(ms);
@@ -420,6 +421,7 @@ fn datagram(src: &str, now: Time, payload: Box<[u8]>) -> KnockMsg {
         kind: KnockStep::udp(62201),
         tcp_flags: 0,
         payload: Some(payload),
+        syn: None,
     }
 }
 

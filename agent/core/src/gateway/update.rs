@@ -9,6 +9,7 @@
 //! only the material is swapped.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use knockgate_proto::event::Reason;
 
@@ -17,6 +18,7 @@ use crate::config::{Config, ConfigError, Material, MaterialDef};
 use crate::detect::sealed::Assembler;
 use crate::detect::sequence::{DoorError, SequenceMatcher};
 use crate::detect::spa::SpaDetector;
+use crate::p0f::Database;
 use crate::ruleset::Ruleset;
 
 /// Everything the gateway needs to enforce a config, built ahead of the swap.
@@ -27,6 +29,8 @@ pub struct Update {
     spa: SpaDetector,
     ruleset: Ruleset,
     material: Material,
+    /// The p0f database `require_os` is judged by, when a policy requires an OS.
+    p0f: Option<Arc<Database>>,
 }
 
 impl std::fmt::Debug for Update {
@@ -56,7 +60,15 @@ impl Update {
             spa,
             ruleset,
             material: Material::default(),
+            p0f: None,
         })
+    }
+
+    /// Judge `require_os` by `db` (the shell loads it from `agent.p0f_db`).
+    #[must_use]
+    pub fn with_p0f(mut self, db: Option<Arc<Database>>) -> Update {
+        self.p0f = db;
+        self
     }
 
     /// Hold `def` too, checked against this update's config.
@@ -121,6 +133,7 @@ impl Gateway {
             spa,
             ruleset,
             material,
+            p0f,
         } = *update;
         // An explicit config from the controller: what it protects is what is protected.
         self.clear_floor();
@@ -137,6 +150,7 @@ impl Gateway {
             (None, _) => None,
         };
         self.config = config;
+        self.set_p0f(p0f);
         // The static knocks may have changed: retune whatever the rotating ones are.
         self.rotating.force_retune();
         self.set_material(material, now);

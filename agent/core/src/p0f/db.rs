@@ -180,6 +180,19 @@ impl Database {
     pub fn is_empty(&self) -> bool {
         self.sigs.is_empty()
     }
+
+    /// Name and flavor of label `id` (`Match::label_id`), e.g. `"Linux 3.11 and newer"`.
+    pub fn label_text(&self, id: usize) -> &str {
+        self.labels.get(id).map_or("", |l| l.text.as_str())
+    }
+
+    /// The OS or tool name of label `id`, e.g. `"Linux"`.
+    pub fn label_name(&self, id: usize) -> &str {
+        self.labels
+            .get(id)
+            .and_then(|l| l.text.get(..l.name_len))
+            .unwrap_or("")
+    }
 }
 
 fn is_word(s: &str) -> bool {

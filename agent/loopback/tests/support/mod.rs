@@ -119,6 +119,7 @@ pub fn knock(src: &str, kind: KnockStep, payload: Option<Vec<u8>>) -> Input {
         kind,
         tcp_flags: tcp_flags::SYN,
         payload: payload.map(Into::into),
+        syn: None,
     })
 }
 

@@ -84,6 +84,7 @@ pub fn users_and_policies() -> (Vec<User>, Vec<PolicyDef>) {
         window_secs: None,
         otk: None,
         sealed: false,
+        require_os: vec![],
     };
     let mut rot = policy("rot", "tcp/2222", &["alice", "bob"]);
     rot.rotating = true;
@@ -253,6 +254,7 @@ impl Rig {
                     kind,
                     tcp_flags: tcp_flags::SYN,
                     payload: None,
+                    syn: None,
                 }));
         }
     }
@@ -280,6 +282,7 @@ impl Rig {
                 },
                 tcp_flags: 0,
                 payload: Some(packet.into()),
+                syn: None,
             }));
     }
 

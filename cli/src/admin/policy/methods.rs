@@ -62,6 +62,12 @@ pub struct MethodArgs {
     #[arg(long, value_name = "FLAGS")]
     pub tcp_flags: Option<FlagFilter>,
 
+    /// The sequence's TCP SYNs must come from this OS, as p0f fingerprints it
+    /// (Linux, Windows, FreeBSD, …; repeat or separate with commas for any of
+    /// several). Needs a TCP knock in --sequence
+    #[arg(long, value_name = "OS", value_delimiter = ',', requires = "sequence")]
+    pub require_os: Vec<String>,
+
     /// Accept each user's rotating knock sequence (derived from their secret
     /// and the time window)
     #[arg(long)]
@@ -123,6 +129,7 @@ impl MethodArgs {
         spec.min_gap_ms = self.min_gap.unwrap_or(0);
         spec.max_gap_ms = self.max_gap.unwrap_or(0);
         spec.tcp_flags = self.tcp_flags.map(|f| f.to_string()).unwrap_or_default();
+        spec.require_os.clone_from(&self.require_os);
         spec.rotating = self.rotating;
         spec.rotating_length = self.rotating_length.unwrap_or(0);
         spec.rotating_protos = match self.rotating_protos {
@@ -194,6 +201,9 @@ pub fn method_fields(p: &PolicySpec) -> Vec<(&'static str, String)> {
         }
         if !p.tcp_flags.is_empty() {
             text.push_str(&format!(", tcp flags {}", p.tcp_flags));
+        }
+        if !p.require_os.is_empty() {
+            text.push_str(&format!(", SYNs from {}", p.require_os.join(" or ")));
         }
         text
     };

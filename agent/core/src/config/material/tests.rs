@@ -41,6 +41,7 @@ fn policy(name: &str, users: &[&str]) -> PolicyDef {
         window_secs: None,
         otk: None,
         sealed: false,
+        require_os: vec![],
     }
 }
 

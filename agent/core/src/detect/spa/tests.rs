@@ -330,6 +330,7 @@ fn with_otks() -> (SpaDetector, [SpaKey; 2]) {
         window_secs: None,
         otk: Some(OtkOffline::Deny),
         sealed: false,
+        require_os: vec![],
     });
     let mut ssh = defs[0].clone();
     ssh.name = "ssh-spa".into();
