@@ -163,6 +163,27 @@ impl Story {
         self.close_all();
     }
 
+    /// `knocker open gw1 --method sealed --verbose` from the client, with `extra` flags;
+    /// what it printed.
+    fn knocker_sealed(&self, extra: &[&str]) -> String {
+        let profile = self.profile.to_str().expect("path");
+        let mut args = vec![
+            "open",
+            "gw1",
+            "--method",
+            "sealed",
+            "--verbose",
+            "--profile",
+            profile,
+        ];
+        args.extend_from_slice(extra);
+        let out = sh(self
+            .ns(CLIENT)
+            .cmd(knockgate_tests::bin("knocker"))
+            .args(&args));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Revokes every grant (a clean slate for the next step) and waits until closed.
     fn close_all(&self) {
         self.ctl
@@ -175,16 +196,7 @@ impl Story {
     /// `knocker open --method sealed`: the client gets in, no one else. Returns the ports
     /// it knocked, as a sniffer would have seen them.
     fn knocker_opens_for_the_client(&mut self) -> Vec<u16> {
-        let out = sh(self.ns(CLIENT).cmd(knockgate_tests::bin("knocker")).args([
-            "open",
-            "gw1",
-            "--method",
-            "sealed",
-            "--verbose",
-            "--profile",
-            self.profile.to_str().expect("path"),
-        ]));
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let text = self.knocker_sealed(&[]);
         let ports: Vec<u16> = text
             .rsplit_once("knocks: ")
             .map(|(_, list)| {
@@ -230,18 +242,7 @@ impl Story {
     /// sender and everyone else stay closed.
     fn allow_ip_opens_only_that_address(&mut self) {
         let other = self.addr(OTHER).to_string();
-        let out = sh(self.ns(CLIENT).cmd(knockgate_tests::bin("knocker")).args([
-            "open",
-            "gw1",
-            "--method",
-            "sealed",
-            "--allow-ip",
-            &other,
-            "--verbose",
-            "--profile",
-            self.profile.to_str().expect("path"),
-        ]));
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = self.knocker_sealed(&["--allow-ip", &other]);
         assert!(
             text.contains(&format!("{} knocks", sealed::LEN_V4)),
             "{text}"
@@ -281,14 +282,7 @@ impl Story {
             after < before + 16 * 1024,
             "RSS grew from {before} KiB to {after} KiB"
         );
-        sh(self.ns(CLIENT).cmd(knockgate_tests::bin("knocker")).args([
-            "open",
-            "gw1",
-            "--method",
-            "sealed",
-            "--profile",
-            self.profile.to_str().expect("path"),
-        ]));
+        self.knocker_sealed(&[]);
         let ssh = self.ssh();
         assert!(
             opens_within(
