@@ -115,8 +115,35 @@ pub fn check(path: &Path) -> Result<(), Failure> {
     if config.policies.iter().any(|p| p.rotating.is_some()) {
         println!("  rotating knock ports: captured per window, never dropped");
     }
+    for (outer, to) in &rs.forwards {
+        println!("  forwarded: {outer} -> {to} (granted sources only)");
+    }
+    for warning in forwarding_off(&config) {
+        println!("  warning: {warning}");
+    }
     println!("  capture filter: {}", config.capture_filter(&[]));
     Ok(())
+}
+
+/// What the host's forwarding sysctls leave broken for the config's forwards: one line
+/// each. Turning forwarding on is the operator's call (it affects the whole host), so the
+/// agent only reads the sysctls and never writes them.
+fn forwarding_off(config: &Config) -> Vec<String> {
+    let (v4, v6) = config.forward_families();
+    [
+        (v4, "/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward"),
+        (v6, "/proc/sys/net/ipv6/conf/all/forwarding", "net.ipv6.conf.all.forwarding"),
+    ]
+    .into_iter()
+    .filter(|(wanted, ..)| *wanted)
+    .filter_map(|(_, path, key)| match std::fs::read_to_string(path) {
+        Ok(v) if v.trim() == "1" => None,
+        Ok(_) => Some(format!(
+            "a policy forwards, but {key} is off: forwarded connections are dropped until the operator sets {key}=1"
+        )),
+        Err(e) => Some(format!("a policy forwards, but {path} cannot be read ({e})")),
+    })
+    .collect()
 }
 
 pub fn run(path: &Path, format: LogFormat, level: &str) -> Result<(), Failure> {
@@ -163,6 +190,9 @@ pub fn run(path: &Path, format: LogFormat, level: &str) -> Result<(), Failure> {
         let kept: Vec<String> = start.floor.iter().map(|a| a.to_string()).collect();
         warn!(ports = %kept.join(" "),
             "no controller config to enforce: keeping the ports protected last time until one arrives");
+    }
+    for warning in forwarding_off(&start.config) {
+        warn!(%warning, "forwarding is off");
     }
     // Open every capture before touching the firewall: a bad interface installs nothing.
     let filter = start.config.capture_filter(&[]);

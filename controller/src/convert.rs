@@ -80,6 +80,7 @@ impl TryFrom<api::PolicySpec> for PolicyDef {
             tcp_flags,
             sealed,
             require_os,
+            forward,
         } = spec;
         let open = open
             .iter()
@@ -117,6 +118,7 @@ impl TryFrom<api::PolicySpec> for PolicyDef {
             tcp_flags,
             sealed,
             require_os,
+            forward,
         };
         PolicyDef::validate(&name, raw)
     }
@@ -156,6 +158,7 @@ pub fn policy_to_api(p: &PolicyDef) -> api::PolicySpec {
         tcp_flags: raw.tcp_flags,
         sealed: raw.sealed,
         require_os: raw.require_os,
+        forward: raw.forward,
     }
 }
 
@@ -514,6 +517,7 @@ impl From<&desired::AgentPolicy> for api::Policy {
             tcp_flags: p.tcp_flags.map(|f| f.to_string()).unwrap_or_default(),
             sealed: p.sealed,
             require_os: p.require_os.clone(),
+            forward: p.forward.iter().map(ToString::to_string).collect(),
         }
     }
 }

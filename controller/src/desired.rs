@@ -11,7 +11,7 @@ use std::sync::Arc;
 use knockgate_proto::fwknop::HmacType;
 use knockgate_proto::knock::FlagFilter;
 use knockgate_proto::policy::OtkOffline;
-use knockgate_proto::{Access, KnockStep, scope};
+use knockgate_proto::{Access, Forward, KnockStep, scope};
 use zeroize::Zeroizing;
 
 use crate::name::{AgentName, PolicyName};
@@ -54,6 +54,8 @@ pub struct AgentPolicy {
     /// The rotating window length, when rotating sequences open it.
     pub rotating_window_secs: Option<u32>,
     pub otk: Option<OtkOffline>,
+    /// Where grants on some of `open` lead instead of the gateway itself.
+    pub forward: Vec<Forward>,
 }
 
 /// A user's credentials at one agent, derived for that gateway alone.
@@ -204,6 +206,7 @@ fn agent_policy(p: &PolicyDef, admitted: &[&User]) -> AgentPolicy {
         tcp_flags: p.tcp_flags,
         rotating_window_secs: p.rotating.map(|r| r.window_secs),
         otk: p.otk,
+        forward: p.forward.clone(),
     }
 }
 

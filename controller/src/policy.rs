@@ -3,13 +3,14 @@
 //! `selector`, the knock methods' own settings in `methods`. Pure: no store, no gRPC; the
 //! edges convert to and from these.
 
+mod forward;
 mod methods;
 mod selector;
 
 use std::collections::BTreeSet;
 
-use knockgate_proto::Access;
 use knockgate_proto::knock::FlagFilter;
+use knockgate_proto::{Access, Forward};
 use serde::{Deserialize, Serialize};
 
 pub use methods::{
@@ -89,6 +90,9 @@ pub struct RawPolicy {
     pub max_gap_ms: u32,
     /// Sequence (fixed or rotating): TCP knock flags, `syn,!ack`; empty = the default.
     pub tcp_flags: String,
+    /// Forwards, `tcp/2222 -> 10.0.0.5:22`: the outer port is opened and a grant on it
+    /// reaches the inner host (`forward`).
+    pub forward: Vec<String>,
 }
 
 /// A validated policy.
@@ -130,6 +134,8 @@ pub struct PolicyDef {
     pub max_gap_ms: u32,
     /// The TCP flags a sequence knock must carry (None = the agent's default).
     pub tcp_flags: Option<FlagFilter>,
+    /// Where grants on some of `open` lead instead of the gateway itself.
+    pub forward: Vec<Forward>,
 }
 
 impl PolicyDef {
@@ -137,7 +143,10 @@ impl PolicyDef {
     /// `timeout_secs`.
     pub fn validate(name: &str, raw: RawPolicy) -> Result<Self, InvalidPolicy> {
         let name = PolicyName::new(name).map_err(|e| invalid("name", e.to_string()))?;
-        let open = protected_ports(&raw.open)?;
+        // Forwards (`forward`): their outer ports join `open`.
+        let forward = forward::parse(&raw.forward)?;
+        let open = protected_ports(&raw.open, !forward.is_empty())?;
+        let open = forward::with_outer_ports(open, &forward);
         let users = user_names(&raw.users)?;
         let groups = group_names(&raw.groups)?;
         let agents = raw.agents.parse().map_err(|e| invalid("agents", e))?;
@@ -178,6 +187,7 @@ impl PolicyDef {
             min_gap_ms,
             max_gap_ms,
             tcp_flags,
+            forward,
         })
     }
 
@@ -205,6 +215,7 @@ impl PolicyDef {
             min_gap_ms: self.min_gap_ms,
             max_gap_ms: self.max_gap_ms,
             tcp_flags: self.tcp_flags.map(|f| f.to_string()).unwrap_or_default(),
+            forward: self.forward.iter().map(ToString::to_string).collect(),
             ..RawPolicy::default()
         };
         methods::fill_raw(&mut raw, self.rotating.as_ref(), self.otk);
@@ -225,12 +236,13 @@ impl PolicyDef {
     }
 }
 
-/// The `open` field: at least one port, each `tcp/PORT` or `udp/PORT`.
-fn protected_ports(open: &[String]) -> Result<BTreeSet<Access>, InvalidPolicy> {
-    if open.is_empty() {
+/// The `open` field: at least one port (none needed when the policy forwards), each
+/// `tcp/PORT` or `udp/PORT`.
+fn protected_ports(open: &[String], forwarding: bool) -> Result<BTreeSet<Access>, InvalidPolicy> {
+    if open.is_empty() && !forwarding {
         return Err(invalid(
             "open",
-            "at least one tcp/PORT or udp/PORT is required",
+            "at least one tcp/PORT or udp/PORT is required (or a forward)",
         ));
     }
     let mut out = BTreeSet::new();

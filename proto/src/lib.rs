@@ -9,6 +9,8 @@
 //! - [`fwknop`]: the stock fwknop 2.6 client's Rijndael + HMAC packet,
 //!   byte-exact with Debian's fwknop 2.6.10.
 //! - [`access`]: the `proto/port` pairs both formats request.
+//! - [`forward`]: `tcp/2222 -> 10.0.0.5:22`, a grant that reaches a host behind the
+//!   gateway.
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -18,6 +20,7 @@ pub mod api;
 pub mod codec;
 pub mod event;
 pub mod exit;
+pub mod forward;
 pub mod fwknop;
 pub mod knock;
 pub mod policy;
@@ -27,6 +30,7 @@ pub mod sealed;
 pub mod spa;
 
 pub use access::{Access, ParseAccessError, Proto};
+pub use forward::{Forward, ParseForwardError};
 pub use knock::{KnockStep, ParseKnockError};
 
 use std::time::{SystemTime, UNIX_EPOCH};

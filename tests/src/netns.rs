@@ -107,6 +107,35 @@ pub fn enter(path: &str) {
     assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
 }
 
+/// A host on its own segment behind `router`: a new namespace joined to `router` by a veth
+/// pair (`router_if` in `router`, `kgt0` inside), `router_addr` and `addr` (both
+/// `A.B.C.D/LEN`) on either end, and the host's default route via `router_addr`, so its
+/// replies go back through the router. The pair goes away with the namespace, on drop.
+pub fn behind(router: &Netns, role: &str, router_if: &str, router_addr: &str, addr: &str) -> Netns {
+    let host = Netns::new(role);
+    sh(Command::new("ip").args([
+        "link",
+        "add",
+        router_if,
+        "netns",
+        &router.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "kgt0",
+        "netns",
+        &host.name,
+    ]));
+    for (ns, dev, a) in [(router, router_if, router_addr), (&host, "kgt0", addr)] {
+        sh(ns.cmd("ip").args(["addr", "add", a, "dev", dev]));
+        sh(ns.cmd("ip").args(["link", "set", dev, "up"]));
+    }
+    let via = router_addr.split('/').next().unwrap_or(router_addr);
+    sh(host.cmd("ip").args(["route", "add", "default", "via", via]));
+    host
+}
+
 /// A gateway and a client joined by one veth pair, IPv4 and IPv6.
 ///
 /// gateway: 10.240.0.1/24, fd00:4b47::1/64 on `kgt0`;

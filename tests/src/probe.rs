@@ -160,3 +160,93 @@ pub fn report_median(mode: &str, lat: &[Duration], failed: usize) -> f64 {
     );
     pct(0.5)
 }
+
+/// A TCP service on `[::]:port` inside a namespace that greets like [`Listener`], then
+/// echoes what it reads and keeps the connection open (so a test can tell whether an
+/// established connection still carries traffic). It records every peer's address, IPv4
+/// peers as IPv4. Stopped on drop.
+pub struct Echo {
+    stop: Arc<AtomicBool>,
+    peers: Arc<std::sync::Mutex<Vec<SocketAddr>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Echo {
+    pub fn start(ns: &Netns, port: u16) -> Echo {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peers = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (flag, seen) = (stop.clone(), peers.clone());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = ns.spawn(move || {
+            let listener = TcpListener::bind(("::", port)).expect("bind echo");
+            listener.set_nonblocking(true).expect("nonblocking");
+            let _ = ready_tx.send(());
+            // Threads spawned here inherit the namespace; each stops with the flag.
+            let mut conns = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((s, peer)) => {
+                        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+                        if let Ok(mut list) = seen.lock() {
+                            list.push(peer);
+                        }
+                        let flag = flag.clone();
+                        conns.push(std::thread::spawn(move || echo(s, &flag)));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+            for c in conns {
+                let _ = c.join();
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("echo ready");
+        Echo {
+            stop,
+            peers,
+            thread: Some(thread),
+        }
+    }
+
+    /// The peers accepted so far, in order.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.peers.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+}
+
+/// Greet, then echo until the peer closes or `stop` is set.
+fn echo(mut s: std::net::TcpStream, stop: &AtomicBool) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+    if s.write_all(b"hello\n").is_err() {
+        return;
+    }
+    let mut buf = [0u8; 512];
+    while !stop.load(Ordering::Relaxed) {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

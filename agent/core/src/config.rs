@@ -4,6 +4,7 @@
 //! Every error names its key. The controller's derived material (rotating sequences,
 //! one-time keys) is checked against a validated config in `material`.
 
+mod forward;
 mod material;
 mod raw;
 mod validate;
@@ -23,7 +24,7 @@ use serde::Deserialize;
 use crate::detect::rotating::RotatingPolicy;
 use crate::detect::sequence::{Door, FlagFilter};
 use crate::packet::KnockStep;
-use crate::ruleset::{Access, Proto, Ruleset};
+use crate::ruleset::{Access, Forward, Proto, Ruleset};
 use raw::{RawConfig, locate};
 
 pub use material::{Material, MaterialDef, Otk, OtkDef, Sequence, SequenceDef};
@@ -175,6 +176,9 @@ pub struct Policy {
     /// The sequence's TCP SYNs must come from one of these operating systems (p0f label
     /// names, compared ignoring ASCII case); empty: any.
     pub require_os: Vec<String>,
+    /// Grants on these outer ports (each also in `open`) reach a host behind the gateway
+    /// (`config/forward.rs`).
+    pub forward: Vec<Forward>,
 }
 
 pub use knockgate_proto::policy::OtkOffline;
@@ -206,6 +210,8 @@ pub struct PolicyDef {
     pub sealed: bool,
     /// OS names the sequence's SYNs must be fingerprinted as (p0f labels).
     pub require_os: Vec<String>,
+    /// `tcp/2222 -> 10.0.0.5:22`: the outer port is opened (as if in `open`) and forwarded.
+    pub forward: Vec<Forward>,
 }
 
 /// Where users and policies come from. The file is held to rules that catch an
@@ -355,6 +361,7 @@ impl Config {
             policies: checked,
         };
         config.check_ports()?;
+        config.check_forwards()?;
         Ok(config)
     }
 
@@ -484,6 +491,8 @@ impl Config {
         let mut rs = Ruleset::default();
         for p in &self.policies {
             rs.protected.extend(p.open.iter().copied());
+            rs.forwards
+                .extend(p.forward.iter().map(|f| (f.outer, f.to)));
         }
         for kind in self.capture_kinds() {
             if let KnockStep::Port { proto, port } = kind {

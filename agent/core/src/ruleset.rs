@@ -1,11 +1,12 @@
 //! The firewall state the agent wants, as a value: which ports are protected, which are
-//! knock ports, and what a grant is. The firewall backends turn this into rules.
+//! knock ports, which are forwarded to hosts behind the gateway, and what a grant is. The
+//! firewall backends turn this into rules.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
-pub use knockgate_proto::{Access, Proto};
+pub use knockgate_proto::{Access, Forward, Proto};
 
 /// One grant as the firewall holds it: this source may open new connections to this port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -21,14 +22,20 @@ impl fmt::Display for GrantKey {
     }
 }
 
-/// The static part of the firewall: what is protected and what is a knock port.
+/// The static part of the firewall: what is protected, what is a knock port, and what is
+/// forwarded.
 ///
 /// Protected ports drop new connections from sources without a grant; knock ports drop
-/// everything, so a scan sees them filtered while capture still sees the knocks.
+/// everything, so a scan sees them filtered while capture still sees the knocks. A
+/// forwarded port (also protected) takes a granted source's new connections to the inner
+/// host and port it maps to; the gateway itself never serves it, and new connections to
+/// that inner service that were not forwarded for a grant are not routed through.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ruleset {
     pub protected: BTreeSet<Access>,
     pub knock_ports: BTreeSet<Access>,
+    /// Outer port on the gateway -> inner host and port (same protocol).
+    pub forwards: BTreeMap<Access, SocketAddr>,
 }
 
 impl Ruleset {
@@ -41,5 +48,13 @@ impl Ruleset {
             .copied()
             .collect();
         self.protected.extend(extra);
+    }
+
+    /// The inner services forwarded to, as `(addr, proto, port)`, each once.
+    pub fn forward_targets(&self) -> BTreeSet<(IpAddr, Proto, u16)> {
+        self.forwards
+            .iter()
+            .map(|(outer, to)| (to.ip(), outer.proto, to.port()))
+            .collect()
     }
 }

@@ -166,6 +166,7 @@ fn policy(at: &str, p: &api::Policy) -> Result<PolicyDef, InvalidConfig> {
         tcp_flags,
         sealed,
         require_os,
+        forward,
     } = p;
     let field = |f: &str| format!("{at}.{f}");
     let ms = |n: u32| (n != 0).then(|| Duration::from_millis(u64::from(n)));
@@ -208,7 +209,19 @@ fn policy(at: &str, p: &api::Policy) -> Result<PolicyDef, InvalidConfig> {
         otk,
         sealed: *sealed,
         require_os: require_os.clone(),
+        forward: forwards(&field("forward"), forward)?,
     })
+}
+
+/// `tcp/2222 -> 10.0.0.5:22`, each parsed by the one parser ([`knockgate_proto::Forward`]).
+fn forwards(at: &str, text: &[String]) -> Result<Vec<knockgate_proto::Forward>, InvalidConfig> {
+    text.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.parse()
+                .map_err(|e| invalid(format!("{at}[{i}]"), format!("bad forward {s:?}: {e}")))
+        })
+        .collect()
 }
 
 /// A TCP flag filter; empty is the default.

@@ -121,7 +121,16 @@ fn load(path: &Path) -> BTreeMap<GrantKey, (u64, Option<GrantLabel>)> {
 }
 
 impl Firewall for CommandFirewall {
-    fn ensure_base(&mut self, _ruleset: &Ruleset) -> Result<(), FirewallError> {
+    fn ensure_base(&mut self, ruleset: &Ruleset) -> Result<(), FirewallError> {
+        // The config refuses forwards with this backend; never pretend to enforce one.
+        if let Some((outer, to)) = ruleset.forwards.iter().next() {
+            return Err(FirewallError::Command {
+                command: self.open_command.clone(),
+                reason: format!(
+                    "cannot forward {outer} to {to}: only the nftables backend forwards"
+                ),
+            });
+        }
         Ok(())
     }
 

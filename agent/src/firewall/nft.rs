@@ -3,6 +3,7 @@
 //! one atomic nf_tables transaction; the kernel expires grants by itself, so they close on
 //! time even if the agent dies.
 
+mod forward;
 mod grants;
 mod layout;
 mod rules;
@@ -59,12 +60,12 @@ impl NftFirewall {
         }
     }
 
-    /// How many rules the input chain holds (0 without the table or the chain).
-    fn count_rules(&mut self) -> Result<usize, NlError> {
+    /// How many rules `chain` holds (0 without the table or the chain).
+    fn count_rules(&mut self, chain: &'static str) -> Result<usize, NlError> {
         let mut n = 0;
         let result = self
             .sock
-            .dump("dump rules", layout::dump_rules(), |kind, _| {
+            .dump("dump rules", layout::dump_rules(chain), |kind, _| {
                 n += usize::from(kind == NFT_MSG_NEWRULE);
                 Ok(())
             });
@@ -92,18 +93,18 @@ impl NftFirewall {
         }
     }
 
-    /// Whether the kernel holds knockgate's table as `ruleset` wants it: every rule of the
-    /// chain, both port sets with their elements, both grant sets.
+    /// Whether the kernel holds knockgate's table as `ruleset` wants it: every rule of its
+    /// chains, the static sets and maps with their elements, both grant sets.
     fn check(&mut self, ruleset: &Ruleset) -> Result<bool, NlError> {
-        if self.count_rules()? != layout::rule_count() {
-            return Ok(false);
+        for (chain, want) in layout::rule_counts(ruleset) {
+            if self.count_rules(chain)? != want {
+                return Ok(false);
+            }
         }
-        let sets = [
-            (layout::PROTECTED, Some(ruleset.protected.len())),
-            (layout::KNOCKS, Some(ruleset.knock_ports.len())),
-            (layout::GRANTS4, None),
-            (layout::GRANTS6, None),
-        ];
+        let sets = layout::static_sets(ruleset)
+            .map(|(set, n)| (set, Some(n)))
+            .into_iter()
+            .chain([(layout::GRANTS4, None), (layout::GRANTS6, None)]);
         for (set, want) in sets {
             match (self.count_elements(set)?, want) {
                 (None, _) => return Ok(false),
@@ -112,6 +113,19 @@ impl NftFirewall {
             }
         }
         Ok(true)
+    }
+
+    /// The forward chains that exist now (none without the table).
+    fn forward_chains(&mut self) -> Result<Vec<&'static str>, NlError> {
+        let mut present = Vec::new();
+        for chain in layout::FORWARD_CHAINS {
+            match self.sock.get("get chain", layout::get_chain(chain)) {
+                Ok(()) => present.push(chain),
+                Err(e) if e.errno() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(present)
     }
 
     /// Whether the kernel holds `key` now (an expired grant is not held).
@@ -152,11 +166,20 @@ impl NftFirewall {
 
 impl Firewall for NftFirewall {
     fn ensure_base(&mut self, ruleset: &Ruleset) -> Result<(), FirewallError> {
-        let err = match self.sock.transact(layout::adopt(ruleset)) {
+        // Forward chains left from a config that forwarded are removed; only a config
+        // that forwards needs (and creates) them.
+        let stale = if ruleset.forwards.is_empty() {
+            self.forward_chains()
+                .map_err(|e| to_firewall_error("ensure_base", e))?
+        } else {
+            Vec::new()
+        };
+        let err = match self.sock.transact(layout::adopt(ruleset, &stale)) {
             Ok(()) => {
                 tracing::debug!(
                     protected = ruleset.protected.len(),
                     knock_ports = ruleset.knock_ports.len(),
+                    forwards = ruleset.forwards.len(),
                     "nftables table inet knockgate in place"
                 );
                 return Ok(());

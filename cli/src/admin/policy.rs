@@ -3,8 +3,8 @@
 //! for how long.
 
 use clap::{Args, Subcommand};
-use knockgate_proto::Access;
 use knockgate_proto::api::{self, PolicySpec};
+use knockgate_proto::{Access, Forward};
 use serde::Serialize;
 
 use super::args::{access_text, access_to_api, parse_name, parse_secs, parse_selector};
@@ -48,15 +48,16 @@ Examples:
   knockadm policy add legacy --open tcp/22 --users carol --sequence tcp/7000,udp/8000,icmp
   knockadm policy add admin --open tcp/443 --groups ops --rotating --window 1m --otk
   knockadm policy add linux-only --open tcp/22 --sequence tcp/7000,tcp/8000 --require-os Linux
-  knockadm policy add sealed-ssh --open tcp/22 --groups ops --sealed")]
+  knockadm policy add sealed-ssh --open tcp/22 --groups ops --sealed
+  knockadm policy add inner-ssh --forward \"tcp/2222 -> 10.0.0.5:22\" --groups ops --spa")]
 pub struct PolicyAddArgs {
     /// The policy's name
     #[arg(value_parser = parse_name)]
     pub name: String,
 
     /// What to open: tcp/PORT or udp/PORT, comma-separated or repeated
-    #[arg(long, value_name = "PROTO/PORT", required = true, value_delimiter = ',',
-          value_parser = parse_access)]
+    #[arg(long, value_name = "PROTO/PORT", required_unless_present = "forward",
+          value_delimiter = ',', value_parser = parse_access)]
     pub open: Vec<Access>,
 
     /// Users the policy admits (comma-separated or repeated)
@@ -85,6 +86,18 @@ pub struct PolicyAddArgs {
     /// How the policy can be opened
     #[command(flatten)]
     pub methods: MethodArgs,
+
+    /// Open PROTO/PORT on the gateway and take a granted source's connections to it on
+    /// to a host behind it (DNAT), e.g. "tcp/2222 -> 10.0.0.5:22" (IPv6:
+    /// "tcp/2222 -> [fd00::5]:22"); repeat for several. The gateway must forward
+    /// (net.ipv4.ip_forward=1)
+    #[arg(long, value_name = "PROTO/PORT -> ADDR:PORT", value_parser = parse_forward)]
+    pub forward: Vec<Forward>,
+}
+
+/// A `--forward`, read by the one parser.
+fn parse_forward(s: &str) -> Result<Forward, String> {
+    s.parse().map_err(|e| format!("{e}"))
 }
 
 impl PolicyAddArgs {
@@ -114,6 +127,7 @@ impl PolicyAddArgs {
             agents: self.agents.clone(),
             timeout_secs: self.timeout,
             max_timeout_secs: self.max_timeout.unwrap_or(0),
+            forward: self.forward.iter().map(ToString::to_string).collect(),
             ..PolicySpec::default()
         };
         self.methods.apply(&mut spec)?;
@@ -216,6 +230,7 @@ struct PolicyJson {
     window_secs: u32,
     otk: bool,
     otk_offline: String,
+    forward: Vec<String>,
 }
 
 impl From<&PolicySpec> for PolicyJson {
@@ -240,6 +255,7 @@ impl From<&PolicySpec> for PolicyJson {
             window_secs: p.window_secs,
             otk: p.otk,
             otk_offline: p.otk_offline.clone(),
+            forward: p.forward.clone(),
         }
     }
 }
@@ -297,6 +313,9 @@ fn print_policy(ctx: &mut Ctx<'_>, p: &PolicySpec) -> Result<(), AdminError> {
                 ("methods", methods::methods(p)),
             ];
             fields.extend(methods::method_fields(p));
+            if !p.forward.is_empty() {
+                fields.push(("forward", p.forward.join(", ")));
+            }
             fields.push(("timeout", secs_cell(p.timeout_secs)));
             fields.push(("max timeout", secs_cell(max_timeout(p))));
             write_fields(ctx.out, &fields)?;

@@ -118,6 +118,8 @@ pub(super) struct RawUser {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPolicy {
     pub name: String,
+    // May be empty when the policy forwards (its outer ports are opened).
+    #[serde(default)]
     pub open: Vec<Spec<Access>>,
     pub timeout: Human,
     pub max_timeout: Option<Human>,
@@ -136,6 +138,9 @@ pub(super) struct RawPolicy {
     #[serde(default)]
     pub sealed: bool,
     pub require_os: Option<toml::Spanned<Vec<String>>>,
+    /// `forward = "tcp/2222 -> 10.0.0.5:22"`, or a list (`config/forward.rs`).
+    #[serde(default)]
+    pub forward: super::forward::Forwards,
 }
 
 impl RawUser {
@@ -208,6 +213,7 @@ impl RawPolicy {
             fwknop: self.fwknop,
             sealed: self.sealed,
             require_os,
+            forward: self.forward.0,
             // Both need material only the controller can push.
             rotating: false,
             window_secs: None,

@@ -353,6 +353,7 @@ fn def(name: &str) -> PolicyDef {
         otk: None,
         sealed: false,
         require_os: vec![],
+        forward: vec![],
     }
 }
 

@@ -56,9 +56,11 @@ pub(super) fn policy(
     let door = door(&p, &key)?;
     require_os(&p, &key)?;
     let members = members(i, &p, users, origin)?;
+    // Forwards (config/forward.rs): their outer ports join `open`.
+    let (open, forward) = super::forward::policy(&p, &key)?;
     Ok(Policy {
         name: p.name,
-        open: p.open,
+        open,
         timeout: p.timeout,
         max_timeout,
         door,
@@ -69,6 +71,7 @@ pub(super) fn policy(
         otk: p.otk,
         sealed: p.sealed,
         require_os: p.require_os,
+        forward,
     })
 }
 
@@ -116,8 +119,11 @@ fn basics(p: &PolicyDef, key: &dyn Fn(&str) -> String) -> Result<Duration, Confi
     if p.name.is_empty() {
         return Err(invalid(key("name"), "must not be empty"));
     }
-    if p.open.is_empty() {
-        return Err(invalid(key("open"), "name at least one protected port"));
+    if p.open.is_empty() && p.forward.is_empty() {
+        return Err(invalid(
+            key("open"),
+            "name at least one protected port (or a forward)",
+        ));
     }
     if let Some(a) = p.open.iter().find(|a| a.port == 0) {
         return Err(invalid(key("open"), format!("{a}: port must be 1-65535")));

@@ -346,3 +346,26 @@ fn rotating_and_one_time_key_policies_and_their_material_convert() {
     let e = convert(&bad).expect_err("port 0");
     assert_eq!(e, "rotating[0].knocks[1].port: 0 is not 1-65535");
 }
+
+#[test]
+fn forwards_are_parsed_and_a_bad_one_is_named() {
+    let inner = api::Policy {
+        name: "inner".into(),
+        open: vec![tcp(2222)],
+        forward: vec!["tcp/2222 -> 10.240.2.2:22".into()],
+        ..ssh()
+    };
+    let set = convert(&full(3, vec![inner.clone()], vec![])).expect("valid");
+    assert_eq!(
+        set.policies[0].forward,
+        ["tcp/2222 -> 10.240.2.2:22"
+            .parse::<knockgate_proto::Forward>()
+            .expect("forward")]
+    );
+    let bad = api::Policy {
+        forward: vec!["tcp/2222 -> 10.240.2.2".into()],
+        ..inner
+    };
+    let e = convert(&full(4, vec![bad], vec![])).expect_err("refused");
+    assert!(e.contains("forward[0]") && e.contains("bad forward"), "{e}");
+}

@@ -85,6 +85,7 @@ pub fn users_and_policies() -> (Vec<User>, Vec<PolicyDef>) {
         otk: None,
         sealed: false,
         require_os: vec![],
+        forward: vec![],
     };
     let mut rot = policy("rot", "tcp/2222", &["alice", "bob"]);
     rot.rotating = true;

@@ -1,5 +1,6 @@
-//! The four rules of the input chain, expression for expression what
-//! `nft --debug=netlink` generates for them, so `nft list` prints them back verbatim.
+//! The rules of the input chain, and of the prerouting (nat) and forward chains while a
+//! policy forwards, expression for expression what `nft --debug=netlink` generates for
+//! them, so `nft list` prints them back verbatim (and `nft -f` reads that back).
 
 use netlink_packet_core::DefaultNla;
 use netlink_packet_netfilter::nftables::{
@@ -7,7 +8,9 @@ use netlink_packet_netfilter::nftables::{
     Lookup, Meta, MetaKey, Operator, Payload, Register, Verdict, VerdictAttribute,
 };
 
-use super::layout::{GRANTS4, GRANTS6, KNOCKS, PROTECTED};
+use super::layout::{
+    FORWARDS4, FORWARDS6, GRANTS4, GRANTS6, KNOCKS, PROTECTED, TARGETS4, TARGETS6,
+};
 
 /// A rule's expression list.
 pub(super) type Exprs = Vec<ListAttribute<ExpressionAttribute>>;
@@ -21,14 +24,40 @@ const NFT_LOOKUP_F_INV: u32 = 1;
 const NFTA_CT_DREG: u16 = 1;
 const NFTA_CT_KEY: u16 = 2;
 const NFT_CT_STATE: u32 = 0;
+const NFT_CT_STATUS: u32 = 2;
 const CT_STATE_ESTABLISHED: u32 = 0x2;
 const CT_STATE_RELATED: u32 = 0x4;
+/// `IPS_DST_NAT`: the connection's destination was rewritten.
+const IPS_DST_NAT: u32 = 0x20;
 const NFPROTO_IPV4: u8 = 2;
 const NFPROTO_IPV6: u8 = 10;
+const NFTA_NAT_TYPE: u16 = 1;
+const NFTA_NAT_FAMILY: u16 = 2;
+const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
+const NFTA_NAT_REG_PROTO_MIN: u16 = 5;
+const NFT_NAT_DNAT: u32 = 1;
 
-/// The chain's rules in order.
-pub(super) fn all() -> [Exprs; 4] {
-    [knocks(), established(), protect(false), protect(true)]
+/// The input chain's rules in order.
+pub(super) fn all() -> [Exprs; 6] {
+    [
+        knocks(),
+        established(),
+        served_nowhere(FORWARDS4),
+        served_nowhere(FORWARDS6),
+        protect(false),
+        protect(true),
+    ]
+}
+
+/// The prerouting (nat) chain's rules: a granted source's DNAT, per family.
+pub(super) fn prerouting() -> [Exprs; 2] {
+    [dnat(false), dnat(true)]
+}
+
+/// The forward chain's rules: replies and established flows pass; a new flow to a
+/// forwarded-to service passes only if a grant's DNAT sent it there.
+pub(super) fn forward() -> [Exprs; 3] {
+    [established(), unforwarded(false), unforwarded(true)]
 }
 
 /// `meta l4proto . th dport @knocks drop`: knock ports look filtered to a scan.
@@ -41,11 +70,20 @@ fn knocks() -> Exprs {
 
 /// `ct state established,related accept`: an open session outlives its grant.
 fn established() -> Exprs {
+    let mut e = ct_bits(NFT_CT_STATE, CT_STATE_ESTABLISHED | CT_STATE_RELATED);
+    e.push(cmp(Operator::NotEqual, vec![0; 4]));
+    e.push(verdict(NF_ACCEPT));
+    e
+}
+
+/// `ct <key>` masked with `mask` into reg 1 (ct state and status are host-endian bit
+/// masks).
+fn ct_bits(key: u32, mask: u32) -> Exprs {
     vec![
         Expressions::Other {
             expression_type: "ct".into(),
             attributes: vec![
-                DefaultNla::new(NFTA_CT_KEY, NFT_CT_STATE.to_be_bytes().to_vec()),
+                DefaultNla::new(NFTA_CT_KEY, key.to_be_bytes().to_vec()),
                 DefaultNla::new(
                     NFTA_CT_DREG,
                     u32::from(Register::Reg1).to_be_bytes().to_vec(),
@@ -57,18 +95,116 @@ fn established() -> Exprs {
             Bitwise::SourceRegister(Register::Reg1),
             Bitwise::DestinationRegister(Register::Reg1),
             Bitwise::Length(4),
-            // ct state is a host-endian bit mask.
-            Bitwise::Mask(DataAttribute::Value(
-                (CT_STATE_ESTABLISHED | CT_STATE_RELATED)
-                    .to_ne_bytes()
-                    .to_vec(),
-            )),
+            Bitwise::Mask(DataAttribute::Value(mask.to_ne_bytes().to_vec())),
             Bitwise::Xor(DataAttribute::Value(vec![0; 4])),
         ])
         .into(),
-        cmp(Operator::NotEqual, vec![0; 4]),
-        verdict(NF_ACCEPT),
     ]
+}
+
+/// `meta l4proto . th dport @forwards4 drop` (or `@forwards6`): a forwarded port is never
+/// served by the gateway itself. A granted source's packets were DNATed before this hook
+/// and never come here; what comes is everyone else's, and a grant whose source's family
+/// has no target (an IPv6 client of an IPv4 host).
+fn served_nowhere(map: &str) -> Exprs {
+    let mut e = proto_port(Register::Reg1, Register::Reg32_01);
+    e.push(lookup(map, false));
+    e.push(verdict(NF_DROP));
+    e
+}
+
+/// `ip saddr . meta l4proto . th dport @grants4 dnat ip to meta l4proto . th dport map
+/// @forwards4`, or its ipv6 twin: a granted source's new connection to a forwarded port
+/// goes to the inner host. Sources without a grant, and ports not forwarded, miss a lookup
+/// and are left alone.
+fn dnat(v6: bool) -> Exprs {
+    let mut e = granted_source(v6);
+    e.extend(proto_port(Register::Reg1, Register::Reg32_01));
+    let map = if v6 { FORWARDS6 } else { FORWARDS4 };
+    e.push(
+        Expressions::Lookup(vec![
+            Lookup::SourceRegister(Register::Reg1),
+            Lookup::Set(map.into()),
+            Lookup::DestinationRegister(Register::Reg1),
+        ])
+        .into(),
+    );
+    // The map's data fills reg 1 with the address and, after it, the register holding
+    // the port: reg32_01 after 4 bytes, reg 2 after 16.
+    let (family, port_reg) = if v6 {
+        (NFPROTO_IPV6, Register::Reg2)
+    } else {
+        (NFPROTO_IPV4, Register::Reg32_01)
+    };
+    let be = |n: u32| n.to_be_bytes().to_vec();
+    e.push(
+        Expressions::Other {
+            expression_type: "nat".into(),
+            attributes: vec![
+                DefaultNla::new(NFTA_NAT_TYPE, be(NFT_NAT_DNAT)),
+                DefaultNla::new(NFTA_NAT_FAMILY, be(u32::from(family))),
+                DefaultNla::new(NFTA_NAT_REG_ADDR_MIN, be(u32::from(Register::Reg1))),
+                DefaultNla::new(NFTA_NAT_REG_PROTO_MIN, be(u32::from(port_reg))),
+            ],
+        }
+        .into(),
+    );
+    e
+}
+
+/// `ct status ! dnat ip daddr . meta l4proto . th dport @targets4 drop`, or its ipv6
+/// twin: a new flow to a forwarded-to service that was not DNATed (someone routing to the
+/// inner host directly) is not forwarded. Only the prerouting chain's grant lookup DNATs to
+/// it, unless the host's own rules do too: `ct original proto-dst` in a concatenation,
+/// which would tie the flow to the grant, is something `nft -f` cannot read back.
+fn unforwarded(v6: bool) -> Exprs {
+    let mut e = ct_bits(NFT_CT_STATUS, IPS_DST_NAT);
+    e.push(cmp(Operator::Equal, vec![0; 4]));
+    e.push(meta(MetaKey::Nfproto, Register::Reg1));
+    e.push(cmp(
+        Operator::Equal,
+        vec![if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }],
+    ));
+    let (offset, len, proto_reg, port_reg, set) = if v6 {
+        (24, 16, Register::Reg2, Register::Reg32_05, TARGETS6)
+    } else {
+        (16, 4, Register::Reg32_01, Register::Reg32_02, TARGETS4)
+    };
+    e.push(payload(
+        NFT_PAYLOAD_NETWORK_HEADER,
+        offset,
+        len,
+        Register::Reg1,
+    ));
+    e.extend(proto_port(proto_reg, port_reg));
+    e.push(lookup(set, false));
+    e.push(verdict(NF_DROP));
+    e
+}
+
+/// `meta nfproto ipv4 ip saddr . meta l4proto . th dport @grants4`, or its ipv6 twin.
+fn granted_source(v6: bool) -> Exprs {
+    let mut e = vec![
+        meta(MetaKey::Nfproto, Register::Reg1),
+        cmp(
+            Operator::Equal,
+            vec![if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }],
+        ),
+    ];
+    let (offset, len, proto_reg, port_reg, set) = if v6 {
+        (8, 16, Register::Reg2, Register::Reg32_05, GRANTS6)
+    } else {
+        (12, 4, Register::Reg32_01, Register::Reg32_02, GRANTS4)
+    };
+    e.push(payload(
+        NFT_PAYLOAD_NETWORK_HEADER,
+        offset,
+        len,
+        Register::Reg1,
+    ));
+    e.extend(proto_port(proto_reg, port_reg));
+    e.push(lookup(set, false));
+    e
 }
 
 /// `meta nfproto ipv4 meta l4proto . th dport @protected

@@ -139,3 +139,26 @@ fn list_table() {
          ssh   tcp/22  spa,sequence  -      ops     *       30s      30s\n"
     );
 }
+
+#[test]
+fn forward_needs_no_open_and_reaches_the_spec() {
+    let spec = parse(&[
+        "--forward",
+        "tcp/2222 -> 10.0.0.5:22",
+        "--forward",
+        "udp/51820->[fd00::5]:51820",
+        "--spa",
+    ])
+    .unwrap()
+    .spec()
+    .unwrap();
+    assert!(spec.open.is_empty(), "the controller opens the outer ports");
+    assert_eq!(
+        spec.forward,
+        ["tcp/2222 -> 10.0.0.5:22", "udp/51820 -> [fd00::5]:51820"]
+    );
+    let e = parse(&["--forward", "tcp/2222 -> fd00::5:22", "--spa"]).unwrap_err();
+    assert!(e.to_string().contains("[fd00::5]:22"), "{e}");
+    let e = parse(&["--spa"]).unwrap_err();
+    assert!(e.to_string().contains("--open"), "{e}");
+}

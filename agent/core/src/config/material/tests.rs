@@ -42,6 +42,7 @@ fn policy(name: &str, users: &[&str]) -> PolicyDef {
         otk: None,
         sealed: false,
         require_os: vec![],
+        forward: vec![],
     }
 }
 

@@ -331,6 +331,7 @@ fn with_otks() -> (SpaDetector, [SpaKey; 2]) {
         otk: Some(OtkOffline::Deny),
         sealed: false,
         require_os: vec![],
+        forward: vec![],
     });
     let mut ssh = defs[0].clone();
     ssh.name = "ssh-spa".into();
