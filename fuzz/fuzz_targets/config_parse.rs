@@ -3,7 +3,6 @@
 #![no_main]
 
 use knockgate_agent_core::config::Config;
-use knockgate_agent_core::filter::capture_filter;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -13,7 +12,8 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(config) = Config::parse(text) {
         let _ = config.ruleset();
         let _ = config.doors();
-        let _ = capture_filter(&config.capture_kinds());
+        let _ = config.capture_filter(&[]);
+        let _ = config.sealed_ports();
         let _ = config.rotating_policies();
     }
 });
