@@ -83,6 +83,16 @@ impl Story {
         SocketAddr::new(self.addr(GW), 22)
     }
 
+    /// Whether `host` gets through to the protected port within 2 s (a grant landing).
+    fn opens(&self, host: usize) -> bool {
+        opens_within(
+            self.ns(host),
+            self.addr(host),
+            self.ssh(),
+            Duration::from_secs(2),
+        )
+    }
+
     fn reaches(&self, host: usize) -> bool {
         can_connect(self.ns(host), self.addr(host), self.ssh())
     }
@@ -149,14 +159,8 @@ impl Story {
         assert!(!self.reaches(CLIENT), "a changed knock opens nothing");
         // Unchanged, it is what knocker would send, and it opens: the change was the cause.
         self.knock(CLIENT, &good);
-        let ssh = self.ssh();
         assert!(
-            opens_within(
-                self.ns(CLIENT),
-                self.addr(CLIENT),
-                ssh,
-                Duration::from_secs(2)
-            ),
+            self.opens(CLIENT),
             "the untouched sequence opens:\n{}",
             self.gw.log_text()
         );
@@ -206,14 +210,8 @@ impl Story {
             })
             .unwrap_or_default();
         assert_eq!(ports.len(), sealed::LEN_SOURCE, "{text}");
-        let ssh = self.ssh();
         assert!(
-            opens_within(
-                self.ns(CLIENT),
-                self.addr(CLIENT),
-                ssh,
-                Duration::from_secs(2)
-            ),
+            self.opens(CLIENT),
             "knocker's sealed sequence opens:\n{}",
             self.gw.log_text()
         );
@@ -247,14 +245,8 @@ impl Story {
             text.contains(&format!("{} knocks", sealed::LEN_V4)),
             "{text}"
         );
-        let ssh = self.ssh();
         assert!(
-            opens_within(
-                self.ns(OTHER),
-                self.addr(OTHER),
-                ssh,
-                Duration::from_secs(2)
-            ),
+            self.opens(OTHER),
             "--allow-ip opens that address:\n{}",
             self.gw.log_text()
         );
@@ -283,14 +275,8 @@ impl Story {
             "RSS grew from {before} KiB to {after} KiB"
         );
         self.knocker_sealed(&[]);
-        let ssh = self.ssh();
         assert!(
-            opens_within(
-                self.ns(CLIENT),
-                self.addr(CLIENT),
-                ssh,
-                Duration::from_secs(2)
-            ),
+            self.opens(CLIENT),
             "a real sequence still opens after the flood:\n{}",
             self.gw.log_text()
         );

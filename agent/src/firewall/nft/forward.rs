@@ -8,13 +8,9 @@
 use std::net::{IpAddr, SocketAddr};
 
 use knockgate_agent_core::ruleset::{Access, Proto, Ruleset};
-use netlink_packet_core::NLM_F_CREATE;
-use netlink_packet_netfilter::nftables::{
-    DataAttribute, ListAttribute, NfTablesMessage, SetElementAttribute, SetElementList,
-    SetElementMessage,
-};
+use netlink_packet_netfilter::nftables::{DataAttribute, ListAttribute, SetElementAttribute};
 
-use super::layout::{FORWARDS4, FORWARDS6, TABLE, TARGETS4, TARGETS6, port_key};
+use super::layout::{FORWARDS4, FORWARDS6, TARGETS4, TARGETS6, port_key};
 use super::socket::Request;
 
 /// How many forwards lead to IPv4 and to IPv6 hosts.
@@ -64,17 +60,7 @@ pub(super) fn elements(ruleset: &Ruleset) -> Vec<Request> {
     ]
     .into_iter()
     .filter(|(_, _, elements)| !elements.is_empty())
-    .map(|(set, what, elements)| Request {
-        what,
-        msg: NfTablesMessage::NewSetElement(SetElementMessage {
-            attributes: vec![
-                SetElementList::Table(TABLE.into()),
-                SetElementList::Set(set.into()),
-                SetElementList::Elements(elements),
-            ],
-        }),
-        flags: NLM_F_CREATE,
-    })
+    .map(|(set, what, elements)| super::grants::add_elements(set, what, elements))
     .collect()
 }
 

@@ -74,18 +74,22 @@ pub(super) fn add_all(grants: &[(GrantKey, u64, Option<GrantLabel>)]) -> Vec<Req
     ]
     .into_iter()
     .filter(|(_, elements)| !elements.is_empty())
-    .map(|((set, what), elements)| Request {
-        what,
-        msg: NfTablesMessage::NewSetElement(SetElementMessage {
-            attributes: vec![
-                SetElementList::Table(TABLE.into()),
-                SetElementList::Set(set.into()),
-                SetElementList::Elements(elements),
-            ],
-        }),
-        flags: NLM_F_CREATE,
-    })
+    .map(|((set, what), elements)| add_elements(set, what, elements))
     .collect()
+}
+
+/// One message adding `elements` (already encoded) to `set` of our table: the one shape
+/// every batch of elements (grants, ports, forwards) is sent in.
+pub(super) fn add_elements(
+    set: &'static str,
+    what: &'static str,
+    elements: Vec<ListAttribute<SetElementAttribute>>,
+) -> Request {
+    Request {
+        what,
+        msg: NfTablesMessage::NewSetElement(elements_message(set, elements)),
+        flags: NLM_F_CREATE,
+    }
 }
 
 pub(super) fn delete(key: &GrantKey) -> Request {
@@ -118,14 +122,21 @@ pub(super) fn dump(set: &'static str) -> NfTablesMessage {
 }
 
 /// One element of `set` with `attrs`.
-fn element(set: &'static str, attrs: Vec<SetElementAttribute>) -> SetElementMessage {
+fn elements_message(
+    set: &'static str,
+    elements: Vec<ListAttribute<SetElementAttribute>>,
+) -> SetElementMessage {
     SetElementMessage {
         attributes: vec![
             SetElementList::Table(TABLE.into()),
             SetElementList::Set(set.into()),
-            SetElementList::Elements(vec![ListAttribute::Element(attrs)]),
+            SetElementList::Elements(elements),
         ],
     }
+}
+
+fn element(set: &'static str, attrs: Vec<SetElementAttribute>) -> SetElementMessage {
+    elements_message(set, vec![ListAttribute::Element(attrs)])
 }
 
 fn key_only(key: Vec<u8>) -> Vec<SetElementAttribute> {

@@ -378,17 +378,7 @@ fn ports_and_rules(ruleset: &Ruleset) -> Vec<Request> {
                 ))])
             })
             .collect();
-        reqs.push(Request {
-            what,
-            msg: NfTablesMessage::NewSetElement(SetElementMessage {
-                attributes: vec![
-                    SetElementList::Table(TABLE.into()),
-                    SetElementList::Set(set.into()),
-                    SetElementList::Elements(elements),
-                ],
-            }),
-            flags: NLM_F_CREATE,
-        });
+        reqs.push(grants::add_elements(set, what, elements));
     }
     reqs.extend(forward::elements(ruleset));
     let mut chains = vec![(CHAIN, Vec::from(rules::all()))];

@@ -165,20 +165,29 @@ fn unforwarded(v6: bool) -> Exprs {
         Operator::Equal,
         vec![if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }],
     ));
+    // The destination address: offset 16 in IPv4, 24 in IPv6.
+    e.extend(addr_proto_port_in(v6, (16, 24), (TARGETS4, TARGETS6)));
+    e.push(verdict(NF_DROP));
+    e
+}
+
+/// `ip saddr|daddr . meta l4proto . th dport @set`: the address at `offsets` (IPv4,
+/// IPv6) of the network header, with the protocol and port, looked up in `sets` (IPv4,
+/// IPv6).
+fn addr_proto_port_in(v6: bool, offsets: (u32, u32), sets: (&'static str, &'static str)) -> Exprs {
     let (offset, len, proto_reg, port_reg, set) = if v6 {
-        (24, 16, Register::Reg2, Register::Reg32_05, TARGETS6)
+        (offsets.1, 16, Register::Reg2, Register::Reg32_05, sets.1)
     } else {
-        (16, 4, Register::Reg32_01, Register::Reg32_02, TARGETS4)
+        (offsets.0, 4, Register::Reg32_01, Register::Reg32_02, sets.0)
     };
-    e.push(payload(
+    let mut e = vec![payload(
         NFT_PAYLOAD_NETWORK_HEADER,
         offset,
         len,
         Register::Reg1,
-    ));
+    )];
     e.extend(proto_port(proto_reg, port_reg));
     e.push(lookup(set, false));
-    e.push(verdict(NF_DROP));
     e
 }
 
@@ -191,19 +200,8 @@ fn granted_source(v6: bool) -> Exprs {
             vec![if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }],
         ),
     ];
-    let (offset, len, proto_reg, port_reg, set) = if v6 {
-        (8, 16, Register::Reg2, Register::Reg32_05, GRANTS6)
-    } else {
-        (12, 4, Register::Reg32_01, Register::Reg32_02, GRANTS4)
-    };
-    e.push(payload(
-        NFT_PAYLOAD_NETWORK_HEADER,
-        offset,
-        len,
-        Register::Reg1,
-    ));
-    e.extend(proto_port(proto_reg, port_reg));
-    e.push(lookup(set, false));
+    // The source address: offset 12 in IPv4, 8 in IPv6.
+    e.extend(addr_proto_port_in(v6, (12, 8), (GRANTS4, GRANTS6)));
     e
 }
 
