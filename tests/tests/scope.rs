@@ -40,8 +40,8 @@ struct ScopeStory {
 }
 
 impl ScopeStory {
-    /// Enrols both gateways, adds alice and the policy; knockadm wrote a fwknoprc
-    /// stanza for each gateway.
+    /// Enrols both gateways, adds alice and the policy, and brings alice's profile up to
+    /// date: its fwknoprc has a stanza for each gateway, asking for what the policy opens.
     fn start() -> ScopeStory {
         let fleet = Fleet::new(&["ctl", "gw1", "gw2", "client"]);
         let work = Workdir::new();
@@ -54,12 +54,24 @@ impl ScopeStory {
         assert!(wait_applied(&ctl, Duration::from_secs(10)), "both enrolled");
         let profile = ctl.add_user("alice", &work.path);
         ctl.add_ssh_policy("ssh", "alice", "role=edge", &["--spa", "--fwknop"]);
-        let rc_text =
-            std::fs::read_to_string(work.path.join("alice.toml.fwknoprc")).expect("rc file");
+        // The profile was written before the policy: its rc file names no access yet.
+        let rc = work.path.join("alice.toml.fwknoprc");
+        let rc_text = std::fs::read_to_string(&rc).expect("rc file");
+        assert!(!rc_text.contains("ACCESS"), "nothing guessed:\n{rc_text}");
+        // Brought up to date, each stanza asks for what the policy opens with fwknop.
+        ctl.knockadm_json(&[
+            "user",
+            "profile",
+            "alice",
+            "--update",
+            profile.to_str().expect("utf-8 path"),
+        ]);
+        let rc_text = std::fs::read_to_string(&rc).expect("rc file");
         assert!(
             rc_text.contains("[gw1]") && rc_text.contains("[gw2]"),
             "{rc_text}"
         );
+        assert_eq!(rc_text.matches("\nACCESS tcp/22\n").count(), 2, "{rc_text}");
         ScopeStory {
             gw2,
             gw1,
