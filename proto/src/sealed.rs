@@ -146,6 +146,14 @@ impl std::fmt::Debug for Sealed {
     }
 }
 
+/// The sealed range starting at `base`, or `None` when it would not fit below port 65536
+/// (or `base` is 0): the one check of a configured or requested base.
+#[must_use]
+pub fn range(base: u16) -> Option<std::ops::RangeInclusive<u16>> {
+    let last = base.checked_add(RANGE - 1)?;
+    (base != 0).then_some(base..=last)
+}
+
 /// The port knock `index` carrying `byte` goes to: `base + index·256 + byte`.
 /// `base + RANGE - 1` must fit a port (checked where the base is configured).
 #[must_use]

@@ -288,8 +288,7 @@ impl Config {
         if spa.port == 0 {
             return Err(invalid("spa.port", "must be 1-65535"));
         }
-        let last = u32::from(spa.sealed_base_port) + u32::from(sealed::RANGE) - 1;
-        if spa.sealed_base_port == 0 || last > u32::from(u16::MAX) {
+        if sealed::range(spa.sealed_base_port).is_none() {
             return Err(invalid(
                 "spa.sealed_base_port",
                 format!(
@@ -441,11 +440,11 @@ impl Config {
 
     /// The sealed knock range, when any policy is opened by sealed sequences.
     pub fn sealed_ports(&self) -> Option<RangeInclusive<u16>> {
-        let base = self.spa.sealed_base_port;
         self.policies
             .iter()
             .any(|p| p.sealed)
-            .then(|| base..=base.saturating_add(sealed::RANGE - 1))
+            .then(|| sealed::range(self.spa.sealed_base_port))
+            .flatten()
     }
 
     /// Whether any policy is opened by SPA (native, fwknop or one-time keys).

@@ -87,7 +87,10 @@ fn ports_and_indexes_round_trip() {
     assert_eq!(index_of(40000, 39999), None);
     assert_eq!(index_of(40000, 40000 + RANGE), None);
     assert_eq!(index_of(40000, 40000 + RANGE - 1), Some((MAX_LEN - 1, 255)));
-    assert!(40000 + u32::from(RANGE) <= 65536);
+    assert_eq!(range(40000), Some(40000..=48447));
+    assert_eq!(range(u16::MAX - RANGE + 1), Some(57088..=65535));
+    assert_eq!(range(u16::MAX - RANGE + 2), None);
+    assert_eq!(range(0), None);
 }
 
 #[test]

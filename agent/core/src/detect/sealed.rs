@@ -8,7 +8,6 @@
 //! on the range costs a table update per packet and, rarely, a hint lookup.
 
 use std::net::IpAddr;
-use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 
 use knockgate_proto::knock::FlagFilter;
@@ -64,9 +63,9 @@ impl Assembler {
         }
     }
 
-    /// The ports collected.
-    pub fn range(&self) -> RangeInclusive<u16> {
-        self.base..=self.base.saturating_add(sealed::RANGE - 1)
+    /// The first port of the range collected.
+    pub fn base(&self) -> u16 {
+        self.base
     }
 
     /// Sources with knocks held.

@@ -145,7 +145,7 @@ impl Gateway {
             state.replace(spa, uses_spa);
         }
         self.sealed = match (config.sealed_ports(), self.sealed.take()) {
-            (Some(range), Some(held)) if held.range() == range => Some(held),
+            (Some(range), Some(held)) if held.base() == *range.start() => Some(held),
             (Some(range), _) => Some(Assembler::new(*range.start(), config.agent.max_sources)),
             (None, _) => None,
         };

@@ -35,7 +35,7 @@ pub(super) fn run(
         ref many => return Err(OpenCmdError::SealedAccess(many.len())),
     };
     let base = args.base_port.unwrap_or(DEFAULT_BASE_PORT);
-    if u32::from(base) + u32::from(sealed::RANGE) > 65_536 || base == 0 {
+    if sealed::range(base).is_none() {
         return Err(OpenCmdError::SealedBase(base));
     }
     let target = resolve_host(host, args.family())?;
