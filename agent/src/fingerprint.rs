@@ -30,3 +30,42 @@ pub fn load(config: &Config) -> Result<Option<Arc<Database>>, String> {
     }
     Ok(Some(Arc::new(db)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(p0f_db: &str, require_os: bool) -> Config {
+        let os = if require_os {
+            "require_os = [\"Linux\"]\n"
+        } else {
+            ""
+        };
+        Config::parse(&format!(
+            "[agent]\nname = \"gw1\"\ninterfaces = [\"eth0\"]\np0f_db = \"{p0f_db}\"\n\n\
+             [[policy]]\nname = \"ssh\"\nopen = [\"tcp/22\"]\ntimeout = \"30s\"\n\
+             sequence = [\"tcp/7000\"]\n{os}"
+        ))
+        .expect("config")
+    }
+
+    #[test]
+    fn a_missing_or_bad_database_refuses_what_needs_it() {
+        let dir = std::env::temp_dir().join(format!("kgt-p0f-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let missing = dir.join("missing.fp");
+        let err = load(&config(missing.to_str().expect("path"), true)).unwrap_err();
+        assert!(err.starts_with("agent.p0f_db: cannot read"), "{err}");
+        let bad = dir.join("bad.fp");
+        std::fs::write(&bad, "[tcp:request]\nsig = 4:64:0\n").expect("write");
+        let err = load(&config(bad.to_str().expect("path"), true)).unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+        // Nothing asks for an OS: the file is not even read.
+        assert!(
+            load(&config(missing.to_str().expect("path"), false))
+                .unwrap()
+                .is_none()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
