@@ -24,7 +24,7 @@ use serde::Deserialize;
 use crate::detect::rotating::RotatingPolicy;
 use crate::detect::sequence::{Door, FlagFilter};
 use crate::packet::KnockStep;
-use crate::ruleset::{Access, Forward, Proto, Ruleset};
+use crate::ruleset::{Access, Forward, KernelDoor, Proto, Ruleset};
 use raw::{RawConfig, locate};
 
 pub use material::{Material, MaterialDef, Otk, OtkDef, Sequence, SequenceDef};
@@ -81,6 +81,42 @@ pub struct AgentSection {
     /// requires an OS).
     #[serde(default = "default_p0f_db")]
     pub p0f_db: PathBuf,
+    /// Where fixed knock sequences are matched (docs/KERNEL_SEQUENCES.md).
+    #[serde(default)]
+    pub sequence_matching: SequenceMatching,
+    /// The nflog group kernel-matched sequences report their completions on.
+    #[serde(default = "default_nflog_group")]
+    pub nflog_group: u16,
+}
+
+/// Where fixed knock sequences are matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SequenceMatching {
+    /// In nftables, for every policy it can express; the agent's matcher for the rest.
+    #[default]
+    Kernel,
+    /// Always the agent's matcher (every knock is captured).
+    Userspace,
+}
+
+/// The nflog group when the config names none.
+pub const DEFAULT_NFLOG_GROUP: u16 = 4747;
+
+fn default_nflog_group() -> u16 {
+    DEFAULT_NFLOG_GROUP
+}
+
+/// The most steps a kernel-matched sequence has: each step is three rules per family.
+pub const MAX_KERNEL_STEPS: usize = 32;
+
+/// Where a policy's fixed sequence is matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequencePath {
+    /// In nftables: the agent sees only completions.
+    Kernel,
+    /// By the agent, from captured knocks, for this reason.
+    Userspace(&'static str),
 }
 
 /// Debian's p0f package puts its signatures here.
@@ -487,7 +523,11 @@ impl Config {
     /// break the host's own outgoing connections whose local port happens to collide.
     /// Capture sees the knocks whether or not they are dropped.
     pub fn ruleset(&self) -> Ruleset {
-        let mut rs = Ruleset::default();
+        let mut rs = Ruleset {
+            doors: self.kernel_doors(),
+            nflog_group: self.agent.nflog_group,
+            ..Ruleset::default()
+        };
         for p in &self.policies {
             rs.protected.extend(p.open.iter().copied());
             rs.forwards
@@ -498,11 +538,13 @@ impl Config {
                 rs.knock_ports.insert(Access { proto, port });
             }
         }
+        let door_ports = rs.door_ports();
+        rs.knock_ports.extend(door_ports);
         rs
     }
 
     /// Everything the capture filter must let through for the static policies: every
-    /// sequence step and the SPA port (rotating knocks are added by whoever holds the
+    /// step of a sequence matched in user space, and the SPA port (rotating knocks are added by whoever holds the
     /// material, see [`crate::filter`]).
     pub fn capture_kinds(&self) -> Vec<KnockStep> {
         let mut kinds: Vec<KnockStep> = self
@@ -526,12 +568,67 @@ impl Config {
         crate::filter::capture_filter(kinds.iter().chain(extra), self.sealed_ports())
     }
 
-    /// The knock doors and the policy index each belongs to.
+    /// The knock doors the agent's matcher handles (those not matched in the kernel) and
+    /// the policy index each belongs to.
     pub fn doors(&self) -> Vec<(usize, Door)> {
         self.policies
             .iter()
             .enumerate()
+            .filter(|(_, p)| matches!(self.sequence_path(p), Some(SequencePath::Userspace(_))))
             .filter_map(|(i, p)| p.door.clone().map(|d| (i, d)))
+            .collect()
+    }
+
+    /// Where `policy`'s fixed sequence is matched; `None` without one. The kernel takes
+    /// every sequence it can express: the knocks' times are only known as set timeouts,
+    /// so `min_gap` stays in user space, and so does `require_os`, which needs each
+    /// SYN's fingerprint.
+    pub fn sequence_path(&self, policy: &Policy) -> Option<SequencePath> {
+        let door = policy.door.as_ref()?;
+        Some(
+            if self.agent.sequence_matching == SequenceMatching::Userspace {
+                SequencePath::Userspace("agent.sequence_matching is \"userspace\"")
+            } else if self.firewall.backend != Backend::Nftables {
+                SequencePath::Userspace("the command backend has no kernel sets")
+            } else if !door.min_gap.is_zero() {
+                SequencePath::Userspace("min_gap needs the time of each knock")
+            } else if !policy.require_os.is_empty() {
+                SequencePath::Userspace("require_os needs each SYN's fingerprint")
+            } else if door.steps.len() > MAX_KERNEL_STEPS {
+                SequencePath::Userspace("more steps than the kernel path takes (32)")
+            } else {
+                SequencePath::Kernel
+            },
+        )
+    }
+
+    /// This config with every fixed sequence matched in user space: for a firewall that
+    /// cannot match them itself.
+    #[must_use]
+    pub fn userspace_sequences(mut self) -> Config {
+        self.agent.sequence_matching = SequenceMatching::Userspace;
+        self
+    }
+
+    /// The fixed sequences matched in the kernel.
+    pub fn kernel_doors(&self) -> Vec<KernelDoor> {
+        let max_sources = u32::try_from(self.agent.max_sources).unwrap_or(u32::MAX);
+        self.policies
+            .iter()
+            .filter(|p| self.sequence_path(p) == Some(SequencePath::Kernel))
+            .filter_map(|p| {
+                let d = p.door.as_ref()?;
+                Some(KernelDoor::new(
+                    &p.name,
+                    d.steps.clone(),
+                    d.sequence_timeout,
+                    d.max_gap.unwrap_or(d.sequence_timeout),
+                    d.tcp_flags,
+                    p.open.clone(),
+                    p.timeout,
+                    max_sources,
+                ))
+            })
             .collect()
     }
 }

@@ -399,6 +399,38 @@ impl Gateway {
         self.decisions = decisions;
     }
 
+    /// The firewall matched kernel door `door` for `src` at `at` and opened its grants
+    /// itself: tell the completion and take the grants over (the open gives them their
+    /// label and a timeout counted from now). A door the config no longer has opened
+    /// under the config before: its grants expire in the kernel on their own time.
+    pub fn handle_kernel_completed(&mut self, door: &str, src: IpAddr, at: Instant, now: Time) {
+        let found = self
+            .config
+            .kernel_doors()
+            .into_iter()
+            .find(|d| d.id == door);
+        let Some(d) = found else {
+            let event = Event::KnockRejected {
+                subject: subject(src, None, door),
+                reason: Reason::PolicyRemoved,
+                error: format!(
+                    "the kernel reported a sequence of door {door}, which the config no \
+                     longer has; its grants expire on their own"
+                ),
+            };
+            self.tell(Level::Warn, true, now, event);
+            return;
+        };
+        let event = Event::KnockCompleted {
+            subject: subject(src, None, &d.policy),
+            method: event::Method::Sequence,
+            window: None,
+            os: None,
+        };
+        self.tell(Level::Info, true, now, event);
+        self.open_grants(&d.policy, None, src, &d.open, d.timeout, at);
+    }
+
     /// Whether the sequence of policy `policy_idx` that `src` completed at `at` came from
     /// a required OS: `Ok(None)` when the policy requires none, `Ok(Some(label))` when it
     /// does and every SYN matched, else what was seen.

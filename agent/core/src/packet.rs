@@ -20,6 +20,49 @@ pub enum LinkType {
     RawIp,
 }
 
+/// A packet a kernel door's rule logged: the rule's log prefix (the door's id) and the
+/// packet's source address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Logged<'a> {
+    pub prefix: &'a str,
+    pub src: IpAddr,
+}
+
+/// Read one frame of libpcap's NFLOG link type (an `nflog:GROUP` device): a 4-byte
+/// header (address family, version, resource id), then attributes as the kernel sent
+/// them, each a length (its 4-byte header included) and a type in host byte order,
+/// padded to 4 bytes. `None` for anything malformed or without a prefix and an IP
+/// packet of the header's family.
+pub fn nflog(frame: &[u8]) -> Option<Logged<'_>> {
+    const AF_INET: u8 = 2;
+    const AF_INET6: u8 = 10;
+    const NFULA_PAYLOAD: u16 = 9;
+    const NFULA_PREFIX: u16 = 10;
+    let family = *frame.first()?;
+    let mut rest = frame.get(4..)?;
+    let (mut prefix, mut payload) = (None, None);
+    while let Some(&[l0, l1, t0, t1]) = rest.first_chunk::<4>() {
+        let len = usize::from(u16::from_ne_bytes([l0, l1]));
+        let value = rest.get(4..len)?;
+        match u16::from_ne_bytes([t0, t1]) & 0x3fff {
+            NFULA_PREFIX => prefix = Some(value),
+            NFULA_PAYLOAD => payload = Some(value),
+            _ => {}
+        }
+        rest = rest.get(len.next_multiple_of(4)..).unwrap_or(&[]);
+    }
+    let prefix = prefix?.split(|b| *b == 0).next()?;
+    let prefix = std::str::from_utf8(prefix).ok()?;
+    let payload = payload?;
+    let version = payload.first()? >> 4;
+    let src = match (family, version) {
+        (AF_INET, 4) => IpAddr::from(<[u8; 4]>::try_from(payload.get(12..16)?).ok()?),
+        (AF_INET6, 6) => IpAddr::from(<[u8; 16]>::try_from(payload.get(8..24)?).ok()?),
+        _ => return None,
+    };
+    Some(Logged { prefix, src })
+}
+
 /// What a knock packet was (the one knock type, shared with policies and clients).
 pub use knockgate_proto::KnockStep;
 
@@ -113,6 +156,52 @@ mod tests {
     use super::*;
     use etherparse::PacketBuilder;
     use proptest::prelude::*;
+
+    /// An NFLOG frame as libpcap hands it over: header, then attributes.
+    fn nflog_frame(family: u8, attrs: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut out = vec![family, 0, 0, 0];
+        for (kind, value) in attrs {
+            let len = u16::try_from(4 + value.len()).expect("short");
+            out.extend(len.to_ne_bytes());
+            out.extend(kind.to_ne_bytes());
+            out.extend(*value);
+            while out.len() % 4 != 0 {
+                out.push(0);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn nflog_frames_give_the_prefix_and_the_source() {
+        let mut ip4 = Vec::new();
+        PacketBuilder::ipv4([10, 240, 0, 2], [10, 240, 0, 1], 64)
+            .udp(40000, 8000)
+            .write(&mut ip4, &[])
+            .expect("build");
+        let hw = [0u8; 8];
+        let frame = nflog_frame(2, &[(1, &hw), (10, b"kd_0011aabb\0"), (9, &ip4)]);
+        assert_eq!(
+            nflog(&frame),
+            Some(Logged {
+                prefix: "kd_0011aabb",
+                src: "10.240.0.2".parse().expect("addr"),
+            })
+        );
+        let mut ip6 = Vec::new();
+        let src6 = [0xfd, 0, 0x4b, 0x47, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        PacketBuilder::ipv6(src6, [0; 16], 64)
+            .udp(40000, 8000)
+            .write(&mut ip6, &[])
+            .expect("build");
+        let frame = nflog_frame(10, &[(10, b"kd_1\0"), (9, &ip6)]);
+        assert_eq!(nflog(&frame).map(|l| l.src), Some(IpAddr::from(src6)));
+        // The header's family must match the packet's version; a prefix is required.
+        assert_eq!(nflog(&nflog_frame(10, &[(10, b"kd_1\0"), (9, &ip4)])), None);
+        assert_eq!(nflog(&nflog_frame(2, &[(9, &ip4)])), None);
+        // An attribute longer than the frame.
+        assert_eq!(nflog(&[2, 0, 0, 0, 200, 0, 10, 0, b'k']), None);
+    }
 
     const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
     const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
@@ -234,6 +323,11 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn nflog_never_panics(frame in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let _ = nflog(&frame);
+        }
+
         #[test]
         fn never_panics_on_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = parse(LinkType::Ethernet, &bytes);

@@ -5,8 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
-pub use knockgate_proto::{Access, Forward, Proto};
+pub use knockgate_proto::knock::FlagFilter;
+pub use knockgate_proto::{Access, Forward, KnockStep, Proto};
 
 /// One grant as the firewall holds it: this source may open new connections to this port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -36,6 +38,110 @@ pub struct Ruleset {
     pub knock_ports: BTreeSet<Access>,
     /// Outer port on the gateway -> inner host and port (same protocol).
     pub forwards: BTreeMap<Access, SocketAddr>,
+    /// Fixed sequences the firewall matches itself (docs/KERNEL_SEQUENCES.md).
+    pub doors: Vec<KernelDoor>,
+    /// The nflog group the firewall reports kernel-matched sequences on.
+    pub nflog_group: u16,
+}
+
+/// A fixed knock sequence matched in the kernel: per stage, a set of the sources that
+/// have made it that far. The last knock adds the grants to the grant sets itself, with
+/// their timeout, and reports the completion on the nflog group with the door's id as
+/// the prefix. knockd's rules, as the user-space matcher has them: a wrong knock on one
+/// of the door's ports drops a source back, a repeat of the knock just made changes
+/// nothing, the whole sequence must finish within `sequence_timeout` and each knock
+/// within `stage_timeout` of the one before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelDoor {
+    /// `kd_` and a digest of everything below: it names the door's chain and sets, so a
+    /// door a new config leaves unchanged keeps them (and the progress in them).
+    pub id: String,
+    pub policy: String,
+    pub steps: Vec<KnockStep>,
+    pub sequence_timeout: Duration,
+    /// `max_gap`, or the sequence timeout when there is none.
+    pub stage_timeout: Duration,
+    pub tcp_flags: FlagFilter,
+    pub open: Vec<Access>,
+    pub timeout: Duration,
+    /// The most sources each stage holds; when a stage is full, new sources are refused.
+    pub max_sources: u32,
+}
+
+impl KernelDoor {
+    /// A door for `policy`, with its id computed from the rest.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        policy: &str,
+        steps: Vec<KnockStep>,
+        sequence_timeout: Duration,
+        stage_timeout: Duration,
+        tcp_flags: FlagFilter,
+        open: Vec<Access>,
+        timeout: Duration,
+        max_sources: u32,
+    ) -> KernelDoor {
+        let mut door = KernelDoor {
+            id: String::new(),
+            policy: policy.to_string(),
+            steps,
+            sequence_timeout,
+            stage_timeout,
+            tcp_flags,
+            open,
+            timeout,
+            max_sources,
+        };
+        door.id = format!("kd_{:08x}", door.digest());
+        door
+    }
+
+    /// FNV-1a over the door's definition: a name, not a secret.
+    fn digest(&self) -> u32 {
+        let text = format!(
+            "{}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{}",
+            self.policy,
+            self.steps,
+            self.sequence_timeout,
+            self.stage_timeout,
+            self.tcp_flags,
+            self.open,
+            self.timeout,
+            self.max_sources
+        );
+        text.bytes().fold(0x811c_9dc5, |h: u32, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        })
+    }
+
+    /// Whether a step is an ICMP echo request.
+    pub fn uses_icmp(&self) -> bool {
+        self.steps.contains(&KnockStep::Icmp)
+    }
+
+    /// Whether a step is a TCP knock (then the flag filter applies).
+    pub fn uses_tcp(&self) -> bool {
+        self.steps.iter().any(|s| {
+            matches!(
+                s,
+                KnockStep::Port {
+                    proto: Proto::Tcp,
+                    ..
+                }
+            )
+        })
+    }
+
+    /// The door's TCP and UDP knock ports, each once.
+    pub fn ports(&self) -> BTreeSet<Access> {
+        self.steps
+            .iter()
+            .filter_map(|s| match *s {
+                KnockStep::Port { proto, port } => Some(Access { proto, port }),
+                KnockStep::Icmp => None,
+            })
+            .collect()
+    }
 }
 
 impl Ruleset {
@@ -48,6 +154,16 @@ impl Ruleset {
             .copied()
             .collect();
         self.protected.extend(extra);
+    }
+
+    /// The TCP and UDP ports of every kernel door, each once.
+    pub fn door_ports(&self) -> BTreeSet<Access> {
+        self.doors.iter().flat_map(KernelDoor::ports).collect()
+    }
+
+    /// The kernel door with this id.
+    pub fn door(&self, id: &str) -> Option<&KernelDoor> {
+        self.doors.iter().find(|d| d.id == id)
     }
 
     /// The inner services forwarded to, as `(addr, proto, port)`, each once.

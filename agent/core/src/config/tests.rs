@@ -1,6 +1,7 @@
 use super::*;
 use crate::packet::tcp_flags;
 use std::path::Path;
+use std::time::Duration;
 
 const ISSUE_EXAMPLE: &str = r#"
 [agent]
@@ -535,4 +536,44 @@ fn require_os_needs_a_tcp_knock_and_says_where() {
     assert!(err(&blank).starts_with("policy[0].require_os[0]: expected an OS name"));
     let none = format!("{base}sequence = [\"tcp/7000\"]\n");
     assert!(!Config::parse(&none).expect("parses").fingerprints());
+}
+
+#[test]
+fn each_fixed_sequence_takes_the_kernel_path_unless_it_cannot() {
+    let path = |extra: &str, agent: &str| {
+        let text = ISSUE_EXAMPLE
+            .replace("# optional: min_gap", &format!("{extra}\n#"))
+            .replace("state_dir =", &format!("{agent}\nstate_dir ="));
+        let c = Config::parse(&text).expect("parses");
+        c.sequence_path(&c.policies[0]).expect("a sequence")
+    };
+    assert_eq!(path("", ""), SequencePath::Kernel);
+    // max_gap and tcp_flags are set timeouts and rule matches.
+    assert_eq!(
+        path("max_gap = \"2s\"\ntcp_flags = \"syn,!ack,!rst\"", ""),
+        SequencePath::Kernel
+    );
+    let why = |extra, agent| match path(extra, agent) {
+        SequencePath::Userspace(why) => why,
+        SequencePath::Kernel => panic!("{extra} {agent}: kernel path"),
+    };
+    assert!(why("min_gap = \"100ms\"", "").contains("min_gap"));
+    assert!(why("", "sequence_matching = \"userspace\"").contains("userspace"));
+    let c = Config::parse(ISSUE_EXAMPLE).expect("parses");
+    let door = &c.kernel_doors()[0];
+    assert_eq!(
+        door.stage_timeout,
+        Duration::from_secs(10),
+        "no max_gap: the whole timeout"
+    );
+    assert_eq!(door.id.len(), "kd_".len() + 8);
+    assert_eq!(c.doors().len(), 0, "the agent's matcher has nothing to do");
+    let c = c.userspace_sequences();
+    assert!(c.kernel_doors().is_empty());
+    assert_eq!(c.doors().len(), 1);
+    let e = err(&ISSUE_EXAMPLE.replace("state_dir =", "sequence_matching = \"ebpf\"\nstate_dir ="));
+    assert!(
+        e.contains("sequence_matching") && e.contains("unknown variant"),
+        "{e}"
+    );
 }

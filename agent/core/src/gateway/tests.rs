@@ -12,7 +12,13 @@ use crate::grants::Held;
 use crate::packet::tcp_flags;
 use crate::ruleset::Proto;
 
+/// A policy behind a sequence the gateway's own matcher handles.
 fn config(open: &str) -> Config {
+    kernel_config(open).userspace_sequences()
+}
+
+/// The same policy with its sequence matched by the firewall (the default).
+fn kernel_config(open: &str) -> Config {
     Config::parse(&format!(
         "[agent]\nname = \"gw1\"\ninterfaces = [\"lo\"]\nstate_dir = \"/tmp\"\n\
          [[policy]]\nname = \"ssh\"\nopen = [\"{open}\", \"udp/60001\"]\ntimeout = \"30s\"\n\
@@ -157,6 +163,40 @@ fn at(t0: Instant, ms: u64) -> Time {
         mono: t0 + Duration::from_millis(ms),
         unix_ms: 1_800_000_000_000 + ms as i64,
     }
+}
+
+#[test]
+fn a_kernel_door_is_in_the_ruleset_and_its_completions_are_told_and_taken_over() {
+    let c = kernel_config("tcp/22");
+    let mut s = Shell::new(&c);
+    let rs = s.gw.ruleset();
+    assert_eq!(rs.doors.len(), 1);
+    let door = rs.doors[0].clone();
+    assert_eq!(door.policy, "ssh");
+    assert_eq!(door.open, [access("tcp/22"), access("udp/60001")]);
+    // The door's ports are dropped like any knock port, but never captured.
+    assert!(rs.knock_ports.contains(&access("tcp/7000")));
+    assert_eq!(c.capture_filter(&[]), "less 1");
+    // Knocks the shell might still hand over are not matched in user space.
+    s.knock_sequence(0);
+    assert!(s.open.is_empty() && s.told(Kind::KnockCompleted).is_empty());
+
+    let src = "10.240.0.2".parse().expect("ip");
+    s.gw.handle_kernel_completed(&door.id, src, s.now(10).mono, s.now(10));
+    s.drain(10);
+    assert_eq!(s.told(Kind::KnockCompleted).len(), 1);
+    // The grants the kernel added are opened again, with their label and timeout.
+    assert_eq!(s.open_keys(), ["10.240.0.2 tcp/22", "10.240.0.2 udp/60001"]);
+    assert_eq!(s.told(Kind::GrantOpened).len(), 2);
+    assert_eq!(s.gw.grants().len(), 2);
+
+    // A door the config does not have (replaced since) opens nothing more.
+    s.gw.handle_kernel_completed("kd_00000000", src, s.now(20).mono, s.now(20));
+    s.drain(20);
+    let rejected = s.told(Kind::KnockRejected);
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].level, Level::Warn);
+    assert_eq!(s.told(Kind::GrantOpened).len(), 2);
 }
 
 #[test]

@@ -64,6 +64,20 @@ impl Update {
         })
     }
 
+    /// The same update with every fixed sequence matched in user space (for a firewall
+    /// that cannot match them itself).
+    pub fn userspace_sequences(self) -> Result<Update, DoorError> {
+        if self.config.kernel_doors().is_empty() {
+            return Ok(self);
+        }
+        let rebuilt = Update::build(self.config.userspace_sequences())?;
+        Ok(Update {
+            material: self.material,
+            p0f: self.p0f,
+            ..rebuilt
+        })
+    }
+
     /// Judge `require_os` by `db` (the shell loads it from `agent.p0f_db`).
     #[must_use]
     pub fn with_p0f(mut self, db: Option<Arc<Database>>) -> Update {
