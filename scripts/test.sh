@@ -36,3 +36,6 @@ bash deploy/ansible/test.sh
 # #[ignore = "needs root ..."] so that `cargo test` as a developer runs everything else and
 # passes; here, as root, they all run: none may be skipped.
 cargo test --workspace --locked -- --include-ignored
+# The fixed-sequence stories again with every sequence matched by the agent itself (the
+# run above matches them in the kernel, the default): both paths are product paths.
+KGT_SEQUENCES=userspace cargo test -p knockgate-tests --locked --test sequence --test failclosed -- --include-ignored

@@ -4,6 +4,7 @@
 //! knocks are dropped and counted rather than queued without bound. When a new config
 //! changes what to listen for, [`Tuning`] carries the new filter to every thread.
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -38,8 +39,51 @@ pub enum CaptureError {
 /// An opened, filtered capture, not yet running.
 pub struct Opened {
     iface: String,
-    link: LinkType,
+    framing: Framing,
     cap: Capture<Active>,
+}
+
+/// What a capture reads: frames of a link, or the nflog group kernel doors report
+/// completed sequences on.
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    Link(LinkType),
+    Nflog,
+}
+
+/// libpcap's link type for an `nflog:GROUP` device.
+const DLT_NFLOG: i32 = 239;
+
+/// Open the nflog group the kernel doors log their completions to. Done before the
+/// firewall is touched: a door is installed only with someone to hear it.
+pub fn open_nflog(group: u16) -> Result<Opened, CaptureError> {
+    let iface = format!("nflog:{group}");
+    let open_err = |source| CaptureError::Open {
+        iface: iface.clone(),
+        source,
+    };
+    // Non-blocking, read when `readable` says so: libpcap's breakloop does not wake a
+    // blocked nflog read, so a blocking one would keep the agent from stopping.
+    let cap = Capture::from_device(iface.as_str())
+        .map_err(open_err)?
+        .immediate_mode(true)
+        .buffer_size(256 << 10)
+        .timeout(100)
+        .open()
+        .map_err(open_err)?
+        .setnonblock()
+        .map_err(open_err)?;
+    match cap.get_datalink() {
+        Linktype(DLT_NFLOG) => Ok(Opened {
+            iface,
+            framing: Framing::Nflog,
+            cap,
+        }),
+        Linktype(other) => Err(CaptureError::LinkType {
+            iface,
+            linktype: other,
+        }),
+    }
 }
 
 /// Open `iface` with the knock filter. Done before the firewall is touched, so a bad
@@ -77,7 +121,7 @@ pub fn open(iface: &str, filter: &str) -> Result<Opened, CaptureError> {
     };
     Ok(Opened {
         iface: iface.to_string(),
-        link,
+        framing: Framing::Link(link),
         cap,
     })
 }
@@ -169,6 +213,19 @@ impl Running {
     }
 }
 
+/// Wait up to `ms` for `fd` to be readable.
+#[allow(unsafe_code)] // poll(2): std has no wrapper for it
+fn readable(fd: std::os::fd::RawFd, ms: i32) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, owned by this frame, for the duration of the call.
+    let n = unsafe { libc::poll(&raw mut pfd, 1, ms) };
+    n > 0 && pfd.revents & libc::POLLIN != 0
+}
+
 /// Run a capture on its own thread until `stop` is set or the engine goes away.
 pub fn spawn(
     opened: Opened,
@@ -179,13 +236,20 @@ pub fn spawn(
 ) -> std::io::Result<Running> {
     let Opened {
         iface,
-        link,
+        framing,
         mut cap,
     } = opened;
     let breaker = cap.breakloop_handle();
-    if let Ok(mut w) = tuning.wakers.lock() {
-        w.push(cap.breakloop_handle());
-    }
+    let nflog_fd = match framing {
+        Framing::Nflog => Some(cap.as_raw_fd()),
+        // Only link captures are retuned.
+        Framing::Link(_) => {
+            if let Ok(mut w) = tuning.wakers.lock() {
+                w.push(cap.breakloop_handle());
+            }
+            None
+        }
+    };
     let thread = std::thread::Builder::new().name(format!("capture-{iface}")).spawn(move || {
         tracing::info!(%iface, "capture started");
         let mut seen = 0;
@@ -193,6 +257,7 @@ pub fn spawn(
         while !stop.load(Ordering::Relaxed) {
             let generation = tuning.generation();
             if generation != seen
+                && let Framing::Link(_) = framing
                 && let Some((filter, port)) = tuning.get()
             {
                 seen = generation;
@@ -203,6 +268,11 @@ pub fn spawn(
                         "cannot change the capture filter; knocks of the new config are not seen"),
                 }
             }
+            if let Some(fd) = nflog_fd
+                && !readable(fd, 200)
+            {
+                continue;
+            }
             let frame = match cap.next_packet() {
                 Ok(p) => p,
                 // A timeout, or a breakloop: to stop (checked above) or to retune.
@@ -211,6 +281,26 @@ pub fn spawn(
                 Err(e) => {
                     tracing::error!(%iface, error = %e, "capture failed; no more knocks from this interface");
                     break;
+                }
+            };
+            let link = match framing {
+                Framing::Link(link) => link,
+                Framing::Nflog => {
+                    let Some(logged) = packet::nflog(frame.data) else {
+                        tracing::debug!(%iface, len = frame.data.len(), "an nflog frame that is no kernel door's completion");
+                        continue;
+                    };
+                    let msg = Input::KernelCompleted {
+                        door: logged.prefix.to_string(),
+                        src: logged.src,
+                        at: Instant::now(),
+                    };
+                    // Blocking: a completion is a grant the kernel already opened and is
+                    // rare (it takes a whole sequence); it must not be dropped.
+                    if tx.send(msg).is_err() {
+                        break;
+                    }
+                    continue;
                 }
             };
             let Some(k) = packet::parse(link, frame.data) else {

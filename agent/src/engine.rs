@@ -38,6 +38,12 @@ pub use self::stores::CONSUMED_FILE;
 #[derive(Debug)]
 pub enum Input {
     Knock(KnockMsg),
+    /// The firewall matched kernel door `door` for `src` and opened its grants.
+    KernelCompleted {
+        door: String,
+        src: std::net::IpAddr,
+        at: Instant,
+    },
     /// Enforce a new config (from the controller); whether it took goes to `done`.
     Apply {
         update: Box<Update>,
@@ -58,6 +64,10 @@ pub enum Input {
     /// Stop. The firewall state stays (see [`crate::firewall::Firewall::expires_grants`]).
     Shutdown,
 }
+
+/// How long kernel doors open after the firewall was last found whole (it is checked
+/// every second): an agent that hangs or dies stops them within this.
+const DOORS_ALIVE: Duration = Duration::from_secs(5);
 
 /// How long the engine sleeps at most when nothing is due.
 const IDLE_TICK: Duration = Duration::from_secs(1);
@@ -111,6 +121,13 @@ impl Engine {
         let run_id = format!("{:08x}", rand::random::<u32>());
         let (detector, replay) = spa.unzip();
         let clock: Box<dyn Clock> = Box::new(SystemClock);
+        let userspace;
+        let config = if firewall.matches_sequences() {
+            config
+        } else {
+            userspace = config.clone().userspace_sequences();
+            &userspace
+        };
         let gateway = Gateway::new(config, detector, &run_id, time(&*clock))?;
         Ok(Engine {
             gateway,
@@ -196,6 +213,7 @@ impl Engine {
     pub fn install(&mut self) -> Result<(), FirewallError> {
         let ruleset = self.gateway.ruleset();
         self.firewall.ensure_base(&ruleset)?;
+        self.keep_doors_alive(&ruleset);
         self.gateway.installed(&ruleset);
         self.drain(self.now());
         Ok(())
@@ -234,7 +252,22 @@ impl Engine {
         self.gateway
             .handle_stop(self.firewall.expires_grants(), now);
         self.drain(now);
+        // No kernel door opens anything without an agent to hear of it.
+        if let Err(e) = self.firewall.keep_doors_alive(Duration::ZERO) {
+            warn!(error = %e, "cannot stop the kernel-matched sequences; they stop within 5 s");
+        }
         self.firewall
+    }
+
+    /// Let the kernel doors open for [`DOORS_ALIVE`] more: done whenever the firewall is
+    /// found or made whole.
+    fn keep_doors_alive(&mut self, ruleset: &knockgate_agent_core::ruleset::Ruleset) {
+        if ruleset.doors.is_empty() {
+            return;
+        }
+        if let Err(e) = self.firewall.keep_doors_alive(DOORS_ALIVE) {
+            warn!(error = %e, "cannot keep the kernel-matched sequences alive");
+        }
     }
 
     /// One input, and everything it leads to.
@@ -242,10 +275,14 @@ impl Engine {
         let now = self.now();
         self.trace.begin(match &input {
             Input::Knock(k) => Some(k.at),
+            Input::KernelCompleted { at, .. } => Some(*at),
             _ => None,
         });
         match input {
             Input::Knock(k) => self.gateway.handle_packet(&k, now),
+            Input::KernelCompleted { door, src, at } => {
+                self.gateway.handle_kernel_completed(&door, src, at, now);
+            }
             Input::Apply { update, done } => {
                 let result = self.apply(*update, now);
                 let _ = done.send(result);
@@ -270,6 +307,11 @@ impl Engine {
     /// Enforce `update`: the firewall's ruleset first (one atomic change), and only if
     /// that worked the decision state. On an error nothing has changed.
     fn apply(&mut self, update: Update, now: Time) -> Result<(), String> {
+        let update = if self.firewall.matches_sequences() {
+            update
+        } else {
+            update.userspace_sequences().map_err(|e| e.to_string())?
+        };
         let ruleset = match self.gateway.handle_config(update, now)? {
             Apply::Done => return Ok(()),
             Apply::Install(ruleset) => ruleset,
@@ -278,6 +320,9 @@ impl Engine {
             .firewall
             .ensure_base(&ruleset)
             .map_err(|e| e.to_string());
+        if installed.is_ok() {
+            self.keep_doors_alive(&ruleset);
+        }
         self.gateway.handle_installed_config(installed, now)?;
         self.drain(now);
         let c = self.gateway.config();
@@ -353,14 +398,20 @@ impl Engine {
             }
             Action::Check(ruleset) => {
                 let r = self.firewall.intact(&ruleset).map_err(|e| e.to_string());
-                gw.handle_checked(r, now);
+                if r == Ok(true) {
+                    self.keep_doors_alive(&ruleset);
+                }
+                self.gateway.handle_checked(r, now);
             }
             Action::Install(ruleset) => {
                 let r = self
                     .firewall
                     .ensure_base(&ruleset)
                     .map_err(|e| e.to_string());
-                gw.handle_installed(r, now);
+                if r.is_ok() {
+                    self.keep_doors_alive(&ruleset);
+                }
+                self.gateway.handle_installed(r, now);
             }
             Action::List => {
                 let r = self.firewall.list().map_err(|e| e.to_string());

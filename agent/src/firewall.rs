@@ -58,4 +58,14 @@ pub trait Firewall: Send {
     fn expires_grants(&self) -> bool {
         true
     }
+    /// Whether the firewall matches fixed knock sequences itself (kernel doors); a
+    /// config's doors are matched in user space by a firewall that does not.
+    fn matches_sequences(&self) -> bool {
+        false
+    }
+    /// Let the firewall's own sequence matching (kernel doors) open grants for `ttl`
+    /// more; `Duration::ZERO` stops it now. A backend without it has nothing to do.
+    fn keep_doors_alive(&mut self, _ttl: Duration) -> Result<(), FirewallError> {
+        Ok(())
+    }
 }

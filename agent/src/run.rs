@@ -14,7 +14,7 @@ use knockgate_agent::firewall::nft::NftFirewall;
 use knockgate_agent::firewall::{Firewall, FirewallError};
 use knockgate_agent::privilege;
 use knockgate_agent::state;
-use knockgate_agent_core::config::{Backend, Config};
+use knockgate_agent_core::config::{Backend, Config, SequenceMatching, SequencePath};
 use knockgate_telemetry::{LogFormat, Setup};
 use tracing::{info, warn};
 
@@ -100,6 +100,17 @@ pub fn check(path: &Path) -> Result<(), Failure> {
             open.join(","),
             p.timeout
         );
+        match config.sequence_path(p) {
+            Some(SequencePath::Kernel) => {
+                println!(
+                    "    sequence: matched in the kernel (nftables sets; the agent sees completions only)"
+                );
+            }
+            Some(SequencePath::Userspace(why)) => {
+                println!("    sequence: matched by the agent (every knock captured): {why}");
+            }
+            None => {}
+        }
     }
     if !floor.is_empty() {
         let kept: Vec<String> = floor.iter().map(|a| a.to_string()).collect();
@@ -201,6 +212,19 @@ pub fn run(path: &Path, format: LogFormat, level: &str) -> Result<(), Failure> {
     let mut captures = Vec::new();
     for iface in &start.config.agent.interfaces {
         captures.push(capture::open(iface, &filter).map_err(|e| Failure::runtime(e.into()))?);
+    }
+    // Kernel doors report their completions on an nflog group: listen before any door is
+    // installed, so none opens unheard.
+    if start.config.agent.sequence_matching == SequenceMatching::Kernel
+        && start.config.firewall.backend == Backend::Nftables
+    {
+        let group = start.config.agent.nflog_group;
+        captures.push(capture::open_nflog(group).map_err(|e| {
+            Failure::runtime(anyhow::anyhow!(
+                "{e}; kernel-matched sequences need it (or set [agent] \
+                 sequence_matching = \"userspace\")"
+            ))
+        })?);
     }
     let (firewall, watch) = firewall(&file).map_err(fw_failure)?;
     let version = start.cached.as_ref().map_or(0, |c| c.version);

@@ -9,10 +9,14 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
+use knockgate_agent::capture;
+use knockgate_agent::engine::Input;
 use knockgate_agent::firewall::nft::NftFirewall;
 use knockgate_agent::firewall::{Firewall, FirewallError, Held};
 use knockgate_agent_core::grants::GrantLabel;
-use knockgate_agent_core::ruleset::{Access, GrantKey, Proto, Ruleset};
+use knockgate_agent_core::ruleset::{
+    Access, FlagFilter, GrantKey, KernelDoor, KnockStep, Proto, Ruleset,
+};
 
 /// Run `f` on a new thread inside a new, empty network namespace with `lo` up.
 fn in_netns<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
@@ -117,6 +121,7 @@ fn ruleset(protected: &[Access], knocks: &[Access]) -> Ruleset {
         protected: protected.iter().copied().collect::<BTreeSet<_>>(),
         knock_ports: knocks.iter().copied().collect::<BTreeSet<_>>(),
         forwards: BTreeMap::new(),
+        ..Ruleset::default()
     }
 }
 
@@ -150,12 +155,14 @@ fn assert_remaining(h: Option<Held>, max: Duration, slack: Duration) {
 const EXPECTED: &str = "table inet knockgate {
     set protected { type inet_proto . inet_service elements = { tcp . 22 } }
     set knocks { type inet_proto . inet_service elements = { tcp . 7000, udp . 8000 } }
-    set grants4 { type ipv4_addr . inet_proto . inet_service flags timeout }
-    set grants6 { type ipv6_addr . inet_proto . inet_service flags timeout }
+    set grants4 { type ipv4_addr . inet_proto . inet_service flags dynamic,timeout }
+    set grants6 { type ipv6_addr . inet_proto . inet_service flags dynamic,timeout }
     map forwards4 { type inet_proto . inet_service : ipv4_addr . inet_service }
     map forwards6 { type inet_proto . inet_service : ipv6_addr . inet_service }
     set targets4 { type ipv4_addr . inet_proto . inet_service }
     set targets6 { type ipv6_addr . inet_proto . inet_service }
+    set door_ports { type inet_proto . inet_service }
+    set alive { type nf_proto flags timeout }
     chain input {
         type filter hook input priority filter - 10; policy accept;
         meta l4proto . th dport @knocks drop
@@ -164,6 +171,8 @@ const EXPECTED: &str = "table inet knockgate {
         meta l4proto . th dport @forwards6 drop
         meta l4proto . th dport @protected ip saddr . meta l4proto . th dport != @grants4 drop
         meta l4proto . th dport @protected ip6 saddr . meta l4proto . th dport != @grants6 drop
+    }
+    chain doors {
     }
 }";
 
@@ -706,8 +715,8 @@ fn forwarding() -> Ruleset {
 const EXPECTED_FORWARDING: &str = "table inet knockgate {
     set protected { type inet_proto . inet_service elements = { tcp . 22, tcp . 2222, udp . 5353 } }
     set knocks { type inet_proto . inet_service elements = { tcp . 7000, udp . 8000 } }
-    set grants4 { type ipv4_addr . inet_proto . inet_service flags timeout }
-    set grants6 { type ipv6_addr . inet_proto . inet_service flags timeout }
+    set grants4 { type ipv4_addr . inet_proto . inet_service flags dynamic,timeout }
+    set grants6 { type ipv6_addr . inet_proto . inet_service flags dynamic,timeout }
     map forwards4 { type inet_proto . inet_service : ipv4_addr . inet_service
         elements = { tcp . 2222 : 10.240.2.2 . 22 } }
     map forwards6 { type inet_proto . inet_service : ipv6_addr . inet_service
@@ -716,6 +725,8 @@ const EXPECTED_FORWARDING: &str = "table inet knockgate {
         elements = { 10.240.2.2 . tcp . 22 } }
     set targets6 { type ipv6_addr . inet_proto . inet_service
         elements = { fd00:4b47:2::2 . udp . 53 } }
+    set door_ports { type inet_proto . inet_service }
+    set alive { type nf_proto flags timeout }
     chain input {
         type filter hook input priority filter - 10; policy accept;
         meta l4proto . th dport @knocks drop
@@ -724,6 +735,8 @@ const EXPECTED_FORWARDING: &str = "table inet knockgate {
         meta l4proto . th dport @forwards6 drop
         meta l4proto . th dport @protected ip saddr . meta l4proto . th dport != @grants4 drop
         meta l4proto . th dport @protected ip6 saddr . meta l4proto . th dport != @grants6 drop
+    }
+    chain doors {
     }
     chain prerouting {
         type nat hook prerouting priority dstnat - 10; policy accept;
@@ -884,5 +897,250 @@ fn a_foreign_prerouting_chain_is_rebuilt_with_its_grants_carried_over() {
             Duration::from_secs(5),
         );
         assert!(fw.intact(&rs).expect("check"));
+    });
+}
+
+// Kernel doors: fixed sequences the firewall matches itself (docs/KERNEL_SEQUENCES.md).
+
+const GROUP: u16 = 4747;
+
+fn door(max_sources: u32) -> KernelDoor {
+    KernelDoor::new(
+        "ssh",
+        vec![
+            KnockStep::tcp(7000),
+            KnockStep::udp(8000),
+            KnockStep::tcp(9000),
+        ],
+        Duration::from_secs(2),
+        Duration::from_millis(300),
+        FlagFilter::DEFAULT,
+        vec![port(Proto::Tcp, 22)],
+        Duration::from_secs(30),
+        max_sources,
+    )
+}
+
+fn with_door(d: KernelDoor) -> Ruleset {
+    let mut rs = standard();
+    rs.knock_ports.extend(d.ports());
+    rs.doors = vec![d];
+    rs.nflog_group = GROUP;
+    rs
+}
+
+/// One knock from `src` to the same family's loopback address: a TCP SYN (a
+/// non-blocking connect, which the knock port drops) or a UDP datagram.
+fn knock_from(src: IpAddr, step: KnockStep) {
+    let dst: IpAddr = if src.is_ipv4() {
+        Ipv4Addr::LOCALHOST.into()
+    } else {
+        Ipv6Addr::LOCALHOST.into()
+    };
+    let KnockStep::Port { proto, port } = step else {
+        panic!("only port knocks here");
+    };
+    let domain = socket2::Domain::for_address(SocketAddr::new(src, 0));
+    let (kind, protocol) = match proto {
+        Proto::Tcp => (socket2::Type::STREAM, socket2::Protocol::TCP),
+        Proto::Udp => (socket2::Type::DGRAM, socket2::Protocol::UDP),
+    };
+    let sock = socket2::Socket::new(domain, kind, Some(protocol)).expect("socket");
+    sock.bind(&SocketAddr::new(src, 0).into()).expect("bind");
+    sock.set_nonblocking(true).expect("nonblocking");
+    let to = SocketAddr::new(dst, port).into();
+    match proto {
+        Proto::Tcp => {
+            let _ = sock.connect(&to); // EINPROGRESS: the SYN is out
+        }
+        Proto::Udp => {
+            sock.send_to(b"knock", &to).expect("send");
+        }
+    }
+    // Let loopback deliver it before the next knock.
+    thread::sleep(Duration::from_millis(5));
+}
+
+fn knock_all(src: &str, steps: &[u16]) {
+    let src: IpAddr = src.parse().expect("source");
+    for &p in steps {
+        let step = if p == 8000 {
+            KnockStep::udp(p)
+        } else {
+            KnockStep::tcp(p)
+        };
+        knock_from(src, step);
+    }
+}
+
+/// Whether `src` holds a tcp/22 grant within 200 ms.
+fn granted(fw: &mut NftFirewall, src: &str) -> bool {
+    let key = grant(src, Proto::Tcp, 22);
+    let deadline = std::time::Instant::now() + Duration::from_millis(200);
+    loop {
+        if held(fw, &key).is_some() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
+fn a_kernel_door_matches_sequences_with_knockds_rules_and_reports_them_on_nflog() {
+    in_netns(|| {
+        // The agent's completion reader, on the group the door logs to.
+        let (tx, rx) = std::sync::mpsc::sync_channel(16);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let nflog = capture::spawn(
+            capture::open_nflog(GROUP).expect("open nflog"),
+            tx,
+            stop.clone(),
+            std::sync::Arc::default(),
+            capture::Tuning::new(String::new(), None),
+        )
+        .expect("nflog thread");
+        let d = door(1000);
+        let rs = with_door(d.clone());
+        let mut fw = firewall_with(&rs);
+        assert!(fw.intact(&rs).expect("check"));
+        fw.keep_doors_alive(Duration::from_secs(30)).expect("alive");
+
+        knock_all("127.0.0.2", &[7000, 8000, 9000]);
+        assert!(granted(&mut fw, "127.0.0.2"), "{}", listing());
+        let Ok(Input::KernelCompleted { door, src, .. }) = rx.recv_timeout(Duration::from_secs(1))
+        else {
+            panic!("no completion on nflog");
+        };
+        assert_eq!(
+            (door.as_str(), src),
+            (d.id.as_str(), "127.0.0.2".parse().expect("ip"))
+        );
+
+        // A wrong knock on one of the door's ports starts over.
+        knock_all("127.0.0.3", &[7000, 9000, 8000, 9000]);
+        assert!(!granted(&mut fw, "127.0.0.3"));
+        knock_all("127.0.0.3", &[7000, 8000, 9000]);
+        assert!(granted(&mut fw, "127.0.0.3"));
+
+        // A repeated knock (a retransmitted SYN) changes nothing.
+        knock_all("127.0.0.4", &[7000, 7000, 8000, 8000, 9000]);
+        assert!(granted(&mut fw, "127.0.0.4"));
+
+        // More than the stage timeout (300 ms) between two knocks.
+        knock_all("127.0.0.5", &[7000]);
+        thread::sleep(Duration::from_millis(450));
+        knock_all("127.0.0.5", &[8000, 9000]);
+        assert!(!granted(&mut fw, "127.0.0.5"));
+
+        // IPv6 has its own sets and opens in grants6.
+        knock_all("::1", &[7000, 8000, 9000]);
+        assert!(granted(&mut fw, "::1"));
+        assert!(!granted(&mut fw, "127.0.0.1"));
+
+        // Without an agent keeping the door alive it opens nothing.
+        fw.keep_doors_alive(Duration::ZERO).expect("stop");
+        knock_all("127.0.0.6", &[7000, 8000, 9000]);
+        assert!(!granted(&mut fw, "127.0.0.6"));
+        fw.keep_doors_alive(Duration::from_secs(30)).expect("alive");
+        knock_all("127.0.0.6", &[7000, 8000, 9000]);
+        assert!(granted(&mut fw, "127.0.0.6"));
+
+        // Every completion was reported, none of the failures.
+        let mut reported = vec!["127.0.0.2".to_string()];
+        while let Ok(Input::KernelCompleted { src, .. }) =
+            rx.recv_timeout(Duration::from_millis(300))
+        {
+            reported.push(src.to_string());
+        }
+        assert_eq!(
+            reported,
+            ["127.0.0.2", "127.0.0.3", "127.0.0.4", "::1", "127.0.0.6"]
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        nflog.stop();
+    });
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
+fn a_full_stage_refuses_new_sources_and_keeps_everyone_elses_progress() {
+    in_netns(|| {
+        let rs = with_door(door(2));
+        let mut fw = firewall_with(&rs);
+        fw.keep_doors_alive(Duration::from_secs(30)).expect("alive");
+        knock_all("127.0.0.2", &[7000]);
+        knock_all("127.0.0.3", &[7000]);
+        // The first stage holds two sources: a third is refused.
+        knock_all("127.0.0.4", &[7000, 8000, 9000]);
+        assert!(!granted(&mut fw, "127.0.0.4"));
+        knock_all("127.0.0.2", &[8000, 9000]);
+        knock_all("127.0.0.3", &[8000, 9000]);
+        assert!(granted(&mut fw, "127.0.0.2") && granted(&mut fw, "127.0.0.3"));
+        // Room again once they are through and the kernel's garbage collection (every
+        // second) has counted their elements out.
+        thread::sleep(Duration::from_millis(1500));
+        knock_all("127.0.0.4", &[7000, 8000, 9000]);
+        assert!(granted(&mut fw, "127.0.0.4"));
+    });
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
+fn door_chains_and_sets_follow_the_config_and_an_unchanged_door_keeps_its_progress() {
+    in_netns(|| {
+        let d = door(1000);
+        let rs = with_door(d.clone());
+        let mut fw = firewall_with(&rs);
+        fw.keep_doors_alive(Duration::from_secs(30)).expect("alive");
+        let text = listing();
+        assert!(text.contains(&format!("chain {} {{", d.id)), "{text}");
+        assert!(text.contains("meta l4proto . th dport @door_ports jump doors"));
+        assert!(
+            text.contains(&format!("log prefix \"{}\" group 4747", d.id)),
+            "{text}"
+        );
+        // Progress survives a config that leaves the door as it was.
+        knock_all("127.0.0.2", &[7000, 8000]);
+        fw.ensure_base(&rs).expect("same config");
+        assert!(fw.intact(&rs).expect("check"));
+        knock_all("127.0.0.2", &[9000]);
+        assert!(granted(&mut fw, "127.0.0.2"));
+        // A changed door replaces the old one's chain and sets.
+        let mut longer = d.clone();
+        longer.timeout = Duration::from_secs(60);
+        let longer = KernelDoor::new(
+            "ssh",
+            longer.steps,
+            longer.sequence_timeout,
+            longer.stage_timeout,
+            longer.tcp_flags,
+            longer.open,
+            longer.timeout,
+            longer.max_sources,
+        );
+        let rs2 = with_door(longer.clone());
+        fw.ensure_base(&rs2).expect("new door");
+        let text = listing();
+        assert!(!text.contains(&d.id), "{text}");
+        assert!(text.contains(&longer.id));
+        assert!(fw.intact(&rs2).expect("check"));
+        assert!(!fw.intact(&rs).expect("check"));
+        // No door at all: nothing of them is left.
+        fw.ensure_base(&standard()).expect("no doors");
+        let text = listing();
+        assert!(
+            !text.contains("kd_") && !text.contains("jump doors"),
+            "{text}"
+        );
+        // Damage to a door is noticed and repaired.
+        fw.ensure_base(&rs2).expect("door again");
+        run(&["nft", "flush", "chain", "inet", "knockgate", &longer.id]);
+        assert!(!fw.intact(&rs2).expect("check"));
+        fw.ensure_base(&rs2).expect("repair");
+        assert!(fw.intact(&rs2).expect("check"));
     });
 }

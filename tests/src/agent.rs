@@ -21,6 +21,13 @@ pub fn ssh_policy(timeout: &str, sequence: &[&str]) -> String {
     )
 }
 
+/// Whether the stories run with every fixed sequence matched by the agent itself
+/// (`KGT_SEQUENCES=userspace`, a second pass scripts/test.sh makes) instead of the
+/// default, in the kernel where a policy allows it.
+pub fn userspace_sequences() -> bool {
+    std::env::var("KGT_SEQUENCES").is_ok_and(|v| v == "userspace")
+}
+
 /// A scratch directory for one agent: config, state, log.
 pub struct Workdir {
     pub path: PathBuf,
@@ -52,8 +59,13 @@ impl Workdir {
         } else {
             format!("state-{name}")
         };
+        let matching = if userspace_sequences() {
+            "sequence_matching = \"userspace\"\n"
+        } else {
+            ""
+        };
         let text = format!(
-            "[agent]\nname = \"{name}\"\ninterfaces = [\"{}\"]\nstate_dir = \"{}\"\n\n{rest}",
+            "[agent]\nname = \"{name}\"\ninterfaces = [\"{}\"]\nstate_dir = \"{}\"\n{matching}\n{rest}",
             Lab::GW_IFACE,
             self.path.join(state).display()
         );
@@ -137,6 +149,14 @@ impl AgentProc {
             .into_iter()
             .filter(|v| v["event"] == name)
             .collect()
+    }
+
+    /// Decision events with this name once there is at least one, or none after
+    /// `within`. A grant a kernel door opened is told after it opened, so a story that
+    /// has just connected waits for its events.
+    pub fn events_named_within(&mut self, name: &str, within: Duration) -> Vec<Value> {
+        let _ = self.wait_event(|v| v["event"] == name, within);
+        self.events_named(name)
     }
 
     /// Poll the log until a line satisfies `pred`.

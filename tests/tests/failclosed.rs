@@ -104,6 +104,12 @@ fn a_stopped_agent_keeps_the_port_closed_and_a_restarted_one_opens_it() {
         "the grant expires in the kernel with nobody to close it"
     );
     assert!(!can_connect(&lab.client, Lab::OTHER4.into(), ssh4()));
+    // Nothing opens without an agent to hear of it, a sequence matched in the kernel
+    // neither (the agent stopped its doors).
+    assert!(
+        !knock_opens(lab, Lab::GW4.into(), Lab::CLIENT4.into(), ssh4()),
+        "a valid knock opened with the agent stopped"
+    );
 
     let mut agent = AgentProc::start(lab, config, &[]);
     assert!(
@@ -112,6 +118,27 @@ fn a_stopped_agent_keeps_the_port_closed_and_a_restarted_one_opens_it() {
         agent.log_text()
     );
     assert!(agent.stop().success());
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
+fn a_killed_agents_sequences_stop_opening_within_five_seconds() {
+    let Bench { lab, config, .. } = &bench("1s");
+    let mut agent = AgentProc::start(lab, config, &[]);
+    assert!(knock_opens(
+        lab,
+        Lab::GW4.into(),
+        Lab::CLIENT4.into(),
+        ssh4()
+    ));
+    agent.kill9();
+    // SIGKILL: no cleanup ran. The kernel doors' keep-alive (5 s) runs out, and the
+    // 1 s grant with it.
+    std::thread::sleep(Duration::from_millis(5500));
+    assert!(
+        !knock_opens(lab, Lab::GW4.into(), Lab::CLIENT4.into(), ssh4()),
+        "a valid knock opened 5 s after the agent died"
+    );
 }
 
 #[test]

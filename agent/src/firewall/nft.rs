@@ -3,6 +3,7 @@
 //! one atomic nf_tables transaction; the kernel expires grants by itself, so they close on
 //! time even if the agent dies.
 
+mod doors;
 mod forward;
 mod grants;
 mod layout;
@@ -27,6 +28,12 @@ const ATTEMPTS: usize = 3;
 const NFT_MSG_NEWRULE: u8 = 6;
 /// `NFT_MSG_NEWSETELEM`, the type of a dumped element message.
 const NFT_MSG_NEWSETELEM: u8 = 12;
+/// `NFT_MSG_NEWCHAIN` and `NFT_MSG_NEWSET`, of dumped chains and sets, and the attributes
+/// that name them.
+const NFT_MSG_NEWCHAIN: u8 = 3;
+const NFT_MSG_NEWSET: u8 = 9;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_SET_NAME: u16 = 2;
 
 /// The [`Firewall`] that enforces grants with nftables, in the network namespace of the
 /// thread that created it.
@@ -61,7 +68,7 @@ impl NftFirewall {
     }
 
     /// How many rules `chain` holds (0 without the table or the chain).
-    fn count_rules(&mut self, chain: &'static str) -> Result<usize, NlError> {
+    fn count_rules(&mut self, chain: &str) -> Result<usize, NlError> {
         let mut n = 0;
         let result = self
             .sock
@@ -76,7 +83,7 @@ impl NftFirewall {
     }
 
     /// How many elements the set holds; `None` if the set (or the table) is missing.
-    fn count_elements(&mut self, set: &'static str) -> Result<Option<usize>, NlError> {
+    fn count_elements(&mut self, set: &str) -> Result<Option<usize>, NlError> {
         let mut n = 0;
         let result = self
             .sock
@@ -97,16 +104,21 @@ impl NftFirewall {
     /// chains, the static sets and maps with their elements, both grant sets.
     fn check(&mut self, ruleset: &Ruleset) -> Result<bool, NlError> {
         for (chain, want) in layout::rule_counts(ruleset) {
-            if self.count_rules(chain)? != want {
+            if self.count_rules(&chain)? != want {
                 return Ok(false);
             }
         }
         let sets = layout::static_sets(ruleset)
-            .map(|(set, n)| (set, Some(n)))
             .into_iter()
-            .chain([(layout::GRANTS4, None), (layout::GRANTS6, None)]);
+            .map(|(set, n)| (set, Some(n)))
+            .chain(
+                [layout::GRANTS4, layout::GRANTS6]
+                    .map(|s| (s.to_string(), None))
+                    .into_iter()
+                    .chain(doors::dynamic_sets(ruleset).into_iter().map(|s| (s, None))),
+            );
         for (set, want) in sets {
-            match (self.count_elements(set)?, want) {
+            match (self.count_elements(&set)?, want) {
                 (None, _) => return Ok(false),
                 (Some(n), Some(want)) if n != want => return Ok(false),
                 _ => {}
@@ -126,6 +138,38 @@ impl NftFirewall {
             }
         }
         Ok(present)
+    }
+
+    /// The chains and the sets of kernel doors the table holds and `ruleset` does not
+    /// have (none without the table).
+    fn stale_doors(&mut self, ruleset: &Ruleset) -> Result<(Vec<String>, Vec<String>), NlError> {
+        let wanted = doors::wanted(ruleset);
+        let mut found = (Vec::new(), Vec::new());
+        let queries = [
+            (layout::dump_chains(), NFT_MSG_NEWCHAIN, NFTA_CHAIN_NAME),
+            (layout::dump_sets(), NFT_MSG_NEWSET, NFTA_SET_NAME),
+        ];
+        for (i, (req, kind, attr)) in queries.into_iter().enumerate() {
+            let out = if i == 0 { &mut found.0 } else { &mut found.1 };
+            let result = self.sock.dump("dump names", req, |k, payload| {
+                if k == kind
+                    && let Some(raw) = grants::attribute(payload, attr)
+                {
+                    let name =
+                        String::from_utf8_lossy(raw.split(|b| *b == 0).next().unwrap_or(&[]))
+                            .into_owned();
+                    if name.starts_with(doors::PREFIX) && !wanted.contains(&name) {
+                        out.push(name);
+                    }
+                }
+                Ok(())
+            });
+            match result {
+                Err(e) if e.errno() == Some(libc::ENOENT) => {}
+                other => other?,
+            }
+        }
+        Ok(found)
     }
 
     /// Whether the kernel holds `key` now (an expired grant is not held).
@@ -174,7 +218,13 @@ impl Firewall for NftFirewall {
         } else {
             Vec::new()
         };
-        let err = match self.sock.transact(layout::adopt(ruleset, &stale)) {
+        let stale_doors = self
+            .stale_doors(ruleset)
+            .map_err(|e| to_firewall_error("ensure_base", e))?;
+        let err = match self
+            .sock
+            .transact(layout::adopt(ruleset, &stale, &stale_doors))
+        {
             Ok(()) => {
                 tracing::debug!(
                     protected = ruleset.protected.len(),
@@ -266,6 +316,19 @@ impl Firewall for NftFirewall {
                 .map_err(|e| to_firewall_error("list", e))?;
         }
         Ok(held)
+    }
+
+    fn matches_sequences(&self) -> bool {
+        true
+    }
+
+    fn keep_doors_alive(&mut self, ttl: Duration) -> Result<(), FirewallError> {
+        let ms = if ttl.is_zero() { 0 } else { timeout_ms(ttl) };
+        match self.sock.transact(doors::alive(ms)) {
+            // No table (uninstalled): nothing opens anyway.
+            Err(e) if ms == 0 && e.errno() == Some(libc::ENOENT) => Ok(()),
+            other => other.map_err(|e| to_firewall_error("keep doors alive", e)),
+        }
     }
 
     fn intact(&mut self, ruleset: &Ruleset) -> Result<bool, FirewallError> {

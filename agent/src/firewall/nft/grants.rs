@@ -81,7 +81,7 @@ pub(super) fn add_all(grants: &[(GrantKey, u64, Option<GrantLabel>)]) -> Vec<Req
 /// One message adding `elements` (already encoded) to `set` of our table: the one shape
 /// every batch of elements (grants, ports, forwards) is sent in.
 pub(super) fn add_elements(
-    set: &'static str,
+    set: &str,
     what: &'static str,
     elements: Vec<ListAttribute<SetElementAttribute>>,
 ) -> Request {
@@ -112,7 +112,7 @@ pub(super) fn get(key: &GrantKey) -> NfTablesMessage {
 }
 
 /// Every element of one grant set, as a dump request.
-pub(super) fn dump(set: &'static str) -> NfTablesMessage {
+pub(super) fn dump(set: &str) -> NfTablesMessage {
     NfTablesMessage::GetSetElement(SetElementMessage {
         attributes: vec![
             SetElementList::Table(TABLE.into()),
@@ -123,7 +123,7 @@ pub(super) fn dump(set: &'static str) -> NfTablesMessage {
 
 /// One element of `set` with `attrs`.
 fn elements_message(
-    set: &'static str,
+    set: &str,
     elements: Vec<ListAttribute<SetElementAttribute>>,
 ) -> SetElementMessage {
     SetElementMessage {

@@ -12,7 +12,7 @@ use netlink_packet_netfilter::nftables::{
 };
 
 use super::socket::Request;
-use super::{forward, grants, rules};
+use super::{doors, forward, grants, rules};
 
 pub(super) const TABLE: &str = "knockgate";
 pub(super) const CHAIN: &str = "input";
@@ -137,10 +137,10 @@ fn sets() -> [SetDef; 8] {
 
 /// The sets whose elements come from the ruleset (everything but the grant sets): what
 /// `adopt` flushes and refills, and what `intact` counts.
-pub(super) fn static_sets(ruleset: &Ruleset) -> [(&'static str, usize); 6] {
+pub(super) fn static_sets(ruleset: &Ruleset) -> Vec<(String, usize)> {
     let (forwards4, forwards6) = forward::count(ruleset);
     let (targets4, targets6) = forward::count_targets(ruleset);
-    [
+    let mut sets: Vec<(String, usize)> = [
         (PROTECTED, ruleset.protected.len()),
         (KNOCKS, ruleset.knock_ports.len()),
         (FORWARDS4, forwards4),
@@ -148,16 +148,34 @@ pub(super) fn static_sets(ruleset: &Ruleset) -> [(&'static str, usize); 6] {
         (TARGETS4, targets4),
         (TARGETS6, targets6),
     ]
+    .map(|(s, n)| (s.to_string(), n))
+    .into();
+    sets.extend(doors::static_sets(ruleset));
+    sets
+}
+
+/// The input chain's rules: the jumps to the kernel doors, then the fixed rules.
+fn input_rules(ruleset: &Ruleset) -> Vec<rules::Exprs> {
+    let mut all = doors::input_jumps(ruleset);
+    all.extend(rules::all());
+    all
 }
 
 /// Install `ruleset` over whatever knockgate table exists, or none: create what is
 /// missing, replace the rules and the static sets' elements, leave the grant sets'
 /// elements alone. `stale` names forward chains that exist although `ruleset` forwards
-/// nothing: they are removed.
-pub(super) fn adopt(ruleset: &Ruleset, stale: &[&'static str]) -> Vec<Request> {
+/// nothing, `stale_doors` the chains and sets of kernel doors it no longer has: they are
+/// removed.
+pub(super) fn adopt(
+    ruleset: &Ruleset,
+    stale: &[&'static str],
+    stale_doors: &(Vec<String>, Vec<String>),
+) -> Vec<Request> {
     let forwarding = !ruleset.forwards.is_empty();
-    let mut reqs = skeleton(forwarding);
+    let mut reqs = skeleton(ruleset);
     reqs.push(flush_chain(CHAIN));
+    reqs.extend(doors::flush(ruleset));
+    reqs.extend(doors::remove_stale(&stale_doors.0, &stale_doors.1));
     if forwarding {
         reqs.extend(FORWARD_CHAINS.map(flush_chain));
     } else {
@@ -181,7 +199,7 @@ pub(super) fn adopt(ruleset: &Ruleset, stale: &[&'static str]) -> Vec<Request> {
             msg: NfTablesMessage::DeleteSetElement(SetElementMessage {
                 attributes: vec![
                     SetElementList::Table(TABLE.into()),
-                    SetElementList::Set(set.into()),
+                    SetElementList::Set(set),
                 ],
             }),
             flags: 0,
@@ -213,19 +231,33 @@ pub(super) fn rebuild(
 ) -> Vec<Request> {
     // Adding the table first makes the delete succeed whether or not it existed.
     let mut reqs = vec![new_table(), delete_table()];
-    reqs.extend(skeleton(!ruleset.forwards.is_empty()));
+    reqs.extend(skeleton(ruleset));
     reqs.extend(grants::add_all(carried));
     reqs.extend(ports_and_rules(ruleset));
     reqs
 }
 
 /// Every rule of `chain`, as a dump request.
-pub(super) fn dump_rules(chain: &'static str) -> NfTablesMessage {
+pub(super) fn dump_rules(chain: &str) -> NfTablesMessage {
     NfTablesMessage::GetRule(RuleMessage {
         attributes: vec![
             RuleAttribute::Table(TABLE.into()),
             RuleAttribute::Chain(chain.into()),
         ],
+    })
+}
+
+/// Every chain of the table, as a dump request.
+pub(super) fn dump_chains() -> NfTablesMessage {
+    NfTablesMessage::GetChain(ChainMessage {
+        attributes: vec![ChainAttribute::Table(TABLE.into())],
+    })
+}
+
+/// Every set of the table, as a dump request.
+pub(super) fn dump_sets() -> NfTablesMessage {
+    NfTablesMessage::GetSet(SetMessage {
+        attributes: vec![SetAttribute::Table(TABLE.into())],
     })
 }
 
@@ -240,12 +272,13 @@ pub(super) fn get_chain(chain: &'static str) -> NfTablesMessage {
 }
 
 /// The chains `ruleset` needs and how many rules each holds when it is whole.
-pub(super) fn rule_counts(ruleset: &Ruleset) -> Vec<(&'static str, usize)> {
-    let mut counts = vec![(CHAIN, rules::all().len())];
+pub(super) fn rule_counts(ruleset: &Ruleset) -> Vec<(String, usize)> {
+    let mut counts = vec![(CHAIN.to_string(), input_rules(ruleset).len())];
     if !ruleset.forwards.is_empty() {
-        counts.push((PREROUTING, rules::prerouting().len()));
-        counts.push((FORWARD, rules::forward().len()));
+        counts.push((PREROUTING.to_string(), rules::prerouting().len()));
+        counts.push((FORWARD.to_string(), rules::forward().len()));
     }
+    counts.extend(doors::rule_counts(ruleset));
     counts
 }
 
@@ -272,14 +305,16 @@ fn new_table() -> Request {
     }
 }
 
-/// Table, sets and chains (the forward chains only when `forwarding`). Without
-/// NLM_F_EXCL, one that exists with the same definition is kept as it is, elements
-/// included.
-fn skeleton(forwarding: bool) -> Vec<Request> {
+/// Table, sets and chains (the forward chains only when `ruleset` forwards, a chain and
+/// sets per kernel door). Without NLM_F_EXCL, one that exists with the same definition
+/// is kept as it is, elements included.
+fn skeleton(ruleset: &Ruleset) -> Vec<Request> {
+    let forwarding = !ruleset.forwards.is_empty();
     let mut reqs = vec![new_table()];
     for (id, set) in (1..).zip(sets()) {
+        // The grant sets take elements from the kernel doors' rules too (`Eval`).
         let mut flags = if set.timeout {
-            SetFlags::Timeout
+            SetFlags::Timeout | SetFlags::Eval
         } else {
             SetFlags::empty()
         };
@@ -310,6 +345,7 @@ fn skeleton(forwarding: bool) -> Vec<Request> {
         PRIORITY,
         "filter",
     ));
+    reqs.extend(doors::base());
     if forwarding {
         // A nat chain needs the kernel's NAT support: only a config that forwards asks
         // for it, so an agent that does not forward runs without it.
@@ -328,6 +364,7 @@ fn skeleton(forwarding: bool) -> Vec<Request> {
             "filter",
         ));
     }
+    reqs.extend(doors::skeleton(ruleset));
     reqs
 }
 
@@ -381,7 +418,8 @@ fn ports_and_rules(ruleset: &Ruleset) -> Vec<Request> {
         reqs.push(grants::add_elements(set, what, elements));
     }
     reqs.extend(forward::elements(ruleset));
-    let mut chains = vec![(CHAIN, Vec::from(rules::all()))];
+    reqs.extend(doors::elements_and_rules(ruleset));
+    let mut chains = vec![(CHAIN, input_rules(ruleset))];
     if !ruleset.forwards.is_empty() {
         chains.push((PREROUTING, Vec::from(rules::prerouting())));
         chains.push((FORWARD, Vec::from(rules::forward())));

@@ -16,10 +16,10 @@ use super::layout::{
 pub(super) type Exprs = Vec<ListAttribute<ExpressionAttribute>>;
 
 // Kernel constants the crate has no names for (include/uapi/linux/netfilter/*.h).
-const NF_DROP: u32 = 0;
+pub(super) const NF_DROP: u32 = 0;
 const NF_ACCEPT: u32 = 1;
-const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
-const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+pub(super) const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+pub(super) const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 const NFT_LOOKUP_F_INV: u32 = 1;
 const NFTA_CT_DREG: u16 = 1;
 const NFTA_CT_KEY: u16 = 2;
@@ -29,8 +29,8 @@ const CT_STATE_ESTABLISHED: u32 = 0x2;
 const CT_STATE_RELATED: u32 = 0x4;
 /// `IPS_DST_NAT`: the connection's destination was rewritten.
 const IPS_DST_NAT: u32 = 0x20;
-const NFPROTO_IPV4: u8 = 2;
-const NFPROTO_IPV6: u8 = 10;
+pub(super) const NFPROTO_IPV4: u8 = 2;
+pub(super) const NFPROTO_IPV6: u8 = 10;
 const NFTA_NAT_TYPE: u16 = 1;
 const NFTA_NAT_FAMILY: u16 = 2;
 const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
@@ -238,18 +238,23 @@ fn protect(v6: bool) -> Exprs {
 }
 
 /// `meta l4proto . th dport` into two registers.
-fn proto_port(proto: Register, port: Register) -> Exprs {
+pub(super) fn proto_port(proto: Register, port: Register) -> Exprs {
     vec![
         meta(MetaKey::L4Proto, proto),
         payload(NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2, port),
     ]
 }
 
-fn meta(key: MetaKey, dreg: Register) -> ListAttribute<ExpressionAttribute> {
+pub(super) fn meta(key: MetaKey, dreg: Register) -> ListAttribute<ExpressionAttribute> {
     Expressions::Meta(vec![Meta::Key(key), Meta::DestinationRegister(dreg)]).into()
 }
 
-fn payload(base: u32, offset: u32, len: u32, dreg: Register) -> ListAttribute<ExpressionAttribute> {
+pub(super) fn payload(
+    base: u32,
+    offset: u32,
+    len: u32,
+    dreg: Register,
+) -> ListAttribute<ExpressionAttribute> {
     Expressions::Payload(vec![
         Payload::DestinationRegister(dreg),
         Payload::Base(base),
@@ -259,7 +264,7 @@ fn payload(base: u32, offset: u32, len: u32, dreg: Register) -> ListAttribute<Ex
     .into()
 }
 
-fn cmp(op: Operator, data: Vec<u8>) -> ListAttribute<ExpressionAttribute> {
+pub(super) fn cmp(op: Operator, data: Vec<u8>) -> ListAttribute<ExpressionAttribute> {
     Expressions::Cmp(vec![
         Cmp::SourceRegister(Register::Reg1),
         Cmp::Op(op),
@@ -268,7 +273,7 @@ fn cmp(op: Operator, data: Vec<u8>) -> ListAttribute<ExpressionAttribute> {
     .into()
 }
 
-fn lookup(set: &str, invert: bool) -> ListAttribute<ExpressionAttribute> {
+pub(super) fn lookup(set: &str, invert: bool) -> ListAttribute<ExpressionAttribute> {
     let mut attrs = vec![
         Lookup::SourceRegister(Register::Reg1),
         Lookup::Set(set.into()),
@@ -280,7 +285,7 @@ fn lookup(set: &str, invert: bool) -> ListAttribute<ExpressionAttribute> {
 }
 
 /// The crate names only the jump-style verdicts; accept and drop are the netfilter codes.
-fn verdict(code: u32) -> ListAttribute<ExpressionAttribute> {
+pub(super) fn verdict(code: u32) -> ListAttribute<ExpressionAttribute> {
     Expressions::Immediate(vec![
         Immediate::DestinationRegister(Register::Verdict),
         Immediate::Data(DataAttribute::Verdict(vec![VerdictAttribute::Code(
