@@ -3,6 +3,12 @@
 //! and hands knocks to the engine through a bounded channel; when the engine falls behind,
 //! knocks are dropped and counted rather than queued without bound. When a new config
 //! changes what to listen for, [`Tuning`] carries the new filter to every thread.
+//!
+//! Two more sources feed the engine the same way: the SPA port, read from a UDP socket in
+//! batches ([`spa`]), and the nflog group on which kernel-matched sequences report their
+//! completions.
+
+pub mod spa;
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,13 +40,28 @@ pub enum CaptureError {
     },
     #[error("interface {iface} has link type {linktype} which knockgate does not parse")]
     LinkType { iface: String, linktype: i32 },
+    #[error("cannot receive SPA packets on {iface} udp/{port}: {source}")]
+    Spa {
+        iface: String,
+        port: u16,
+        source: std::io::Error,
+    },
 }
 
-/// An opened, filtered capture, not yet running.
+/// An opened capture, not yet running.
 pub struct Opened {
     iface: String,
-    framing: Framing,
-    cap: Capture<Active>,
+    source: Source,
+}
+
+/// Where an opened capture reads from.
+enum Source {
+    Pcap {
+        framing: Framing,
+        cap: Box<Capture<Active>>,
+    },
+    /// The SPA port's socket, and the port.
+    Spa(socket2::Socket, u16),
 }
 
 /// What a capture reads: frames of a link, or the nflog group kernel doors report
@@ -76,8 +97,10 @@ pub fn open_nflog(group: u16) -> Result<Opened, CaptureError> {
     match cap.get_datalink() {
         Linktype(DLT_NFLOG) => Ok(Opened {
             iface,
-            framing: Framing::Nflog,
-            cap,
+            source: Source::Pcap {
+                framing: Framing::Nflog,
+                cap: Box::new(cap),
+            },
         }),
         Linktype(other) => Err(CaptureError::LinkType {
             iface,
@@ -121,17 +144,32 @@ pub fn open(iface: &str, filter: &str) -> Result<Opened, CaptureError> {
     };
     Ok(Opened {
         iface: iface.to_string(),
-        framing: Framing::Link(link),
-        cap,
+        source: Source::Pcap {
+            framing: Framing::Link(link),
+            cap: Box::new(cap),
+        },
     })
 }
 
-/// What the capture threads listen for: the BPF filter, and the SPA port whose datagram
-/// bodies go to the engine. Changed by the engine when it applies a new config; each
-/// thread is woken from its blocking read (libpcap's breakloop) to pick the change up.
+/// Bind the SPA port on `iface`. Done before the firewall is touched, like every capture.
+pub fn open_spa(iface: &str, port: u16) -> Result<Opened, CaptureError> {
+    let sock = spa::open(port, iface).map_err(|source| CaptureError::Spa {
+        iface: iface.to_string(),
+        port,
+        source,
+    })?;
+    Ok(Opened {
+        iface: format!("{iface} udp/{port}"),
+        source: Source::Spa(sock, port),
+    })
+}
+
+/// What the capture threads listen for: the BPF filter. Changed by the engine when it
+/// applies a new config; each thread is woken from its blocking read (libpcap's
+/// breakloop) to pick the change up.
 pub struct Tuning {
     generation: AtomicU64,
-    state: Mutex<(String, Option<u16>)>,
+    filter: Mutex<String>,
     /// Whether TCP knocks come with their SYN's p0f fields (a policy requires an OS);
     /// read per packet, so no wake-up is needed.
     fingerprint: AtomicBool,
@@ -144,30 +182,30 @@ impl std::fmt::Debug for Tuning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tuning")
             .field("generation", &self.generation)
-            .field("state", &self.state)
+            .field("filter", &self.filter)
             .finish_non_exhaustive()
     }
 }
 
 impl Tuning {
-    pub fn new(filter: String, spa_port: Option<u16>) -> Arc<Tuning> {
+    pub fn new(filter: String) -> Arc<Tuning> {
         Arc::new(Tuning {
             generation: AtomicU64::new(0),
-            state: Mutex::new((filter, spa_port)),
+            filter: Mutex::new(filter),
             fingerprint: AtomicBool::new(false),
             wakers: Mutex::new(Vec::new()),
         })
     }
 
-    /// Listen with `filter`, and hand `spa_port`'s datagrams on as SPA.
-    pub fn set(&self, filter: String, spa_port: Option<u16>) {
-        let Ok(mut state) = self.state.lock() else {
+    /// Listen with `filter`.
+    pub fn set(&self, filter: String) {
+        let Ok(mut state) = self.filter.lock() else {
             return;
         };
-        if *state == (filter.clone(), spa_port) {
+        if *state == filter {
             return;
         }
-        *state = (filter, spa_port);
+        *state = filter;
         self.generation.fetch_add(1, Ordering::Release);
         drop(state);
         if let Ok(wakers) = self.wakers.lock() {
@@ -186,9 +224,9 @@ impl Tuning {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// The filter and SPA port the threads are told to use now.
-    pub fn get(&self) -> Option<(String, Option<u16>)> {
-        self.state.lock().ok().map(|s| s.clone())
+    /// The filter the threads are told to use now.
+    pub fn get(&self) -> Option<String> {
+        self.filter.lock().ok().map(|s| s.clone())
     }
 }
 
@@ -199,16 +237,19 @@ pub struct Counters {
     pub dropped: AtomicU64,
 }
 
-/// A running capture thread and the handle that wakes it to stop.
+/// A running capture thread and the handle that wakes it to stop (a socket's read wakes
+/// by itself to look at the stop flag).
 pub struct Running {
     pub thread: JoinHandle<()>,
-    breaker: BreakLoop,
+    breaker: Option<BreakLoop>,
 }
 
 impl Running {
     /// Stop the thread: libpcap's breakloop wakes a blocked read (libpcap >= 1.10).
     pub fn stop(self) {
-        self.breaker.breakloop();
+        if let Some(b) = &self.breaker {
+            b.breakloop();
+        }
         let _ = self.thread.join();
     }
 }
@@ -234,12 +275,23 @@ pub fn spawn(
     counters: Arc<Counters>,
     tuning: Arc<Tuning>,
 ) -> std::io::Result<Running> {
-    let Opened {
-        iface,
-        framing,
-        mut cap,
-    } = opened;
-    let breaker = cap.breakloop_handle();
+    let Opened { iface, source } = opened;
+    let (framing, mut cap) = match source {
+        Source::Pcap { framing, cap } => (framing, cap),
+        Source::Spa(sock, port) => {
+            let thread = std::thread::Builder::new()
+                .name(format!("spa-{iface}"))
+                .spawn(move || {
+                    tracing::info!(%iface, "SPA socket reading");
+                    spa::run(&sock, port, &tx, &stop, &counters);
+                })?;
+            return Ok(Running {
+                thread,
+                breaker: None,
+            });
+        }
+    };
+    let breaker = Some(cap.breakloop_handle());
     let nflog_fd = match framing {
         Framing::Nflog => Some(cap.as_raw_fd()),
         // Only link captures are retuned.
@@ -253,15 +305,13 @@ pub fn spawn(
     let thread = std::thread::Builder::new().name(format!("capture-{iface}")).spawn(move || {
         tracing::info!(%iface, "capture started");
         let mut seen = 0;
-        let mut spa_port = tuning.get().and_then(|(_, p)| p);
         while !stop.load(Ordering::Relaxed) {
             let generation = tuning.generation();
             if generation != seen
                 && let Framing::Link(_) = framing
-                && let Some((filter, port)) = tuning.get()
+                && let Some(filter) = tuning.get()
             {
                 seen = generation;
-                spa_port = port;
                 match cap.filter(&filter, true) {
                     Ok(()) => tracing::info!(%iface, %filter, "capture filter changed"),
                     Err(e) => tracing::error!(%iface, %filter, error = %e,
@@ -306,13 +356,11 @@ pub fn spawn(
             let Some(k) = packet::parse(link, frame.data) else {
                 continue;
             };
-            let spa = KnockStep::Port { proto: Proto::Udp, port: spa_port.unwrap_or(0) };
-            let payload = (spa_port.is_some() && k.kind == spa).then(|| Box::from(k.payload));
             let tcp = matches!(k.kind, KnockStep::Port { proto: Proto::Tcp, .. });
             let syn = (tcp && tuning.fingerprint.load(Ordering::Relaxed))
                 .then(|| p0f::syn(link, frame.data).map(Box::new))
                 .flatten();
-            let msg = KnockMsg { at: Instant::now(), src: k.src, kind: k.kind, tcp_flags: k.tcp_flags, payload, syn };
+            let msg = KnockMsg { at: Instant::now(), src: k.src, kind: k.kind, tcp_flags: k.tcp_flags, payload: None, syn };
             counters.knocks.fetch_add(1, Ordering::Relaxed);
             match tx.try_send(Input::Knock(msg)) {
                 Ok(()) => {}

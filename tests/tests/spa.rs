@@ -527,3 +527,38 @@ fn ten_thousand_junk_datagrams_open_nothing_and_the_agent_keeps_serving() {
         "still serving"
     );
 }
+
+/// What a UDP scan learns of `port` on the gateway: `true` if the port answered with a
+/// port unreachable ("closed"), `false` if nothing came back ("open|filtered").
+fn answers_unreachable(lab: &Lab, port: u16) -> bool {
+    lab.client.run(move || {
+        let sock = UdpSocket::bind((Lab::CLIENT4, 0)).expect("bind");
+        sock.connect((Lab::GW4, port)).expect("connect");
+        sock.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        sock.send(b"probe").expect("send");
+        let mut buf = [0u8; 64];
+        matches!(sock.recv(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+    })
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
+fn the_spa_port_looks_filtered_whether_the_agent_runs_or_not() {
+    let mut s = setup();
+    // The probe tells a closed port from a silent one.
+    assert!(answers_unreachable(&s.lab, 5555), "a closed port answers");
+    // The agent's socket reads the SPA port and never answers.
+    assert!(!answers_unreachable(&s.lab, 62201));
+    assert_eq!(
+        s.agent
+            .wait_event(|v| v["event"] == "spa.rejected", Duration::from_secs(2))
+            .map(|v| v["reason"].clone()),
+        Some("malformed".into()),
+        "the probe reached the agent"
+    );
+    // Without a socket the port is dropped, not answered.
+    assert!(s.agent.stop().success());
+    assert!(!answers_unreachable(&s.lab, 62201));
+    assert!(answers_unreachable(&s.lab, 5555));
+}
