@@ -72,6 +72,12 @@ enum Framing {
     Nflog,
 }
 
+/// The kernel ring a link capture reads from. Only knocks of sequences matched in user
+/// space, sealed and rotating knocks and ICMP echo requests pass the filter (fixed
+/// sequences are matched in the kernel, SPA has its socket): 256 KiB holds thousands of
+/// them, and is what the agent's idle memory is mostly made of.
+const CAPTURE_BUFFER: i32 = 256 << 10;
+
 /// libpcap's link type for an `nflog:GROUP` device.
 const DLT_NFLOG: i32 = 239;
 
@@ -120,7 +126,7 @@ pub fn open(iface: &str, filter: &str) -> Result<Opened, CaptureError> {
         .map_err(open_err)?
         .immediate_mode(true)
         .snaplen(2048)
-        .buffer_size(4 << 20)
+        .buffer_size(CAPTURE_BUFFER)
         .timeout(100)
         .open()
         .map_err(open_err)?;
