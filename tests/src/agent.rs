@@ -101,10 +101,20 @@ impl AgentProc {
 
     /// Start the agent inside namespace `ns`.
     pub fn start_in(ns: &Netns, config: &Path, extra: &[&str]) -> AgentProc {
+        Self::start_in_bin(ns, &crate::bin("knockgate-agent"), config, extra)
+    }
+
+    /// [`AgentProc::start`] with another agent binary, `bin` (a benchmark comparing builds).
+    pub fn start_bin(lab: &Lab, bin: &Path, config: &Path, extra: &[&str]) -> AgentProc {
+        Self::start_in_bin(&lab.gw, bin, config, extra)
+    }
+
+    /// Start the agent binary `bin` inside namespace `ns` and wait until it is enforcing.
+    pub fn start_in_bin(ns: &Netns, bin: &Path, config: &Path, extra: &[&str]) -> AgentProc {
         let log =
             config.with_file_name(format!("agent-{}.log", SEQ.fetch_add(1, Ordering::Relaxed)));
         let file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = ns.cmd(crate::bin("knockgate-agent"));
+        let mut cmd = ns.cmd(bin);
         cmd.args(["run", "--config"])
             .arg(config)
             .args(["--log-format", "json"]);

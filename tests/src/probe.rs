@@ -135,6 +135,24 @@ pub fn first_connect(dst: SocketAddr, t0: Instant, limit: Duration) -> Option<Du
     None
 }
 
+/// The `p` quantile of `lat` in ms (nearest rank); NaN when empty.
+pub fn percentile_ms(lat: &[Duration], p: f64) -> f64 {
+    nearest_rank(&sorted_ms(lat), p)
+}
+
+fn sorted_ms(lat: &[Duration]) -> Vec<f64> {
+    let mut v: Vec<f64> = lat.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
+}
+
+fn nearest_rank(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
 /// Print one benchmark line: how many opened, median, p90, min, max (milliseconds).
 pub fn report(mode: &str, lat: &[Duration], failed: usize) {
     report_median(mode, lat, failed);
@@ -142,13 +160,8 @@ pub fn report(mode: &str, lat: &[Duration], failed: usize) {
 
 /// [`report`], and the median in ms.
 pub fn report_median(mode: &str, lat: &[Duration], failed: usize) -> f64 {
-    let mut v: Vec<f64> = lat.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-    v.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| {
-        v.get(((v.len() as f64 - 1.0) * p).round() as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let v = sorted_ms(lat);
+    let pct = |p: f64| nearest_rank(&v, p);
     println!(
         "mode {mode}: {} of {} opened; knock-to-open median {:.3} ms, p90 {:.3} ms, min {:.3} ms, max {:.3} ms",
         v.len(),
