@@ -3,12 +3,6 @@
 //! and hands knocks to the engine through a bounded channel; when the engine falls behind,
 //! knocks are dropped and counted rather than queued without bound. When a new config
 //! changes what to listen for, [`Tuning`] carries the new filter to every thread.
-//!
-//! Two more sources feed the engine the same way: the SPA port, read from a UDP socket in
-//! batches ([`spa`]), and the nflog group on which kernel-matched sequences report their
-//! completions.
-
-pub mod spa;
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,28 +34,13 @@ pub enum CaptureError {
     },
     #[error("interface {iface} has link type {linktype} which knockgate does not parse")]
     LinkType { iface: String, linktype: i32 },
-    #[error("cannot receive SPA packets on {iface} udp/{port}: {source}")]
-    Spa {
-        iface: String,
-        port: u16,
-        source: std::io::Error,
-    },
 }
 
-/// An opened capture, not yet running.
+/// An opened, filtered capture, not yet running.
 pub struct Opened {
     iface: String,
-    source: Source,
-}
-
-/// Where an opened capture reads from.
-enum Source {
-    Pcap {
-        framing: Framing,
-        cap: Box<Capture<Active>>,
-    },
-    /// The SPA port's socket, and the port.
-    Spa(socket2::Socket, u16),
+    framing: Framing,
+    cap: Capture<Active>,
 }
 
 /// What a capture reads: frames of a link, or the nflog group kernel doors report
@@ -103,10 +82,8 @@ pub fn open_nflog(group: u16) -> Result<Opened, CaptureError> {
     match cap.get_datalink() {
         Linktype(DLT_NFLOG) => Ok(Opened {
             iface,
-            source: Source::Pcap {
-                framing: Framing::Nflog,
-                cap: Box::new(cap),
-            },
+            framing: Framing::Nflog,
+            cap,
         }),
         Linktype(other) => Err(CaptureError::LinkType {
             iface,
@@ -150,32 +127,17 @@ pub fn open(iface: &str, filter: &str) -> Result<Opened, CaptureError> {
     };
     Ok(Opened {
         iface: iface.to_string(),
-        source: Source::Pcap {
-            framing: Framing::Link(link),
-            cap: Box::new(cap),
-        },
+        framing: Framing::Link(link),
+        cap,
     })
 }
 
-/// Bind the SPA port on `iface`. Done before the firewall is touched, like every capture.
-pub fn open_spa(iface: &str, port: u16) -> Result<Opened, CaptureError> {
-    let sock = spa::open(port, iface).map_err(|source| CaptureError::Spa {
-        iface: iface.to_string(),
-        port,
-        source,
-    })?;
-    Ok(Opened {
-        iface: format!("{iface} udp/{port}"),
-        source: Source::Spa(sock, port),
-    })
-}
-
-/// What the capture threads listen for: the BPF filter. Changed by the engine when it
-/// applies a new config; each thread is woken from its blocking read (libpcap's
-/// breakloop) to pick the change up.
+/// What the capture threads listen for: the BPF filter, and the SPA port whose datagram
+/// bodies go to the engine. Changed by the engine when it applies a new config; each
+/// thread is woken from its blocking read (libpcap's breakloop) to pick the change up.
 pub struct Tuning {
     generation: AtomicU64,
-    filter: Mutex<String>,
+    state: Mutex<(String, Option<u16>)>,
     /// Whether TCP knocks come with their SYN's p0f fields (a policy requires an OS);
     /// read per packet, so no wake-up is needed.
     fingerprint: AtomicBool,
@@ -188,30 +150,30 @@ impl std::fmt::Debug for Tuning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tuning")
             .field("generation", &self.generation)
-            .field("filter", &self.filter)
+            .field("state", &self.state)
             .finish_non_exhaustive()
     }
 }
 
 impl Tuning {
-    pub fn new(filter: String) -> Arc<Tuning> {
+    pub fn new(filter: String, spa_port: Option<u16>) -> Arc<Tuning> {
         Arc::new(Tuning {
             generation: AtomicU64::new(0),
-            filter: Mutex::new(filter),
+            state: Mutex::new((filter, spa_port)),
             fingerprint: AtomicBool::new(false),
             wakers: Mutex::new(Vec::new()),
         })
     }
 
-    /// Listen with `filter`.
-    pub fn set(&self, filter: String) {
-        let Ok(mut state) = self.filter.lock() else {
+    /// Listen with `filter`, and hand `spa_port`'s datagrams on as SPA.
+    pub fn set(&self, filter: String, spa_port: Option<u16>) {
+        let Ok(mut state) = self.state.lock() else {
             return;
         };
-        if *state == filter {
+        if *state == (filter.clone(), spa_port) {
             return;
         }
-        *state = filter;
+        *state = (filter, spa_port);
         self.generation.fetch_add(1, Ordering::Release);
         drop(state);
         if let Ok(wakers) = self.wakers.lock() {
@@ -230,9 +192,9 @@ impl Tuning {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// The filter the threads are told to use now.
-    pub fn get(&self) -> Option<String> {
-        self.filter.lock().ok().map(|s| s.clone())
+    /// The filter and SPA port the threads are told to use now.
+    pub fn get(&self) -> Option<(String, Option<u16>)> {
+        self.state.lock().ok().map(|s| s.clone())
     }
 }
 
@@ -243,19 +205,16 @@ pub struct Counters {
     pub dropped: AtomicU64,
 }
 
-/// A running capture thread and the handle that wakes it to stop (a socket's read wakes
-/// by itself to look at the stop flag).
+/// A running capture thread and the handle that wakes it to stop.
 pub struct Running {
     pub thread: JoinHandle<()>,
-    breaker: Option<BreakLoop>,
+    breaker: BreakLoop,
 }
 
 impl Running {
     /// Stop the thread: libpcap's breakloop wakes a blocked read (libpcap >= 1.10).
     pub fn stop(self) {
-        if let Some(b) = &self.breaker {
-            b.breakloop();
-        }
+        self.breaker.breakloop();
         let _ = self.thread.join();
     }
 }
@@ -281,23 +240,12 @@ pub fn spawn(
     counters: Arc<Counters>,
     tuning: Arc<Tuning>,
 ) -> std::io::Result<Running> {
-    let Opened { iface, source } = opened;
-    let (framing, mut cap) = match source {
-        Source::Pcap { framing, cap } => (framing, cap),
-        Source::Spa(sock, port) => {
-            let thread = std::thread::Builder::new()
-                .name(format!("spa-{iface}"))
-                .spawn(move || {
-                    tracing::info!(%iface, "SPA socket reading");
-                    spa::run(&sock, port, &tx, &stop, &counters);
-                })?;
-            return Ok(Running {
-                thread,
-                breaker: None,
-            });
-        }
-    };
-    let breaker = Some(cap.breakloop_handle());
+    let Opened {
+        iface,
+        framing,
+        mut cap,
+    } = opened;
+    let breaker = cap.breakloop_handle();
     let nflog_fd = match framing {
         Framing::Nflog => Some(cap.as_raw_fd()),
         // Only link captures are retuned.
@@ -311,13 +259,15 @@ pub fn spawn(
     let thread = std::thread::Builder::new().name(format!("capture-{iface}")).spawn(move || {
         tracing::info!(%iface, "capture started");
         let mut seen = 0;
+        let mut spa_port = tuning.get().and_then(|(_, p)| p);
         while !stop.load(Ordering::Relaxed) {
             let generation = tuning.generation();
             if generation != seen
                 && let Framing::Link(_) = framing
-                && let Some(filter) = tuning.get()
+                && let Some((filter, port)) = tuning.get()
             {
                 seen = generation;
+                spa_port = port;
                 match cap.filter(&filter, true) {
                     Ok(()) => tracing::info!(%iface, %filter, "capture filter changed"),
                     Err(e) => tracing::error!(%iface, %filter, error = %e,
@@ -362,11 +312,13 @@ pub fn spawn(
             let Some(k) = packet::parse(link, frame.data) else {
                 continue;
             };
+            let spa = KnockStep::Port { proto: Proto::Udp, port: spa_port.unwrap_or(0) };
+            let payload = (spa_port.is_some() && k.kind == spa).then(|| Box::from(k.payload));
             let tcp = matches!(k.kind, KnockStep::Port { proto: Proto::Tcp, .. });
             let syn = (tcp && tuning.fingerprint.load(Ordering::Relaxed))
                 .then(|| p0f::syn(link, frame.data).map(Box::new))
                 .flatten();
-            let msg = KnockMsg { at: Instant::now(), src: k.src, kind: k.kind, tcp_flags: k.tcp_flags, payload: None, syn };
+            let msg = KnockMsg { at: Instant::now(), src: k.src, kind: k.kind, tcp_flags: k.tcp_flags, payload, syn };
             counters.knocks.fetch_add(1, Ordering::Relaxed);
             match tx.try_send(Input::Knock(msg)) {
                 Ok(()) => {}

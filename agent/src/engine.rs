@@ -38,8 +38,6 @@ pub use self::stores::CONSUMED_FILE;
 #[derive(Debug)]
 pub enum Input {
     Knock(KnockMsg),
-    /// Datagrams read together from the SPA port.
-    Batch(Vec<KnockMsg>),
     /// The firewall matched kernel door `door` for `src` and opened its grants.
     KernelCompleted {
         door: String,
@@ -277,18 +275,11 @@ impl Engine {
         let now = self.now();
         self.trace.begin(match &input {
             Input::Knock(k) => Some(k.at),
-            Input::Batch(b) => b.first().map(|k| k.at),
             Input::KernelCompleted { at, .. } => Some(*at),
             _ => None,
         });
         match input {
             Input::Knock(k) => self.gateway.handle_packet(&k, now),
-            Input::Batch(knocks) => {
-                for k in &knocks {
-                    self.gateway.handle_packet(k, now);
-                    self.drain(now);
-                }
-            }
             Input::KernelCompleted { door, src, at } => {
                 self.gateway.handle_kernel_completed(&door, src, at, now);
             }
@@ -428,11 +419,12 @@ impl Engine {
             }
             Action::Retune {
                 filter,
+                spa_port,
                 fingerprint,
             } => {
                 if let Some(t) = &self.tuning {
                     t.set_fingerprint(fingerprint);
-                    t.set(filter);
+                    t.set(filter, spa_port);
                 }
             }
             Action::Notice(n) => {

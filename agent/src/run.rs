@@ -207,19 +207,11 @@ pub fn run(path: &Path, format: LogFormat, level: &str) -> Result<(), Failure> {
     }
     // Open every capture before touching the firewall: a bad interface installs nothing.
     let filter = start.config.capture_filter(&[]);
-    let tuning = Tuning::new(filter.clone());
+    let tuning = Tuning::new(filter.clone(), start.config.spa_port());
     tuning.set_fingerprint(start.config.fingerprints());
     let mut captures = Vec::new();
     for iface in &start.config.agent.interfaces {
         captures.push(capture::open(iface, &filter).map_err(|e| Failure::runtime(e.into()))?);
-    }
-    // SPA datagrams come from a socket on the SPA port, one per interface, bound while
-    // a policy takes SPA (a managed agent's may arrive later: bound for it too).
-    if start.config.uses_spa() || start.config.controller.is_some() {
-        let port = start.config.spa.port;
-        for iface in &start.config.agent.interfaces {
-            captures.push(capture::open_spa(iface, port).map_err(|e| Failure::runtime(e.into()))?);
-        }
     }
     // Kernel doors report their completions on an nflog group: listen before any door is
     // installed, so none opens unheard.

@@ -1000,7 +1000,7 @@ fn a_kernel_door_matches_sequences_with_knockds_rules_and_reports_them_on_nflog(
             tx,
             stop.clone(),
             std::sync::Arc::default(),
-            capture::Tuning::new(String::new()),
+            capture::Tuning::new(String::new(), None),
         )
         .expect("nflog thread");
         let d = door(1000);

@@ -548,7 +548,8 @@ fn the_spa_port_looks_filtered_whether_the_agent_runs_or_not() {
     let mut s = setup();
     // The probe tells a closed port from a silent one.
     assert!(answers_unreachable(&s.lab, 5555), "a closed port answers");
-    // The agent's socket reads the SPA port and never answers.
+    // The agent reads the SPA port (capture sees it before the firewall drops it) and
+    // never answers.
     assert!(!answers_unreachable(&s.lab, 62201));
     assert_eq!(
         s.agent
@@ -557,7 +558,7 @@ fn the_spa_port_looks_filtered_whether_the_agent_runs_or_not() {
         Some("malformed".into()),
         "the probe reached the agent"
     );
-    // Without a socket the port is dropped, not answered.
+    // Without the agent the port is still dropped, not answered.
     assert!(s.agent.stop().success());
     assert!(!answers_unreachable(&s.lab, 62201));
     assert!(answers_unreachable(&s.lab, 5555));

@@ -515,8 +515,7 @@ impl Config {
     }
 
     /// The static firewall state these policies need. The SPA port is a knock port too:
-    /// dropped, so the agent never answers a probe, except to the agent's own socket on
-    /// it (`spa_port`).
+    /// dropped, so the agent never answers a probe.
     ///
     /// Rotating knock ports are deliberately not here. They are drawn from a wide range
     /// (20000-60000 by default) that overlaps the host's own ephemeral ports, and the drop
@@ -541,24 +540,25 @@ impl Config {
         }
         let door_ports = rs.door_ports();
         rs.knock_ports.extend(door_ports);
-        if let Some(port) = self.spa_port() {
-            rs.knock_ports.insert(Access {
-                proto: Proto::Udp,
-                port,
-            });
-            rs.spa_port = Some(port);
-        }
         rs
     }
 
     /// Everything the capture filter must let through for the static policies: every
-    /// step of a sequence matched in user space (the SPA port is read from a socket;
-    /// rotating knocks are added by whoever holds the material, see [`crate::filter`]).
+    /// step of a sequence matched in user space, and the SPA port (rotating knocks are added by whoever holds the
+    /// material, see [`crate::filter`]).
     pub fn capture_kinds(&self) -> Vec<KnockStep> {
-        self.doors()
+        let mut kinds: Vec<KnockStep> = self
+            .doors()
             .into_iter()
             .flat_map(|(_, d)| d.steps)
-            .collect()
+            .collect();
+        if self.uses_spa() {
+            kinds.push(KnockStep::Port {
+                proto: Proto::Udp,
+                port: self.spa.port,
+            });
+        }
+        kinds
     }
 
     /// The capture filter for the static policies, the sealed range and `extra` knocks

@@ -148,9 +148,13 @@ pub enum Action {
     Install(Ruleset),
     /// List the grants the firewall holds; answer with [`Gateway::handle_listed`].
     List,
-    /// Point the capture at these knocks; with `fingerprint`, TCP SYNs come with their
-    /// p0f fields.
-    Retune { filter: String, fingerprint: bool },
+    /// Point the capture at these knocks and this SPA port; with `fingerprint`, TCP
+    /// SYNs come with their p0f fields.
+    Retune {
+        filter: String,
+        spa_port: Option<u16>,
+        fingerprint: bool,
+    },
     /// Tell this.
     Notice(Notice),
 }

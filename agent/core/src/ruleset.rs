@@ -42,8 +42,6 @@ pub struct Ruleset {
     pub doors: Vec<KernelDoor>,
     /// The nflog group the firewall reports kernel-matched sequences on.
     pub nflog_group: u16,
-    /// The SPA port, which passes to a socket bound to it (and is dropped otherwise).
-    pub spa_port: Option<u16>,
 }
 
 /// A fixed knock sequence matched in the kernel: per stage, a set of the sources that

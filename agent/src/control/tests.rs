@@ -205,7 +205,7 @@ impl SyncRig {
         let io = Io {
             firewall: Box::new(fw),
             captures: Vec::new(),
-            tuning: crate::capture::Tuning::new(String::new()),
+            tuning: crate::capture::Tuning::new(String::new(), None),
             controller: Some(channel(&[fake.url()], dir.path()).expect("channel")),
             watch: None,
         };

@@ -276,6 +276,7 @@ impl Gateway {
         let filter = self.config.capture_filter(&extra);
         self.actions.push_back(Action::Retune {
             filter,
+            spa_port: self.config.spa_port(),
             fingerprint: self.config.fingerprints(),
         });
         self.rotating.tuned = Some(live);

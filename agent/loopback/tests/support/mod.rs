@@ -261,7 +261,7 @@ impl Agent {
         let io = Io {
             firewall: Box::new(fw),
             captures: Vec::new(),
-            tuning: Tuning::new(String::new()),
+            tuning: Tuning::new(String::new(), None),
             controller: Some(control::channel(&[url.to_owned()], dir.path()).expect("channel")),
             watch: None,
         };

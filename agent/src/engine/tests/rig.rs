@@ -185,7 +185,7 @@ pub fn rig_in(dir: tempfile::TempDir) -> Rig {
     let offline = Arc::new(Mutex::new(
         OfflineClaims::open(dir.path()).expect("offline"),
     ));
-    let tuning = Tuning::new(String::new());
+    let tuning = Tuning::new(String::new(), None);
     let link = ClaimLink {
         jobs: jobs_tx,
         live: live.clone(),
@@ -320,6 +320,6 @@ impl Rig {
 
     /// The capture filter the engine asked for last.
     pub fn filter(&self) -> String {
-        self.tuning.get().unwrap_or_default()
+        self.tuning.get().map(|(f, _)| f).unwrap_or_default()
     }
 }

@@ -133,10 +133,7 @@ fn listens(filter: &str, seq: &[KnockStep]) -> bool {
 fn the_capture_filter_follows_the_accepted_sequences_only() {
     let mut r = rig();
     let f = r.filter();
-    assert!(
-        !ports(&f).contains(&62201),
-        "the SPA port has its socket: {f}"
-    );
+    assert!(ports(&f).contains(&62201), "the SPA port: {f}");
     for w in [w0() - 1, w0(), w0() + 1] {
         assert!(listens(&f, &sequence(&ALICE, w)), "window {w} in {f}");
         assert!(listens(&f, &sequence(&BOB, w)), "window {w} in {f}");

@@ -154,15 +154,9 @@ pub(super) fn static_sets(ruleset: &Ruleset) -> Vec<(String, usize)> {
     sets
 }
 
-/// The input chain's rules: the SPA port to the agent's socket, the jumps to the kernel
-/// doors, then the fixed rules.
+/// The input chain's rules: the jumps to the kernel doors, then the fixed rules.
 fn input_rules(ruleset: &Ruleset) -> Vec<rules::Exprs> {
-    let mut all: Vec<rules::Exprs> = ruleset
-        .spa_port
-        .map(rules::spa_socket)
-        .into_iter()
-        .collect();
-    all.extend(doors::input_jumps(ruleset));
+    let mut all = doors::input_jumps(ruleset);
     all.extend(rules::all());
     all
 }

@@ -60,38 +60,6 @@ pub(super) fn forward() -> [Exprs; 3] {
     [established(), unforwarded(false), unforwarded(true)]
 }
 
-/// `udp dport PORT socket transparent 0 accept`: the SPA port reaches the agent's socket
-/// while one is bound to it; without one (no agent), it is dropped like any knock port
-/// instead of answered with a port unreachable, so it looks filtered either way.
-pub(super) fn spa_socket(port: u16) -> Exprs {
-    const IPPROTO_UDP: u8 = 17;
-    const NFTA_SOCKET_KEY: u16 = 1;
-    const NFTA_SOCKET_DREG: u16 = 2;
-    const NFT_SOCKET_TRANSPARENT: u32 = 0;
-    vec![
-        meta(MetaKey::L4Proto, Register::Reg1),
-        cmp(Operator::Equal, vec![IPPROTO_UDP]),
-        payload(NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2, Register::Reg1),
-        cmp(Operator::Equal, port.to_be_bytes().to_vec()),
-        Expressions::Other {
-            expression_type: "socket".into(),
-            attributes: vec![
-                DefaultNla::new(
-                    NFTA_SOCKET_KEY,
-                    NFT_SOCKET_TRANSPARENT.to_be_bytes().to_vec(),
-                ),
-                DefaultNla::new(
-                    NFTA_SOCKET_DREG,
-                    u32::from(Register::Reg1).to_be_bytes().to_vec(),
-                ),
-            ],
-        }
-        .into(),
-        cmp(Operator::Equal, vec![0]),
-        verdict(NF_ACCEPT),
-    ]
-}
-
 /// `meta l4proto . th dport @knocks drop`: knock ports look filtered to a scan.
 fn knocks() -> Exprs {
     let mut e = proto_port(Register::Reg1, Register::Reg32_01);
