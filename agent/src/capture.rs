@@ -1,20 +1,25 @@
 //! Capture: libpcap in immediate mode on each interface, inbound only, with a BPF filter
-//! compiled from the policies. Each interface gets one blocking thread that parses frames
-//! and hands knocks to the engine through a bounded channel; when the engine falls behind,
-//! knocks are dropped and counted rather than queued without bound. When a new config
-//! changes what to listen for, [`Tuning`] carries the new filter to every thread.
+//! compiled from the policies. Each interface gets one thread that waits for the kernel's
+//! packet ring, empties it without a system call per packet, and hands what it read to the
+//! engine in batches through a bounded channel; when the engine falls behind, batches are
+//! dropped and counted rather than queued without bound. A lone knock is handed on at
+//! once; under a flood a thread reads at most every [`COALESCE`], so it and the engine wake
+//! once per batch, not once per packet. When a new config changes what to listen for,
+//! [`Tuning`] carries the new filter to every thread. The nflog group on which kernel
+//! doors report their completions is read the same way.
 
-use std::os::fd::AsRawFd;
+use std::io::{PipeReader, PipeWriter, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use knockgate_agent_core::p0f;
 use knockgate_agent_core::packet::{self, KnockStep, LinkType};
 use knockgate_agent_core::ruleset::Proto;
-use pcap::{Active, BreakLoop, Capture, Direction, Linktype};
+use pcap::{Active, Capture, Direction, Linktype};
 
 use crate::engine::Input;
 
@@ -52,10 +57,14 @@ enum Framing {
 }
 
 /// The kernel ring a link capture reads from. Only knocks of sequences matched in user
-/// space, sealed and rotating knocks and ICMP echo requests pass the filter (fixed
-/// sequences are matched in the kernel, SPA has its socket): 256 KiB holds thousands of
-/// them, and is what the agent's idle memory is mostly made of.
-const CAPTURE_BUFFER: i32 = 256 << 10;
+/// space, sealed and rotating knocks, ICMP echo requests and the SPA port pass the filter
+/// (fixed sequences are matched in the kernel); the ring must absorb a burst while the
+/// thread pauses ([`COALESCE`]) or waits for a core. With a 2 KiB snap length libpcap
+/// gives each 2 KiB of this a 4 KiB block, which holds about a dozen small datagrams: a
+/// 2 MiB ring, about 6,000 datagrams (it was 4 MiB of buffer, an 8 MiB ring: half of the
+/// agent's idle memory). A longer burst is dropped by the kernel and counted in the
+/// capture's statistics.
+const CAPTURE_BUFFER: i32 = 1 << 20;
 
 /// libpcap's link type for an `nflog:GROUP` device.
 const DLT_NFLOG: i32 = 239;
@@ -68,8 +77,7 @@ pub fn open_nflog(group: u16) -> Result<Opened, CaptureError> {
         iface: iface.clone(),
         source,
     };
-    // Non-blocking, read when `readable` says so: libpcap's breakloop does not wake a
-    // blocked nflog read, so a blocking one would keep the agent from stopping.
+    // Non-blocking, like every capture: the thread waits with poll(2) itself.
     let cap = Capture::from_device(iface.as_str())
         .map_err(open_err)?
         .immediate_mode(true)
@@ -106,6 +114,8 @@ pub fn open(iface: &str, filter: &str) -> Result<Opened, CaptureError> {
         .buffer_size(CAPTURE_BUFFER)
         .timeout(100)
         .open()
+        .map_err(open_err)?
+        .setnonblock()
         .map_err(open_err)?;
     cap.direction(Direction::In).map_err(open_err)?;
     cap.filter(filter, true)
@@ -134,16 +144,15 @@ pub fn open(iface: &str, filter: &str) -> Result<Opened, CaptureError> {
 
 /// What the capture threads listen for: the BPF filter, and the SPA port whose datagram
 /// bodies go to the engine. Changed by the engine when it applies a new config; each
-/// thread is woken from its blocking read (libpcap's breakloop) to pick the change up.
+/// thread is woken through its own pipe to pick the change up.
 pub struct Tuning {
     generation: AtomicU64,
     state: Mutex<(String, Option<u16>)>,
     /// Whether TCP knocks come with their SYN's p0f fields (a policy requires an OS);
     /// read per packet, so no wake-up is needed.
     fingerprint: AtomicBool,
-    /// One per capture thread. A blocked read does not return on libpcap's read timeout
-    /// when no packet passes the filter, so a change must wake it.
-    wakers: Mutex<Vec<BreakLoop>>,
+    /// One per capture thread: a byte written wakes its wait.
+    wakers: Mutex<Vec<PipeWriter>>,
 }
 
 impl std::fmt::Debug for Tuning {
@@ -177,8 +186,9 @@ impl Tuning {
         self.generation.fetch_add(1, Ordering::Release);
         drop(state);
         if let Ok(wakers) = self.wakers.lock() {
-            for w in wakers.iter() {
-                w.breakloop();
+            for mut w in wakers.iter() {
+                // A thread that is gone has closed its end: nothing to wake.
+                let _ = w.write(&[1]);
             }
         }
     }
@@ -196,6 +206,15 @@ impl Tuning {
     pub fn get(&self) -> Option<(String, Option<u16>)> {
         self.state.lock().ok().map(|s| s.clone())
     }
+
+    /// A pipe whose read end becomes readable when the tuning changes.
+    fn waker(&self) -> std::io::Result<PipeReader> {
+        let (reader, writer) = std::io::pipe()?;
+        if let Ok(mut w) = self.wakers.lock() {
+            w.push(writer);
+        }
+        Ok(reader)
+    }
 }
 
 /// Counters a capture thread keeps.
@@ -205,31 +224,50 @@ pub struct Counters {
     pub dropped: AtomicU64,
 }
 
-/// A running capture thread and the handle that wakes it to stop.
+/// A running capture thread; it looks at the stop flag at least every [`WAIT_MS`].
 pub struct Running {
     pub thread: JoinHandle<()>,
-    breaker: BreakLoop,
 }
 
 impl Running {
-    /// Stop the thread: libpcap's breakloop wakes a blocked read (libpcap >= 1.10).
+    /// Stop the thread (the caller has set the stop flag) and wait for it.
     pub fn stop(self) {
-        self.breaker.breakloop();
         let _ = self.thread.join();
     }
 }
 
-/// Wait up to `ms` for `fd` to be readable.
+/// How long a capture thread waits for packets before it looks at the stop flag again.
+const WAIT_MS: i32 = 100;
+/// Knocks handed to the engine in one input at most.
+const BATCH: usize = 64;
+/// After the ring was emptied, pause this long before waiting again: under a flood the
+/// packets of this interval are read, and handed on, together (one wake-up of this thread
+/// and of the engine per batch, not per packet); a lone knock is read at once.
+const COALESCE: Duration = Duration::from_micros(200);
+
+/// Wait up to [`WAIT_MS`] until `fd` is readable or `wake` is; a wake-up is consumed.
+/// Whether `fd` is.
 #[allow(unsafe_code)] // poll(2): std has no wrapper for it
-fn readable(fd: std::os::fd::RawFd, ms: i32) -> bool {
-    let mut pfd = libc::pollfd {
+fn wait(fd: RawFd, wake: Option<&mut PipeReader>) -> bool {
+    let pollfd = |fd| libc::pollfd {
         fd,
         events: libc::POLLIN,
         revents: 0,
     };
-    // SAFETY: one valid pollfd, owned by this frame, for the duration of the call.
-    let n = unsafe { libc::poll(&raw mut pfd, 1, ms) };
-    n > 0 && pfd.revents & libc::POLLIN != 0
+    let mut fds = [
+        pollfd(fd),
+        pollfd(wake.as_ref().map_or(-1, |w| w.as_raw_fd())),
+    ];
+    // SAFETY: two valid pollfds (a negative fd is ignored), owned by this frame, for the
+    // duration of the call.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, WAIT_MS) };
+    if n > 0
+        && fds[1].revents & libc::POLLIN != 0
+        && let Some(w) = wake
+    {
+        let _ = w.read(&mut [0u8; 64]);
+    }
+    n > 0 && fds[0].revents & libc::POLLIN != 0
 }
 
 /// Run a capture on its own thread until `stop` is set or the engine goes away.
@@ -245,92 +283,172 @@ pub fn spawn(
         framing,
         mut cap,
     } = opened;
-    let breaker = cap.breakloop_handle();
-    let nflog_fd = match framing {
-        Framing::Nflog => Some(cap.as_raw_fd()),
-        // Only link captures are retuned.
-        Framing::Link(_) => {
-            if let Ok(mut w) = tuning.wakers.lock() {
-                w.push(cap.breakloop_handle());
-            }
-            None
-        }
+    // Only link captures are retuned.
+    let mut wake = match framing {
+        Framing::Link(_) => Some(tuning.waker()?),
+        Framing::Nflog => None,
     };
-    let thread = std::thread::Builder::new().name(format!("capture-{iface}")).spawn(move || {
-        tracing::info!(%iface, "capture started");
-        let mut seen = 0;
-        let mut spa_port = tuning.get().and_then(|(_, p)| p);
-        while !stop.load(Ordering::Relaxed) {
-            let generation = tuning.generation();
-            if generation != seen
-                && let Framing::Link(_) = framing
-                && let Some((filter, port)) = tuning.get()
-            {
-                seen = generation;
-                spa_port = port;
-                match cap.filter(&filter, true) {
-                    Ok(()) => tracing::info!(%iface, %filter, "capture filter changed"),
-                    Err(e) => tracing::error!(%iface, %filter, error = %e,
-                        "cannot change the capture filter; knocks of the new config are not seen"),
-                }
-            }
-            if let Some(fd) = nflog_fd
-                && !readable(fd, 200)
-            {
-                continue;
-            }
-            let frame = match cap.next_packet() {
-                Ok(p) => p,
-                // A timeout, or a breakloop: to stop (checked above) or to retune.
-                Err(pcap::Error::TimeoutExpired | pcap::Error::NoMorePackets) => continue,
-                Err(_) if stop.load(Ordering::Relaxed) => break,
-                Err(e) => {
-                    tracing::error!(%iface, error = %e, "capture failed; no more knocks from this interface");
-                    break;
-                }
+    let thread = std::thread::Builder::new()
+        .name(format!("capture-{iface}"))
+        .spawn(move || {
+            tracing::info!(%iface, "capture started");
+            let mut reader = Reader {
+                framing,
+                tuning: &tuning,
+                spa_port: None,
+                batch: Vec::with_capacity(BATCH),
+                tx: &tx,
+                counters: &counters,
             };
-            let link = match framing {
-                Framing::Link(link) => link,
-                Framing::Nflog => {
-                    let Some(logged) = packet::nflog(frame.data) else {
-                        tracing::debug!(%iface, len = frame.data.len(), "an nflog frame that is no kernel door's completion");
-                        continue;
-                    };
-                    let msg = Input::KernelCompleted {
-                        door: logged.prefix.to_string(),
-                        src: logged.src,
-                        at: Instant::now(),
-                    };
-                    // Blocking: a completion is a grant the kernel already opened and is
-                    // rare (it takes a whole sequence); it must not be dropped.
-                    if tx.send(msg).is_err() {
-                        break;
+            let mut seen = u64::MAX;
+            let fd = cap.as_raw_fd();
+            while !stop.load(Ordering::Relaxed) {
+                let generation = tuning.generation();
+                if generation != seen
+                    && let Framing::Link(_) = framing
+                    && let Some((filter, port)) = tuning.get()
+                {
+                    seen = generation;
+                    reader.spa_port = port;
+                    match cap.filter(&filter, true) {
+                        Ok(()) => tracing::info!(%iface, %filter, "capture filter set"),
+                        Err(e) => tracing::error!(%iface, %filter, error = %e,
+                            "cannot change the capture filter; knocks of the new config are not seen"),
                     }
+                }
+                if !wait(fd, wake.as_mut()) {
                     continue;
                 }
-            };
-            let Some(k) = packet::parse(link, frame.data) else {
-                continue;
-            };
-            let spa = KnockStep::Port { proto: Proto::Udp, port: spa_port.unwrap_or(0) };
-            let payload = (spa_port.is_some() && k.kind == spa).then(|| Box::from(k.payload));
-            let tcp = matches!(k.kind, KnockStep::Port { proto: Proto::Tcp, .. });
-            let syn = (tcp && tuning.fingerprint.load(Ordering::Relaxed))
-                .then(|| p0f::syn(link, frame.data).map(Box::new))
-                .flatten();
-            let msg = KnockMsg { at: Instant::now(), src: k.src, kind: k.kind, tcp_flags: k.tcp_flags, payload, syn };
-            counters.knocks.fetch_add(1, Ordering::Relaxed);
-            match tx.try_send(Input::Knock(msg)) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
-                    counters.dropped.fetch_add(1, Ordering::Relaxed);
+                // Empty the ring in place (the handle does not block): libpcap hands
+                // each frame over where it lies, no copy, no system call. An nflog
+                // handle reads one message per wake-up: libpcap reports its empty
+                // non-blocking socket as an error, not as "no packet".
+                let read = match framing {
+                    Framing::Link(_) => drain(&mut cap, &mut reader),
+                    Framing::Nflog => match cap.next_packet() {
+                        Ok(frame) => reader.frame(frame.data).map_err(Some),
+                        Err(_) => Ok(()),
+                    },
+                };
+                if read.is_err() {
+                    return;
                 }
-                Err(TrySendError::Disconnected(_)) => break,
+                if reader.flush().is_err() {
+                    return;
+                }
+                std::thread::sleep(COALESCE);
             }
+            if let Ok(stats) = cap.stats() {
+                tracing::debug!(%iface, received = stats.received, kernel_dropped = stats.dropped, "capture stopped");
+            }
+        })?;
+    Ok(Running { thread })
+}
+
+/// The engine is gone: the thread ends.
+struct Gone;
+
+/// Hand every frame in `cap`'s ring to `reader`. `Err(None)`: the capture failed (told
+/// here); `Err(Some(Gone))`: the engine is gone.
+fn drain(cap: &mut Capture<Active>, reader: &mut Reader<'_>) -> Result<(), Option<Gone>> {
+    loop {
+        let mut gone = false;
+        let n = cap
+            .dispatch(None, |frame| {
+                gone = gone || reader.frame(frame.data).is_err();
+            })
+            .map_err(|e| {
+                tracing::error!(error = %e, "capture failed; no more knocks from this interface");
+                None
+            })?;
+        if gone {
+            return Err(Some(Gone));
         }
-        if let Ok(stats) = cap.stats() {
-            tracing::debug!(%iface, received = stats.received, kernel_dropped = stats.dropped, "capture stopped");
+        if n == 0 {
+            return Ok(());
         }
-    })?;
-    Ok(Running { thread, breaker })
+    }
+}
+
+/// What one capture thread turns its frames into, batched for the engine.
+struct Reader<'a> {
+    framing: Framing,
+    tuning: &'a Tuning,
+    /// Datagrams to this UDP port carry their body on to the engine (SPA).
+    spa_port: Option<u16>,
+    batch: Vec<KnockMsg>,
+    tx: &'a SyncSender<Input>,
+    counters: &'a Counters,
+}
+
+impl Reader<'_> {
+    /// One frame: a knock for the batch, or (nflog) a kernel door's completion.
+    fn frame(&mut self, data: &[u8]) -> Result<(), Gone> {
+        let link = match self.framing {
+            Framing::Link(link) => link,
+            Framing::Nflog => {
+                let Some(logged) = packet::nflog(data) else {
+                    tracing::debug!(
+                        len = data.len(),
+                        "an nflog frame that is no kernel door's completion"
+                    );
+                    return Ok(());
+                };
+                let msg = Input::KernelCompleted {
+                    door: logged.prefix.to_string(),
+                    src: logged.src,
+                    at: Instant::now(),
+                };
+                // Blocking: a completion is a grant the kernel already opened, and rare
+                // (it takes a whole sequence); it must not be dropped.
+                return self.tx.send(msg).map_err(|_| Gone);
+            }
+        };
+        let Some(k) = packet::parse(link, data) else {
+            return Ok(());
+        };
+        let spa = self.spa_port.map(KnockStep::udp);
+        let payload = (Some(k.kind) == spa).then(|| Box::from(k.payload));
+        let tcp = matches!(
+            k.kind,
+            KnockStep::Port {
+                proto: Proto::Tcp,
+                ..
+            }
+        );
+        let syn = (tcp && self.tuning.fingerprint.load(Ordering::Relaxed))
+            .then(|| p0f::syn(link, data).map(Box::new))
+            .flatten();
+        self.batch.push(KnockMsg {
+            at: Instant::now(),
+            src: k.src,
+            kind: k.kind,
+            tcp_flags: k.tcp_flags,
+            payload,
+            syn,
+        });
+        if self.batch.len() == BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Hand the batch to the engine; when it is behind, the batch is dropped and counted
+    /// rather than queued without bound.
+    fn flush(&mut self) -> Result<(), Gone> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+        let n = batch.len() as u64;
+        self.counters.knocks.fetch_add(n, Ordering::Relaxed);
+        match self.tx.try_send(Input::Batch(batch)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                self.counters.dropped.fetch_add(n, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(TrySendError::Disconnected(_)) => Err(Gone),
+        }
+    }
 }

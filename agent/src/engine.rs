@@ -38,6 +38,8 @@ pub use self::stores::CONSUMED_FILE;
 #[derive(Debug)]
 pub enum Input {
     Knock(KnockMsg),
+    /// Knocks and datagrams read together from one capture.
+    Batch(Vec<KnockMsg>),
     /// The firewall matched kernel door `door` for `src` and opened its grants.
     KernelCompleted {
         door: String,
@@ -275,11 +277,18 @@ impl Engine {
         let now = self.now();
         self.trace.begin(match &input {
             Input::Knock(k) => Some(k.at),
+            Input::Batch(b) => b.first().map(|k| k.at),
             Input::KernelCompleted { at, .. } => Some(*at),
             _ => None,
         });
         match input {
             Input::Knock(k) => self.gateway.handle_packet(&k, now),
+            Input::Batch(knocks) => {
+                for k in &knocks {
+                    self.gateway.handle_packet(k, now);
+                    self.drain(now);
+                }
+            }
             Input::KernelCompleted { door, src, at } => {
                 self.gateway.handle_kernel_completed(&door, src, at, now);
             }
