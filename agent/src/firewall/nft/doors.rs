@@ -23,20 +23,23 @@
 //! sequence that opens unseen.
 
 use knockgate_agent_core::ruleset::{KernelDoor, KnockStep, Ruleset};
-use netlink_packet_core::{DefaultNla, NLM_F_APPEND, NLM_F_CREATE};
+use netlink_packet_core::{DefaultNla, NLM_F_CREATE};
 use netlink_packet_netfilter::nftables::{
     Bitwise, ChainAttribute, ChainMessage, DataAttribute, Expressions, Immediate, ListAttribute,
-    NfTablesMessage, Operator, Register, RuleAttribute, RuleMessage, SetAttribute, SetDescription,
-    SetElementAttribute, SetElementList, SetElementMessage, SetFlags, SetMessage, Verdict,
-    VerdictAttribute,
+    NfTablesMessage, Operator, Register, SetAttribute, SetDescription, SetElementAttribute,
+    SetElementList, SetElementMessage, SetFlags, SetMessage, Verdict, VerdictAttribute,
 };
 
-use super::layout::{GRANTS4, GRANTS6, TABLE, port_key};
+use super::layout::{
+    GRANTS4, GRANTS6, TABLE, TYPE_INET_PROTOCOL, TYPE_INET_SERVICE, TYPE_IP6ADDR, TYPE_IPADDR,
+    TYPE_NFPROTO, add_ports, concat, flush_chain, rule,
+};
 use super::rules::{
     Exprs, NFPROTO_IPV4, NFPROTO_IPV6, NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER,
     cmp, lookup, meta, payload, proto_port,
 };
 use super::socket::Request;
+use super::timeout_ms as ms;
 use netlink_packet_netfilter::nftables::MetaKey;
 
 /// The chain the input chain sends every kernel door's knocks to.
@@ -48,14 +51,6 @@ pub(super) const ALIVE: &str = "alive";
 /// Every door's chain and sets start so; anything else so named in the table is a door a
 /// config had before.
 pub(super) const PREFIX: &str = "kd_";
-
-// nft's datatype ids (nftables src/datatype.h).
-const TYPE_NFPROTO: u32 = 2;
-const TYPE_IPADDR: u32 = 7;
-const TYPE_IP6ADDR: u32 = 8;
-const TYPE_INET_PROTOCOL: u32 = 12;
-const TYPE_INET_SERVICE: u32 = 13;
-const TYPE_BITS: u32 = 6;
 
 // include/uapi/linux/netfilter/nf_tables.h
 const NFTA_DYNSET_SET_NAME: u16 = 1;
@@ -277,22 +272,7 @@ pub(super) fn elements_and_rules(ruleset: &Ruleset) -> Vec<Request> {
     let port_sets = std::iter::once((DOOR_PORTS.to_string(), ruleset.door_ports()))
         .chain(ruleset.doors.iter().map(|d| (ports(d), d.ports())));
     for (set, ports) in port_sets {
-        if ports.is_empty() {
-            continue;
-        }
-        let elements = ports
-            .iter()
-            .map(|p| {
-                ListAttribute::Element(vec![SetElementAttribute::Key(DataAttribute::Value(
-                    port_key(*p),
-                ))])
-            })
-            .collect();
-        reqs.push(super::grants::add_elements(
-            &set,
-            "add element to a door's ports",
-            elements,
-        ));
+        reqs.extend(add_ports(&set, "add element to a door's ports", &ports));
     }
     let chains = std::iter::once((DOORS.to_string(), dispatch(ruleset))).chain(
         ruleset
@@ -592,14 +572,6 @@ fn cstr(s: &str) -> Vec<u8> {
     v
 }
 
-fn concat(types: &[u32]) -> u32 {
-    types.iter().fold(0, |acc, t| (acc << TYPE_BITS) | t)
-}
-
-fn ms(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
 fn chain(name: &str) -> Request {
     Request {
         what: "add a door chain",
@@ -610,33 +582,6 @@ fn chain(name: &str) -> Request {
             ],
         }),
         flags: NLM_F_CREATE,
-    }
-}
-
-fn flush_chain(name: &str) -> Request {
-    Request {
-        what: "flush a door chain",
-        msg: NfTablesMessage::DeleteRule(RuleMessage {
-            attributes: vec![
-                RuleAttribute::Table(TABLE.into()),
-                RuleAttribute::Chain(name.into()),
-            ],
-        }),
-        flags: 0,
-    }
-}
-
-fn rule(chain: &str, expressions: Exprs) -> Request {
-    Request {
-        what: "add a door rule",
-        msg: NfTablesMessage::NewRule(RuleMessage {
-            attributes: vec![
-                RuleAttribute::Table(TABLE.into()),
-                RuleAttribute::Chain(chain.into()),
-                RuleAttribute::Expressions(expressions),
-            ],
-        }),
-        flags: NLM_F_CREATE | NLM_F_APPEND,
     }
 }
 

@@ -38,10 +38,11 @@ const NAT_PRIORITY: i32 = -110;
 const NF_ACCEPT: u32 = 1;
 
 // nft's datatype ids (nftables src/datatype.h); `nft list` prints a set's type from them.
-const TYPE_IPADDR: u32 = 7;
-const TYPE_IP6ADDR: u32 = 8;
-const TYPE_INET_PROTOCOL: u32 = 12;
-const TYPE_INET_SERVICE: u32 = 13;
+pub(super) const TYPE_NFPROTO: u32 = 2;
+pub(super) const TYPE_IPADDR: u32 = 7;
+pub(super) const TYPE_IP6ADDR: u32 = 8;
+pub(super) const TYPE_INET_PROTOCOL: u32 = 12;
+pub(super) const TYPE_INET_SERVICE: u32 = 13;
 const TYPE_BITS: u32 = 6;
 
 /// One set (or map) of the table.
@@ -57,7 +58,7 @@ struct SetDef {
     data: Option<(u32, u32)>,
 }
 
-fn concat(types: &[u32]) -> u32 {
+pub(super) fn concat(types: &[u32]) -> u32 {
     types.iter().fold(0, |acc, t| (acc << TYPE_BITS) | t)
 }
 
@@ -210,7 +211,7 @@ pub(super) fn adopt(
 }
 
 /// Delete every rule of `chain`.
-fn flush_chain(chain: &'static str) -> Request {
+pub(super) fn flush_chain(chain: &str) -> Request {
     Request {
         what: "flush a chain",
         msg: NfTablesMessage::DeleteRule(RuleMessage {
@@ -403,19 +404,7 @@ fn ports_and_rules(ruleset: &Ruleset) -> Vec<Request> {
         (KNOCKS, "add element knocks", &ruleset.knock_ports),
     ];
     for (set, what, ports) in port_sets {
-        // The kernel refuses an element list without elements.
-        if ports.is_empty() {
-            continue;
-        }
-        let elements = ports
-            .iter()
-            .map(|p| {
-                ListAttribute::Element(vec![SetElementAttribute::Key(DataAttribute::Value(
-                    port_key(*p),
-                ))])
-            })
-            .collect();
-        reqs.push(grants::add_elements(set, what, elements));
+        reqs.extend(add_ports(set, what, ports));
     }
     reqs.extend(forward::elements(ruleset));
     reqs.extend(doors::elements_and_rules(ruleset));
@@ -425,21 +414,45 @@ fn ports_and_rules(ruleset: &Ruleset) -> Vec<Request> {
         chains.push((FORWARD, Vec::from(rules::forward())));
     }
     for (chain, rules) in chains {
-        for expressions in rules {
-            reqs.push(Request {
-                what: "add rule",
-                msg: NfTablesMessage::NewRule(RuleMessage {
-                    attributes: vec![
-                        RuleAttribute::Table(TABLE.into()),
-                        RuleAttribute::Chain(chain.into()),
-                        RuleAttribute::Expressions(expressions),
-                    ],
-                }),
-                flags: NLM_F_CREATE | NLM_F_APPEND,
-            });
-        }
+        reqs.extend(rules.into_iter().map(|e| rule(chain, e)));
     }
     reqs
+}
+
+/// Add `ports` to the `proto . port` set `set`; nothing for none (the kernel refuses an
+/// element list without elements).
+pub(super) fn add_ports(
+    set: &str,
+    what: &'static str,
+    ports: &std::collections::BTreeSet<Access>,
+) -> Option<Request> {
+    if ports.is_empty() {
+        return None;
+    }
+    let elements = ports
+        .iter()
+        .map(|p| {
+            ListAttribute::Element(vec![SetElementAttribute::Key(DataAttribute::Value(
+                port_key(*p),
+            ))])
+        })
+        .collect();
+    Some(grants::add_elements(set, what, elements))
+}
+
+/// One rule appended to `chain`.
+pub(super) fn rule(chain: &str, expressions: rules::Exprs) -> Request {
+    Request {
+        what: "add rule",
+        msg: NfTablesMessage::NewRule(RuleMessage {
+            attributes: vec![
+                RuleAttribute::Table(TABLE.into()),
+                RuleAttribute::Chain(chain.into()),
+                RuleAttribute::Expressions(expressions),
+            ],
+        }),
+        flags: NLM_F_CREATE | NLM_F_APPEND,
+    }
 }
 
 /// `proto . port`: each field padded to a 4-byte register, the port in network order.
