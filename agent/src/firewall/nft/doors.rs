@@ -8,6 +8,8 @@
 //! stage down, each rule ending the chain when it acts:
 //!
 //! ```text
+//! ip saddr != @T <P1>                 delete @S_2.., update @T, add @S_1   return
+//! ip saddr != @T                      (no sequence under way: junk)       return
 //! ip saddr @S_k ip saddr @T <P(k+1)>  delete @S_k, add @S_(k+1)           return
 //!     (last stage: meta nfproto @alive, delete @S_k @T, add @grants, log   return)
 //! ip saddr @S_k ip saddr @T <P(k)>    (a retransmission)                  return
@@ -354,6 +356,26 @@ fn door_rules(d: &KernelDoor, group: u16) -> Vec<Exprs> {
     }
     let n = d.steps.len();
     for f in Family::BOTH {
+        if n > 1 {
+            // A source without a sequence under way (most of a flood) is done after one
+            // lookup: its first knock starts one (after clearing whatever stage is left
+            // from a sequence that timed out), anything else is ignored.
+            let mut e = family(f);
+            e.push(source(f));
+            e.push(lookup(&timer(d, f), true));
+            e.extend(step(f, d.steps[0]));
+            for k in 2..n {
+                e.push(source(f));
+                e.push(dynset(NFT_DYNSET_OP_DELETE, &stage(d, k, f), None));
+            }
+            e.extend(start(d, f));
+            rules.push(e);
+            let mut e = family(f);
+            e.push(source(f));
+            e.push(lookup(&timer(d, f), true));
+            e.push(jump_verdict(Verdict::Return, None));
+            rules.push(e);
+        }
         for k in (1..n).rev() {
             // Advance from stage k.
             let mut e = family(f);
@@ -386,21 +408,29 @@ fn door_rules(d: &KernelDoor, group: u16) -> Vec<Exprs> {
             e.push(dynset(NFT_DYNSET_OP_DELETE, &stage(d, k, f), None));
             rules.push(e);
         }
-        // The first knock.
+        // The first knock, from a source whose sequence was under way: it starts over.
         let mut e = family(f);
         e.extend(step(f, d.steps[0]));
         if n == 1 {
             e.extend(open(d, f, group));
+            e.push(jump_verdict(Verdict::Return, None));
         } else {
-            e.push(source(f));
-            e.push(dynset(NFT_DYNSET_OP_UPDATE, &timer(d, f), None));
-            e.push(source(f));
-            e.push(dynset(NFT_DYNSET_OP_ADD, &stage(d, 1, f), None));
+            e.extend(start(d, f));
         }
-        e.push(jump_verdict(Verdict::Return, None));
         rules.push(e);
     }
     rules
+}
+
+/// `update @T { ip saddr } add @S_1 { ip saddr } return`: a sequence starts.
+fn start(d: &KernelDoor, f: Family) -> Exprs {
+    vec![
+        source(f),
+        dynset(NFT_DYNSET_OP_UPDATE, &timer(d, f), None),
+        source(f),
+        dynset(NFT_DYNSET_OP_ADD, &stage(d, 1, f), None),
+        jump_verdict(Verdict::Return, None),
+    ]
 }
 
 /// `meta nfproto @alive`, the door's grants for the source, and the log line that tells
