@@ -73,6 +73,19 @@ fn setup(timeout: &str, seq: &[&str]) -> Setup {
         !userspace_sequences(),
         "the sequence is matched on the wrong path:\n{table}"
     );
+    // And `check` says which path it takes, and why.
+    let check = sh(lab
+        .gw
+        .cmd(knockgate_tests::bin("knockgate-agent"))
+        .args(["check", "--config"])
+        .arg(&config));
+    let said = String::from_utf8_lossy(&check.stdout);
+    let expected = if userspace_sequences() {
+        "sequence: matched by the agent (every knock captured): agent.sequence_matching is \"userspace\""
+    } else {
+        "sequence: matched in the kernel"
+    };
+    assert!(said.contains(expected), "{said}");
     Setup {
         agent,
         _listener: listener,
