@@ -1067,19 +1067,41 @@ fn a_kernel_door_matches_sequences_with_knockds_rules_and_reports_them_on_nflog(
 
 #[test]
 #[ignore = "needs root: network namespaces and nftables (scripts/test.sh runs it)"]
-fn a_full_stage_refuses_new_sources_and_keeps_everyone_elses_progress() {
+fn a_flood_of_spoofed_sources_fills_a_stage_and_is_refused_keeping_progress_and_grants() {
     in_netns(|| {
-        let rs = with_door(door(2));
+        // Two sources per stage, and stages that outlast the flood.
+        let d = door(2);
+        let d = KernelDoor::new(
+            &d.policy,
+            d.steps,
+            Duration::from_secs(10),
+            Duration::from_secs(5),
+            d.tcp_flags,
+            d.open,
+            d.timeout,
+            d.max_sources,
+        );
+        let rs = with_door(d);
         let mut fw = firewall_with(&rs);
         fw.keep_doors_alive(Duration::from_secs(30)).expect("alive");
+        // A grant from before the flood; its places in the stages are collected.
+        knock_all("127.0.0.9", &[7000, 8000, 9000]);
+        assert!(granted(&mut fw, "127.0.0.9"));
+        thread::sleep(Duration::from_millis(1500));
         knock_all("127.0.0.2", &[7000]);
         knock_all("127.0.0.3", &[7000]);
-        // The first stage holds two sources: a third is refused.
+        // The first stage holds two sources: a flood of first knocks from 200 other
+        // (spoofed) addresses is refused, and so is a real third source.
+        for i in 1..=200u8 {
+            knock_from(IpAddr::from([127, 0, 1, i]), KnockStep::tcp(7000));
+        }
         knock_all("127.0.0.4", &[7000, 8000, 9000]);
         assert!(!granted(&mut fw, "127.0.0.4"));
+        // Nobody's progress was dropped, and no grant.
         knock_all("127.0.0.2", &[8000, 9000]);
         knock_all("127.0.0.3", &[8000, 9000]);
         assert!(granted(&mut fw, "127.0.0.2") && granted(&mut fw, "127.0.0.3"));
+        assert!(granted(&mut fw, "127.0.0.9"));
         // Room again once they are through and the kernel's garbage collection (every
         // second) has counted their elements out.
         thread::sleep(Duration::from_millis(1500));
