@@ -326,14 +326,11 @@ pub fn spawn(
                 let read = match framing {
                     Framing::Link(_) => drain(&mut cap, &mut reader),
                     Framing::Nflog => match cap.next_packet() {
-                        Ok(frame) => reader.frame(frame.data).map_err(Some),
+                        Ok(frame) => reader.frame(frame.data),
                         Err(_) => Ok(()),
                     },
                 };
-                if read.is_err() {
-                    return;
-                }
-                if reader.flush().is_err() {
+                if read.and_then(|()| reader.flush()).is_err() {
                     return;
                 }
                 std::thread::sleep(COALESCE);
@@ -345,12 +342,11 @@ pub fn spawn(
     Ok(Running { thread })
 }
 
-/// The engine is gone: the thread ends.
-struct Gone;
+/// The thread ends: the engine is gone, or the capture failed (told where it did).
+struct Stop;
 
-/// Hand every frame in `cap`'s ring to `reader`. `Err(None)`: the capture failed (told
-/// here); `Err(Some(Gone))`: the engine is gone.
-fn drain(cap: &mut Capture<Active>, reader: &mut Reader<'_>) -> Result<(), Option<Gone>> {
+/// Hand every frame in `cap`'s ring to `reader`.
+fn drain(cap: &mut Capture<Active>, reader: &mut Reader<'_>) -> Result<(), Stop> {
     loop {
         let mut gone = false;
         let n = cap
@@ -359,10 +355,10 @@ fn drain(cap: &mut Capture<Active>, reader: &mut Reader<'_>) -> Result<(), Optio
             })
             .map_err(|e| {
                 tracing::error!(error = %e, "capture failed; no more knocks from this interface");
-                None
+                Stop
             })?;
         if gone {
-            return Err(Some(Gone));
+            return Err(Stop);
         }
         if n == 0 {
             return Ok(());
@@ -383,7 +379,7 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     /// One frame: a knock for the batch, or (nflog) a kernel door's completion.
-    fn frame(&mut self, data: &[u8]) -> Result<(), Gone> {
+    fn frame(&mut self, data: &[u8]) -> Result<(), Stop> {
         let link = match self.framing {
             Framing::Link(link) => link,
             Framing::Nflog => {
@@ -401,7 +397,7 @@ impl Reader<'_> {
                 };
                 // Blocking: a completion is a grant the kernel already opened, and rare
                 // (it takes a whole sequence); it must not be dropped.
-                return self.tx.send(msg).map_err(|_| Gone);
+                return self.tx.send(msg).map_err(|_| Stop);
             }
         };
         let Some(k) = packet::parse(link, data) else {
@@ -435,7 +431,7 @@ impl Reader<'_> {
 
     /// Hand the batch to the engine; when it is behind, the batch is dropped and counted
     /// rather than queued without bound.
-    fn flush(&mut self) -> Result<(), Gone> {
+    fn flush(&mut self) -> Result<(), Stop> {
         if self.batch.is_empty() {
             return Ok(());
         }
@@ -448,7 +444,7 @@ impl Reader<'_> {
                 self.counters.dropped.fetch_add(n, Ordering::Relaxed);
                 Ok(())
             }
-            Err(TrySendError::Disconnected(_)) => Err(Gone),
+            Err(TrySendError::Disconnected(_)) => Err(Stop),
         }
     }
 }

@@ -905,20 +905,20 @@ fn a_foreign_prerouting_chain_is_rebuilt_with_its_grants_carried_over() {
 const GROUP: u16 = 4747;
 
 fn door(max_sources: u32) -> KernelDoor {
-    KernelDoor::new(
-        "ssh",
-        vec![
+    KernelDoor {
+        policy: "ssh".into(),
+        steps: vec![
             KnockStep::tcp(7000),
             KnockStep::udp(8000),
             KnockStep::tcp(9000),
         ],
-        Duration::from_secs(2),
-        Duration::from_millis(300),
-        FlagFilter::DEFAULT,
-        vec![port(Proto::Tcp, 22)],
-        Duration::from_secs(30),
+        sequence_timeout: Duration::from_secs(2),
+        stage_timeout: Duration::from_millis(300),
+        tcp_flags: FlagFilter::DEFAULT,
+        open: vec![port(Proto::Tcp, 22)],
+        timeout: Duration::from_secs(30),
         max_sources,
-    )
+    }
 }
 
 fn with_door(d: KernelDoor) -> Ruleset {
@@ -1017,7 +1017,7 @@ fn a_kernel_door_matches_sequences_with_knockds_rules_and_reports_them_on_nflog(
         };
         assert_eq!(
             (door.as_str(), src),
-            (d.id.as_str(), "127.0.0.2".parse().expect("ip"))
+            (d.id().as_str(), "127.0.0.2".parse().expect("ip"))
         );
 
         // A wrong knock on one of the door's ports starts over.
@@ -1070,17 +1070,11 @@ fn a_kernel_door_matches_sequences_with_knockds_rules_and_reports_them_on_nflog(
 fn a_flood_of_spoofed_sources_fills_a_stage_and_is_refused_keeping_progress_and_grants() {
     in_netns(|| {
         // Two sources per stage, and stages that outlast the flood.
-        let d = door(2);
-        let d = KernelDoor::new(
-            &d.policy,
-            d.steps,
-            Duration::from_secs(10),
-            Duration::from_secs(5),
-            d.tcp_flags,
-            d.open,
-            d.timeout,
-            d.max_sources,
-        );
+        let d = KernelDoor {
+            sequence_timeout: Duration::from_secs(10),
+            stage_timeout: Duration::from_secs(5),
+            ..door(2)
+        };
         let rs = with_door(d);
         let mut fw = firewall_with(&rs);
         fw.keep_doors_alive(Duration::from_secs(30)).expect("alive");
@@ -1119,10 +1113,10 @@ fn door_chains_and_sets_follow_the_config_and_an_unchanged_door_keeps_its_progre
         let mut fw = firewall_with(&rs);
         fw.keep_doors_alive(Duration::from_secs(30)).expect("alive");
         let text = listing();
-        assert!(text.contains(&format!("chain {} {{", d.id)), "{text}");
+        assert!(text.contains(&format!("chain {} {{", d.id())), "{text}");
         assert!(text.contains("meta l4proto . th dport @door_ports jump doors"));
         assert!(
-            text.contains(&format!("log prefix \"{}\" group 4747", d.id)),
+            text.contains(&format!("log prefix \"{}\" group 4747", d.id())),
             "{text}"
         );
         // Progress survives a config that leaves the door as it was.
@@ -1132,23 +1126,15 @@ fn door_chains_and_sets_follow_the_config_and_an_unchanged_door_keeps_its_progre
         knock_all("127.0.0.2", &[9000]);
         assert!(granted(&mut fw, "127.0.0.2"));
         // A changed door replaces the old one's chain and sets.
-        let mut longer = d.clone();
-        longer.timeout = Duration::from_secs(60);
-        let longer = KernelDoor::new(
-            "ssh",
-            longer.steps,
-            longer.sequence_timeout,
-            longer.stage_timeout,
-            longer.tcp_flags,
-            longer.open,
-            longer.timeout,
-            longer.max_sources,
-        );
+        let longer = KernelDoor {
+            timeout: Duration::from_secs(60),
+            ..d.clone()
+        };
         let rs2 = with_door(longer.clone());
         fw.ensure_base(&rs2).expect("new door");
         let text = listing();
-        assert!(!text.contains(&d.id), "{text}");
-        assert!(text.contains(&longer.id));
+        assert!(!text.contains(&d.id()), "{text}");
+        assert!(text.contains(&longer.id()));
         assert!(fw.intact(&rs2).expect("check"));
         assert!(!fw.intact(&rs).expect("check"));
         // No door at all: nothing of them is left.
@@ -1160,7 +1146,7 @@ fn door_chains_and_sets_follow_the_config_and_an_unchanged_door_keeps_its_progre
         );
         // Damage to a door is noticed and repaired.
         fw.ensure_base(&rs2).expect("door again");
-        run(&["nft", "flush", "chain", "inet", "knockgate", &longer.id]);
+        run(&["nft", "flush", "chain", "inet", "knockgate", &longer.id()]);
         assert!(!fw.intact(&rs2).expect("check"));
         fw.ensure_base(&rs2).expect("repair");
         assert!(fw.intact(&rs2).expect("check"));

@@ -618,16 +618,16 @@ impl Config {
             .filter(|p| self.sequence_path(p) == Some(SequencePath::Kernel))
             .filter_map(|p| {
                 let d = p.door.as_ref()?;
-                Some(KernelDoor::new(
-                    &p.name,
-                    d.steps.clone(),
-                    d.sequence_timeout,
-                    d.max_gap.unwrap_or(d.sequence_timeout),
-                    d.tcp_flags,
-                    p.open.clone(),
-                    p.timeout,
+                Some(KernelDoor {
+                    policy: p.name.clone(),
+                    steps: d.steps.clone(),
+                    sequence_timeout: d.sequence_timeout,
+                    stage_timeout: d.max_gap.unwrap_or(d.sequence_timeout),
+                    tcp_flags: d.tcp_flags,
+                    open: p.open.clone(),
+                    timeout: p.timeout,
                     max_sources,
-                ))
+                })
             })
             .collect()
     }

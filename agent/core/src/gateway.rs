@@ -408,7 +408,7 @@ impl Gateway {
             .config
             .kernel_doors()
             .into_iter()
-            .find(|d| d.id == door);
+            .find(|d| d.id() == door);
         let Some(d) = found else {
             let event = Event::KnockRejected {
                 subject: subject(src, None, door),

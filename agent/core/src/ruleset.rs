@@ -53,9 +53,6 @@ pub struct Ruleset {
 /// within `stage_timeout` of the one before.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelDoor {
-    /// `kd_` and a digest of everything below: it names the door's chain and sets, so a
-    /// door a new config leaves unchanged keeps them (and the progress in them).
-    pub id: String,
     pub policy: String,
     pub steps: Vec<KnockStep>,
     pub sequence_timeout: Duration,
@@ -69,35 +66,10 @@ pub struct KernelDoor {
 }
 
 impl KernelDoor {
-    /// A door for `policy`, with its id computed from the rest.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        policy: &str,
-        steps: Vec<KnockStep>,
-        sequence_timeout: Duration,
-        stage_timeout: Duration,
-        tcp_flags: FlagFilter,
-        open: Vec<Access>,
-        timeout: Duration,
-        max_sources: u32,
-    ) -> KernelDoor {
-        let mut door = KernelDoor {
-            id: String::new(),
-            policy: policy.to_string(),
-            steps,
-            sequence_timeout,
-            stage_timeout,
-            tcp_flags,
-            open,
-            timeout,
-            max_sources,
-        };
-        door.id = format!("kd_{:08x}", door.digest());
-        door
-    }
-
-    /// FNV-1a over the door's definition: a name, not a secret.
-    fn digest(&self) -> u32 {
+    /// `kd_` and a digest (FNV-1a, a name, not a secret) of the whole door: it names the
+    /// door's chain and sets and its completions, so a door a new config leaves unchanged
+    /// keeps them (and the progress in them).
+    pub fn id(&self) -> String {
         let text = format!(
             "{}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{}",
             self.policy,
@@ -109,9 +81,10 @@ impl KernelDoor {
             self.timeout,
             self.max_sources
         );
-        text.bytes().fold(0x811c_9dc5, |h: u32, b| {
+        let digest = text.bytes().fold(0x811c_9dc5, |h: u32, b| {
             (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-        })
+        });
+        format!("kd_{digest:08x}")
     }
 
     /// Whether a step is an ICMP echo request.
@@ -159,11 +132,6 @@ impl Ruleset {
     /// The TCP and UDP ports of every kernel door, each once.
     pub fn door_ports(&self) -> BTreeSet<Access> {
         self.doors.iter().flat_map(KernelDoor::ports).collect()
-    }
-
-    /// The kernel door with this id.
-    pub fn door(&self, id: &str) -> Option<&KernelDoor> {
-        self.doors.iter().find(|d| d.id == id)
     }
 
     /// The inner services forwarded to, as `(addr, proto, port)`, each once.

@@ -144,32 +144,42 @@ impl NftFirewall {
     /// have (none without the table).
     fn stale_doors(&mut self, ruleset: &Ruleset) -> Result<(Vec<String>, Vec<String>), NlError> {
         let wanted = doors::wanted(ruleset);
-        let mut found = (Vec::new(), Vec::new());
-        let queries = [
-            (layout::dump_chains(), NFT_MSG_NEWCHAIN, NFTA_CHAIN_NAME),
-            (layout::dump_sets(), NFT_MSG_NEWSET, NFTA_SET_NAME),
-        ];
-        for (i, (req, kind, attr)) in queries.into_iter().enumerate() {
-            let out = if i == 0 { &mut found.0 } else { &mut found.1 };
-            let result = self.sock.dump("dump names", req, |k, payload| {
-                if k == kind
-                    && let Some(raw) = grants::attribute(payload, attr)
-                {
-                    let name =
-                        String::from_utf8_lossy(raw.split(|b| *b == 0).next().unwrap_or(&[]))
-                            .into_owned();
-                    if name.starts_with(doors::PREFIX) && !wanted.contains(&name) {
-                        out.push(name);
-                    }
+        let chains = self.stale_names(
+            layout::dump_chains(),
+            NFT_MSG_NEWCHAIN,
+            NFTA_CHAIN_NAME,
+            &wanted,
+        )?;
+        let sets = self.stale_names(layout::dump_sets(), NFT_MSG_NEWSET, NFTA_SET_NAME, &wanted)?;
+        Ok((chains, sets))
+    }
+
+    /// The names, in a dump of `kind` messages naming them with `attr`, of door chains or
+    /// sets that are not `wanted`.
+    fn stale_names(
+        &mut self,
+        req: netlink_packet_netfilter::nftables::NfTablesMessage,
+        kind: u8,
+        attr: u16,
+        wanted: &[String],
+    ) -> Result<Vec<String>, NlError> {
+        let mut stale = Vec::new();
+        let result = self.sock.dump("dump names", req, |k, payload| {
+            if k == kind
+                && let Some(raw) = grants::attribute(payload, attr)
+            {
+                let name = String::from_utf8_lossy(raw.split(|b| *b == 0).next().unwrap_or(&[]));
+                if name.starts_with(doors::PREFIX) && !wanted.iter().any(|w| *w == name) {
+                    stale.push(name.into_owned());
                 }
-                Ok(())
-            });
-            match result {
-                Err(e) if e.errno() == Some(libc::ENOENT) => {}
-                other => other?,
             }
+            Ok(())
+        });
+        match result {
+            // No table: nothing is stale.
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(stale),
+            other => other.map(|()| stale),
         }
-        Ok(found)
     }
 
     /// Whether the kernel holds `key` now (an expired grant is not held).

@@ -566,7 +566,7 @@ fn each_fixed_sequence_takes_the_kernel_path_unless_it_cannot() {
         Duration::from_secs(10),
         "no max_gap: the whole timeout"
     );
-    assert_eq!(door.id.len(), "kd_".len() + 8);
+    assert_eq!(door.id().len(), "kd_".len() + 8);
     assert_eq!(c.doors().len(), 0, "the agent's matcher has nothing to do");
     let c = c.userspace_sequences();
     assert!(c.kernel_doors().is_empty());

@@ -182,7 +182,7 @@ fn a_kernel_door_is_in_the_ruleset_and_its_completions_are_told_and_taken_over()
     assert!(s.open.is_empty() && s.told(Kind::KnockCompleted).is_empty());
 
     let src = "10.240.0.2".parse().expect("ip");
-    s.gw.handle_kernel_completed(&door.id, src, s.now(10).mono, s.now(10));
+    s.gw.handle_kernel_completed(&door.id(), src, s.now(10).mono, s.now(10));
     s.drain(10);
     assert_eq!(s.told(Kind::KnockCompleted).len(), 1);
     // The grants the kernel added are opened again, with their label and timeout.

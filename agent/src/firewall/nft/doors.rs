@@ -116,15 +116,15 @@ impl Family {
 }
 
 fn timer(d: &KernelDoor, f: Family) -> String {
-    format!("{}_t{}", d.id, f.suffix())
+    format!("{}_t{}", d.id(), f.suffix())
 }
 
 fn stage(d: &KernelDoor, k: usize, f: Family) -> String {
-    format!("{}_s{k}_{}", d.id, f.suffix())
+    format!("{}_s{k}_{}", d.id(), f.suffix())
 }
 
 fn ports(d: &KernelDoor) -> String {
-    format!("{}_p", d.id)
+    format!("{}_p", d.id())
 }
 
 /// The sets of source addresses a door's rules fill, with their timeouts in ms.
@@ -144,7 +144,7 @@ fn source_sets(d: &KernelDoor) -> Vec<(String, Family, u64)> {
 pub(super) fn wanted(ruleset: &Ruleset) -> Vec<String> {
     let mut names = Vec::new();
     for d in &ruleset.doors {
-        names.push(d.id.clone());
+        names.push(d.id());
         names.push(ports(d));
         names.extend(source_sets(d).into_iter().map(|(n, _, _)| n));
     }
@@ -173,7 +173,7 @@ pub(super) fn static_sets(ruleset: &Ruleset) -> Vec<(String, usize)> {
 pub(super) fn rule_counts(ruleset: &Ruleset) -> Vec<(String, usize)> {
     let mut counts = vec![(DOORS.to_string(), dispatch(ruleset).len())];
     for d in &ruleset.doors {
-        counts.push((d.id.clone(), door_rules(d, ruleset.nflog_group).len()));
+        counts.push((d.id(), door_rules(d, ruleset.nflog_group).len()));
     }
     counts
 }
@@ -225,7 +225,7 @@ pub(super) fn skeleton(ruleset: &Ruleset) -> Vec<Request> {
                 next_id(),
             ));
         }
-        reqs.push(chain(&d.id));
+        reqs.push(chain(&d.id()));
     }
     reqs
 }
@@ -233,7 +233,7 @@ pub(super) fn skeleton(ruleset: &Ruleset) -> Vec<Request> {
 /// Empty the door chains (before their rules are added again).
 pub(super) fn flush(ruleset: &Ruleset) -> Vec<Request> {
     let mut reqs = vec![flush_chain(DOORS)];
-    reqs.extend(ruleset.doors.iter().map(|d| flush_chain(&d.id)));
+    reqs.extend(ruleset.doors.iter().map(|d| flush_chain(&d.id())));
     reqs
 }
 
@@ -280,7 +280,7 @@ pub(super) fn elements_and_rules(ruleset: &Ruleset) -> Vec<Request> {
         ruleset
             .doors
             .iter()
-            .map(|d| (d.id.clone(), door_rules(d, ruleset.nflog_group))),
+            .map(|d| (d.id(), door_rules(d, ruleset.nflog_group))),
     );
     for (chain, rules) in chains {
         for expressions in rules {
@@ -339,10 +339,10 @@ fn dispatch(ruleset: &Ruleset) -> Vec<Exprs> {
     let mut rules = Vec::new();
     for d in &ruleset.doors {
         if !d.ports().is_empty() {
-            rules.push(port_jump(&ports(d), &d.id));
+            rules.push(port_jump(&ports(d), &d.id()));
         }
         if d.uses_icmp() {
-            rules.extend(Family::BOTH.map(|f| icmp_jump(f, &d.id)));
+            rules.extend(Family::BOTH.map(|f| icmp_jump(f, &d.id())));
         }
     }
     rules
@@ -446,7 +446,7 @@ fn open(d: &KernelDoor, f: Family, group: u16) -> Exprs {
         e.push(immediate(port_reg, a.port.to_be_bytes().to_vec()));
         e.push(dynset(NFT_DYNSET_OP_ADD, set, Some(ms(d.timeout))));
     }
-    e.push(log(group, &d.id));
+    e.push(log(group, &d.id()));
     e
 }
 
