@@ -358,3 +358,70 @@ fn a_restarted_agent_still_closes_a_disabled_users_grant() {
         agent.log_text()
     );
 }
+
+#[test]
+#[ignore = "needs root: network namespaces, nftables, pcap (scripts/test.sh runs it)"]
+fn an_agent_that_cannot_hear_its_kernel_doors_does_not_start_and_changes_nothing() {
+    // Written by hand, not with `Workdir::config`: this story is about the kernel path
+    // whichever path the other stories run on.
+    let lab = Lab::new();
+    let _sshd = Listener::start(&lab.gw, 22);
+    let work = Workdir::new();
+    let agent_config = |name: &str| {
+        let path = work.path.join(format!("{name}.toml"));
+        let text = format!(
+            "[agent]\nname = \"gw1\"\ninterfaces = [\"{}\"]\nstate_dir = \"{}\"\n\n{}",
+            Lab::GW_IFACE,
+            work.path.join(name).display(),
+            ssh_policy("60s", &SEQ)
+        );
+        std::fs::write(&path, text).expect("config");
+        path
+    };
+    let mut first = AgentProc::start(&lab, &agent_config("first"), &[]);
+    let before = lab.nft_table().expect("table");
+    // Another agent in the same namespace finds the nflog group taken: it must not
+    // install doors nobody would hear of, nor touch the table.
+    let out = lab
+        .gw
+        .cmd("timeout")
+        .arg("20")
+        .arg(knockgate_tests::bin("knockgate-agent"))
+        .args(["run", "--config"])
+        .arg(agent_config("second"))
+        .output()
+        .expect("run a second agent");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("nflog:4747") && said.contains("sequence_matching = \"userspace\""),
+        "{said}"
+    );
+    assert_eq!(
+        without_expiry(&lab.nft_table().expect("table")),
+        without_expiry(&before)
+    );
+    assert!(!can_connect(&lab.client, Lab::OTHER4.into(), ssh4()));
+    // The first agent still opens for a valid knock.
+    assert!(knock_opens(
+        &lab,
+        Lab::GW4.into(),
+        Lab::CLIENT4.into(),
+        ssh4()
+    ));
+    assert!(first.stop().success());
+}
+
+/// A listing without the time left on each element (the keep-alive renews it).
+fn without_expiry(listing: &str) -> String {
+    listing
+        .split(' ')
+        .scan(false, |skip, word| {
+            let drop = *skip;
+            *skip = word == "expires";
+            Some((!drop && word != "expires").then_some(word))
+        })
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
